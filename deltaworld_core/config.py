@@ -1,0 +1,289 @@
+"""Model and forecast configuration: YAML files validated into dataclasses.
+
+A config names the VFM, the DeltaTok codec, the DeltaWorld predictor, the task heads and the
+streaming-forecast settings. Named configs ship in ``deltaworld_core/configs/NAME.yaml``;
+any other YAML path works the same. Every key can be overridden with a dotted path
+(``{"forecast.k": 16}`` or ``forecast.k=16`` on a command line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+@dataclass
+class VFMConfig:
+    """The frozen vision foundation model (a DINO-family ViT)."""
+
+    family: str = "dinov2"  # "dinov2" (patch 14, learned pos-embed) | "dinov3" (patch 16, RoPE)
+    weights: str = "embedded"  # "embedded" | "random" | path to a Meta .pth or HF checkpoint
+    patch_size: int = 14
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    num_registers: int = 0
+    ffn: str = "mlp"  # "mlp" | "swiglu"
+    image_size: tuple[int, int] = (224, 224)  # (h, w) the camera frame is resized to
+    backend: str = "torch"  # "torch" | "onnxruntime"
+
+    def validate(self) -> None:
+        _choice("vfm.family", self.family, ("dinov2", "dinov3"))
+        _choice("vfm.ffn", self.ffn, ("mlp", "swiglu"))
+        _choice("vfm.backend", self.backend, ("torch", "onnxruntime"))
+        _positive("vfm", self, ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"))
+        if self.embed_dim % self.num_heads:
+            raise ConfigError("vfm.embed_dim must be divisible by vfm.num_heads")
+        if self.num_registers < 0:
+            raise ConfigError("vfm.num_registers must be >= 0")
+        _image_size("vfm.image_size", self.image_size, self.patch_size)
+
+
+@dataclass
+class TokenizerConfig:
+    """DeltaTok: one continuous token per frame, encoding the change from the previous frame."""
+
+    dim: int = 384  # transformer width; token width too. Projections in/out when != VFM width.
+    encoder_depth: int = 12
+    decoder_depth: int = 12
+    num_heads: int = 12
+    mlp_hidden: int = 2048
+    swiglu: bool = True
+    qk_norm: bool = True
+    gated_attn: bool = True
+    layerscale_init: float = 1e-5
+    rope_base: float = 100.0
+    # The decoder attends over the previous frame's grid pooled by this factor and predicts a
+    # residual that is upsampled back onto the full-resolution previous features (CPU lever).
+    decoder_stride: int = 1
+
+    def validate(self) -> None:
+        _positive(
+            "tokenizer",
+            self,
+            ("dim", "encoder_depth", "decoder_depth", "num_heads", "mlp_hidden", "rope_base", "decoder_stride"),
+        )
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 4:
+            raise ConfigError("tokenizer.dim / tokenizer.num_heads must be a multiple of 4 (2-D RoPE)")
+        if self.layerscale_init < 0:
+            raise ConfigError("tokenizer.layerscale_init must be >= 0")
+
+
+@dataclass
+class WorldConfig:
+    """DeltaWorld: cross-attention-only predictor of future delta tokens."""
+
+    dim: int = 384
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    layerscale_init: float = 1e-5
+    rope_base: float = 100.0  # 1-D RoPE over time in seconds
+    rope_fraction: float = 0.75  # fraction of each head's dims that are rotated
+    noise_std: float = 0.02
+    deterministic: bool = False  # learned query instead of noise (discriminative ablation)
+
+    def validate(self) -> None:
+        _positive("world", self, ("dim", "depth", "num_heads", "mlp_ratio", "rope_base", "noise_std"))
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise ConfigError("world.dim / world.num_heads must be even")
+        if not 0.0 <= self.rope_fraction <= 1.0:
+            raise ConfigError("world.rope_fraction must be in [0, 1]")
+
+
+@dataclass
+class HeadsConfig:
+    """Linear probes on one frame's features."""
+
+    class_names: list[str] = field(default_factory=lambda: ["background"])
+    depth_bins: int = 256
+    min_depth: float = 1e-3
+    max_depth: float = 80.0
+
+    def validate(self) -> None:
+        if not self.class_names or not all(isinstance(n, str) and n for n in self.class_names):
+            raise ConfigError("heads.class_names must be a non-empty list of names")
+        if len(self.class_names) > 255:
+            raise ConfigError("heads.class_names: at most 255 classes (class ids are uint8, 255 = ignore)")
+        _positive("heads", self, ("depth_bins", "min_depth", "max_depth"))
+        if self.min_depth >= self.max_depth:
+            raise ConfigError("heads.min_depth must be < heads.max_depth")
+
+
+@dataclass
+class ForecastConfig:
+    """Streaming forecast settings."""
+
+    context: int = 4  # delta tokens of context
+    horizon: int = 3  # future steps
+    k: int = 8  # hypotheses sampled per step
+    step_s: float = 0.2  # seconds between target frames
+    max_gap_s: float = 1.0  # a larger gap between frames resets the buffer
+    output_size: tuple[int, int] | None = None  # (h, w) of the semantic/depth maps; None = VFM input
+    seed: int = 0
+
+    def validate(self) -> None:
+        _positive("forecast", self, ("context", "horizon", "k", "step_s", "max_gap_s"))
+        if self.output_size is not None:
+            _image_size("forecast.output_size", self.output_size, 1)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build a :class:`~deltaworld_core.forecaster.Forecaster`."""
+
+    name: str = "custom"
+    vfm: VFMConfig = field(default_factory=VFMConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
+    # Folder with tokenizer/world/heads .safetensors (relative paths are relative to the config
+    # file); None runs untrained (random) codec, predictor and heads.
+    weights: str | None = None
+
+    def validate(self) -> "ModelConfig":
+        for part in (self.vfm, self.tokenizer, self.world, self.heads, self.forecast):
+            part.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def weights_dir(self) -> Path | None:
+        return None if self.weights is None else Path(self.weights)
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _positive(prefix: str, obj: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not getattr(obj, name) > 0:
+            raise ConfigError(f"{prefix}.{name} must be > 0, got {getattr(obj, name)!r}")
+
+
+def _image_size(key: str, size: Any, multiple: int) -> None:
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ConfigError(f"{key} must be [height, width] of positive ints, got {size!r}")
+    if any(s % multiple for s in size):
+        raise ConfigError(f"{key} {list(size)} must be multiples of the patch size {multiple}")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Checks ``value`` against a dataclass field annotation, converting lists to tuples."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Builds dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, hint)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"forecast.k=16"`` -> ``("forecast.k", 16)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Sets dotted keys in a nested dict (in place) and returns it."""
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    named = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not named.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown config {name_or_path!r}; named configs: {', '.join(names)}")
+    return named
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """Loads a named config or YAML file, applies dotted overrides and validates."""
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    data = apply_overrides(data, dict(overrides or {}))
+    data.setdefault("name", path.stem)
+    cfg = from_dict(ModelConfig, data)
+    if cfg.weights is not None and not Path(cfg.weights).is_absolute():
+        cfg.weights = str((path.parent / cfg.weights).resolve())
+    return cfg.validate()

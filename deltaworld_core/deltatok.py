@@ -1,0 +1,148 @@
+"""DeltaTok: compresses the change between two VFM feature grids into one continuous token.
+
+encode(prev, cur) -> z    one token per frame, [B, D]
+decode(z, prev)  -> cur   the current frame's features, [B, N, C]
+
+The encoder is a bidirectional ViT over [query] + [prev + type 0] + [cur + type 1]; both frames
+share one 2-D RoPE, the query has none, and the token is the query's output through a LayerNorm
+(continuous: no quantisation, no KL, no noise). The decoder is a ViT over [z] + [prev]; with
+LayerScale initialised near zero it starts as copy-last and learns a residual.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TokenizerConfig
+from .layers import Block, init_weights, rope_2d
+
+
+class DeltaTok(nn.Module):
+    def __init__(
+        self,
+        feature_dim: int,
+        dim: int,
+        encoder_depth: int,
+        decoder_depth: int,
+        num_heads: int,
+        mlp_hidden: int,
+        swiglu: bool = True,
+        qk_norm: bool = True,
+        gated_attn: bool = True,
+        layerscale_init: float = 1e-5,
+        rope_base: float = 100.0,
+        decoder_stride: int = 1,
+    ):
+        super().__init__()
+        self.feature_dim, self.dim = feature_dim, dim
+        self.head_dim = dim // num_heads
+        self.rope_base = rope_base
+        self.decoder_stride = decoder_stride
+        self.z_embed = nn.Embedding(1, dim)
+        self.xy_embed = nn.Embedding(2, dim)  # 0: previous frame, 1: current frame
+        project = feature_dim != dim
+        self.feature_in = nn.Linear(feature_dim, dim) if project else nn.Identity()
+        self.feature_out = nn.Linear(dim, feature_dim) if project else nn.Identity()
+
+        def blocks(depth: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                Block(dim, num_heads, mlp_hidden, swiglu, qk_norm, gated_attn, layerscale_init) for _ in range(depth)
+            )
+
+        self.encoder_blocks = blocks(encoder_depth)
+        self.decoder_blocks = blocks(decoder_depth)
+        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        init_weights(self)
+        nn.init.trunc_normal_(self.z_embed.weight, std=0.02)
+        nn.init.trunc_normal_(self.xy_embed.weight, std=0.02)
+        for block in (*self.encoder_blocks, *self.decoder_blocks):  # init_weights reset LayerScale's neighbours only
+            block.layer_scale1.lambda1.data.fill_(layerscale_init)
+            block.layer_scale2.lambda1.data.fill_(layerscale_init)
+        self._rope_cache: dict = {}
+
+    @classmethod
+    def from_config(cls, cfg: TokenizerConfig, feature_dim: int) -> "DeltaTok":
+        return cls(
+            feature_dim=feature_dim,
+            dim=cfg.dim,
+            encoder_depth=cfg.encoder_depth,
+            decoder_depth=cfg.decoder_depth,
+            num_heads=cfg.num_heads,
+            mlp_hidden=cfg.mlp_hidden,
+            swiglu=cfg.swiglu,
+            qk_norm=cfg.qk_norm,
+            gated_attn=cfg.gated_attn,
+            layerscale_init=cfg.layerscale_init,
+            rope_base=cfg.rope_base,
+            decoder_stride=cfg.decoder_stride,
+        )
+
+    @property
+    def token_dim(self) -> int:
+        return self.dim
+
+    def _rope(self, grid: tuple[int, int], device, dtype, repeats: int = 1):
+        key = (grid, str(device), dtype, repeats)
+        if key not in self._rope_cache:
+            cos, sin = rope_2d(grid, self.head_dim, self.rope_base, device)
+            self._rope_cache[key] = (cos.repeat(repeats, 1).to(dtype), sin.repeat(repeats, 1).to(dtype))
+        return self._rope_cache[key]
+
+    def encode(self, prev: torch.Tensor, cur: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """prev, cur [B, N, C] (N = gh*gw) -> delta token z [B, D]."""
+        _check_grid(prev, grid)
+        x = torch.cat(
+            (
+                self.z_embed.weight.expand(prev.shape[0], 1, -1),
+                self.feature_in(prev) + self.xy_embed.weight[0],
+                self.feature_in(cur) + self.xy_embed.weight[1],
+            ),
+            dim=1,
+        )
+        rope = self._rope(grid, x.device, x.dtype, repeats=2)  # both frames share positions
+        for block in self.encoder_blocks:
+            x = block(x, rope=rope)
+        return self.norm(x[:, 0])
+
+    def decode(self, z: torch.Tensor, prev: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """z [B, D], prev [B, N, C] -> reconstructed current features [B, N, C]."""
+        _check_grid(prev, grid)
+        coarse, coarse_grid = _pool(prev, grid, self.decoder_stride)
+        base = self.feature_in(coarse)
+        x = torch.cat((z[:, None].to(base.dtype), base), dim=1)
+        rope = self._rope(coarse_grid, x.device, x.dtype)
+        for block in self.decoder_blocks:
+            x = block(x, rope=rope)
+        residual = self.feature_out(x[:, 1:] - base)
+        return prev + _unpool(residual, coarse_grid, grid)
+
+    def forward(self, prev: torch.Tensor, cur: torch.Tensor, grid: tuple[int, int]):
+        """Reconstruction pass: returns (z [B, D], reconstruction [B, N, C])."""
+        z = self.encode(prev, cur, grid)
+        return z, self.decode(z, prev, grid)
+
+
+def _check_grid(features: torch.Tensor, grid: tuple[int, int]) -> None:
+    if features.ndim != 3 or features.shape[1] != grid[0] * grid[1]:
+        raise ValueError(f"features {tuple(features.shape)} do not match grid {grid} ([B, gh*gw, C] expected)")
+
+
+def _pool(features: torch.Tensor, grid: tuple[int, int], stride: int):
+    """[B, gh*gw, C] -> average-pooled [B, gh'*gw', C] and its grid (identity for stride 1)."""
+    if stride == 1:
+        return features, grid
+    b, _, c = features.shape
+    maps = features.transpose(1, 2).reshape(b, c, *grid)
+    pooled = F.adaptive_avg_pool2d(maps, (max(1, grid[0] // stride), max(1, grid[1] // stride)))
+    return pooled.flatten(2).transpose(1, 2), tuple(pooled.shape[-2:])
+
+
+def _unpool(features: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    if grid == target:
+        return features
+    b, _, c = features.shape
+    maps = features.transpose(1, 2).reshape(b, c, *grid)
+    up = F.interpolate(maps, size=target, mode="bilinear", align_corners=False)
+    return up.flatten(2).transpose(1, 2)

@@ -1,0 +1,263 @@
+"""Streaming forecaster: camera frames in, K plausible futures of semantics and depth out.
+
+Per new frame it runs exactly one VFM forward and one DeltaTok encode. The last context tokens,
+their times, the newest features and the predictor's per-layer keys/values of the context live in
+a rolling buffer on the forecaster's device, so nothing about the past is recomputed. A forecast
+then samples K noise queries per horizon step; each hypothesis is one consistent trajectory: its
+token at step h is predicted from the real context plus its own earlier tokens and decoded against
+its own previous features (the K decodes of a step run as one batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import load_module
+from .config import ModelConfig, load_config
+from .deltatok import DeltaTok
+from .heads import TaskHeads
+from .vfm import build_vfm
+from .world import DeltaWorld
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = {"tokenizer": "tokenizer.safetensors", "world": "world.safetensors", "heads": "heads.safetensors"}
+
+
+@dataclass
+class ForecastSummary:
+    """Per horizon step, over the K hypotheses."""
+
+    semantic_mode: np.ndarray  # [H, h, w] uint8 most frequent class
+    agreement: np.ndarray  # [H, h, w] float32 fraction of hypotheses agreeing with the mode
+    depth_mean: np.ndarray  # [H, h, w] float32 metres
+    depth_std: np.ndarray  # [H, h, w] float32 metres
+
+
+@dataclass
+class Forecast:
+    stamp: float  # seconds, the newest frame used
+    stamps: np.ndarray  # [H] float64 seconds of the target frames
+    semantic: np.ndarray  # [K, H, h, w] uint8 class ids
+    depth: np.ndarray  # [K, H, h, w] float32 metres
+    features: torch.Tensor  # [K, H, N, C] predicted VFM features
+    class_names: list[str]
+    summary: ForecastSummary
+    timings: dict[str, float] = field(default_factory=dict)  # ms per stage
+
+    @property
+    def k(self) -> int:
+        return self.semantic.shape[0]
+
+    @property
+    def horizon(self) -> int:
+        return self.semantic.shape[1]
+
+
+def summarize(semantic: torch.Tensor, depth: torch.Tensor, num_classes: int) -> ForecastSummary:
+    """semantic [K, H, h, w] (int), depth [K, H, h, w] -> per-step mode/agreement/mean/std."""
+    k = semantic.shape[0]
+    counts = torch.zeros((num_classes, *semantic.shape[1:]), dtype=torch.int32, device=semantic.device)
+    counts.scatter_add_(0, semantic.long(), torch.ones_like(semantic, dtype=torch.int32))
+    top, mode = counts.max(dim=0)
+    return ForecastSummary(
+        semantic_mode=mode.to(torch.uint8).cpu().numpy(),
+        agreement=(top.float() / k).cpu().numpy(),
+        depth_mean=depth.mean(0).float().cpu().numpy(),
+        depth_std=depth.std(0, unbiased=False).float().cpu().numpy(),
+    )
+
+
+class Forecaster:
+    """Holds the models and the rolling context; see the module docstring for the contract."""
+
+    def __init__(self, cfg: ModelConfig, vfm: torch.nn.Module, tokenizer: DeltaTok, world: DeltaWorld,
+                 heads: TaskHeads, device: str | torch.device = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.vfm, self.tokenizer, self.world, self.heads = vfm, tokenizer, world, heads
+        for module in (tokenizer, world, heads):
+            module.eval().requires_grad_(False)
+        fc = cfg.forecast
+        self.context, self.horizon, self.k, self.step_s = fc.context, fc.horizon, fc.k, fc.step_s
+        self.max_gap_s = fc.max_gap_s
+        self.output_size = tuple(fc.output_size or cfg.vfm.image_size)
+        self.class_names = list(cfg.heads.class_names)
+        self.grid = tuple(vfm.grid)
+        self.generator = torch.Generator(device=self.device)
+        self.resets = 0
+        self.last_reset_reason: str | None = None
+        self.reset()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, name_or_path: str | Path = "default", device: str | torch.device = "cpu",
+                    overrides: dict[str, Any] | None = None, weights: str | Path | None = None,
+                    dtype: torch.dtype = torch.float32) -> "Forecaster":
+        """Builds from a named config (``deltaworld_core/configs/NAME.yaml``) or a YAML path.
+        ``weights`` (a folder of tokenizer/world/heads .safetensors) overrides the config's."""
+        cfg = load_config(name_or_path, overrides)
+        if weights is not None:
+            cfg.weights = str(weights)
+        return cls.from_model_config(cfg, device=device, dtype=dtype)
+
+    @classmethod
+    def from_model_config(cls, cfg: ModelConfig, device: str | torch.device = "cpu",
+                          dtype: torch.dtype = torch.float32) -> "Forecaster":
+        tokenizer, world, heads = build_models(cfg)
+        if cfg.weights is not None:
+            load_weights(cfg.weights, tokenizer=tokenizer, world=world, heads=heads)
+        elif cfg.name == "default":
+            log.warning("config 'default' has no trained weights: DeltaTok/DeltaWorld/heads are untrained")
+        vfm = build_vfm(cfg.vfm, device=device, dtype=dtype)
+        return cls(cfg, vfm, *(m.to(device=device, dtype=dtype) for m in (tokenizer, world, heads)), device=device)
+
+    # ------------------------------------------------------------------ streaming
+    def reset(self, reason: str | None = None) -> None:
+        """Clears the rolling buffer and re-seeds sampling (a run after reset is reproducible)."""
+        self._tokens: torch.Tensor | None = None  # [S, Dt]
+        self._times: list[float] = []  # seconds relative to self._origin
+        self._kv = None  # per layer (keys, values) [1, heads, S, d]
+        self._features: torch.Tensor | None = None  # [1, N, C] newest frame
+        self._origin: float | None = None
+        self._last_stamp: float | None = None
+        self._image_shape: tuple[int, ...] | None = None
+        self.generator.manual_seed(self.cfg.forecast.seed)
+        if reason is not None:
+            self.resets += 1
+            self.last_reset_reason = reason
+            log.warning("forecaster buffer reset: %s", reason)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._times)
+
+    def _check_input(self, image: Any, stamp: Any) -> float:
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+            raise ValueError(f"image must be HxWx3, got shape {image.shape}")
+        try:
+            stamp = float(stamp)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"stamp must be a number of seconds, got {stamp!r}") from err
+        if not math.isfinite(stamp):
+            raise ValueError(f"stamp must be finite, got {stamp}")
+        return stamp
+
+    def _maybe_reset(self, shape: tuple[int, ...], stamp: float) -> None:
+        if self._last_stamp is None:
+            return
+        if shape != self._image_shape:
+            self.reset(f"image size changed from {self._image_shape[:2]} to {shape[:2]}")
+        elif stamp <= self._last_stamp:
+            self.reset(f"stamp {stamp:.6f} s does not increase (last {self._last_stamp:.6f} s)")
+        elif stamp - self._last_stamp > self.max_gap_s:
+            self.reset(f"gap {stamp - self._last_stamp:.3f} s exceeds max_gap_s {self.max_gap_s}")
+
+    def step(self, image: np.ndarray, stamp: float) -> Forecast | None:
+        """Adds one frame (HxWx3 uint8 RGB, ``stamp`` seconds). Returns None until ``context``
+        tokens are buffered, then a :class:`Forecast`."""
+        stamp = self._check_input(image, stamp)
+        self.last_reset_reason = None
+        self._maybe_reset(image.shape, stamp)
+        timings: dict[str, float] = {}
+        with torch.inference_mode():
+            t0 = self._tick()
+            features = self.vfm(image[None])  # [1, N, C]
+            t1 = self._tick()
+            prev = self._features if self._features is not None else self.vfm.black_features(1)
+            token = self.tokenizer.encode(prev, features, self.grid)  # [1, Dt]
+            t2 = self._tick()
+            self._push(token, stamp, features, image.shape)
+            timings.update(vfm=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3)
+            if self.buffered < self.context:
+                return None
+            forecast = self._forecast(stamp, timings)
+        forecast.timings["total"] = (self._tick() - t0) * 1e3
+        return forecast
+
+    def _push(self, token: torch.Tensor, stamp: float, features: torch.Tensor, shape) -> None:
+        if self._origin is None:
+            self._origin = stamp
+        rel = stamp - self._origin
+        # Only the new token's K/V are computed; older ones come from the cache.
+        new_kv = self.world.context_kv(token[:, None], torch.tensor([[rel]], dtype=torch.float64, device=self.device))
+        if self._kv is None:
+            self._kv, self._tokens = new_kv, token
+        else:
+            self._kv = [(torch.cat((k, nk), 2)[:, :, -self.context:], torch.cat((v, nv), 2)[:, :, -self.context:])
+                        for (k, v), (nk, nv) in zip(self._kv, new_kv)]
+            self._tokens = torch.cat((self._tokens, token))[-self.context:]
+        self._times = (self._times + [rel])[-self.context:]
+        self._features, self._last_stamp, self._image_shape = features, stamp, shape
+
+    def _forecast(self, stamp: float, timings: dict[str, float]) -> Forecast:
+        k, horizon = self.k, self.horizon
+        rel = stamp - self._origin
+        target_rel = [rel + self.step_s * (h + 1) for h in range(horizon)]
+        prev = self._features.expand(k, -1, -1)
+        kv = [(key.expand(k, -1, -1, -1), val.expand(k, -1, -1, -1)) for key, val in self._kv]
+        predicted = []
+        predict_ms = decode_ms = 0.0
+        for h in range(horizon):
+            t0 = self._tick()
+            times = torch.full((k, 1), target_rel[h], dtype=torch.float64, device=self.device)
+            queries = self.world.sample_queries(k, 1, self.generator, self.device)
+            token = self.world.predict(queries, times, kv)[:, 0]  # [K, Dt]
+            if h + 1 < horizon:  # the hypothesis' own token joins its context for the next step
+                kv = [(torch.cat((key, nk), 2), torch.cat((val, nv), 2))
+                      for (key, val), (nk, nv) in zip(kv, self.world.context_kv(token[:, None], times))]
+            t1 = self._tick()
+            prev = self.tokenizer.decode(token, prev, self.grid)  # [K, N, C]
+            predicted.append(prev)
+            predict_ms += (t1 - t0) * 1e3
+            decode_ms += (self._tick() - t1) * 1e3
+        features = torch.stack(predicted, dim=1)  # [K, H, N, C]
+        t0 = self._tick()
+        semantic, depth = self.heads(features.flatten(0, 1), self.grid, self.output_size)
+        semantic = semantic.unflatten(0, (k, horizon))
+        depth = depth.unflatten(0, (k, horizon))
+        summary = summarize(semantic, depth, len(self.class_names))
+        semantic_np, depth_np = semantic.cpu().numpy(), depth.float().cpu().numpy()
+        timings.update(predict=predict_ms, decode=decode_ms, heads=(self._tick() - t0) * 1e3)
+        return Forecast(
+            stamp=stamp,
+            stamps=np.asarray([stamp + self.step_s * (h + 1) for h in range(horizon)], dtype=np.float64),
+            semantic=semantic_np,
+            depth=depth_np,
+            features=features,
+            class_names=list(self.class_names),
+            summary=summary,
+            timings=timings,
+        )
+
+    def _tick(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+def build_models(cfg: ModelConfig) -> tuple[DeltaTok, DeltaWorld, TaskHeads]:
+    """The trainable parts, randomly initialised, on CPU in fp32."""
+    tokenizer = DeltaTok.from_config(cfg.tokenizer, feature_dim=cfg.vfm.embed_dim)
+    world = DeltaWorld.from_config(cfg.world, token_dim=tokenizer.token_dim)
+    heads = TaskHeads.from_config(cfg.heads, feature_dim=cfg.vfm.embed_dim)
+    return tokenizer, world, heads
+
+
+def load_weights(folder: str | Path, **modules: torch.nn.Module) -> None:
+    """Loads ``tokenizer``/``world``/``heads`` from ``folder``/<part>.safetensors strictly."""
+    folder = Path(folder)
+    for part, module in modules.items():
+        load_module(module, folder / WEIGHT_FILES[part])

@@ -1,0 +1,72 @@
+"""Linear task heads read off one frame's VFM features: semantics and metric depth.
+
+Segmentation: BatchNorm + 1x1 conv to class logits. Depth: BatchNorm + 1x1 conv to bins whose
+softmax-weighted centres (linear from ``min_depth`` to ``max_depth``) give metres. Both are
+upsampled bilinearly to the output size; depth is reduced to metres at patch resolution first, so
+upsampling never touches the 256 bin logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import HeadsConfig
+
+
+def features_to_maps(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, N, C] -> [B, C, gh, gw]."""
+    return features.transpose(1, 2).unflatten(2, grid)
+
+
+class SegmentationHead(nn.Module):
+    def __init__(self, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(feature_dim)
+        self.conv = nn.Conv2d(feature_dim, num_classes, 1)
+
+    def forward(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """features [B, N, C] -> logits [B, classes, gh, gw]."""
+        return self.conv(self.bn(features_to_maps(features, grid)))
+
+
+class DepthHead(nn.Module):
+    def __init__(self, feature_dim: int, num_bins: int = 256, min_depth: float = 1e-3, max_depth: float = 80.0):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(feature_dim)
+        self.conv = nn.Conv2d(feature_dim, num_bins, 1)
+        self.register_buffer("bin_centres", torch.linspace(min_depth, max_depth, num_bins), persistent=False)
+
+    def logits(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """features [B, N, C] -> bin logits [B, bins, gh, gw]."""
+        return self.conv(self.bn(features_to_maps(features, grid)))
+
+    def forward(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """features [B, N, C] -> depth [B, gh, gw] metres."""
+        probs = self.logits(features, grid).float().softmax(dim=1)
+        return torch.einsum("bkhw,k->bhw", probs, self.bin_centres.float())
+
+
+class TaskHeads(nn.Module):
+    """Both heads plus the class names their ids refer to."""
+
+    def __init__(self, feature_dim: int, class_names: list[str], depth_bins: int = 256,
+                 min_depth: float = 1e-3, max_depth: float = 80.0):
+        super().__init__()
+        self.class_names = list(class_names)
+        self.min_depth, self.max_depth = min_depth, max_depth
+        self.segmentation = SegmentationHead(feature_dim, len(class_names))
+        self.depth = DepthHead(feature_dim, depth_bins, min_depth, max_depth)
+
+    @classmethod
+    def from_config(cls, cfg: HeadsConfig, feature_dim: int) -> "TaskHeads":
+        return cls(feature_dim, cfg.class_names, cfg.depth_bins, cfg.min_depth, cfg.max_depth)
+
+    def forward(self, features: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]):
+        """features [B, N, C] -> (class ids [B, h, w] uint8, depth [B, h, w] float32 metres)."""
+        logits = F.interpolate(self.segmentation(features, grid).float(), size=size, mode="bilinear",
+                               align_corners=False)
+        depth = F.interpolate(self.depth(features, grid)[:, None], size=size, mode="bilinear",
+                              align_corners=False)[:, 0]
+        return logits.argmax(dim=1).to(torch.uint8), depth

@@ -1,0 +1,74 @@
+"""Pictures a person can read: colour-coded semantics and depth, and a forecast grid."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# Fixed, distinguishable colours for the first classes; more are generated deterministically.
+_BASE_PALETTE = np.array(
+    [
+        [70, 130, 180], [128, 64, 128], [244, 35, 232], [70, 70, 70], [107, 142, 35],
+        [0, 0, 142], [220, 20, 60], [153, 153, 153], [250, 170, 30], [220, 220, 0],
+        [152, 251, 152], [255, 0, 0], [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32],
+    ],
+    dtype=np.uint8,
+)
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """[max(num_classes, 256), 3] uint8 colours; id 255 (ignore) is black."""
+    rng = np.random.default_rng(12345)
+    colours = rng.integers(0, 256, size=(256, 3), dtype=np.uint8)
+    colours[: len(_BASE_PALETTE)] = _BASE_PALETTE
+    colours[255] = 0
+    return colours
+
+
+def colorize_semantic(ids: np.ndarray, num_classes: int = 256) -> np.ndarray:
+    """class ids [..., h, w] uint8 -> RGB [..., h, w, 3] uint8."""
+    return palette(num_classes)[ids]
+
+
+def colorize_depth(depth: np.ndarray, max_depth: float = 80.0) -> np.ndarray:
+    """metres [h, w] -> RGB [h, w, 3]; inverse depth so near structure gets the contrast."""
+    inv = 1.0 / np.clip(depth, 0.5, max_depth)
+    norm = (inv - 1.0 / max_depth) / (1.0 / 0.5 - 1.0 / max_depth)
+    grey = np.clip(np.sqrt(norm) * 255, 0, 255).astype(np.uint8)
+    return cv2.applyColorMap(grey, cv2.COLORMAP_MAGMA)[..., ::-1]
+
+
+def colorize_agreement(agreement: np.ndarray) -> np.ndarray:
+    """fraction in [0, 1] [h, w] -> RGB; low agreement (where the futures branch) is bright."""
+    grey = np.clip((1.0 - agreement) * 255, 0, 255).astype(np.uint8)
+    return cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO)[..., ::-1]
+
+
+def _label(tile: np.ndarray, text: str) -> np.ndarray:
+    tile = np.ascontiguousarray(tile)
+    cv2.putText(tile, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    return tile
+
+
+def forecast_grid(image: np.ndarray, forecast, max_hypotheses: int = 4, max_depth: float = 80.0) -> np.ndarray:
+    """One picture of a forecast: a header row (input, then the per-step semantic mode and
+    agreement), then per hypothesis a row of semantic maps and a row of depth maps per step.
+    image [H, W, 3] uint8 RGB; forecast: a :class:`~deltaworld_core.forecaster.Forecast`."""
+    k, horizon, h, w = forecast.semantic.shape
+    shown = min(k, max_hypotheses)
+    cols = 1 + 2 * horizon
+    blank = np.zeros((h, w, 3), np.uint8)
+    header = [_label(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), "input")]
+    for step in range(horizon):
+        dt = forecast.stamps[step] - forecast.stamp
+        header.append(_label(colorize_semantic(forecast.summary.semantic_mode[step]), f"mode +{dt:.2f}s"))
+        header.append(_label(colorize_agreement(forecast.summary.agreement[step]), "disagreement"))
+    rows = [header]
+    for i in range(shown):
+        row = [_label(blank.copy(), f"sample {i}")]
+        for step in range(horizon):
+            row.append(_label(colorize_semantic(forecast.semantic[i, step]), f"sem +{step + 1}"))
+            row.append(_label(colorize_depth(forecast.depth[i, step], max_depth), f"depth +{step + 1}"))
+        rows.append(row)
+    assert all(len(r) == cols for r in rows)
+    return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
