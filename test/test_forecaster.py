@@ -1,0 +1,235 @@
+"""The core engine's contract: shapes, one token per frame, K futures, resets, bad input."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from deltaworld_core import Forecaster, load_config
+from deltaworld_core.checkpoint import CheckpointError, save_state
+from deltaworld_core.config import ConfigError, parse_override
+from deltaworld_core.deltatok import DeltaTok
+from deltaworld_core.forecaster import build_models, load_weights
+from deltaworld_core.world import DeltaWorld
+
+TINY = {
+    "vfm.weights": "random", "vfm.embed_dim": 48, "vfm.depth": 1, "vfm.num_heads": 2,
+    "tokenizer.dim": 32, "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1,
+    "tokenizer.num_heads": 2, "tokenizer.mlp_hidden": 64, "tokenizer.layerscale_init": 0.1,
+    "world.dim": 32, "world.depth": 1, "world.num_heads": 2, "world.layerscale_init": 0.1,
+    "world.noise_std": 1.0, "heads.depth_bins": 16,
+    "forecast.context": 3, "forecast.horizon": 2, "forecast.k": 4, "forecast.output_size": [20, 24],
+}
+DINOV2 = {**TINY, "vfm.family": "dinov2", "vfm.patch_size": 14, "vfm.image_size": [28, 42]}
+DINOV3 = {**TINY, "vfm.family": "dinov3", "vfm.patch_size": 16, "vfm.num_registers": 4, "vfm.image_size": [32, 48]}
+
+
+def frames(n: int, h: int = 30, w: int = 40, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h, w + n * 2, 3), dtype=np.uint8)
+    return [np.ascontiguousarray(base[:, 2 * i: 2 * i + w]) for i in range(n)]  # a panning camera
+
+
+def run(fc: Forecaster, images, start: float = 0.0, dt: float = 0.1):
+    return [fc.step(img, start + i * dt) for i, img in enumerate(images)]
+
+
+@pytest.fixture(scope="module", params=[DINOV2, DINOV3], ids=["dinov2", "dinov3"])
+def forecaster(request):
+    torch.manual_seed(0)
+    return Forecaster.from_config("default", overrides=request.param)
+
+
+def test_forecast_shapes_for_both_vfm_families(forecaster):
+    forecaster.reset()
+    outs = run(forecaster, frames(5))
+    assert outs[:2] == [None, None]  # context=3 tokens needed
+    fc = outs[2]
+    k, horizon, (h, w) = 4, 2, (20, 24)
+    assert fc.semantic.shape == (k, horizon, h, w) and fc.semantic.dtype == np.uint8
+    assert fc.depth.shape == (k, horizon, h, w) and fc.depth.dtype == np.float32
+    n = forecaster.grid[0] * forecaster.grid[1]
+    assert fc.features.shape == (k, horizon, n, 48)
+    assert fc.class_names == forecaster.class_names
+    np.testing.assert_allclose(fc.stamps, [0.2 + 0.2, 0.2 + 0.4])
+    assert fc.summary.semantic_mode.shape == (horizon, h, w)
+    for key in ("vfm", "encode", "predict", "decode", "heads", "total"):
+        assert fc.timings[key] >= 0
+
+
+def test_one_token_per_frame_and_reduction(forecaster):
+    forecaster.reset()
+    run(forecaster, frames(5))
+    tokens = forecaster._tokens
+    assert tokens.shape == (3, 32)  # rolling buffer: the last `context` tokens, one per frame
+    patches = forecaster.grid[0] * forecaster.grid[1]
+    reduction = patches / 1
+    print(f"token reduction: {patches} patches -> 1 token per frame ({reduction:.0f}x)")
+    assert reduction == patches
+
+
+def test_k_distinct_futures_and_consistent_summary(forecaster):
+    forecaster.reset()
+    fc = run(forecaster, frames(4))[-1]
+    feats = fc.features.reshape(4, -1)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.allclose(feats[i], feats[j]), "hypotheses must differ"
+    counts = (fc.semantic == fc.summary.semantic_mode[None]).mean(0)
+    np.testing.assert_allclose(counts, fc.summary.agreement, atol=1e-6)
+    np.testing.assert_allclose(fc.depth.mean(0), fc.summary.depth_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fc.depth.std(0), fc.summary.depth_std, rtol=1e-4, atol=1e-4)
+
+
+def test_seeded_sampling_is_reproducible(forecaster):
+    forecaster.reset()
+    a = run(forecaster, frames(5))
+    forecaster.reset()
+    b = run(forecaster, frames(5))
+    for x, y in zip(a[2:], b[2:]):
+        assert torch.equal(x.features, y.features)
+        assert np.array_equal(x.semantic, y.semantic)
+
+
+def test_streaming_matches_recompute_from_scratch(forecaster):
+    """The cached K/V rolling buffer gives what a fresh forecaster fed only the last frames gives
+    when their tokens are identical: check the world's cached keys against a recomputation."""
+    forecaster.reset()
+    run(forecaster, frames(6))
+    times = torch.tensor([forecaster._times], dtype=torch.float64)
+    fresh = forecaster.world.context_kv(forecaster._tokens[None], times)
+    for (k1, v1), (k2, v2) in zip(forecaster._kv, fresh):
+        torch.testing.assert_close(k1, k2)
+        torch.testing.assert_close(v1, v2)
+
+
+@pytest.mark.parametrize(
+    "second_stamp, second_shape, reason",
+    [(0.0, None, "does not increase"), (-1.0, None, "does not increase"),
+     (5.0, None, "exceeds max_gap_s"), (0.1, (24, 40), "image size changed")],
+)
+def test_resets(forecaster, caplog, second_stamp, second_shape, reason):
+    forecaster.reset()
+    run(forecaster, frames(4))
+    resets = forecaster.resets
+    img = frames(1)[0] if second_shape is None else np.zeros((*second_shape, 3), np.uint8)
+    with caplog.at_level(logging.WARNING):
+        out = forecaster.step(img, 0.3 + second_stamp if second_stamp > 0 else second_stamp)
+    assert out is None
+    assert forecaster.resets == resets + 1
+    assert reason in forecaster.last_reset_reason
+    assert reason in caplog.text
+    assert forecaster.buffered == 1  # the frame that caused the reset starts the new stream
+
+
+@pytest.mark.parametrize(
+    "image, stamp, message",
+    [
+        (np.zeros((10, 10, 3), np.float32), 0.0, "uint8"),
+        (np.zeros((10, 10), np.uint8), 0.0, "HxWx3"),
+        (np.zeros((10, 10, 4), np.uint8), 0.0, "HxWx3"),
+        (np.zeros((0, 10, 3), np.uint8), 0.0, "HxWx3"),
+        ([[0]], 0.0, "numpy"),
+        (np.zeros((10, 10, 3), np.uint8), float("nan"), "finite"),
+        (np.zeros((10, 10, 3), np.uint8), "soon", "number"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(forecaster, image, stamp, message):
+    forecaster.reset()
+    with pytest.raises(ValueError, match=message):
+        forecaster.step(image, stamp)
+    assert forecaster.buffered == 0
+
+
+def test_world_is_causal_and_uses_time():
+    torch.manual_seed(0)
+    world = DeltaWorld(token_dim=8, dim=16, depth=2, num_heads=2, layerscale_init=1.0).eval()
+    tokens = torch.randn(1, 5, 8)
+    times = torch.arange(5, dtype=torch.float64)[None] * 0.1
+    queries = world.sample_queries(1, 4, torch.Generator().manual_seed(0))
+    base = world(tokens, times, queries)
+    changed = tokens.clone()
+    changed[:, 3] += 1.0
+    out = world(changed, times, queries)
+    assert torch.equal(base[:, :3], out[:, :3])  # targets 1..3 never see token 3
+    assert not torch.allclose(base[:, 3], out[:, 3])
+    assert not torch.allclose(world(tokens, times * 2, queries), base)  # real timestamps matter
+
+
+def test_deltatok_starts_as_copy_last():
+    torch.manual_seed(0)
+    tok = DeltaTok(feature_dim=24, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2, mlp_hidden=32)
+    prev, cur = torch.randn(2, 6, 24), torch.randn(2, 6, 24)
+    z, recon = tok(prev, cur, (2, 3))
+    assert z.shape == (2, 16)
+    torch.testing.assert_close(recon, prev, atol=1e-3, rtol=0)  # LayerScale 1e-5: residual ~ 0
+    with pytest.raises(ValueError, match="grid"):
+        tok.encode(prev, cur, (3, 3))
+
+
+def test_weights_round_trip_and_checkpoint_errors(tmp_path):
+    cfg = load_config("default", DINOV2)
+    tokenizer, world, heads = build_models(cfg)
+    for name, module in (("tokenizer", tokenizer), ("world", world), ("heads", heads)):
+        save_state(module.state_dict(), tmp_path / f"{name}.safetensors")
+    t2, w2, h2 = build_models(cfg)
+    load_weights(tmp_path, tokenizer=t2, world=w2, heads=h2)
+    for a, b in ((tokenizer, t2), (world, w2), (heads, h2)):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb)
+
+    state = tokenizer.state_dict()
+    partial = {k: v for k, v in state.items() if not k.startswith("norm.")}
+    partial["extra.weight"] = torch.zeros(1)
+    save_state(partial, tmp_path / "bad.safetensors")
+    from deltaworld_core.checkpoint import load_module
+    with pytest.raises(CheckpointError, match=r"missing keys: norm\.bias.*unexpected keys: extra\.weight"):
+        load_module(t2, tmp_path / "bad.safetensors")
+
+    other = build_models(load_config("default", {**DINOV2, "tokenizer.dim": 16, "tokenizer.num_heads": 1}))[0]
+    save_state(other.state_dict(), tmp_path / "mismatch.safetensors")
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_module(t2, tmp_path / "mismatch.safetensors")
+
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_module(t2, tmp_path / "corrupt.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_module(t2, tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"forecast.k": 0}, "forecast.k must be > 0"),
+        ({"forecast.k": "eight"}, "expected an integer"),
+        ({"vfm.family": "dinov9"}, "vfm.family"),
+        ({"vfm.image_size": [225, 224]}, "multiples of the patch"),
+        ({"world.bogus": 1}, "unknown config key"),
+        ({"heads.min_depth": 100.0}, "min_depth"),
+    ],
+)
+def test_bad_config_values_are_clear_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("default", overrides)
+
+
+def test_override_parsing_and_unknown_config():
+    assert parse_override("forecast.k=16") == ("forecast.k", 16)
+    assert parse_override("vfm.image_size=[112, 112]") == ("vfm.image_size", [112, 112])
+    with pytest.raises(ConfigError, match="named configs"):
+        load_config("no-such-config")
+
+
+def test_paper_config_is_expressible():
+    cfg = load_config("paper")
+    tokenizer, world, _ = build_models(cfg)
+    n_tok = sum(p.numel() for p in tokenizer.parameters())
+    n_world = sum(p.numel() for p in world.parameters())
+    # Paper: ~7.1M per DeltaTok block, ~170M for encoder + decoder; ~86M for the predictor.
+    assert 160e6 < n_tok < 180e6, n_tok
+    assert 80e6 < n_world < 95e6, n_world
+    assert cfg.vfm.image_size == (512, 512) and cfg.forecast.k == 20
