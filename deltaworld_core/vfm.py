@@ -340,6 +340,7 @@ class FrozenVFM(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._black: dict[tuple, Tensor] = {}
+        self.eval()
 
     @property
     def backend(self) -> str:
