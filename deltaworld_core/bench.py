@@ -1,0 +1,291 @@
+"""Benchmark of one streaming step, stage by stage, on the current machine.
+
+    python -m deltaworld_core.bench [--config NAME|PATH] [--json OUT.json] [--steps 20] [key=value ...]
+
+Measures (medians after warm-up): ms per stage (vfm, encode, predict, decode, heads, total) and
+total_hz; FLOPs per stage (torch's flop counter) against the machine's measured dense-matmul
+throughput (utilisation); the streaming step against a recompute-from-scratch rollout that
+re-runs the VFM over every context frame and re-encodes every pair at each new frame (how the
+released evaluation code works); DeltaWorld's predictor against the dense DINO-Foresight-style
+predictor; the ROS-side cost of converting an image and building/serialising a Futures message;
+and the process's peak RSS. Speed targets live here, never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .checkpoint import atomic_write
+from .config import parse_override
+from .forecaster import Forecaster
+
+STAGES = ("vfm", "encode", "predict", "decode", "heads", "total")
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2, sync=None) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
+    """Measured dense matmul throughput, GFLOP/s."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    ms = _median_ms(lambda: a @ b, repeats, warmup=3, sync=sync)
+    return 2 * size**3 / (ms * 1e-3) / 1e9
+
+
+def synthetic_stream(num: int, shape=(272, 640), seed: int = 0) -> list[np.ndarray]:
+    """A panning view of a random texture: real-sized frames without any file."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    base = rng.integers(0, 256, (h, w + 4 * num, 3), dtype=np.uint8)
+    return [np.ascontiguousarray(base[:, 4 * i: 4 * i + w]) for i in range(num)]
+
+
+def stage_flops(fc: Forecaster, image: np.ndarray) -> dict[str, int]:
+    """FLOPs of each stage of one streaming step with the forecaster's K and horizon."""
+    k, horizon, grid = fc.k, fc.horizon, fc.grid
+    world, tok = fc.world, fc.tokenizer
+    with torch.inference_mode():
+        feats = fc.vfm(image[None])
+        token = tok.encode(feats, feats, grid)
+        prev = feats.expand(k, -1, -1)
+        tokens = token.expand(k, fc.context, -1)
+        times = torch.zeros(k, fc.context, dtype=torch.float64, device=fc.device)
+        kv = world.context_kv(tokens, times)
+        queries = world.sample_queries(k, 1, device=fc.device)
+        target = torch.zeros(k, 1, dtype=torch.float64, device=fc.device)
+        out = {
+            "vfm": _flops(lambda: fc.vfm(image[None])),
+            "encode": _flops(lambda: tok.encode(feats, feats, grid)),
+            # per step: K queries through the predictor plus the new tokens' K/V
+            "predict": horizon * _flops(lambda: world.predict(queries, target, kv))
+            + (horizon - 1) * _flops(lambda: world.context_kv(token.expand(k, 1, -1), target)),
+            "decode": horizon * _flops(lambda: tok.decode(token.expand(k, -1), prev, grid)),
+            "heads": _flops(lambda: fc.heads(prev.repeat(horizon, 1, 1), grid, fc.output_size)),
+        }
+    out["total"] = sum(out.values())
+    return out
+
+
+def recompute_step(fc: Forecaster, window: list[np.ndarray], stamps: list[float]):
+    """A forecast recomputed from scratch from the last context+1 frames, as batch evaluation
+    code does it: VFM over every frame, every pair re-encoded, the predictor's context K/V
+    rebuilt; the rollout itself is the same as streaming."""
+    with torch.inference_mode():
+        feats = fc.vfm(np.stack(window))  # [context+1, N, C]
+        tokens = fc.tokenizer.encode(feats[:-1], feats[1:], fc.grid)  # [context, Dt]
+        fc.reset()
+        fc._origin = stamps[0]
+        rel = torch.tensor([[s - stamps[0] for s in stamps[1:]]], dtype=torch.float64, device=fc.device)
+        fc._kv = fc.world.context_kv(tokens[None], rel)
+        fc._tokens, fc._times = tokens, rel[0].tolist()
+        fc._features = feats[-1:]
+        return fc._forecast(stamps[-1], {})
+
+
+def dense_comparison(fc: Forecaster, repeats: int) -> dict | None:
+    """DeltaWorld's predictor vs the dense predictor of all patch features, same VFM, same
+    context and horizon, one sample each (the dense one is deterministic)."""
+    try:
+        from .dense import DensePredictor  # noqa: F401
+        from . import dense
+    except ImportError:
+        return None
+    model = dense.build_for_bench(fc.cfg).to(fc.device).eval() if hasattr(dense, "build_for_bench") else None
+    if model is None:
+        return None
+    n = fc.grid[0] * fc.grid[1]
+    c = fc.cfg.vfm.embed_dim
+    context = torch.randn(1, fc.context, n, c, device=fc.device)
+    world, horizon = fc.world, fc.horizon
+    tokens = torch.randn(1, fc.context, world.token_dim, device=fc.device)
+    times = torch.arange(fc.context, dtype=torch.float64, device=fc.device)[None] * fc.step_s
+
+    def world_rollout():
+        kv = world.context_kv(tokens, times)
+        for h in range(horizon):
+            t = torch.full((1, 1), (fc.context + h) * fc.step_s, dtype=torch.float64, device=fc.device)
+            token = world.predict(world.sample_queries(1, 1, device=fc.device), t, kv)
+            kv = [(torch.cat((a, na), 2), torch.cat((b, nb), 2)) for (a, b), (na, nb) in zip(kv, world.context_kv(token, t))]
+
+    with torch.inference_mode():
+        dense_flops = _flops(lambda: model.rollout(context, horizon))
+        world_flops = _flops(world_rollout)
+        dense_ms = _median_ms(lambda: model.rollout(context, horizon), repeats)
+        world_ms = _median_ms(world_rollout, repeats)
+    return {
+        "tokens_per_frame": {"deltaworld": 1, "dense": n},
+        "params": {"deltaworld": sum(p.numel() for p in world.parameters()),
+                   "dense": sum(p.numel() for p in model.parameters())},
+        "flops": {"deltaworld": world_flops, "dense": dense_flops},
+        "ms": {"deltaworld": world_ms, "dense": dense_ms},
+        "flops_ratio": dense_flops / max(world_flops, 1),
+        "time_ratio": dense_ms / max(world_ms, 1e-9),
+    }
+
+
+def node_overhead_ms(forecast, image: np.ndarray, repeats: int) -> dict | None:
+    """ROS-side cost beyond the model: decode a camera Image message to RGB, build the Futures
+    message and serialise it (None where the ROS wheels or messages are not installed)."""
+    try:
+        from rclpy.serialization import serialize_message
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Header
+
+        from deltaworld_ros.futures_msg import forecast_to_msg
+        from deltaworld_ros.image_conversion import image_msg_to_rgb
+    except Exception:  # noqa: BLE001 - ROS is optional for the core benchmark
+        return None
+    msg = Image(height=image.shape[0], width=image.shape[1], encoding="bgr8", is_bigendian=0,
+                step=image.shape[1] * 3, data=np.ascontiguousarray(image[..., ::-1]).tobytes())
+    header = Header(frame_id="camera")
+    convert = _median_ms(lambda: image_msg_to_rgb(msg), repeats)
+    build = _median_ms(lambda: forecast_to_msg(forecast, header), repeats)
+    futures = forecast_to_msg(forecast, header)
+    serialise = _median_ms(lambda: serialize_message(futures), repeats)
+    return {"convert_ms": convert, "build_ms": build, "serialize_ms": serialise,
+            "total_ms": convert + build + serialise, "message_bytes": len(serialize_message(futures))}
+
+
+def run(config: str = "default", overrides: dict | None = None, steps: int = 20, device: str = "cpu",
+        threads: int | None = None, weights: str | None = None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    fc = Forecaster.from_config(config, device=device, overrides=overrides, weights=weights)
+    stream = synthetic_stream(fc.context + 1 + steps + 3)
+    dt = 1.0 / 25
+    timings: dict[str, list[float]] = {s: [] for s in STAGES}
+    last = None
+    for i, image in enumerate(stream):
+        out = fc.step(image, i * dt)
+        if out is not None and i >= fc.context + 2:  # warm-up: first forecasts excluded
+            for s in STAGES:
+                timings[s].append(out.timings[s])
+            last = out
+    stage_ms = {s: statistics.median(v) for s, v in timings.items()}
+    flops = stage_flops(fc, stream[0])
+    peak = matmul_gflops(dev, next(fc.tokenizer.parameters()).dtype)
+    utilisation = {s: flops[s] / (stage_ms[s] * 1e-3) / (peak * 1e9) for s in STAGES}
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    window = stream[: fc.context + 1]
+    stamps = [i * dt for i in range(fc.context + 1)]
+    recompute_ms = _median_ms(lambda: recompute_step(fc, window, stamps), max(3, steps // 4), sync=sync)
+    fc.reset()
+
+    result = {
+        "config": {
+            "name": fc.cfg.name,
+            "resolution": list(fc.cfg.vfm.image_size),
+            "vfm": f"{fc.cfg.vfm.family} d{fc.cfg.vfm.embed_dim}x{fc.cfg.vfm.depth} p{fc.cfg.vfm.patch_size}",
+            "vfm_backend": fc.vfm.backend,
+            "k": fc.k, "horizon": fc.horizon, "step_s": fc.step_s, "context": fc.context,
+            "output_size": list(fc.output_size),
+            "tokenizer": {"dim": fc.cfg.tokenizer.dim, "encoder_depth": fc.cfg.tokenizer.encoder_depth,
+                          "decoder_depth": fc.cfg.tokenizer.decoder_depth,
+                          "decoder_stride": fc.cfg.tokenizer.decoder_stride},
+            "predictor": {"dim": fc.cfg.world.dim, "depth": fc.cfg.world.depth},
+            "dtype": str(next(fc.tokenizer.parameters()).dtype).replace("torch.", ""),
+            "threads": torch.get_num_threads(),
+            "trained_weights": fc.cfg.weights is not None,
+        },
+        "machine": {"cores": os.cpu_count(), "torch": torch.__version__, "device": str(dev),
+                    "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+                    "matmul_gflops": peak},
+        "stage_ms": stage_ms,
+        **{s: stage_ms[s] for s in STAGES},
+        "total_hz": 1e3 / stage_ms["total"],
+        "flops": flops,
+        "utilisation": utilisation,
+        "recompute_ms": recompute_ms,
+        "streaming_speedup": recompute_ms / stage_ms["total"],
+        "dense_ratio": dense_comparison(fc, max(3, steps // 4)),
+        "node_overhead": None,
+        "node_overhead_ms": None,
+    }
+    if last is not None:
+        node = node_overhead_ms(last, stream[-1], max(5, steps))
+        result["node_overhead"] = node
+        result["node_overhead_ms"] = None if node is None else node["total_ms"]
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def format_table(r: dict) -> str:
+    c = r["config"]
+    lines = [
+        f"DeltaWorld benchmark: config {c['name']} ({c['vfm']}, {c['vfm_backend']}), "
+        f"{c['resolution'][0]}x{c['resolution'][1]} px, K={c['k']}, {c['horizon']} steps, {c['dtype']}, "
+        f"{c['threads']} threads, {r['machine']['device']} ({r['machine']['device_name']})",
+        f"{'stage':<8} {'ms':>9} {'GFLOP':>9} {'util %':>7}",
+    ]
+    for s in STAGES:
+        lines.append(f"{s:<8} {r['stage_ms'][s]:>9.1f} {r['flops'][s] / 1e9:>9.2f} {100 * r['utilisation'][s]:>7.1f}")
+    lines.append(f"total_hz {r['total_hz']:.2f}   matmul {r['machine']['matmul_gflops']:.0f} GFLOP/s")
+    lines.append(f"streaming_speedup {r['streaming_speedup']:.2f}x (recompute {r['recompute_ms']:.1f} ms)")
+    d = r["dense_ratio"]
+    if d:
+        lines.append(
+            f"dense_ratio: tokens/frame 1 vs {d['tokens_per_frame']['dense']}, FLOPs x{d['flops_ratio']:.0f}, "
+            f"time x{d['time_ratio']:.1f} ({d['ms']['deltaworld']:.1f} vs {d['ms']['dense']:.1f} ms)"
+        )
+    if r["node_overhead_ms"] is not None:
+        n = r["node_overhead"]
+        lines.append(f"node_overhead_ms {n['total_ms']:.2f} (convert {n['convert_ms']:.2f}, build {n['build_ms']:.2f}, "
+                     f"serialize {n['serialize_ms']:.2f}; {n['message_bytes'] / 1e6:.2f} MB)")
+    lines.append(f"peak_rss_mb {r['peak_rss_mb']:.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deltaworld_core.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--steps", type=int, default=20, help="timed streaming steps")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. forecast.k=16")
+    args = parser.parse_args(argv)
+    overrides = dict(parse_override(o) for o in args.overrides)
+    result = run(args.config, overrides, args.steps, args.device, args.threads, args.weights)
+    print(format_table(result))
+    if args.json:
+        text = json.dumps(result, indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
