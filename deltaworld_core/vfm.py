@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+__all__ = ["VisionTransformer", "FrozenVFM", "build_vfm", "export_onnx", "default_cache_dir", "ffn_hidden_dim"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # LayerNorm epsilon of the released checkpoints (Meta and Hugging Face agree).
@@ -424,6 +426,11 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     backbone = VisionTransformer(**kwargs)
     weights = str(cfg.weights)
+    if weights == "embedded" and (kwargs["family"], kwargs["patch_size"], kwargs["embed_dim"], kwargs["depth"],
+                                  kwargs["num_heads"], kwargs["num_registers"], kwargs["ffn"]) != (
+            "dinov2", 14, 384, 12, 6, 0, "mlp"):
+        raise ValueError("weights='embedded' is a DINOv2 ViT-S/14: family dinov2, patch_size 14, embed_dim 384, "
+                         "depth 12, num_heads 6, num_registers 0, ffn mlp")
     if weights == "random":
         backbone.init_weights(seed)
         identity = f"random:{seed}"

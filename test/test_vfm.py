@@ -242,6 +242,8 @@ def test_frozen_vfm_preprocess_forward_black():
 
     with pytest.raises(ValueError, match="multiples"):
         build_vfm(cfg(image_size=(60, 96)))
+    with pytest.raises(ValueError, match="ViT-S/14"):
+        build_vfm(cfg(weights="embedded"))
 
 
 def test_build_vfm_random_is_seeded_and_loads_paths(tmp_path):
