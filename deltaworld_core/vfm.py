@@ -22,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["VisionTransformer", "FrozenVFM", "build_vfm", "export_onnx", "default_cache_dir", "ffn_hidden_dim"]
+from .vfm_weights import embedded_dinov2_small, load_checkpoint
+
+__all__ = ["VisionTransformer", "FrozenVFM", "build_vfm", "export_onnx", "default_cache_dir", "ffn_hidden_dim",
+           "embedded_dinov2_small", "load_checkpoint"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -420,8 +423,6 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
     ``cache_dir``) and runs it with ONNX Runtime (CPU, float32 only); if that fails it warns and
     falls back to torch.
     """
-    from . import vfm_weights  # local: keeps `import deltaworld_core.vfm` light
-
     kwargs = _arch_kwargs(cfg)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     backbone = VisionTransformer(**kwargs)
@@ -435,8 +436,8 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
         backbone.init_weights(seed)
         identity = f"random:{seed}"
     else:
-        path = vfm_weights.embedded_dinov2_small(cache_dir) if weights == "embedded" else Path(weights).expanduser()
-        vfm_weights.load_checkpoint(backbone, path)
+        path = embedded_dinov2_small(cache_dir) if weights == "embedded" else Path(weights).expanduser()
+        load_checkpoint(backbone, path)
         st = path.stat()
         identity = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     backbone = backbone.to(device=device, dtype=dtype)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 EMBEDDED_FILE = "dinov2_vits14_imgfocus-0.1.1.safetensors"
 EMBEDDED_PARAMS = 22_056_192
 # Keys present in released checkpoints that an eval-time backbone does not use.
-_IGNORED = re.compile(r"^(mask_token|rope_embed\.periods|local_cls_norm\..*|head\..*|dino_head\..*)$")
+_IGNORED = re.compile(r"^(mask_token|rope_embed\.periods|rope_embeddings\..*|local_cls_norm\..*|head\..*|dino_head\..*)$")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
