@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds the ament_cmake package deltaworld_ros (its rosidl messages and the node) with plain CMake
+# into the virtual environment's prefix, so `from deltaworld_ros.msg import Futures` works with no
+# environment variables. Idempotent: skipped when nothing it installs has changed since the last
+# build (a hash stamp in the venv). Usage: scripts/build_interfaces.sh [--force]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VIRTUAL_ENV:-$PWD/.venv}
+PY=$VENV/bin/python
+BUILD=build/deltaworld_ros
+
+shopt -s nullglob
+inputs=(CMakeLists.txt package.xml cmake/*.cmake msg/*.msg scripts/build_interfaces.sh
+  deltaworld_ros/*.py launch/* config/*)
+hash=$(cat "${inputs[@]}" | sha256sum | cut -c1-16)
+stamp=$VENV/.deltaworld-interfaces-$hash
+if [[ -f $stamp && ${1:-} != --force ]] && "$PY" -c "import deltaworld_ros.msg" 2>/dev/null; then
+  exit 0
+fi
+
+# The PyPI wheels install CMake packages under $VENV/share; ament finds them through this path.
+export AMENT_PREFIX_PATH=$VENV
+export PATH=$VENV/bin:$PATH
+cmake -S . -B "$BUILD" -Wno-dev \
+  -DCMAKE_INSTALL_PREFIX="$VENV" \
+  -DCMAKE_PREFIX_PATH="$VENV" \
+  -DCMAKE_PROJECT_INCLUDE="$PWD/cmake/drop_missing_include_dirs.cmake" \
+  -DPython3_EXECUTABLE="$PY" \
+  -DPYTHON_INSTALL_DIR="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))' | sed "s|^$VENV/||")" \
+  -DDELTAWORLD_INSTALL_CORE=OFF \
+  -DBUILD_TESTING=OFF > "$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 1; }
+cmake --build "$BUILD" -j "$(nproc)" >> "$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
+cmake --install "$BUILD" >> "$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
+rm -f "$VENV"/.deltaworld-interfaces-*
+touch "$stamp"
+echo "deltaworld_ros built into $VENV"
