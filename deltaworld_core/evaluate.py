@@ -1,0 +1,597 @@
+"""Evaluates forecasts against the frames that really followed: feature MSE, mIoU and depth RMSE.
+
+    python -m deltaworld_core.evaluate --config default --video PATH [--video PATH ...] \\
+        [--labels DIR] [--synthetic 1000:1050] [--dataset cityscapes|kitti|vspw --root DIR] \\
+        --context 4 --horizon 3 --k 8 --step-s 0.2 [--dense PATH] [--weights DIR] \\
+        [--max-clips N] [--seed 0] [--device cpu] --json OUT.json [key.path=value ...]
+
+Clips. Each video is sub-sampled to one frame every ``--step-s`` seconds (the frame nearest to
+each point of a grid that starts at the first frame; a gap of more than 1.5 steps starts a new
+grid) and cut into windows of ``context + horizon`` consecutive sub-sampled frames, one window
+every ``--stride`` frames (default: ``context + horizon``, i.e. non-overlapping). Synthetic seeds
+give one clip each, rendered at ``t = 0, step, 2 step, ...`` with exact labels for every frame.
+The public datasets give one clip per labelled frame (the last frame of the clip).
+
+Methods, per horizon step h (1..H), in the VFM's final feature space:
+  copy_last  the last context frame's features, repeated;
+  tokenizer  the TRUE delta tokens of the target frames decoded autoregressively, each against
+             the previous reconstruction (the codec's upper bound);
+  best       the one of K sampled futures whose final-step features are closest (mean Smooth-L1,
+             beta 1) to the truth (the paper's oracle; one sample per clip, used for every step);
+  mean       the average of the K decoded feature maps;
+  dense      the dense baseline's rollout (only with ``--dense``);
+  present    (mIoU / depth only) the heads on the true features of the target frame.
+The first context frame is encoded against the features of an all-black frame, as in training.
+
+Metrics: ``feature_mse`` = mean squared error over tokens and channels (averaged over clips).
+``miou`` (percent; classes of the config's heads, label 255 and ids outside the heads' classes
+ignored) is computed from a confusion matrix accumulated over all labelled target frames;
+``depth_rmse`` (metres) is per frame over valid ground truth (finite, within the heads'
+[min_depth, max_depth]), predictions clamped to that range, then averaged over frames. Heads run
+at the label resolution. A step without labels (public datasets label only the last frame) is
+null. Sampling is seeded per clip (``--seed`` and the clip's index), so results do not depend on
+the batch size.
+
+``--labels DIR`` (for ``--video``): per video frame index i (0-based, of the decoded video),
+``DIR/semantic/{i:06d}.png`` (uint8 class ids, 255 = ignore) and/or ``DIR/depth/{i:06d}.png``
+(uint16, metres * 256, 0 = invalid, KITTI convention) or ``.npy`` (float metres); with several
+videos ``DIR/<video stem>/semantic/...`` is looked up first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError, ModelConfig, load_config, parse_override
+from .forecaster import build_models, load_weights
+from .rollout import reconstruct, rollout
+from .vfm import build_vfm, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+METHODS = ("copy_last", "tokenizer", "best", "mean", "dense")
+LABEL_METHODS = ("present",) + METHODS
+DATASETS = ("cityscapes", "kitti", "vspw")
+
+
+class EvaluationError(RuntimeError):
+    """Bad input for an evaluation (missing file, no clips, mismatched shapes)."""
+
+
+# ----------------------------------------------------------------------------- clips
+@dataclass
+class Clip:
+    """One evaluation window: T = context + horizon frames."""
+
+    features: torch.Tensor  # [T, N, C] float32, true VFM features
+    stamps: np.ndarray  # [T] float64 seconds
+    semantic: list[np.ndarray | None]  # per target step: uint8 [h, w] or None
+    depth: list[np.ndarray | None]  # per target step: float32 [h, w] metres or None
+    source: str = ""
+
+
+@dataclass
+class Accumulator:
+    horizon: int
+    num_classes: int
+    methods: tuple[str, ...]
+    clips: int = 0
+    mse: dict[str, np.ndarray] = field(default_factory=dict)
+    conf: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    rmse_sum: dict[str, np.ndarray] = field(default_factory=dict)
+    rmse_n: dict[str, np.ndarray] = field(default_factory=dict)
+    seg_frames: np.ndarray | None = None
+    ignored_ids: int = 0
+
+    def __post_init__(self):
+        h, c = self.horizon, self.num_classes
+        self.mse = {m: np.zeros(h) for m in self.methods}
+        label_methods = ("present",) + self.methods
+        self.conf = {m: [np.zeros((c, c), np.int64) for _ in range(h)] for m in label_methods}
+        self.rmse_sum = {m: np.zeros(h) for m in label_methods}
+        self.rmse_n = {m: np.zeros(h, np.int64) for m in label_methods}
+        self.seg_frames = np.zeros(h, np.int64)
+
+    def add_segmentation(self, method: str, step: int, pred: np.ndarray, gt: np.ndarray) -> None:
+        c = self.num_classes
+        valid = gt != 255
+        outside = valid & (gt >= c)
+        if outside.any():
+            self.ignored_ids += int(outside.sum())
+            valid &= ~outside
+        idx = gt[valid].astype(np.int64) * c + pred[valid].astype(np.int64)
+        self.conf[method][step] += np.bincount(idx, minlength=c * c).reshape(c, c)
+
+    def add_depth(self, method: str, step: int, pred: np.ndarray, gt: np.ndarray, lo: float, hi: float) -> None:
+        valid = np.isfinite(gt) & (gt >= lo) & (gt <= hi)
+        if not valid.any():
+            return
+        err = np.clip(pred[valid], lo, hi) - gt[valid]
+        self.rmse_sum[method][step] += float(np.sqrt(np.mean(err.astype(np.float64) ** 2)))
+        self.rmse_n[method][step] += 1
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"feature_mse": {m: _list(v / max(self.clips, 1)) for m, v in self.mse.items()}}
+        if self.seg_frames.any():
+            miou = {}
+            for m, confs in self.conf.items():
+                miou[m] = [None if not n else _miou(cm) for cm, n in zip(confs, self.seg_frames)]
+            out["miou"] = miou
+        if any(n.any() for n in self.rmse_n.values()):
+            out["depth_rmse"] = {m: [None if not n else s / n for s, n in zip(self.rmse_sum[m], self.rmse_n[m])]
+                                 for m in self.rmse_sum}
+        return out
+
+
+def _miou(cm: np.ndarray) -> float | None:
+    inter = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+    present = union > 0
+    return float(100.0 * np.mean(inter[present] / union[present])) if present.any() else None
+
+
+def _list(a: np.ndarray) -> list[float | None]:
+    return [None if not math.isfinite(float(x)) else float(x) for x in a]
+
+
+# ----------------------------------------------------------------------------- sources
+def _open_video(path: Path):
+    """(rgb uint8 [H, W, 3], stamp s) per frame; the data package's reader when present."""
+    try:
+        from .data import open_video  # type: ignore[attr-defined]
+    except ImportError:
+        open_video = None
+    if open_video is not None:
+        yield from open_video(str(path))
+        return
+    import cv2  # fallback until deltaworld_core.data.open_video lands
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise EvaluationError(f"cannot open video {path}")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    index = 0
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            yield np.ascontiguousarray(bgr[..., ::-1]), index / fps
+            index += 1
+    finally:
+        cap.release()
+
+
+def subsample(frames: Iterable[tuple[np.ndarray, float]], step_s: float) -> Iterator[tuple[int, int, np.ndarray, float]]:
+    """Yields (segment, frame index, rgb, stamp) for the frame nearest to each point of a grid
+    ``t0 + i * step_s``; a gap of more than 1.5 steps between kept frames starts a new segment."""
+    segment, grid_t, prev = 0, None, None  # prev = (index, rgb, stamp)
+    for index, (rgb, stamp) in enumerate(frames):
+        stamp = float(stamp)
+        if grid_t is None:
+            grid_t = stamp
+        while True:
+            if stamp < grid_t:
+                break
+            # The grid point lies between prev and this frame: keep the nearer one.
+            if prev is not None and abs(prev[2] - grid_t) <= abs(stamp - grid_t) and prev[2] > grid_t - step_s / 2:
+                yield segment, prev[0], prev[1], prev[2]
+                grid_t += step_s
+                prev = None
+                continue
+            if stamp - grid_t > step_s / 2:  # nothing near this grid point: a gap
+                segment += 1
+                grid_t = stamp
+            yield segment, index, rgb, stamp
+            grid_t += step_s
+            break
+        prev = (index, rgb, stamp) if stamp < grid_t else None
+    if prev is not None and abs(prev[2] - grid_t) < step_s / 2:
+        yield segment, prev[0], prev[1], prev[2]
+
+
+def video_windows(path: Path, length: int, stride: int, step_s: float) -> Iterator[list[tuple[int, np.ndarray, float]]]:
+    """Windows of ``length`` sub-sampled frames (index, rgb, stamp), one every ``stride``."""
+    buf: list[tuple[int, np.ndarray, float]] = []
+    seg_now, skip = None, 0
+    for seg, index, rgb, stamp in subsample(_open_video(path), step_s):
+        if seg != seg_now:
+            buf, seg_now, skip = [], seg, 0
+        if skip:
+            skip -= 1
+            continue
+        buf.append((index, rgb, stamp))
+        if len(buf) == length:
+            yield list(buf)
+            if stride >= length:
+                buf, skip = [], stride - length
+            else:
+                buf = buf[stride:]
+
+
+def _read_label(folder: Path, index: int, kind: str) -> np.ndarray | None:
+    import cv2
+
+    for ext in (".png", ".npy"):
+        p = folder / kind / f"{index:06d}{ext}"
+        if not p.is_file():
+            continue
+        if ext == ".npy":
+            return np.load(p).astype(np.uint8 if kind == "semantic" else np.float32)
+        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise EvaluationError(f"unreadable label {p}")
+        if kind == "semantic":
+            return img if img.ndim == 2 else img[..., 0]
+        return img.astype(np.float32) / 256.0
+    return None
+
+
+class ClipSource:
+    """Turns the command line's sources into :class:`Clip` objects, computing each frame's VFM
+    features once (through the on-disk feature cache when one is given)."""
+
+    def __init__(self, vfm, cfg: ModelConfig, context: int, horizon: int, step_s: float,
+                 cache_dir: Path | None = None, vfm_seed: int = 0, batch_frames: int = 16):
+        self.vfm, self.cfg = vfm, cfg
+        self.context, self.horizon, self.step_s = context, horizon, step_s
+        self.length = context + horizon
+        self.cache = None
+        if cache_dir is not None:
+            from .features import FeatureCache
+
+            self.cache = FeatureCache(cache_dir, vfm, cfg.vfm, seed=vfm_seed, batch_size=batch_frames)
+        self.batch_frames = batch_frames
+
+    def _features(self, source: dict[str, Any], load) -> dict[str, Any]:
+        if self.cache is not None:
+            return self.cache.get(source, load)
+        return self._compute(load)
+
+    def _compute(self, load) -> dict[str, Any]:
+        data = dict(load())
+        frames = torch.from_numpy(np.ascontiguousarray(data.pop("frames")))
+        with torch.no_grad():
+            feats = torch.cat([self.vfm(frames[i:i + self.batch_frames]).float().cpu()
+                               for i in range(0, len(frames), self.batch_frames)])
+        return {"features": feats, **{k: torch.as_tensor(v) for k, v in data.items()}}
+
+    def black(self) -> torch.Tensor:
+        """[N, C] features of an all-black frame, at the same precision as the clips'."""
+        if self.cache is not None:
+            return self.cache.black()
+        return self.vfm.black_features(1)[0].float().cpu()
+
+    def videos(self, paths: list[Path], labels: Path | None, stride: int) -> Iterator[Clip]:
+        from .features import file_identity
+
+        for path in paths:
+            label_dir = None
+            if labels is not None:
+                label_dir = labels / path.stem if (labels / path.stem).is_dir() else labels
+            for window in video_windows(path, self.length, stride, self.step_s):
+                indices = [w[0] for w in window]
+                stamps = np.array([w[2] for w in window], np.float64)
+                source = {"kind": "video", **file_identity(path), "frames": indices}
+                feats = self._features(source, lambda: {"frames": np.stack([w[1] for w in window])})["features"]
+                sem = [None] * self.horizon
+                dep = [None] * self.horizon
+                if label_dir is not None:
+                    for h, index in enumerate(indices[self.context:]):
+                        sem[h] = _read_label(label_dir, index, "semantic")
+                        dep[h] = _read_label(label_dir, index, "depth")
+                yield Clip(feats, stamps, sem, dep, f"{path.name}@{indices[0]}")
+
+    def synthetic(self, seeds: range, size: tuple[int, int] | None = None) -> Iterator[Clip]:
+        from .data.synthetic import SyntheticWorld
+
+        size = tuple(size or self.cfg.vfm.image_size)
+        stamps = np.arange(self.length, dtype=np.float64) * self.step_s
+        for seed in seeds:
+            source = {"kind": "synthetic", "seed": int(seed), "stamps": stamps.tolist(), "image_size": list(size)}
+
+            def load(seed=seed):
+                out = SyntheticWorld(int(seed), size).render(stamps)
+                return {"frames": out["frames"], "semantic": out["semantic"], "depth": out["depth"]}
+
+            data = self._features(source, load)
+            sem = np.asarray(data["semantic"])[self.context:]
+            dep = np.asarray(data["depth"], dtype=np.float32)[self.context:]
+            yield Clip(data["features"], stamps, list(sem), list(dep), f"synthetic:{seed}")
+
+    def dataset(self, name: str, root: Path) -> Iterator[Clip]:
+        """Public labelled formats through ``deltaworld_core.data``'s loaders: each item gives
+        ``frames`` [T, H, W, 3] uint8, ``stamps`` [T] and ``semantic`` or ``depth`` of the last
+        frame (shape [H, W] or [T, H, W] with only the last one used)."""
+        import importlib
+
+        try:
+            module = importlib.import_module(f".data.{name}", __package__)
+        except ImportError as err:
+            raise EvaluationError(f"dataset {name!r}: no loader deltaworld_core.data.{name} ({err})") from err
+        items = _find_loader(module, name)(root=str(root), num_frames=self.length)
+        ident = getattr(items, "identity", None)
+        for i in range(len(items)):
+            def load(i=i):
+                item = items[i]
+                out = {"frames": np.asarray(item["frames"]), "stamps": np.asarray(item["stamps"], np.float64)}
+                for kind in ("semantic", "depth"):
+                    if item.get(kind) is not None:
+                        lab = np.asarray(item[kind])
+                        out[kind] = lab[-1] if lab.ndim == 3 else lab
+                return out
+
+            if callable(ident):  # cacheable only when the loader names its items
+                data = self._features({"kind": name, "item": ident(i), "num_frames": self.length}, load)
+            else:
+                data = self._compute(load)
+            sem: list[np.ndarray | None] = [None] * self.horizon
+            dep: list[np.ndarray | None] = [None] * self.horizon
+            if "semantic" in data:
+                sem[-1] = np.asarray(data["semantic"]).astype(np.uint8)
+            if "depth" in data:
+                dep[-1] = np.asarray(data["depth"], np.float32)
+            yield Clip(data["features"], np.asarray(data["stamps"], np.float64), sem, dep, f"{name}:{i}")
+
+
+def _find_loader(module, name: str):
+    for attr in ("clips", "Clips", f"{name.capitalize()}Clips", f"{name.upper()}Clips", "ClipDataset", "Dataset"):
+        if hasattr(module, attr):
+            return getattr(module, attr)
+    raise EvaluationError(f"deltaworld_core.data.{name} has no clip loader")
+
+
+# ----------------------------------------------------------------------------- evaluation
+class Evaluator:
+    def __init__(self, cfg: ModelConfig, tokenizer, world, heads, grid: tuple[int, int], black: torch.Tensor,
+                 context: int, horizon: int, k: int, dense=None, seed: int = 0, device="cpu"):
+        self.cfg, self.tokenizer, self.world, self.heads = cfg, tokenizer, world, heads
+        self.grid, self.context, self.horizon, self.k = grid, context, horizon, k
+        self.dense, self.seed = dense, seed
+        self.device = torch.device(device)
+        self.black = black.to(self.device)
+        methods = tuple(m for m in METHODS if m != "dense" or dense is not None)
+        self.acc = Accumulator(horizon, len(cfg.heads.class_names), methods)
+        self.index = 0  # clips seen, seeds the per-clip generators
+
+    @torch.no_grad()
+    def predict(self, clips: list[Clip]) -> dict[str, torch.Tensor]:
+        """Features of every method [B, H, N, C] plus ``truth`` and ``samples`` [B, K, H, N, C]."""
+        c, h = self.context, self.horizon
+        feats = torch.stack([clip.features for clip in clips]).to(self.device, torch.float32)  # [B, T, N, C]
+        b, t, n, ch = feats.shape
+        if t != c + h or n != self.grid[0] * self.grid[1]:
+            raise EvaluationError(f"clip features {tuple(feats.shape[1:])} do not match T={c + h}, grid {self.grid}")
+        times = torch.tensor(np.stack([clip.stamps - clip.stamps[0] for clip in clips]), dtype=torch.float64,
+                             device=self.device)
+        prev = torch.cat((self.black.expand(b, 1, n, ch), feats[:, :-1]), dim=1)
+        tokens = self.tokenizer.encode(prev.flatten(0, 1), feats.flatten(0, 1), self.grid).unflatten(0, (b, t))
+        gens = []
+        for i in range(b):
+            g = torch.Generator(device=self.device)
+            g.manual_seed(self.seed * 1_000_003 + self.index + i)
+            gens.append(g)
+        last = feats[:, c - 1]
+        samples = rollout(self.tokenizer, self.world, tokens[:, :c], times[:, :c], last, times[:, c:], self.k,
+                          gens, self.grid)  # [B, K, H, N, C]
+        truth = feats[:, c:]
+        score = F.smooth_l1_loss(samples[:, :, -1], truth[:, None, -1].expand_as(samples[:, :, -1]),
+                                 reduction="none").mean(dim=(2, 3))  # [B, K]
+        pick = score.argmin(dim=1)
+        out = {
+            "truth": truth,
+            "samples": samples,
+            "final_smooth_l1": score,
+            "copy_last": last[:, None].expand(b, h, n, ch),
+            "tokenizer": reconstruct(self.tokenizer, tokens[:, c:], last, self.grid),
+            "best": samples[torch.arange(b, device=self.device), pick],
+            "mean": samples.mean(dim=1),
+        }
+        if self.dense is not None:
+            step = float((times[:, c:] - times[:, c - 1:-1]).mean())
+            out["dense"] = self.dense.rollout(feats[:, :c], h, self.grid, step_s=step, context_times=times[:, :c])
+        return out
+
+    @torch.no_grad()
+    def add(self, clips: list[Clip]) -> dict[str, torch.Tensor]:
+        preds = self.predict(clips)
+        truth = preds["truth"]
+        acc = self.acc
+        for m in acc.methods:
+            acc.mse[m] += ((preds[m] - truth) ** 2).mean(dim=(2, 3)).sum(0).double().cpu().numpy()
+        acc.clips += len(clips)
+        self.index += len(clips)
+        hc = self.cfg.heads
+        for i, clip in enumerate(clips):
+            for step in range(self.horizon):
+                sem, dep = clip.semantic[step], clip.depth[step]
+                if sem is None and dep is None:
+                    continue
+                size = (sem if sem is not None else dep).shape[-2:]
+                methods = ("present",) + acc.methods
+                stack = torch.stack([truth[i, step]] + [preds[m][i, step] for m in acc.methods])
+                ids, depth = self.heads(stack, self.grid, tuple(int(s) for s in size))
+                ids, depth = ids.cpu().numpy(), depth.float().cpu().numpy()
+                if sem is not None:
+                    acc.seg_frames[step] += 1
+                    for j, m in enumerate(methods):
+                        acc.add_segmentation(m, step, ids[j], np.asarray(sem))
+                if dep is not None:
+                    for j, m in enumerate(methods):
+                        acc.add_depth(m, step, depth[j], np.asarray(dep, np.float32), hc.min_depth, hc.max_depth)
+        return preds
+
+
+# ----------------------------------------------------------------------------- output
+def format_table(result: dict[str, Any]) -> str:
+    h = len(next(iter(result["feature_mse"].values())))
+    step = result["step_s"]
+    head = f"{'metric':<12}{'method':<11}" + "".join(f"{f'h{i + 1} ({step * (i + 1):.2f}s)':>14}" for i in range(h))
+    lines = [f"clips: {result['clips']}  k: {result['k']}  step: {step} s  context: {result['context']}",
+             head, "-" * len(head)]
+    for metric, fmt in (("feature_mse", "{:.5f}"), ("miou", "{:.2f}"), ("depth_rmse", "{:.3f}")):
+        for method, values in result.get(metric, {}).items():
+            cells = "".join(f"{'-' if v is None else fmt.format(v):>14}" for v in values)
+            lines.append(f"{metric:<12}{method:<11}{cells}")
+    return "\n".join(lines)
+
+
+def parse_seeds(text: str) -> range:
+    try:
+        lo, hi = (int(x) for x in text.split(":"))
+    except ValueError as err:
+        raise EvaluationError(f"--synthetic expects SEED_START:SEED_END (end exclusive), got {text!r}") from err
+    if hi <= lo:
+        raise EvaluationError(f"--synthetic {text}: SEED_END must be > SEED_START")
+    return range(lo, hi)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m deltaworld_core.evaluate", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="default", help="config name or YAML path")
+    p.add_argument("--weights", default=None, help="folder of tokenizer/world/heads .safetensors")
+    p.add_argument("--video", action="append", default=[], help="video file (repeatable)")
+    p.add_argument("--labels", default=None, help="per-frame labels for --video (see the module doc)")
+    p.add_argument("--synthetic", default=None, metavar="START:END", help="held-out synthetic seeds, end exclusive")
+    p.add_argument("--synthetic-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="synthetic render size (default: the VFM's image size)")
+    p.add_argument("--dataset", choices=DATASETS, default=None)
+    p.add_argument("--root", default=None, help="dataset root for --dataset")
+    p.add_argument("--context", type=int, default=None, help="context frames (default: the config's)")
+    p.add_argument("--horizon", type=int, default=None, help="target frames (default: the config's)")
+    p.add_argument("--k", type=int, default=None, help="samples per clip (default: the config's)")
+    p.add_argument("--step-s", type=float, default=None, help="seconds between frames (default: the config's)")
+    p.add_argument("--stride", type=int, default=None, help="sub-sampled frames between video windows "
+                   "(default: context + horizon, non-overlapping)")
+    p.add_argument("--dense", default=None, help="dense-baseline checkpoint (file or folder)")
+    p.add_argument("--max-clips", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8, help="clips per batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache", default=None, help="feature cache folder (default: $DELTAWORLD_CACHE/features)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. vfm.image_size=[224,224]")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = dict(parse_override(o) for o in args.overrides)
+    cfg = load_config(args.config, overrides)
+    if args.weights is not None:
+        cfg.weights = str(args.weights)
+    fc = cfg.forecast
+    context = args.context if args.context is not None else fc.context
+    horizon = args.horizon if args.horizon is not None else fc.horizon
+    k = args.k if args.k is not None else fc.k
+    step_s = args.step_s if args.step_s is not None else fc.step_s
+    for name, value in (("context", context), ("horizon", horizon), ("k", k), ("batch-size", args.batch_size)):
+        if value < 1:
+            raise EvaluationError(f"--{name} must be >= 1, got {value}")
+    if not step_s > 0:
+        raise EvaluationError(f"--step-s must be > 0, got {step_s}")
+    videos = [Path(v) for v in args.video]
+    for v in videos:
+        if not v.is_file():
+            raise EvaluationError(f"video not found: {v}")
+    if args.labels is not None and not Path(args.labels).is_dir():
+        raise EvaluationError(f"labels folder not found: {args.labels}")
+    if args.dataset is not None and (args.root is None or not Path(args.root).is_dir()):
+        raise EvaluationError(f"--dataset {args.dataset} needs an existing --root, got {args.root!r}")
+    if args.root is not None and args.dataset is None:
+        raise EvaluationError("--root needs --dataset")
+    seeds = parse_seeds(args.synthetic) if args.synthetic is not None else None
+    if not videos and seeds is None and args.dataset is None:
+        raise EvaluationError("nothing to evaluate: give --video, --synthetic or --dataset")
+    if args.dense is not None and not Path(args.dense).exists():
+        raise EvaluationError(f"dense checkpoint not found: {args.dense}")
+
+    device = torch.device(args.device)
+    tokenizer, world, heads = build_models(cfg)
+    if cfg.weights is not None:
+        load_weights(cfg.weights, tokenizer=tokenizer, world=world, heads=heads)
+    else:
+        log.warning("config %r has no weights: tokenizer/world/heads are untrained", cfg.name)
+    for m in (tokenizer, world, heads):
+        m.to(device).eval().requires_grad_(False)
+    vfm = build_vfm(cfg.vfm, device=device)
+    dense = None
+    if args.dense is not None:
+        from .dense import load_dense
+
+        dense = load_dense(args.dense).to(device).eval().requires_grad_(False)
+        if dense.feature_dim != cfg.vfm.embed_dim:
+            raise EvaluationError(f"dense baseline has {dense.feature_dim} channels, the VFM {cfg.vfm.embed_dim}")
+
+    cache_dir = None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir() / "features"
+    source = ClipSource(vfm, cfg, context, horizon, step_s, cache_dir)
+    grid = tuple(vfm.grid)
+    ev = Evaluator(cfg, tokenizer, world, heads, grid, source.black(), context, horizon, k, dense, args.seed, device)
+
+    def clips() -> Iterator[Clip]:
+        if videos:
+            yield from source.videos(videos, Path(args.labels) if args.labels else None,
+                                     args.stride or context + horizon)
+        if seeds is not None:
+            yield from source.synthetic(seeds, tuple(args.synthetic_size) if args.synthetic_size else None)
+        if args.dataset is not None:
+            yield from source.dataset(args.dataset, Path(args.root))
+
+    t0 = time.perf_counter()
+    batch: list[Clip] = []
+    seen = 0
+    for clip in clips():
+        if args.max_clips is not None and seen >= args.max_clips:
+            break
+        batch.append(clip)
+        seen += 1
+        if len(batch) == args.batch_size:
+            ev.add(batch)
+            batch = []
+    if batch:
+        ev.add(batch)
+    if ev.acc.clips == 0:
+        raise EvaluationError(f"no clips: every source is shorter than {context + horizon} frames at "
+                              f"{step_s} s per step")
+    if ev.acc.ignored_ids:
+        log.warning("%d labelled pixels had class ids outside the heads' %d classes and were ignored",
+                    ev.acc.ignored_ids, len(cfg.heads.class_names))
+    result = {"clips": ev.acc.clips, "k": k, "step_s": step_s, "context": context, "horizon": horizon,
+              "config": cfg.name, "weights": cfg.weights, "dense": args.dense, "seed": args.seed,
+              **ev.acc.result(), "seconds": time.perf_counter() - t0}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = run(args)
+    except (EvaluationError, ConfigError, FileNotFoundError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json:
+        from .checkpoint import atomic_write
+
+        text = json.dumps(result, indent=1)
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""One rollout of K futures, shared by the streaming forecaster, evaluation and the baselines.
+
+For each of B context sequences, K noise queries per horizon step give K trajectories. Each
+hypothesis is consistent over the horizon: its token at step h is predicted from the real context
+plus its own earlier predicted tokens (their K/V are appended to its context), and decoded by the
+DeltaTok decoder against its own previous (predicted) features. All B*K hypotheses of a step run
+as one batch.
+
+Noise: per step, ``world.sample_queries(K, 1, g)`` is drawn for each batch item in order (one
+shared generator, or one generator per item so that an item's futures do not depend on what else
+is in the batch). With B=1 this is exactly the draw order of ``Forecaster``'s streaming forecast.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .deltatok import DeltaTok
+from .world import KV, DeltaWorld
+
+
+def _repeat(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, ...] -> [B*K, ...] (item-major: rows b*K .. b*K+K-1 belong to item b)."""
+    if k == 1:
+        return x
+    return x.unsqueeze(1).expand(x.shape[0], k, *x.shape[1:]).reshape(x.shape[0] * k, *x.shape[1:])
+
+
+def sample_noise(world: DeltaWorld, batch: int, k: int,
+                 generator: torch.Generator | Sequence[torch.Generator] | None, device, dtype) -> torch.Tensor:
+    """Queries [batch*K, 1, D] for one horizon step."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.cat([world.sample_queries(k, 1, generator, device, dtype) for _ in range(batch)])
+    if len(generator) != batch:
+        raise ValueError(f"{len(generator)} generators for a batch of {batch}")
+    return torch.cat([world.sample_queries(k, 1, g, device, dtype) for g in generator])
+
+
+@torch.no_grad()
+def rollout(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: torch.Tensor, context_times: torch.Tensor,
+            last_features: torch.Tensor, target_times: torch.Tensor, k: int,
+            generator: torch.Generator | Sequence[torch.Generator] | None, grid: tuple[int, int], *,
+            kv: KV | None = None, timings: dict[str, float] | None = None,
+            tick: Callable[[], float] | None = None) -> torch.Tensor:
+    """K sampled futures of B sequences.
+
+    Args:
+        context_tokens: [B, S, Dt] delta tokens of the context frames.
+        context_times: [B, S] their times in seconds (any origin, the same as ``target_times``).
+        last_features: [B, N, C] VFM features of the newest context frame.
+        target_times: [B, H] times of the target frames.
+        k: hypotheses per sequence.
+        generator: one ``torch.Generator`` for the whole batch, or a sequence of B generators
+            (one per item), or None (global RNG).
+        grid: (gh, gw) of the feature grid, gh*gw = N.
+        kv: the world's ``context_kv(context_tokens, context_times)`` when already cached
+            (e.g. the streaming forecaster's); computed here when None.
+        timings: if given, ``predict``/``decode`` milliseconds are added to it (``tick`` is the
+            clock, e.g. one that synchronises the GPU; default ``time.perf_counter``).
+    Returns:
+        features [B, K, H, N, C]: hypothesis j of item b at step h is ``out[b, j, h]``.
+    """
+    if context_tokens.ndim != 3 or context_times.shape != context_tokens.shape[:2]:
+        raise ValueError(f"context_tokens [B, S, Dt] and context_times [B, S] expected, got "
+                         f"{tuple(context_tokens.shape)} and {tuple(context_times.shape)}")
+    b = context_tokens.shape[0]
+    if last_features.ndim != 3 or last_features.shape[0] != b:
+        raise ValueError(f"last_features must be [B={b}, N, C], got {tuple(last_features.shape)}")
+    if target_times.ndim != 2 or target_times.shape[0] != b or target_times.shape[1] < 1:
+        raise ValueError(f"target_times must be [B={b}, H>=1], got {tuple(target_times.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if tick is None:
+        import time
+
+        tick = time.perf_counter
+    horizon = target_times.shape[1]
+    device, dtype = last_features.device, last_features.dtype
+    if kv is None:
+        kv = world.context_kv(context_tokens, context_times)
+    kv = [(_repeat(key, k), _repeat(val, k)) for key, val in kv]
+    prev = _repeat(last_features, k)  # [B*K, N, C]
+    times_all = _repeat(target_times, k)  # [B*K, H]
+    predicted = []
+    predict_ms = decode_ms = 0.0
+    for h in range(horizon):
+        t0 = tick()
+        times = times_all[:, h:h + 1]
+        queries = sample_noise(world, b, k, generator, device, dtype)
+        token = world.predict(queries, times, kv)[:, 0]  # [B*K, Dt]
+        if h + 1 < horizon:  # the hypothesis' own token joins its context for the next step
+            kv = [(torch.cat((key, nk), 2), torch.cat((val, nv), 2))
+                  for (key, val), (nk, nv) in zip(kv, world.context_kv(token[:, None], times))]
+        t1 = tick()
+        prev = tokenizer.decode(token, prev, grid)  # [B*K, N, C]
+        predicted.append(prev)
+        predict_ms += (t1 - t0) * 1e3
+        decode_ms += (tick() - t1) * 1e3
+    if timings is not None:
+        timings["predict"] = timings.get("predict", 0.0) + predict_ms
+        timings["decode"] = timings.get("decode", 0.0) + decode_ms
+    out = torch.stack(predicted, dim=1)  # [B*K, H, N, C]
+    return out.unflatten(0, (b, k))
+
+
+@torch.no_grad()
+def reconstruct(tokenizer: DeltaTok, tokens: torch.Tensor, last_features: torch.Tensor,
+                grid: tuple[int, int]) -> torch.Tensor:
+    """The codec's own autoregressive reconstruction: true tokens [B, H, Dt] decoded one after
+    another, each against the previous reconstruction, from ``last_features`` [B, N, C].
+    Returns [B, H, N, C]."""
+    prev, out = last_features, []
+    for h in range(tokens.shape[1]):
+        prev = tokenizer.decode(tokens[:, h], prev, grid)
+        out.append(prev)
+    return torch.stack(out, dim=1)
