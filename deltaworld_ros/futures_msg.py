@@ -1,0 +1,108 @@
+"""deltaworld_core Forecast <-> deltaworld_ros/msg/Futures.
+
+Stamps are handled in integer nanoseconds from the camera header, so the output header is exactly
+the input's and target stamps do not drift through float rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from std_msgs.msg import Header
+
+from deltaworld_ros.image_conversion import array_to_image_msg, image_to_array
+from deltaworld_ros.msg import Futures, HorizonSummary, Hypothesis
+
+NS = 1_000_000_000
+
+
+def time_to_ns(stamp: Time) -> int:
+    return stamp.sec * NS + stamp.nanosec
+
+
+def ns_to_time(ns: int) -> Time:
+    return Time(sec=ns // NS, nanosec=ns % NS)
+
+
+def time_to_seconds(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def seconds_to_time(seconds: float) -> Time:
+    return ns_to_time(round(seconds * NS))
+
+
+def forecast_to_msg(forecast, header: Header) -> Futures:
+    """``forecast`` (a deltaworld_core Forecast) made from the image with ``header`` -> Futures.
+    Every image carries the frame_id and its own target stamp."""
+    base_ns = time_to_ns(header.stamp)
+    # Offsets from the newest frame, rounded to whole microseconds: float64 seconds near 1.7e9
+    # resolve only ~0.2 us, and planners expect exactly step_s apart.
+    offsets_ns = [round((t - forecast.stamp) * 1e6) * 1000 for t in np.asarray(forecast.stamps, dtype=np.float64)]
+    target_headers = [Header(stamp=ns_to_time(base_ns + off), frame_id=header.frame_id) for off in offsets_ns]
+
+    hypotheses = [
+        Hypothesis(
+            semantic=[array_to_image_msg(forecast.semantic[k, h], "mono8", target_headers[h]) for h in range(forecast.horizon)],
+            depth=[array_to_image_msg(forecast.depth[k, h], "32FC1", target_headers[h]) for h in range(forecast.horizon)],
+        )
+        for k in range(forecast.k)
+    ]
+    s = forecast.summary
+    summary = [
+        HorizonSummary(
+            semantic_mode=array_to_image_msg(s.semantic_mode[h], "mono8", target_headers[h]),
+            semantic_agreement=array_to_image_msg(s.agreement[h], "32FC1", target_headers[h]),
+            depth_mean=array_to_image_msg(s.depth_mean[h], "32FC1", target_headers[h]),
+            depth_std=array_to_image_msg(s.depth_std[h], "32FC1", target_headers[h]),
+        )
+        for h in range(forecast.horizon)
+    ]
+    return Futures(
+        header=Header(stamp=header.stamp, frame_id=header.frame_id),
+        target_stamps=[h.stamp for h in target_headers],
+        class_names=list(forecast.class_names),
+        hypotheses=hypotheses,
+        summary=summary,
+    )
+
+
+@dataclass
+class DecodedFutures:
+    """A Futures message as arrays (for planners in Python, tests and the demo)."""
+
+    stamp: float  # seconds of the newest camera image used
+    frame_id: str
+    target_stamps: np.ndarray  # [H] float64 seconds
+    class_names: list[str]
+    semantic: np.ndarray  # [K, H, h, w] uint8 class ids
+    depth: np.ndarray  # [K, H, h, w] float32 metres
+    semantic_mode: np.ndarray  # [H, h, w] uint8
+    agreement: np.ndarray  # [H, h, w] float32
+    depth_mean: np.ndarray  # [H, h, w] float32
+    depth_std: np.ndarray  # [H, h, w] float32
+
+
+def _stack(images, encoding: str) -> np.ndarray:
+    for image in images:
+        if image.encoding != encoding:
+            raise ValueError(f"expected {encoding} images, got {image.encoding!r}")
+    return np.stack([image_to_array(image) for image in images])
+
+
+def decode_futures(msg: Futures) -> DecodedFutures:
+    """Futures -> arrays; raises ValueError when images have unexpected encodings or sizes."""
+    return DecodedFutures(
+        stamp=time_to_seconds(msg.header.stamp),
+        frame_id=msg.header.frame_id,
+        target_stamps=np.array([time_to_seconds(t) for t in msg.target_stamps], dtype=np.float64),
+        class_names=list(msg.class_names),
+        semantic=np.stack([_stack(h.semantic, "mono8") for h in msg.hypotheses]),
+        depth=np.stack([_stack(h.depth, "32FC1") for h in msg.hypotheses]),
+        semantic_mode=_stack([s.semantic_mode for s in msg.summary], "mono8"),
+        agreement=_stack([s.semantic_agreement for s in msg.summary], "32FC1"),
+        depth_mean=_stack([s.depth_mean for s in msg.summary], "32FC1"),
+        depth_std=_stack([s.depth_std for s in msg.summary], "32FC1"),
+    )

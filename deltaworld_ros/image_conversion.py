@@ -1,0 +1,155 @@
+"""sensor_msgs/Image and CompressedImage <-> numpy, without cv_bridge.
+
+ROS 2's cv_bridge is not installable from PyPI, and the PyPI `cv-bridge` is a broken ROS 1 port.
+These conversions are the only code path, so the node behaves identically on a ROS install and in
+the PyPI set-up. Every conversion works on numpy views of the message buffer (no per-pixel Python
+loops) and honours `step` row padding and `is_bigendian`. Malformed messages raise a subclass of
+:class:`ImageConversionError` (a ValueError) whose ``cause`` names the kind of malformation, so
+the node can log each cause once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+MAX_SIDE = 16384  # pixels; anything larger is a corrupt header, not a camera
+MAX_PIXELS = 100_000_000
+
+
+class ImageConversionError(ValueError):
+    """An image message that cannot be converted; ``cause`` is a short stable key."""
+
+    cause = "malformed"
+
+
+class UnsupportedEncodingError(ImageConversionError):
+    cause = "unsupported_encoding"
+
+
+class TruncatedDataError(ImageConversionError):
+    cause = "truncated_data"
+
+
+class EmptyImageError(ImageConversionError):
+    cause = "zero_size"
+
+
+class ImageTooLargeError(ImageConversionError):
+    cause = "absurd_size"
+
+
+class CompressedDecodeError(ImageConversionError):
+    cause = "undecodable"
+
+
+# encoding -> (channels, dtype); mono16/16UC1 are read as grey.
+ENCODINGS: dict[str, tuple[int, np.dtype]] = {
+    "rgb8": (3, np.dtype(np.uint8)),
+    "bgr8": (3, np.dtype(np.uint8)),
+    "rgba8": (4, np.dtype(np.uint8)),
+    "bgra8": (4, np.dtype(np.uint8)),
+    "mono8": (1, np.dtype(np.uint8)),
+    "mono16": (1, np.dtype(np.uint16)),
+    "16UC1": (1, np.dtype(np.uint16)),
+    "32FC1": (1, np.dtype(np.float32)),
+}
+INPUT_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1")
+COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
+
+
+def _check_size(height: int, width: int) -> None:
+    if height == 0 or width == 0:
+        raise EmptyImageError(f"image has zero size ({width}x{height})")
+    if height > MAX_SIDE or width > MAX_SIDE or height * width > MAX_PIXELS:
+        raise ImageTooLargeError(f"image size {width}x{height} exceeds {MAX_SIDE} px a side / {MAX_PIXELS} px")
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """The pixels of ``msg`` in their own type: [h, w] for one channel, else [h, w, c].
+    The result is a fresh, contiguous array in native byte order (it does not alias ``msg``)."""
+    if msg.encoding not in ENCODINGS:
+        raise UnsupportedEncodingError(
+            f"unsupported encoding {msg.encoding!r} (supported: {', '.join(ENCODINGS)})")
+    channels, dtype = ENCODINGS[msg.encoding]
+    height, width, step = msg.height, msg.width, msg.step
+    _check_size(height, width)
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise TruncatedDataError(f"step {step} is shorter than a {msg.encoding} row of {width} px ({row_bytes} bytes)")
+    data = msg.data
+    if len(data) < step * height:
+        raise TruncatedDataError(f"data has {len(data)} bytes, expected step x height = {step * height}")
+    rows = np.frombuffer(data, dtype=np.uint8, count=step * height).reshape(height, step)[:, :row_bytes]
+    order = ">" if msg.is_bigendian else "<"
+    pixels = rows.view(dtype.newbyteorder(order) if dtype.itemsize > 1 else dtype)
+    pixels = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
+    return pixels.astype(dtype.newbyteorder("="), copy=True, order="C")
+
+
+_TO_RGB = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB}
+
+
+def _to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    if encoding in ("mono16", "16UC1"):
+        pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # full range -> 0..255
+    if pixels.ndim == 2:
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+    if encoding == "rgb8":
+        return pixels
+    return cv2.cvtColor(pixels, _TO_RGB[encoding])  # SIMD; a numpy channel flip is ~10x slower
+
+
+def image_msg_to_rgb(msg: Image) -> np.ndarray:
+    """A camera image -> [h, w, 3] uint8 RGB (grey encodings repeated across channels)."""
+    if msg.encoding not in INPUT_ENCODINGS:
+        raise UnsupportedEncodingError(
+            f"unsupported camera encoding {msg.encoding!r} (supported: {', '.join(INPUT_ENCODINGS)})")
+    return _to_rgb(image_to_array(msg), msg.encoding)
+
+
+def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """A jpeg/png CompressedImage -> [h, w, 3] uint8 RGB."""
+    fmt = msg.format.lower()
+    if not any(name in fmt for name in COMPRESSED_FORMATS):
+        raise UnsupportedEncodingError(f"unsupported compressed format {msg.format!r} (supported: jpeg, png)")
+    if len(msg.data) == 0:
+        raise EmptyImageError("compressed image has no data")
+    # OpenCV refuses headers declaring more than 2^30 pixels, so decoding cannot explode memory.
+    bgr = cv2.imdecode(np.frombuffer(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise CompressedDecodeError(f"{msg.format!r} data ({len(msg.data)} bytes) could not be decoded")
+    _check_size(*bgr.shape[:2])
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """Either camera message type -> [h, w, 3] uint8 RGB."""
+    return compressed_msg_to_rgb(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
+
+
+_ARRAY_ENCODINGS = {("mono8", 2): np.uint8, ("32FC1", 2): np.float32, ("rgb8", 3): np.uint8, ("bgr8", 3): np.uint8}
+
+
+def array_to_image_msg(array: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """[h, w] (mono8, 32FC1) or [h, w, 3] (rgb8, bgr8) -> Image, in this machine's byte order.
+    The data are assigned as ``bytes``: element-wise assignment of an ndarray is ~1000x slower."""
+    dtype = _ARRAY_ENCODINGS.get((encoding, array.ndim))
+    if dtype is None:
+        raise UnsupportedEncodingError(f"cannot encode a {array.ndim}-D array as {encoding!r}")
+    if array.ndim == 3 and array.shape[2] != 3:
+        raise ValueError(f"{encoding} needs [h, w, 3], got {array.shape}")
+    array = np.ascontiguousarray(array, dtype=dtype)
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(sys.byteorder == "big")
+    msg.step = int(array.strides[0])
+    msg.data = array.tobytes()
+    return msg

@@ -1,0 +1,198 @@
+"""Image conversions (every encoding, row padding, byte order, compressed) and Futures building."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+cv2 = pytest.importorskip("cv2")
+
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from builtin_interfaces.msg import Time  # noqa: E402
+
+from deltaworld_ros.image_conversion import (  # noqa: E402
+    CompressedDecodeError, EmptyImageError, ImageConversionError, ImageTooLargeError, TruncatedDataError,
+    UnsupportedEncodingError, array_to_image_msg, image_to_array, msg_to_rgb)
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+def raw_msg(pixels: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False) -> Image:
+    """Builds an Image by hand (independently of the code under test), with ``pad`` bytes of
+    garbage at the end of every row."""
+    h, w = pixels.shape[:2]
+    rows = pixels.astype(pixels.dtype.newbyteorder(">" if bigendian else "<")).reshape(h, -1).view(np.uint8)
+    padded = np.concatenate([rows, np.full((h, pad), 0xAB, np.uint8)], axis=1)
+    return Image(height=h, width=w, encoding=encoding, is_bigendian=int(bigendian), step=padded.shape[1],
+                 data=padded.tobytes())
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+@pytest.mark.parametrize("encoding, pixels, expected", [
+    ("rgb8", RGB, RGB),
+    ("bgr8", RGB[..., ::-1], RGB),
+    ("rgba8", np.dstack([RGB, np.full(RGB.shape[:2], 9, np.uint8)]), RGB),
+    ("bgra8", np.dstack([RGB[..., ::-1], np.full(RGB.shape[:2], 9, np.uint8)]), RGB),
+    ("mono8", RGB[..., 0], np.repeat(RGB[..., :1], 3, axis=2)),
+])
+def test_8bit_encodings_with_row_padding(encoding, pixels, expected, pad):
+    out = msg_to_rgb(raw_msg(np.ascontiguousarray(pixels), encoding, pad=pad))
+    assert out.dtype == np.uint8 and out.shape == (5, 7, 3) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1"])
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_16bit_grey_in_both_byte_orders(encoding, bigendian):
+    grey16 = np.array([[0, 257, 65535], [32896, 1000, 65280]], dtype=np.uint16)
+    out = msg_to_rgb(raw_msg(grey16, encoding, pad=2, bigendian=bigendian))
+    expected = np.array([[0, 1, 255], [128, 4, 254]], np.uint8)  # value * 255 / 65535, rounded
+    np.testing.assert_array_equal(out, np.repeat(expected[..., None], 3, axis=2))
+
+
+def test_converted_image_does_not_alias_the_message():
+    msg = raw_msg(RGB, "rgb8")
+    out = msg_to_rgb(msg)
+    out[:] = 0
+    np.testing.assert_array_equal(msg_to_rgb(msg), RGB)
+
+
+@pytest.mark.parametrize("fmt, ext", [("jpeg", ".jpg"), ("png", ".png"), ("rgb8; jpeg compressed bgr8", ".jpg")])
+def test_compressed(fmt, ext):
+    image = cv2.resize(RGB, (56, 40), interpolation=cv2.INTER_LINEAR)  # smooth: jpeg keeps it closely
+    ok, encoded = cv2.imencode(ext, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert ok
+    out = msg_to_rgb(CompressedImage(format=fmt, data=encoded.tobytes()))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    error = np.abs(out.astype(int) - image)
+    assert error.max() == 0 if ext == ".png" else error.mean() < 4  # jpeg: lossy at colour edges
+
+
+@pytest.mark.parametrize("msg, error", [
+    (Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8)), UnsupportedEncodingError),
+    (Image(height=2, width=2, encoding="RGB8", step=6, data=bytes(12)), UnsupportedEncodingError),
+    (Image(height=2, width=2, encoding="32FC1", step=8, data=bytes(16)), UnsupportedEncodingError),  # not a camera
+    (Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(11)), TruncatedDataError),
+    (Image(height=2, width=2, encoding="rgb8", step=5, data=bytes(12)), TruncatedDataError),
+    (Image(height=2, width=2, encoding="mono16", step=4, data=bytes(7)), TruncatedDataError),
+    (Image(height=0, width=2, encoding="rgb8", step=6, data=b""), EmptyImageError),
+    (Image(height=2, width=0, encoding="mono8", step=0, data=b""), EmptyImageError),
+    (Image(height=100_000, width=100_000, encoding="mono8", step=100_000, data=bytes(10)), ImageTooLargeError),
+    (Image(height=20_000, width=2, encoding="mono8", step=2, data=bytes(40_000)), ImageTooLargeError),
+    (CompressedImage(format="jpeg", data=b""), EmptyImageError),
+    (CompressedImage(format="jpeg", data=b"\xff\xd8 not really a jpeg"), CompressedDecodeError),
+    (CompressedImage(format="tiff", data=b"II*\x00"), UnsupportedEncodingError),
+])
+def test_malformed_messages_raise_their_own_error(msg, error):
+    with pytest.raises(error) as info:
+        msg_to_rgb(msg)
+    assert isinstance(info.value, ImageConversionError) and isinstance(info.value, ValueError)
+    assert info.value.cause == error.cause
+
+
+@pytest.mark.parametrize("array, encoding", [
+    (RNG.integers(0, 9, (6, 4), dtype=np.uint8), "mono8"),
+    (RNG.normal(size=(6, 4)).astype(np.float32), "32FC1"),
+    (RGB, "rgb8"),
+])
+def test_array_to_image_round_trip(array, encoding):
+    header = Header(stamp=Time(sec=3, nanosec=4), frame_id="cam")
+    msg = array_to_image_msg(array, encoding, header)
+    assert (msg.height, msg.width, msg.encoding, msg.header.frame_id) == (6 if array.ndim == 2 else 5,
+                                                                        array.shape[1], encoding, "cam")
+    assert msg.step == array.shape[1] * array.itemsize * (3 if array.ndim == 3 else 1)
+    np.testing.assert_array_equal(image_to_array(msg), array)
+
+
+def test_array_to_image_rejects_wrong_shapes():
+    with pytest.raises(UnsupportedEncodingError):
+        array_to_image_msg(RGB, "mono8")
+    with pytest.raises(ValueError):
+        array_to_image_msg(np.zeros((2, 2, 4), np.uint8), "rgb8")
+
+
+def test_conversions_are_fast():
+    """A 1280x720 frame: numpy views and bytes assignment, not per-element loops (which take
+    ~140 ms per MB). Generous bounds: these run on shared CPUs."""
+    frame = RNG.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    timings = {}
+    for encoding in ("rgb8", "bgr8"):
+        start = time.perf_counter()
+        msg = array_to_image_msg(frame, encoding)
+        timings[f"encode {encoding}"] = time.perf_counter() - start
+        start = time.perf_counter()
+        msg_to_rgb(msg)
+        timings[f"decode {encoding}"] = time.perf_counter() - start
+    assert max(timings.values()) < 0.05, timings
+
+
+# ---------------------------------------------------------------- Futures from a Forecast
+@dataclass
+class FakeSummary:
+    semantic_mode: np.ndarray
+    agreement: np.ndarray
+    depth_mean: np.ndarray
+    depth_std: np.ndarray
+
+
+@dataclass
+class FakeForecast:
+    """The fields of deltaworld_core.Forecast that the message builder reads."""
+
+    stamp: float
+    stamps: np.ndarray
+    semantic: np.ndarray
+    depth: np.ndarray
+    class_names: list[str]
+    summary: FakeSummary
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def k(self):
+        return self.semantic.shape[0]
+
+    @property
+    def horizon(self):
+        return self.semantic.shape[1]
+
+
+def fake_forecast(k=3, horizon=2, h=4, w=5, stamp=1700000000.25, step=0.2) -> FakeForecast:
+    semantic = RNG.integers(0, 4, (k, horizon, h, w), dtype=np.uint8)
+    depth = RNG.uniform(1, 50, (k, horizon, h, w)).astype(np.float32)
+    mode = np.stack([np.apply_along_axis(lambda v: np.bincount(v, minlength=4).argmax(), 0, semantic[:, s])
+                     for s in range(horizon)]).astype(np.uint8)
+    return FakeForecast(
+        stamp=stamp, stamps=stamp + step * np.arange(1, horizon + 1), semantic=semantic, depth=depth,
+        class_names=["sky", "road", "car", "person"],
+        summary=FakeSummary(mode, (semantic == mode).mean(0).astype(np.float32), depth.mean(0), depth.std(0)))
+
+
+def test_futures_message_from_a_forecast():
+    from deltaworld_ros.futures_msg import decode_futures, forecast_to_msg, time_to_ns
+
+    forecast = fake_forecast()
+    header = Header(stamp=Time(sec=1700000000, nanosec=250_000_000), frame_id="camera_optical")
+    msg = forecast_to_msg(forecast, header)
+    assert msg.header.stamp == header.stamp and msg.header.frame_id == "camera_optical"
+    assert [time_to_ns(t) for t in msg.target_stamps] == [1700000000_450_000_000, 1700000000_650_000_000]
+    assert list(msg.class_names) == forecast.class_names
+    assert len(msg.hypotheses) == 3 and len(msg.summary) == 2
+    for hypothesis in msg.hypotheses:
+        assert [i.encoding for i in hypothesis.semantic] == ["mono8"] * 2
+        assert [i.encoding for i in hypothesis.depth] == ["32FC1"] * 2
+        assert [i.header.stamp for i in hypothesis.depth] == list(msg.target_stamps)
+    assert [s.semantic_agreement.encoding for s in msg.summary] == ["32FC1"] * 2
+    decoded = decode_futures(msg)
+    np.testing.assert_array_equal(decoded.semantic, forecast.semantic)
+    np.testing.assert_array_equal(decoded.depth, forecast.depth)
+    np.testing.assert_array_equal(decoded.semantic_mode, forecast.summary.semantic_mode)
+    np.testing.assert_array_equal(decoded.agreement, forecast.summary.agreement)
+    np.testing.assert_allclose(decoded.depth_mean, forecast.summary.depth_mean)
+    np.testing.assert_allclose(decoded.depth_std, forecast.summary.depth_std)
+    np.testing.assert_allclose(decoded.target_stamps - decoded.stamp, [0.2, 0.4], atol=1e-6)
