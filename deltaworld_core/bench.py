@@ -113,36 +113,35 @@ def recompute_step(fc: Forecaster, window: list[np.ndarray], stamps: list[float]
         return fc._forecast(stamps[-1], {})
 
 
-def dense_comparison(fc: Forecaster, repeats: int) -> dict | None:
-    """DeltaWorld's predictor vs the dense predictor of all patch features, same VFM, same
-    context and horizon, one sample each (the dense one is deterministic)."""
-    try:
-        from .dense import DensePredictor  # noqa: F401
-        from . import dense
-    except ImportError:
-        return None
-    model = dense.build_for_bench(fc.cfg).to(fc.device).eval() if hasattr(dense, "build_for_bench") else None
-    if model is None:
-        return None
-    n = fc.grid[0] * fc.grid[1]
+def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = None) -> dict:
+    """DeltaWorld's predictor vs the dense DINO-Foresight-style predictor of all patch features:
+    same VFM grid, context and horizon, one sample each (the dense one is deterministic). The
+    dense model is the trained checkpoint when given, else the default-size baseline."""
+    from .dense import DenseConfig, DenseForesight, load_dense
+
     c = fc.cfg.vfm.embed_dim
+    model = load_dense(dense_weights) if dense_weights else DenseForesight(c, DenseConfig(context=fc.context))
+    model = model.to(fc.device).eval()
+    n = fc.grid[0] * fc.grid[1]
     context = torch.randn(1, fc.context, n, c, device=fc.device)
     world, horizon = fc.world, fc.horizon
     tokens = torch.randn(1, fc.context, world.token_dim, device=fc.device)
     times = torch.arange(fc.context, dtype=torch.float64, device=fc.device)[None] * fc.step_s
+    target = times[:, -1:] + fc.step_s * torch.arange(1, horizon + 1, device=fc.device)[None]
 
-    def world_rollout():
+    def world_rollout():  # the predictor alone: tokens in, tokens out, no decoding
         kv = world.context_kv(tokens, times)
         for h in range(horizon):
-            t = torch.full((1, 1), (fc.context + h) * fc.step_s, dtype=torch.float64, device=fc.device)
+            t = target[:, h:h + 1]
             token = world.predict(world.sample_queries(1, 1, device=fc.device), t, kv)
             kv = [(torch.cat((a, na), 2), torch.cat((b, nb), 2)) for (a, b), (na, nb) in zip(kv, world.context_kv(token, t))]
 
+    def dense_rollout():
+        model.rollout(context, horizon, fc.grid, fc.step_s)
+
     with torch.inference_mode():
-        dense_flops = _flops(lambda: model.rollout(context, horizon))
-        world_flops = _flops(world_rollout)
-        dense_ms = _median_ms(lambda: model.rollout(context, horizon), repeats)
-        world_ms = _median_ms(world_rollout, repeats)
+        dense_flops, world_flops = _flops(dense_rollout), _flops(world_rollout)
+        dense_ms, world_ms = _median_ms(dense_rollout, repeats), _median_ms(world_rollout, repeats)
     return {
         "tokens_per_frame": {"deltaworld": 1, "dense": n},
         "params": {"deltaworld": sum(p.numel() for p in world.parameters()),
@@ -178,7 +177,7 @@ def node_overhead_ms(forecast, image: np.ndarray, repeats: int) -> dict | None:
 
 
 def run(config: str = "default", overrides: dict | None = None, steps: int = 20, device: str = "cpu",
-        threads: int | None = None, weights: str | None = None) -> dict:
+        threads: int | None = None, weights: str | None = None, dense_weights: str | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -230,7 +229,7 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
         "utilisation": utilisation,
         "recompute_ms": recompute_ms,
         "streaming_speedup": recompute_ms / stage_ms["total"],
-        "dense_ratio": dense_comparison(fc, max(3, steps // 4)),
+        "dense_ratio": dense_comparison(fc, max(3, steps // 4), dense_weights),
         "node_overhead": None,
         "node_overhead_ms": None,
     }
@@ -255,11 +254,10 @@ def format_table(r: dict) -> str:
     lines.append(f"total_hz {r['total_hz']:.2f}   matmul {r['machine']['matmul_gflops']:.0f} GFLOP/s")
     lines.append(f"streaming_speedup {r['streaming_speedup']:.2f}x (recompute {r['recompute_ms']:.1f} ms)")
     d = r["dense_ratio"]
-    if d:
-        lines.append(
-            f"dense_ratio: tokens/frame 1 vs {d['tokens_per_frame']['dense']}, FLOPs x{d['flops_ratio']:.0f}, "
-            f"time x{d['time_ratio']:.1f} ({d['ms']['deltaworld']:.1f} vs {d['ms']['dense']:.1f} ms)"
-        )
+    lines.append(
+        f"dense_ratio: tokens/frame 1 vs {d['tokens_per_frame']['dense']}, FLOPs x{d['flops_ratio']:.0f}, "
+        f"time x{d['time_ratio']:.1f} ({d['ms']['deltaworld']:.1f} vs {d['ms']['dense']:.1f} ms)"
+    )
     if r["node_overhead_ms"] is not None:
         n = r["node_overhead"]
         lines.append(f"node_overhead_ms {n['total_ms']:.2f} (convert {n['convert_ms']:.2f}, build {n['build_ms']:.2f}, "
@@ -275,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed streaming steps")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--weights", default=None)
+    parser.add_argument("--weights", default=None, help="folder of tokenizer/world/heads .safetensors")
+    parser.add_argument("--dense", default=None, help="dense baseline checkpoint for dense_ratio")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. forecast.k=16")
     args = parser.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.overrides)
-    result = run(args.config, overrides, args.steps, args.device, args.threads, args.weights)
+    result = run(args.config, overrides, args.steps, args.device, args.threads, args.weights, args.dense)
     print(format_table(result))
     if args.json:
         text = json.dumps(result, indent=2)

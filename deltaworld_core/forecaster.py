@@ -3,9 +3,7 @@
 Per new frame it runs exactly one VFM forward and one DeltaTok encode. The last context tokens,
 their times, the newest features and the predictor's per-layer keys/values of the context live in
 a rolling buffer on the forecaster's device, so nothing about the past is recomputed. A forecast
-then samples K noise queries per horizon step; each hypothesis is one consistent trajectory: its
-token at step h is predicted from the real context plus its own earlier tokens and decoded against
-its own previous features (the K decodes of a step run as one batch).
+is :func:`deltaworld_core.rollout.rollout` (shared with evaluation) over that cached context.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from .checkpoint import load_module
 from .config import ModelConfig, load_config
 from .deltatok import DeltaTok
 from .heads import TaskHeads
+from .rollout import rollout
 from .vfm import build_vfm
 from .world import DeltaWorld
 
@@ -205,32 +204,18 @@ class Forecaster:
     def _forecast(self, stamp: float, timings: dict[str, float]) -> Forecast:
         k, horizon = self.k, self.horizon
         rel = stamp - self._origin
-        target_rel = [rel + self.step_s * (h + 1) for h in range(horizon)]
-        prev = self._features.expand(k, -1, -1)
-        kv = [(key.expand(k, -1, -1, -1), val.expand(k, -1, -1, -1)) for key, val in self._kv]
-        predicted = []
-        predict_ms = decode_ms = 0.0
-        for h in range(horizon):
-            t0 = self._tick()
-            times = torch.full((k, 1), target_rel[h], dtype=torch.float64, device=self.device)
-            queries = self.world.sample_queries(k, 1, self.generator, self.device)
-            token = self.world.predict(queries, times, kv)[:, 0]  # [K, Dt]
-            if h + 1 < horizon:  # the hypothesis' own token joins its context for the next step
-                kv = [(torch.cat((key, nk), 2), torch.cat((val, nv), 2))
-                      for (key, val), (nk, nv) in zip(kv, self.world.context_kv(token[:, None], times))]
-            t1 = self._tick()
-            prev = self.tokenizer.decode(token, prev, self.grid)  # [K, N, C]
-            predicted.append(prev)
-            predict_ms += (t1 - t0) * 1e3
-            decode_ms += (self._tick() - t1) * 1e3
-        features = torch.stack(predicted, dim=1)  # [K, H, N, C]
+        target = torch.tensor([[rel + self.step_s * (h + 1) for h in range(horizon)]], dtype=torch.float64,
+                              device=self.device)
+        times = torch.tensor([self._times], dtype=torch.float64, device=self.device)
+        features = rollout(self.tokenizer, self.world, self._tokens[None], times, self._features, target, k,
+                           self.generator, self.grid, kv=self._kv, timings=timings, tick=self._tick)[0]
         t0 = self._tick()
         semantic, depth = self.heads(features.flatten(0, 1), self.grid, self.output_size)
         semantic = semantic.unflatten(0, (k, horizon))
         depth = depth.unflatten(0, (k, horizon))
         summary = summarize(semantic, depth, len(self.class_names))
         semantic_np, depth_np = semantic.cpu().numpy(), depth.float().cpu().numpy()
-        timings.update(predict=predict_ms, decode=decode_ms, heads=(self._tick() - t0) * 1e3)
+        timings["heads"] = (self._tick() - t0) * 1e3
         return Forecast(
             stamp=stamp,
             stamps=np.asarray([stamp + self.step_s * (h + 1) for h in range(horizon)], dtype=np.float64),
