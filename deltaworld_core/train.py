@@ -752,7 +752,6 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world_size} processes")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     mc = cfg.model_config
     out = Path(cfg.out)
     main = rank == 0
@@ -779,7 +778,8 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
         log.info("data: %d video windows, %d synthetic windows, cache %s (%d hits, %d computed)",
                  len(videos), len(synthetic), cache.root, cache.hits, cache.misses)
 
-    # ---- models
+    # ---- models (seeded here, so the initial weights depend on the seed only)
+    torch.manual_seed(cfg.seed)
     tokenizer, world, heads = build_models(mc)
     tokenizer_frozen = None
     if cfg.stage == "tokenizer":
