@@ -1,0 +1,308 @@
+"""forecast_node on real DDS: the node runs in its own process with the real Forecaster (a tiny
+random-weight config, or the default architecture for the burst test); this test process
+publishes frames of a real clip and checks every Futures message it gets back."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("torch")
+
+import rclpy  # noqa: E402
+import yaml  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from deltaworld_ros.futures_msg import decode_futures, seconds_to_time, time_to_ns, time_to_seconds  # noqa: E402
+from deltaworld_ros.image_conversion import array_to_image_msg  # noqa: E402
+from deltaworld_ros.video import read_frames, sample_video  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "vfm.weights": "random", "vfm.embed_dim": 48, "vfm.depth": 1, "vfm.num_heads": 2, "vfm.image_size": [56, 112],
+    "tokenizer.dim": 32, "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1, "tokenizer.num_heads": 2,
+    "tokenizer.mlp_hidden": 64, "tokenizer.layerscale_init": 0.1, "world.dim": 32, "world.depth": 1,
+    "world.num_heads": 2, "world.layerscale_init": 0.1, "world.noise_std": 1.0, "heads.depth_bins": 16,
+    "forecast.context": 3,
+}
+CONTEXT = TINY["forecast.context"]
+# The real default architecture with random VFM weights: ~5-10x slower than 30 Hz on these CPUs.
+SLOW = {"vfm.weights": "random", "forecast.k": 4}
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return list(read_frames(sample_video("bikes.mp4"), limit=60))
+
+
+def write_model_config(path: Path, overrides: dict) -> Path:
+    from deltaworld_core import load_config
+
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(load_config("default", overrides).to_dict()))))
+    return path
+
+
+class NodeProcess:
+    """``python -m deltaworld_ros.forecast_node`` in its own process, with a params file."""
+
+    def __init__(self, tmp_path: Path, env: dict, **params):
+        params_file = tmp_path / "params.yaml"
+        params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+        self.log_path = tmp_path / "node.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "--params-file", str(params_file)],
+            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class Harness:
+    """Publishes camera frames and collects Futures and diagnostics, spinning in a thread."""
+
+    def __init__(self, node):
+        self.node = node
+        self.camera = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+        self.futures: list[tuple[float, object]] = []  # (receive time.time(), msg)
+        self.diagnostics: list[DiagnosticArray] = []
+        self._lock = threading.Lock()
+        node.create_subscription(__import__("deltaworld_ros.msg", fromlist=["Futures"]).Futures,
+                                 "/deltaworld/futures", self._on_futures,
+                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.executor = SingleThreadedExecutor(context=node.context)
+        self.executor.add_node(node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def _on_futures(self, msg) -> None:
+        with self._lock:
+            self.futures.append((time.time(), msg))
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.futures)
+
+    def wait_for(self, predicate, timeout: float, what: str, node_process: NodeProcess | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if node_process is not None and not node_process.alive():
+                pytest.fail(f"node exited while waiting for {what}:\n{node_process.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}" + (f":\n{node_process.log()}" if node_process else ""))
+            time.sleep(0.02)
+
+    def wait_until_connected(self, node_process: NodeProcess, timeout: float = 90.0) -> None:
+        """The node subscribes to the camera on activate, i.e. after the model has loaded."""
+        self.wait_for(lambda: self.node.count_subscribers("/camera/image_raw") > 0
+                      and self.node.count_publishers("/deltaworld/futures") > 0, timeout, "the node", node_process)
+        time.sleep(0.3)  # let both ends finish matching
+
+    def send(self, rgb: np.ndarray, stamp: float, frame_id: str = "camera") -> None:
+        self.camera.publish(array_to_image_msg(rgb, "rgb8", Header(stamp=seconds_to_time(stamp), frame_id=frame_id)))
+
+    def send_raw(self, msg: Image) -> None:
+        self.camera.publish(msg)
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2)
+
+
+@pytest.fixture
+def harness(ros_node):
+    harness = Harness(ros_node)
+    yield harness
+    harness.close()
+
+
+def diagnostic_values(harness: Harness) -> dict[str, str]:
+    statuses = [s for array in harness.diagnostics for s in array.status if "forecast_node" in s.name]
+    assert statuses, "no diagnostics from forecast_node"
+    return {kv.key: kv.value for kv in statuses[-1].values}
+
+
+def check_futures(msg, *, k: int, horizon: int, size: tuple[int, int], step_s: float, sent: dict[int, str]) -> None:
+    """Everything a planner relies on, checked for one Futures message."""
+    stamp_ns = time_to_ns(msg.header.stamp)
+    assert stamp_ns in sent, "header stamp is not that of a frame we sent"
+    assert msg.header.frame_id == sent[stamp_ns]
+    assert [time_to_ns(t) - stamp_ns for t in msg.target_stamps] == [round(step_s * 1e6 * (h + 1)) * 1000
+                                                                       for h in range(horizon)]
+    assert list(msg.class_names) == ["sky", "road", "sidewalk", "building", "vegetation", "terrain", "car",
+                                     "person", "pole"]
+    assert len(msg.hypotheses) == k and len(msg.summary) == horizon
+    images = [i for hyp in msg.hypotheses for i in (*hyp.semantic, *hyp.depth)]
+    images += [i for s in msg.summary for i in (s.semantic_mode, s.semantic_agreement, s.depth_mean, s.depth_std)]
+    assert all((i.height, i.width) == size and i.header.frame_id == sent[stamp_ns] for i in images)
+    decoded = decode_futures(msg)  # also checks every encoding (mono8 / 32FC1)
+    assert decoded.semantic.shape == (k, horizon, *size) and decoded.depth.shape == (k, horizon, *size)
+    assert decoded.semantic.max() < len(msg.class_names)
+    assert np.isfinite(decoded.depth).all() and (decoded.depth > 0).all()
+    # The summaries are those of the hypotheses: the mode is a most frequent class, agreement its share.
+    counts = np.stack([(decoded.semantic == c).sum(0) for c in range(len(msg.class_names))])  # [C, H, h, w]
+    mode_counts = np.take_along_axis(counts, decoded.semantic_mode[None].astype(np.int64), 0)[0]
+    np.testing.assert_array_equal(mode_counts, counts.max(0))
+    np.testing.assert_allclose(decoded.agreement, mode_counts / k, atol=1e-6)
+    np.testing.assert_allclose(decoded.depth_mean, decoded.depth.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(decoded.depth_std, decoded.depth.std(0), rtol=1e-3, atol=1e-3)
+
+
+def test_node_forecasts_a_real_clip(tmp_path, ros_env, harness, clip):
+    config = write_model_config(tmp_path / "tiny.yaml", TINY)
+    k, horizon, size, step_s = 3, 2, (24, 32), 0.25
+    node = NodeProcess(tmp_path, ros_env, model_config=str(config), device="auto", k=k, horizon=horizon,
+                       step_s=step_s, output_size=list(size), diagnostics_period_s=0.5)
+    try:
+        harness.wait_until_connected(node)
+        sent: dict[int, str] = {}
+        start = time.time()
+        frames = clip[:30]
+        for i, rgb in enumerate(frames):  # 10 Hz, stamped like a live camera
+            stamp = start + 0.1 * i
+            sent[time_to_ns(seconds_to_time(stamp))] = f"camera_{i % 2}"
+            harness.send(rgb, stamp, frame_id=f"camera_{i % 2}")
+            time.sleep(max(0.0, stamp + 0.1 - time.time()))
+        last_ns = max(sent)
+        harness.wait_for(lambda: any(time_to_ns(m.header.stamp) == last_ns for _, m in harness.futures), 20,
+                         "the forecast of the last frame", node)
+        time.sleep(1.0)  # a diagnostics period after the last forecast
+        assert node.alive(), node.log()
+        futures = [m for _, m in harness.futures]
+        # Frames 0..CONTEXT-2 only fill the context; a loaded CI machine may drop a few more.
+        assert len(futures) >= (len(frames) - CONTEXT + 1) // 2, node.log()
+        for msg in futures:
+            check_futures(msg, k=k, horizon=horizon, size=size, step_s=step_s, sent=sent)
+        stamps = [time_to_ns(m.header.stamp) for m in futures]
+        assert stamps == sorted(set(stamps)), "futures out of order or duplicated"
+        values = diagnostic_values(harness)
+        assert values["device"] == "cpu" and values["state"] == "active"
+        assert int(values["frames_received"]) == len(frames)
+        assert int(values["forecasts_published"]) == len(futures)
+        assert int(values["frames_malformed"]) == 0 and int(values["resets"]) == 0
+        assert float(values["latency_ms_median"]) > 0
+    finally:
+        assert node.stop() == 0, node.log()
+
+
+def malformed_images(rgb: np.ndarray) -> dict[str, Image]:
+    good = array_to_image_msg(rgb, "rgb8")
+    h, w = good.height, good.width
+    return {
+        "unsupported_encoding": Image(height=h, width=w, encoding="yuv422", step=good.step, data=good.data),
+        "truncated_data": Image(height=h, width=w, encoding="rgb8", step=good.step, data=bytes(good.data)[: w * 3 * 2]),
+        "zero_size": Image(height=0, width=w, encoding="rgb8", step=good.step, data=b""),
+        "absurd_size": Image(height=1_000_000, width=1_000_000, encoding="mono8", step=1_000_000, data=bytes(16)),
+    }
+
+
+def test_node_survives_malformed_input_and_time_going_backwards(tmp_path, ros_env, harness, clip):
+    config = write_model_config(tmp_path / "tiny.yaml", TINY)
+    node = NodeProcess(tmp_path, ros_env, model_config=str(config), diagnostics_period_s=0.5)
+    try:
+        harness.wait_until_connected(node)
+        frames = iter(clip * 3)
+        stamp = [time.time()]
+
+        def send_good_until_forecast(max_frames: int) -> int:
+            """Sends good frames (closed loop: each waits for its forecast or 0.5 s) until one is
+            forecast; returns how many it took."""
+            for n in range(1, max_frames + 1):
+                stamp[0] += 0.1
+                before = harness.count()
+                harness.send(next(frames), stamp[0])
+                deadline = time.monotonic() + 0.5
+                while harness.count() == before and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if harness.count() > before:
+                    assert time_to_ns(harness.futures[-1][1].header.stamp) == time_to_ns(seconds_to_time(stamp[0]))
+                    return n
+            pytest.fail(f"no forecast after {max_frames} good frames:\n{node.log()}")
+
+        assert send_good_until_forecast(20) >= CONTEXT  # the context fills first
+        bad = malformed_images(clip[0])
+        for _ in range(2):  # every cause twice: it must be logged once
+            for msg in bad.values():
+                harness.send_raw(msg)
+                time.sleep(0.05)
+                assert send_good_until_forecast(3) == 1, "a good frame after a malformed one was not forecast"
+        stamp[0] -= 5.0  # time goes backwards (a bag loop): the context restarts
+        assert send_good_until_forecast(20) >= CONTEXT
+        assert send_good_until_forecast(3) == 1
+        time.sleep(1.0)
+        assert node.alive()
+        values = diagnostic_values(harness)
+        assert int(values["frames_malformed"]) == 2 * len(bad)
+        assert int(values["resets"]) == 1
+        log = node.log()
+        for cause in bad:
+            assert log.count(f"malformed image ({cause})") == 1, log
+        assert "does not increase" in log
+    finally:
+        assert node.stop() == 0, node.log()
+
+
+def test_burst_into_a_slower_model_keeps_latency_bounded(tmp_path, ros_env, harness, clip):
+    """30 Hz into a model several times slower: only the newest frame is processed, frames are
+    dropped (and counted), latency does not grow, and no backlog is worked off after the burst."""
+    config = write_model_config(tmp_path / "slow.yaml", SLOW)
+    node = NodeProcess(tmp_path, ros_env, model_config=str(config), output_size=[56, 56], diagnostics_period_s=0.5)
+    try:
+        harness.wait_until_connected(node)
+        start = time.time()
+        count = 120  # 4 s
+        for i in range(count):
+            stamp = start + i / 30
+            harness.send(clip[i % len(clip)], stamp)
+            time.sleep(max(0.0, stamp + 1 / 30 - time.time()))
+        last_stamp = time_to_ns(seconds_to_time(start + (count - 1) / 30))
+        burst_end = time.time()
+        harness.wait_for(lambda: harness.count() and time_to_ns(harness.futures[-1][1].header.stamp) == last_stamp,
+                         20, "the forecast of the last frame", node)
+        time.sleep(1.5)
+        received = list(harness.futures)
+        latencies = [t - time_to_seconds(m.header.stamp) for t, m in received]
+        intervals = np.diff([t for t, _ in received])
+        step = float(np.median(intervals))  # ~ one model step
+        values = diagnostic_values(harness)
+        report = f"{len(received)} forecasts, step {step * 1e3:.0f} ms, latencies {np.round(latencies, 3)}, {values}"
+        assert step > 2 / 30, "the model is not slower than the camera; the test proves nothing: " + report
+        assert len(received) < count / 2, report
+        assert int(values["frames_dropped"]) >= count / 2, report
+        assert int(values["frames_dropped"]) + int(values["frames_processed"]) == count, report
+        # A frame waits at most for the step in progress, then takes one step: ~2 steps.
+        assert max(latencies) < 2.5 * max(intervals.max(), step) + 0.3, report
+        half = len(latencies) // 2
+        assert np.median(latencies[half:]) < 1.5 * np.median(latencies[:half]) + 0.1, "latency grows: " + report
+        # Nothing queued: the last frame is the last forecast and it came within ~2 steps.
+        assert time_to_ns(received[-1][1].header.stamp) == last_stamp
+        assert received[-1][0] - burst_end < 2.5 * intervals.max() + 0.3, report
+    finally:
+        assert node.stop() == 0, node.log()
