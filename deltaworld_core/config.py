@@ -90,17 +90,22 @@ class WorldConfig:
     num_heads: int = 12
     mlp_ratio: float = 4.0
     layerscale_init: float = 1e-5
-    rope_base: float = 100.0  # 1-D RoPE over time in seconds
-    rope_fraction: float = 0.75  # fraction of each head's dims that are rotated
+    # 1-D RoPE over time in seconds: all but `rope_unrotated` dims of each head rotate, at
+    # frequencies log-spaced from rope_min_hz to rope_max_hz (the release's layout: 60 of 64, 0.01-100 Hz).
+    rope_unrotated: int = 4
+    rope_min_hz: float = 0.01
+    rope_max_hz: float = 100.0
     noise_std: float = 0.02
     deterministic: bool = False  # learned query instead of noise (discriminative ablation)
 
     def validate(self) -> None:
-        _positive("world", self, ("dim", "depth", "num_heads", "mlp_ratio", "rope_base", "noise_std"))
-        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
-            raise ConfigError("world.dim / world.num_heads must be even")
-        if not 0.0 <= self.rope_fraction <= 1.0:
-            raise ConfigError("world.rope_fraction must be in [0, 1]")
+        _positive("world", self, ("dim", "depth", "num_heads", "mlp_ratio", "rope_min_hz", "rope_max_hz", "noise_std"))
+        if self.dim % self.num_heads or (self.dim // self.num_heads - self.rope_unrotated) % 2:
+            raise ConfigError("world.dim / world.num_heads - world.rope_unrotated must be even")
+        if not 0 <= self.rope_unrotated <= self.dim // self.num_heads:
+            raise ConfigError("world.rope_unrotated must be in [0, head dim]")
+        if self.rope_min_hz > self.rope_max_hz:
+            raise ConfigError("world.rope_min_hz must be <= world.rope_max_hz")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Linear task heads read off one frame's VFM features: semantics and metric depth.
 
 Segmentation: BatchNorm + 1x1 conv to class logits. Depth: BatchNorm + 1x1 conv to bins whose
-softmax-weighted centres (linear from ``min_depth`` to ``max_depth``) give metres. Both are
+centres (linear from ``min_depth`` to ``max_depth``) are averaged with weights relu(logit) + 0.1,
+normalised (the released heads' rule, so they load and behave as published). Both are
 upsampled bilinearly to the output size; depth is reduced to metres at patch resolution first, so
 upsampling never touches the 256 bin logits.
 """
@@ -44,8 +45,9 @@ class DepthHead(nn.Module):
 
     def forward(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """features [B, N, C] -> depth [B, gh, gw] metres."""
-        probs = self.logits(features, grid).float().softmax(dim=1)
-        return torch.einsum("bkhw,k->bhw", probs, self.bin_centres.float())
+        weights = self.logits(features, grid).float().relu() + 0.1
+        weights = weights / weights.sum(dim=1, keepdim=True)
+        return torch.einsum("bkhw,k->bhw", weights, self.bin_centres.float())
 
 
 class TaskHeads(nn.Module):

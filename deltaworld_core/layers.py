@@ -42,16 +42,14 @@ def rope_2d(grid: tuple[int, int], head_dim: int, base: float, device=None) -> t
     return angles.cos(), angles.sin()
 
 
-def rope_time(times: torch.Tensor, rotated_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D RoPE over real timestamps in seconds. ``times`` [..., T] (float64 recommended for
-    long streams) -> cos, sin [..., T, rotated_dim] float32. The angles are formed in the
-    input's precision so that large absolute times do not lose the fine frequencies."""
-    if rotated_dim == 0:
-        empty = times.new_zeros(*times.shape, 0, dtype=torch.float32)
-        return empty, empty
+def rope_time(times: torch.Tensor, rotated_dim: int, min_hz: float, max_hz: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D RoPE over real timestamps in seconds at rotated_dim/2 frequencies log-spaced from
+    ``max_hz`` down to ``min_hz``. ``times`` [..., T] (float64 recommended for long streams) ->
+    cos, sin [..., T, rotated_dim] float32. Angles are formed in the input's precision so that
+    large absolute times keep the fine frequencies."""
     half = rotated_dim // 2
-    inv_freq = 1.0 / base ** (torch.arange(half, device=times.device, dtype=times.dtype) / half)
-    angles = 2 * math.pi * times[..., None] * inv_freq
+    hz = torch.logspace(math.log10(max_hz), math.log10(min_hz), half, device=times.device, dtype=times.dtype)
+    angles = 2 * math.pi * times[..., None] * hz
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().float(), angles.sin().float()
 
@@ -143,10 +141,11 @@ class Block(nn.Module):
         qk_norm: bool = True,
         gated_attn: bool = True,
         layerscale_init: float = 1e-5,
+        key_bias: bool = False,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
-        self.attention = Attention(dim, num_heads, qk_norm=qk_norm, gated=gated_attn)
+        self.attention = Attention(dim, num_heads, qk_norm=qk_norm, gated=gated_attn, key_bias=key_bias)
         self.layer_scale1 = LayerScale(dim, layerscale_init)
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.mlp = MLP(dim, mlp_hidden, swiglu)

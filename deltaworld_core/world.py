@@ -1,7 +1,7 @@
 """DeltaWorld: a cross-attention-only predictor of future delta tokens.
 
-Each target query attends to the context delta tokens (never updated; each layer has its own
-K/V projection of them) under a causal mask, with 1-D RoPE over real timestamps in seconds: the
+Each target query attends to the raw context delta tokens (never updated; each layer has its own
+K/V projection of them, as in the released model) under a causal mask, with 1-D RoPE over real timestamps in seconds: the
 query carries its target's time, the keys their frames' times, so frame rate may vary. A query is
 pure Gaussian noise, so K queries give K futures in one batched pass. ``deterministic=True``
 replaces the noise by one learned query (the discriminative ablation).
@@ -19,15 +19,14 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [B, head
 
 
 class CrossBlock(Block):
-    """Pre-LN block whose attention reads keys/values of the (separately normalised) context."""
+    """Pre-LN block whose attention reads keys/values projected from the raw context tokens."""
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, layerscale_init: float):
         super().__init__(dim, num_heads, mlp_hidden, swiglu=False, qk_norm=False, gated_attn=False,
-                         layerscale_init=layerscale_init)
-        self.norm_context = nn.LayerNorm(dim, eps=1e-5)
+                         layerscale_init=layerscale_init, key_bias=True)
 
     def context_kv(self, context: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.attention.project_kv(self.norm_context(context), rope)
+        return self.attention.project_kv(context, rope)
 
 
 class DeltaWorld(nn.Module):
@@ -39,8 +38,9 @@ class DeltaWorld(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         layerscale_init: float = 1e-5,
-        rope_base: float = 100.0,
-        rope_fraction: float = 0.75,
+        rope_unrotated: int = 4,
+        rope_min_hz: float = 0.01,
+        rope_max_hz: float = 100.0,
         noise_std: float = 0.02,
         deterministic: bool = False,
     ):
@@ -48,9 +48,9 @@ class DeltaWorld(nn.Module):
         self.token_dim, self.dim = token_dim, dim
         self.noise_std = noise_std
         self.deterministic = deterministic
-        self.rope_base = rope_base
-        self.rotated_dim = int(dim // num_heads * rope_fraction) // 2 * 2
-        self.context_in = nn.Linear(token_dim, dim)
+        self.rope_hz = (rope_min_hz, rope_max_hz)
+        self.rotated_dim = dim // num_heads - rope_unrotated
+        self.context_in = nn.Linear(token_dim, dim) if token_dim != dim else nn.Identity()
         self.blocks = nn.ModuleList(
             CrossBlock(dim, num_heads, int(dim * mlp_ratio), layerscale_init) for _ in range(depth)
         )
@@ -73,14 +73,15 @@ class DeltaWorld(nn.Module):
             num_heads=cfg.num_heads,
             mlp_ratio=cfg.mlp_ratio,
             layerscale_init=cfg.layerscale_init,
-            rope_base=cfg.rope_base,
-            rope_fraction=cfg.rope_fraction,
+            rope_unrotated=cfg.rope_unrotated,
+            rope_min_hz=cfg.rope_min_hz,
+            rope_max_hz=cfg.rope_max_hz,
             noise_std=cfg.noise_std,
             deterministic=cfg.deterministic,
         )
 
     def _rope(self, times: torch.Tensor, dtype: torch.dtype):
-        cos, sin = rope_time(times, self.rotated_dim, self.rope_base)
+        cos, sin = rope_time(times, self.rotated_dim, *self.rope_hz)
         return cos.to(dtype)[:, None], sin.to(dtype)[:, None]  # [B, 1(heads), T, d]
 
     def context_kv(self, tokens: torch.Tensor, times: torch.Tensor) -> KV:
