@@ -8,6 +8,7 @@ is :func:`deltaworld_core.rollout.rollout` (shared with evaluation) over that ca
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from .checkpoint import load_module
 from .config import ModelConfig, load_config
@@ -111,6 +113,8 @@ class Forecaster:
     @classmethod
     def from_model_config(cls, cfg: ModelConfig, device: str | torch.device = "cpu",
                           dtype: torch.dtype = torch.float32) -> "Forecaster":
+        if cfg.weights is not None:
+            adopt_class_names(cfg, Path(cfg.weights) / WEIGHT_FILES["heads"])
         tokenizer, world, heads = build_models(cfg)
         if cfg.weights is not None:
             load_weights(cfg.weights, tokenizer=tokenizer, world=world, heads=heads)
@@ -239,6 +243,22 @@ def build_models(cfg: ModelConfig) -> tuple[DeltaTok, DeltaWorld, TaskHeads]:
     world = DeltaWorld.from_config(cfg.world, token_dim=tokenizer.token_dim)
     heads = TaskHeads.from_config(cfg.heads, feature_dim=cfg.vfm.embed_dim)
     return tokenizer, world, heads
+
+
+def adopt_class_names(cfg: ModelConfig, heads_file: Path) -> None:
+    """Class ids mean what the heads were trained on: a heads file that records its class names
+    (safetensors metadata ``class_names``, JSON) overrides the config's list."""
+    if not heads_file.is_file():
+        return
+    try:
+        with safe_open(str(heads_file), "pt") as f:
+            names = json.loads((f.metadata() or {}).get("class_names", "null"))
+    except Exception:  # noqa: BLE001 - a corrupt file is reported by the strict load that follows
+        return
+    if names and names != cfg.heads.class_names:
+        log.info("using the %d class names recorded in %s", len(names), heads_file)
+        cfg.heads.class_names = list(names)
+        cfg.heads.validate()
 
 
 def load_weights(folder: str | Path, **modules: torch.nn.Module) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -233,3 +234,17 @@ def test_paper_config_is_expressible():
     assert 160e6 < n_tok < 180e6, n_tok
     assert 80e6 < n_world < 95e6, n_world
     assert cfg.vfm.image_size == (512, 512) and cfg.forecast.k == 20
+
+
+def test_heads_file_class_names_override_config(tmp_path):
+    cfg = load_config("default", DINOV2)
+    names = ["free", "obstacle", "person"]
+    tokenizer, world, _ = build_models(cfg)
+    heads = build_models(load_config("default", {**DINOV2, "heads.class_names": names}))[2]
+    save_state(tokenizer.state_dict(), tmp_path / "tokenizer.safetensors")
+    save_state(world.state_dict(), tmp_path / "world.safetensors")
+    save_state(heads.state_dict(), tmp_path / "heads.safetensors", metadata={"class_names": json.dumps(names)})
+    fc = Forecaster.from_config("default", overrides=DINOV2, weights=tmp_path)
+    assert fc.class_names == names
+    out = [fc.step(img, i * 0.1) for i, img in enumerate(frames(3))][-1]
+    assert out.class_names == names and out.semantic.max() < len(names)
