@@ -10,12 +10,12 @@ import pytest
 @pytest.fixture(scope="session")
 def ros_env():
     """Isolates this test run on its own DDS domain (derived from the pid, so parallel runs of
-    other engineers do not cross-talk), localhost discovery, and LARGE_DATA Fast DDS transports.
+    other engineers do not cross-talk) with LARGE_DATA Fast DDS transports, as in production.
     Applied to this process before rclpy.init() and handed to child processes."""
     pytest.importorskip("rclpy")
     from deltaworld_ros.ros_env import ros_environment
 
-    env = ros_environment(domain_id=1 + os.getpid() % 200, localhost_only=True)
+    env = ros_environment(domain_id=1 + os.getpid() % 200, localhost_only=False)
     saved = dict(os.environ)
     os.environ.update(env)
     yield env

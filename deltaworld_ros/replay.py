@@ -1,0 +1,172 @@
+"""Replays a video file or a rosbag2 (MCAP) recording as a camera topic at its native rate.
+
+    python -m deltaworld_ros.replay --video PATH [--topic /camera/image_raw] [--rate 1.0] [--loop]
+    python -m deltaworld_ros.replay --bag PATH.mcap --topic /camera/image_raw [--rate 1.0] [--loop]
+
+Video frames are published as sensor_msgs/Image (rgb8 or bgr8) stamped with the wall clock, like
+a live camera. Bag messages (sensor_msgs/Image or CompressedImage on ``--topic``) are republished
+unchanged, with their recorded stamps unless ``--restamp``: a loop then sends time backwards,
+which the forecast node answers by restarting its context. Reading MCAP needs ``rosbag2_py``
+(a ROS 2 install) or the PyPI ``mcap`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from deltaworld_ros.ros_env import apply_ros_environment
+
+IMAGE_TYPES = {"sensor_msgs/msg/Image": "Image", "sensor_msgs/msg/CompressedImage": "CompressedImage"}
+
+
+class BagReaderUnavailable(RuntimeError):
+    pass
+
+
+def video_messages(path: Path, encoding: str, frame_id: str) -> Iterator[tuple[float, object]]:
+    """(seconds since start, Image) per frame of a video file."""
+    from deltaworld_ros.image_conversion import array_to_image_msg
+    from deltaworld_ros.video import read_frames, video_fps
+    from std_msgs.msg import Header
+
+    fps = video_fps(path)
+    for i, rgb in enumerate(read_frames(path)):
+        pixels = rgb[..., ::-1] if encoding == "bgr8" else rgb
+        yield i / fps, array_to_image_msg(pixels, encoding, Header(frame_id=frame_id))
+
+
+def bag_messages(path: Path, topic: str) -> Iterator[tuple[float, object]]:
+    """(seconds since the first message, message) for the image messages on ``topic``."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs import msg as sensor_msgs
+
+    def decode(type_name: str, data: bytes):
+        if type_name not in IMAGE_TYPES:
+            raise ValueError(f"{topic} holds {type_name}, not an image type ({', '.join(IMAGE_TYPES)})")
+        return deserialize_message(data, getattr(sensor_msgs, IMAGE_TYPES[type_name]))
+
+    first = None
+    for log_time_ns, type_name, data in _read_bag(path, topic):
+        first = log_time_ns if first is None else first
+        yield (log_time_ns - first) * 1e-9, decode(type_name, data)
+
+
+def _read_bag(path: Path, topic: str) -> Iterator[tuple[int, str, bytes]]:
+    try:
+        import rosbag2_py
+    except ImportError:
+        rosbag2_py = None
+    if rosbag2_py is not None:
+        reader = rosbag2_py.SequentialReader()
+        reader.open(rosbag2_py.StorageOptions(uri=str(path), storage_id="mcap"), rosbag2_py.ConverterOptions("", ""))
+        types = {t.name: t.type for t in reader.get_all_topics_and_types()}
+        reader.set_filter(rosbag2_py.StorageFilter(topics=[topic]))
+        while reader.has_next():
+            name, data, stamp_ns = reader.read_next()
+            yield stamp_ns, types[name], bytes(data)
+        return
+    try:
+        from mcap.reader import make_reader
+    except ImportError as err:
+        raise BagReaderUnavailable(
+            "reading rosbag2 MCAP needs rosbag2_py (a ROS 2 install) or the PyPI package 'mcap' "
+            "(pip install mcap)") from err
+    with open(path, "rb") as stream:
+        for schema, channel, message in make_reader(stream).iter_messages(topics=[topic]):
+            if channel.message_encoding != "cdr":
+                raise ValueError(f"{topic} is {channel.message_encoding}-encoded, not a ROS 2 (cdr) recording")
+            yield message.log_time, schema.name, bytes(message.data)
+
+
+def replay(node, messages, topic: str, *, rate: float, loop: bool, restamp: bool, max_frames: int | None,
+           log=print) -> int:
+    """Publishes ``messages()`` (an iterable factory) on ``topic`` at ``rate`` x native speed, each
+    with its own type (camera QoS); returns how many were sent."""
+    from rclpy.qos import qos_profile_sensor_data
+
+    publishers = {}
+    sent = 0
+    while True:
+        start, any_message = time.monotonic(), False
+        for offset, msg in messages():
+            any_message = True
+            delay = start + offset / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if restamp or msg.header.stamp.sec == msg.header.stamp.nanosec == 0:
+                msg.header.stamp = node.get_clock().now().to_msg()
+            if type(msg) not in publishers:
+                publishers[type(msg)] = node.create_publisher(type(msg), topic, qos_profile_sensor_data)
+                time.sleep(0.2)  # let existing subscribers match the new publisher
+            publishers[type(msg)].publish(msg)
+            sent += 1
+            if max_frames is not None and sent >= max_frames:
+                return sent
+        if not any_message:
+            raise ValueError("no image messages to replay")
+        if not loop:
+            return sent
+        log(f"replay: looping after {sent} frames")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m deltaworld_ros.replay", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", type=Path, help="any video file OpenCV reads (mp4, avi, ...)")
+    source.add_argument("--bag", type=Path, help="a rosbag2 MCAP file")
+    parser.add_argument("--topic", default="/camera/image_raw",
+                        help="topic to publish on (and, for --bag, the recorded image topic to read)")
+    parser.add_argument("--rate", type=float, default=1.0, help="speed factor relative to the native rate")
+    parser.add_argument("--loop", action="store_true", help="start over at the end")
+    parser.add_argument("--encoding", choices=("rgb8", "bgr8"), default="rgb8", help="Image encoding for --video")
+    parser.add_argument("--frame-id", default="camera", help="header frame_id for --video")
+    parser.add_argument("--restamp", action="store_true", help="stamp bag messages with the current time")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    parser.add_argument("--wait-for-subscriber", type=float, default=0.0, metavar="SECONDS",
+                        help="wait up to this long for a subscriber before the first frame")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import rclpy
+
+    argv = sys.argv[1:] if argv is None else argv
+    cli_args = rclpy.utilities.remove_ros_args(["replay", *argv])[1:]
+    args = build_parser().parse_args(cli_args)
+    if args.rate <= 0:
+        raise SystemExit("--rate must be > 0")
+    if args.video is not None:
+        if not args.video.is_file():
+            raise SystemExit(f"no such video: {args.video}")
+        messages = lambda: video_messages(args.video, args.encoding, args.frame_id)  # noqa: E731
+    else:
+        if not args.bag.exists():
+            raise SystemExit(f"no such bag: {args.bag}")
+        messages = lambda: bag_messages(args.bag, args.topic)  # noqa: E731
+    apply_ros_environment()
+    rclpy.init(args=["replay", *argv])
+    node = rclpy.create_node("deltaworld_replay")
+    try:
+        deadline = time.monotonic() + args.wait_for_subscriber
+        while node.count_subscribers(args.topic) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent = replay(node, messages, args.topic, rate=args.rate, loop=args.loop, restamp=args.restamp,
+                      max_frames=args.max_frames, log=node.get_logger().info)
+        node.get_logger().info(f"replay: published {sent} frames on {args.topic}")
+        return 0
+    except (BagReaderUnavailable, ValueError) as err:
+        node.get_logger().error(str(err))
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
