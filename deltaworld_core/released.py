@@ -45,19 +45,18 @@ then ``predictor.norm [P]`` and ``predictor.head.{weight [D,P], bias [D]}``; ``q
 for the deterministic (no best-of-many) ablation. The file may also carry ``tokenizer.*`` (the frozen
 DeltaTok, loaded separately from its own file) which is dropped.
 
-Known architecture gaps between the released predictor and our ``DeltaWorld`` (names *are* established;
-these are places where our module cannot hold the release's function). The loader refuses them by
-default with :class:`ReleasedLayoutError`; ``allow_mismatch=True`` loads anyway (approximate; logged):
-
-* the release's ``kv_proj`` reads the raw context tokens: it has no context projection and no
-  context LayerNorm. Our ``context_in`` is filled with the identity (exact when token width == width),
-  but ``blocks.i.norm_context`` (a LayerNorm) cannot be made an identity;
-* the release's key projection has a bias (``kv_proj.bias[:P]``), applied before the time-RoPE, so it
-  matters; our cross-attention ``k_proj`` has none;
-* RoPE (not a parameter, so not checked by the key mapping): the release rotates ``head_dim - 4`` dims
-  (``rope_axis_sizes=(60,)``, ``rope_unrotated_size=4``) with ``inv_freq = 10 ** -linspace(-2, 2, 30)``
-  cycles per second; ours rotates ``world.rope_fraction`` of each head with ``1 / base**(j/half)``.
-  A warning is logged when the rotated width differs.
+Layout: our ``DeltaWorld`` is built like the release's predictor, so the mapping above loads strictly
+with no gaps: cross-attention keys/values are projected from the raw context tokens (no context
+LayerNorm; ``context_in`` is ``nn.Identity`` because token width == predictor width, and a
+configuration where they differ is refused, since the release has no context projection), and the key
+projection has a bias (``kv_proj.bias[:P]``). Renames: ``predictor.*`` -> ours without the prefix,
+``kv_proj`` -> ``k_proj`` / ``v_proj`` (weight and bias halves), ``out_proj`` -> ``o_proj``,
+``q_embed.weight`` -> ``query``. RoPE is not a parameter, so the key mapping cannot check it; the
+convention is taken from the release's config: ``head_dim - 4`` dims rotated (``rope_axis_sizes=(60,)``,
+``rope_unrotated_size=4``) at ``10 ** -linspace(-2, 2, 30)`` cycles per second, i.e. 100 Hz .. 0.01 Hz
+(``world.rope_unrotated``, ``world.rope_min_hz``, ``world.rope_max_hz``), with angles ``2*pi*f*t``. The
+``2*pi`` factor is our reading of "cycles per second" and has not been verified against real released
+files. A warning is logged when the configured RoPE differs from the release's.
 
 Task heads (``models/task_heads.py``): ``SegHead``/``DepthHead`` are ``bn`` (BatchNorm2d over D:
 weight, bias, running_mean, running_var, num_batches_tracked) and ``head`` (Conv2d 1x1: weight
@@ -65,12 +64,12 @@ weight, bias, running_mean, running_var, num_batches_tracked) and ``head`` (Conv
 ``conv`` is their ``head``. The release's head loader tolerates nested containers and extra keys
 (``_extract_head_sd``, ``allow_unmapped=True``); we unwrap containers but report extra keys unless
 ``extra_ok=True``. (Behaviour note: the release's depth head turns logits into weights with
-``relu(logits) + 0.1`` normalised to sum 1, not a softmax.)
+``relu(logits) + 0.1`` normalised to sum 1, not a softmax; our ``DepthHead`` does the same.)
 
 CLI::
 
     python -m deltaworld_core.released convert --deltatok PATH --deltaworld PATH \\
-        --seg-head PATH --depth-head PATH --out DIR [--config paper] [--allow-mismatch]
+        --seg-head PATH --depth-head PATH --out DIR [--config paper]
     python -m deltaworld_core.released check --part deltatok PATH [--config paper]
 
 ``convert`` writes our ``tokenizer.safetensors`` / ``world.safetensors`` / ``heads.safetensors``
@@ -104,6 +103,7 @@ _QK_ALIASES = (
     (".attention.k_norm_prerope.", ".attention.k_norm."),
 )
 _RELEASE_UNROTATED = 4  # predictor rope_unrotated_size in the release
+_RELEASE_ROPE_HZ = (0.01, 100.0)  # 10 ** -linspace(-2, 2, 30) cycles per second
 
 CITYSCAPES_CLASSES = [
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -111,10 +111,6 @@ CITYSCAPES_CLASSES = [
 ]
 
 State = dict[str, torch.Tensor]
-
-
-class ReleasedLayoutError(CheckpointError):
-    """The checkpoint's names match, but our module's architecture cannot hold the release's function."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,27 +239,14 @@ def load_released_deltatok(tokenizer: nn.Module, path: str | Path | Mapping[str,
 # DeltaWorld
 
 
-def _world_layout_gaps(world: nn.Module, kv_biases: dict[int, torch.Tensor]) -> list[str]:
-    expected = world.state_dict()
-    gaps = []
-    norms = sorted(k for k in expected if ".norm_context." in k)
-    if norms:
-        gaps.append(
-            f"our blocks normalise the context with a LayerNorm ({norms[0]}, ...) that the release does not "
-            "have (its kv_proj reads the raw tokens); make CrossBlock.norm_context an nn.Identity for "
-            "released weights")
-    lacking = [i for i, b in kv_biases.items() if f"blocks.{i}.attention.k_proj.bias" not in expected and b.any()]
-    if lacking:
-        gaps.append(
-            f"the release's key projection has a bias (predictor.blocks.{lacking[0]}.attention.kv_proj.bias[:P], "
-            "non-zero, applied before the time-RoPE) but our cross-attention k_proj has none; build "
-            "CrossBlock's Attention with key_bias=True")
-    return gaps
-
-
-def deltaworld_state(state: State, world: nn.Module, allow_mismatch: bool = False
-                     ) -> tuple[dict[str, tuple[torch.Tensor, str]], list[str]]:
+def deltaworld_state(state: State, world: nn.Module) -> tuple[dict[str, tuple[torch.Tensor, str]], list[str]]:
     """Release DeltaWorld keys (wrappers removed) -> our keys. Returns (mapped, unmapped release keys)."""
+    token_dim, dim = getattr(world, "token_dim", None), getattr(world, "dim", None)
+    if token_dim != dim or not isinstance(getattr(world, "context_in", nn.Identity()), nn.Identity):
+        raise CheckpointError(
+            f"the released DeltaWorld has no context projection (its kv_proj reads the raw tokens), but this "
+            f"DeltaWorld projects tokens of width {token_dim} to width {dim} (context_in); world.dim must "
+            "equal the token width (vfm.embed_dim) to load released weights")
     state = {k: v for k, v in state.items() if not k.startswith(("tokenizer.", *_DROPPED_PREFIXES))}
     if any(k.startswith("predictor.") for k in state):
         prefix = "predictor."
@@ -272,10 +255,8 @@ def deltaworld_state(state: State, world: nn.Module, allow_mismatch: bool = Fals
     else:
         raise CheckpointError("no predictor.* keys: this is not a released DeltaWorld checkpoint "
                               f"(first keys: {', '.join(sorted(state)[:5]) or 'none'})")
-    expected = world.state_dict()
     mapped: dict[str, tuple[torch.Tensor, str]] = {}
     unmapped: list[str] = []
-    kv_biases: dict[int, torch.Tensor] = {}
     renames = {"attention.out_proj.": "attention.o_proj."}
     for key, value in state.items():
         if key == "q_embed.weight":  # deterministic ablation's learned query [1, P]
@@ -291,57 +272,32 @@ def deltaworld_state(state: State, world: nn.Module, allow_mismatch: bool = Fals
                 mapped[f"{head}.attention.k_proj.{tail}"] = (value, f"{key} (odd first dim)")
                 continue
             k, v = value.chunk(2, dim=0)
+            mapped[f"{head}.attention.k_proj.{tail}"] = (k, f"{key}[:P]")
             mapped[f"{head}.attention.v_proj.{tail}"] = (v, f"{key}[P:]")
-            if tail == "bias":
-                kv_biases[int(head.split(".")[1])] = k
-                if f"{head}.attention.k_proj.bias" in expected:
-                    mapped[f"{head}.attention.k_proj.bias"] = (k, f"{key}[:P]")
-            else:
-                mapped[f"{head}.attention.k_proj.{tail}"] = (k, f"{key}[:P]")
             continue
         for old, new in renames.items():
             rel = rel.replace(old, new)
         mapped[rel] = (value, key)
 
-    gaps = _world_layout_gaps(world, kv_biases)
-    if gaps and not allow_mismatch:
-        raise ReleasedLayoutError("the released DeltaWorld predictor's names map onto DeltaWorld, but its "
-                                  "architecture differs: " + "; ".join(gaps) +
-                                  " (pass allow_mismatch=True to load anyway, approximately)")
-    for gap in gaps:
-        log.warning("released DeltaWorld loaded approximately: %s", gap)
-    # Parts of ours the release does not have, filled so that they do nothing.
-    for ours, tensor in expected.items():
-        if ours in mapped:
-            continue
-        if ours == "context_in.weight" and tensor.shape[0] == tensor.shape[1]:
-            eye = torch.eye(tensor.shape[0], dtype=tensor.dtype)
-            mapped[ours] = (eye, "(identity: the release has no context projection)")
-        elif ours == "context_in.bias":
-            mapped[ours] = (torch.zeros_like(tensor), "(zero: the release has no context projection)")
-        elif ".norm_context." in ours and allow_mismatch:
-            fill = torch.ones_like(tensor) if ours.endswith("weight") else torch.zeros_like(tensor)
-            mapped[ours] = (fill, "(approximate: the release has no context LayerNorm)")
     return mapped, unmapped
 
 
-def load_released_deltaworld(world: nn.Module, path: str | Path | Mapping[str, torch.Tensor],
-                             allow_mismatch: bool = False) -> nn.Module:
-    """Loads the released DeltaWorld predictor (Amazon-FAR/deltaworld-kinetics ``pytorch_model.bin``).
-
-    Raises :class:`ReleasedLayoutError` when our module cannot hold the release's function (see the
-    module docstring) unless ``allow_mismatch``; CheckpointError for missing/extra/mis-shaped keys."""
+def load_released_deltaworld(world: nn.Module, path: str | Path | Mapping[str, torch.Tensor]) -> nn.Module:
+    """Loads the released DeltaWorld predictor (Amazon-FAR/deltaworld-kinetics ``pytorch_model.bin``)
+    strictly. Raises CheckpointError for missing/extra/mis-shaped keys, or when ``world`` has a context
+    projection (token width != ``world.dim``), which the release does not have."""
     state, source = read_released(path)
-    mapped, unmapped = deltaworld_state(state, world, allow_mismatch)
+    mapped, unmapped = deltaworld_state(state, world)
     _check_and_load(world, mapped, unmapped, source, "DeltaWorld", hints={
         "query": "q_embed (a learned query) exists only with world.deterministic=true, the ablation",
-        "context_in": "the release has no context projection; token width must equal world.dim",
     })
     head_dim = world.dim // world.blocks[0].attention.num_heads if len(world.blocks) else 0
-    if getattr(world, "rotated_dim", None) not in (None, head_dim - _RELEASE_UNROTATED):
-        log.warning("the released predictor rotates %d of %d dims per head with its own time frequencies; "
-                    "this DeltaWorld rotates %d: predictions will differ from the release's",
-                    head_dim - _RELEASE_UNROTATED, head_dim, world.rotated_dim)
+    rotated, hz = getattr(world, "rotated_dim", None), getattr(world, "rope_hz", None)
+    if (rotated is not None and rotated != head_dim - _RELEASE_UNROTATED) or (
+            hz is not None and tuple(map(float, hz)) != _RELEASE_ROPE_HZ):
+        log.warning("the released predictor rotates %d of %d dims per head at %g..%g Hz; this DeltaWorld "
+                    "rotates %s at %s Hz: predictions will differ from the release's",
+                    head_dim - _RELEASE_UNROTATED, head_dim, *_RELEASE_ROPE_HZ, rotated, hz)
     return world
 
 
@@ -495,8 +451,7 @@ def _class_names(count: int, configured: list[str]) -> list[str]:
 
 def convert(out: str | Path, config: str | Path = "paper", overrides: dict[str, Any] | None = None,
             deltatok: str | Path | None = None, deltaworld: str | Path | None = None,
-            seg_head: str | Path | None = None, depth_head: str | Path | None = None,
-            allow_mismatch: bool = False) -> dict[str, Path]:
+            seg_head: str | Path | None = None, depth_head: str | Path | None = None) -> dict[str, Path]:
     """Converts released files into ``out``/{tokenizer,world,heads}.safetensors. Returns what was written."""
     from .forecaster import WEIGHT_FILES, build_models
 
@@ -514,10 +469,9 @@ def convert(out: str | Path, config: str | Path = "paper", overrides: dict[str, 
         written["tokenizer"] = save_state(tokenizer.state_dict(), out / WEIGHT_FILES["tokenizer"],
                                           metadata={"source": "amazon-far/deltatok release", "file": str(deltatok)})
     if deltaworld is not None:
-        load_released_deltaworld(world, deltaworld, allow_mismatch=allow_mismatch)
+        load_released_deltaworld(world, deltaworld)
         written["world"] = save_state(world.state_dict(), out / WEIGHT_FILES["world"],
-                                      metadata={"source": "amazon-far/deltatok release", "file": str(deltaworld),
-                                                "approximate": str(bool(allow_mismatch))})
+                                      metadata={"source": "amazon-far/deltatok release", "file": str(deltaworld)})
     if seg_head is not None:
         load_released_head(heads, seg_head, "segmentation")
         load_released_head(heads, depth_head, "depth")
@@ -535,8 +489,6 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("--deltatok", "--deltaworld", "--seg-head", "--depth-head"):
         conv.add_argument(flag, type=Path)
     conv.add_argument("--out", type=Path, required=True)
-    conv.add_argument("--allow-mismatch", action="store_true",
-                      help="load the predictor although our DeltaWorld differs from the release (approximate)")
     check = sub.add_parser("check", help="compare a released file with the names/shapes expected for a config")
     check.add_argument("path", type=Path)
     check.add_argument("--part", required=True, choices=("deltatok", "deltaworld", "seg_head", "depth_head"))
@@ -554,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(problems) if problems else f"{args.path}: matches the released {args.part} layout")
             return 1 if problems else 0
         written = convert(args.out, args.config, overrides, args.deltatok, args.deltaworld, args.seg_head,
-                          args.depth_head, args.allow_mismatch)
+                          args.depth_head)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

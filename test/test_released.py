@@ -10,8 +10,6 @@ import logging
 import pytest
 import torch
 from safetensors import safe_open
-from torch import nn
-
 from deltaworld_core import load_config
 from deltaworld_core.checkpoint import CheckpointError
 from deltaworld_core.deltatok import DeltaTok
@@ -19,7 +17,6 @@ from deltaworld_core.forecaster import build_models, load_weights
 from deltaworld_core.heads import TaskHeads
 from deltaworld_core.released import (
     CITYSCAPES_CLASSES,
-    ReleasedLayoutError,
     check_released_file,
     load_released_deltatok,
     load_released_deltaworld,
@@ -93,16 +90,6 @@ def random_state(shapes: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 def paper_cfg(enc: int = 2, dec: int = 2, world: int = 2, **extra):
     return load_config("paper", {"tokenizer.encoder_depth": enc, "tokenizer.decoder_depth": dec,
                                  "world.depth": world, **extra})
-
-
-def release_layout(world: DeltaWorld) -> DeltaWorld:
-    """Our DeltaWorld changed the way the release's predictor is built (what the lead is asked to add):
-    no context LayerNorm, a key bias, no context projection."""
-    world.context_in = nn.Identity()
-    for block in world.blocks:
-        block.norm_context = nn.Identity()
-        block.attention.k_proj = nn.Linear(world.dim, world.dim, bias=True)
-    return world
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +192,7 @@ def test_deltaworld_maps_the_predictor_names(cfg, tmp_path):
     wrapped["network.tokenizer.z_embed.weight"] = torch.zeros(1, D)  # frozen tokenizer: dropped
     path = tmp_path / "pytorch_model.bin"
     torch.save(wrapped, path)
-    world = release_layout(DeltaWorld.from_config(cfg.world, token_dim=D))
+    world = DeltaWorld.from_config(cfg.world, token_dim=D)
     load_released_deltaworld(world, path)
     for i in range(2):
         attn, p = world.blocks[i].attention, f"predictor.blocks.{i}."
@@ -221,25 +208,62 @@ def test_deltaworld_maps_the_predictor_names(cfg, tmp_path):
     assert check_released_file(path, cfg, "deltaworld") == []
 
 
-def test_deltaworld_refuses_our_current_layout_unless_asked(cfg, caplog):
+def release_source(key: str) -> tuple[str, slice | None]:
+    """Where our DeltaWorld key comes from in the release: (release key, row slice of the fused kv_proj)."""
+    if key == "query":
+        return "q_embed.weight", None
+    rel = "predictor." + key.replace(".attention.o_proj.", ".attention.out_proj.")
+    for name, rows in (("k_proj", slice(0, D)), ("v_proj", slice(D, 2 * D))):
+        if f".attention.{name}." in rel:
+            return rel.replace(f".attention.{name}.", ".attention.kv_proj."), rows
+    return rel, None
+
+
+def test_deltaworld_loads_the_full_predictor_strictly(cfg, caplog):
     state = random_state(predictor_shapes(2), seed=3)
-    world = DeltaWorld.from_config(cfg.world, token_dim=D)
-    with pytest.raises(ReleasedLayoutError, match="norm_context") as err:
-        load_released_deltaworld(world, state)
-    assert "kv_proj.bias" in str(err.value) and "key_bias=True" in str(err.value)
+    world = DeltaWorld.from_config(cfg.world, token_dim=D)  # as built for our own training: no changes
+    assert isinstance(world.context_in, torch.nn.Identity)
     with caplog.at_level(logging.WARNING, logger="deltaworld_core.released"):
-        load_released_deltaworld(world, state, allow_mismatch=True)
-    assert "approximately" in caplog.text and "rotates 60 of 64" in caplog.text
-    assert torch.equal(world.context_in.weight, torch.eye(D)) and not world.context_in.bias.any()
-    assert torch.equal(world.blocks[1].norm_context.weight, torch.ones(D))
-    kv = state["predictor.blocks.1.attention.kv_proj.weight"]
-    assert torch.equal(world.blocks[1].attention.v_proj.weight, kv[D:])
+        load_released_deltaworld(world, state)
+    assert caplog.text == ""  # paper config: the release's RoPE, nothing approximate
+    ours = world.state_dict()
+    used = set()
+    for key, tensor in ours.items():  # every one of our tensors comes from exactly its release tensor
+        rel, rows = release_source(key)
+        assert rel in state, key
+        want = state[rel] if rows is None else state[rel][rows]
+        assert torch.equal(tensor, want), key
+        used.add(rel)
+    assert used == set(state)  # and every release tensor is used
+    for i in range(2):
+        attn, kv_b = world.blocks[i].attention, state[f"predictor.blocks.{i}.attention.kv_proj.bias"]
+        assert torch.equal(attn.k_proj.bias, kv_b[:D]) and torch.equal(attn.v_proj.bias, kv_b[D:])
+        assert kv_b[:D].any()  # the key bias is real, not a filled zero
+        assert torch.equal(attn.o_proj.weight, state[f"predictor.blocks.{i}.attention.out_proj.weight"])
+        assert torch.equal(attn.o_proj.bias, state[f"predictor.blocks.{i}.attention.out_proj.bias"])
+        assert not any("norm_context" in k for k in ours)
+
+
+def test_deltaworld_warns_when_the_rope_differs_from_the_release(caplog):
+    small = paper_cfg(world=1, **{"world.rope_unrotated": 8, "world.rope_min_hz": 0.1})
+    world = DeltaWorld.from_config(small.world, token_dim=D)
+    with caplog.at_level(logging.WARNING, logger="deltaworld_core.released"):
+        load_released_deltaworld(world, random_state(predictor_shapes(1)))
+    assert "rotates 60 of 64" in caplog.text and "rotates 56" in caplog.text
+
+
+def test_deltaworld_refuses_a_context_projection():
+    small = paper_cfg(world=1, **{"world.dim": 384, "world.num_heads": 6})
+    world = DeltaWorld.from_config(small.world, token_dim=D)
+    assert isinstance(world.context_in, torch.nn.Linear)
+    with pytest.raises(CheckpointError, match="no context projection"):
+        load_released_deltaworld(world, random_state(released_key_shapes(small, "deltaworld")))
 
 
 def test_deltaworld_deterministic_query():
     det = paper_cfg(world=1, **{"world.deterministic": True})
     state = random_state(released_key_shapes(det, "deltaworld"), seed=4)
-    world = release_layout(DeltaWorld.from_config(det.world, token_dim=D))
+    world = DeltaWorld.from_config(det.world, token_dim=D)
     load_released_deltaworld(world, state)
     assert torch.equal(world.query, state["q_embed.weight"][0])
 
@@ -257,14 +281,14 @@ def test_deltaworld_mismatch_names_the_key(change, named):
     small = paper_cfg(world=1)
     state = random_state(predictor_shapes(1))
     change(state)
-    world = release_layout(DeltaWorld.from_config(small.world, token_dim=D))
+    world = DeltaWorld.from_config(small.world, token_dim=D)
     with pytest.raises(CheckpointError, match=named.replace(".", r"\.")):
         load_released_deltaworld(world, state)
 
 
 def test_deltaworld_rejects_a_tokenizer_file():
     small = paper_cfg(enc=1, dec=1, world=1)
-    world = release_layout(DeltaWorld.from_config(small.world, token_dim=D))
+    world = DeltaWorld.from_config(small.world, token_dim=D)
     with pytest.raises(CheckpointError, match="no predictor"):
         load_released_deltaworld(world, random_state(DELTATOK_TOP))
 
@@ -311,7 +335,7 @@ def test_heads_mismatch_names_the_key(cfg):
 # CLI
 
 
-def test_convert_cli_writes_weights_our_loader_reads(tmp_path, capsys):
+def test_convert_cli_writes_weights_our_loader_reads(tmp_path):
     small = {"tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1, "world.depth": 1}
     files = {}
     for name, shapes in (("deltatok", deltatok_shapes(1, 1)), ("deltaworld", predictor_shapes(1)),
@@ -322,8 +346,7 @@ def test_convert_cli_writes_weights_our_loader_reads(tmp_path, capsys):
     sets = [a for k, v in small.items() for a in ("--set", f"{k}={v}")]
     args = ["convert", "--deltatok", str(files["deltatok"]), "--deltaworld", str(files["deltaworld"]),
             "--seg-head", str(files["seg"]), "--depth-head", str(files["depth"]), "--out", str(out), *sets]
-    assert main(args) == 2 and "norm_context" in capsys.readouterr().err  # our layout: refused
-    assert main([*args, "--allow-mismatch"]) == 0
+    assert main(args) == 0
     with safe_open(str(out / "heads.safetensors"), "pt") as f:
         names = json.loads(f.metadata()["class_names"])
     assert names == CITYSCAPES_CLASSES
@@ -333,5 +356,7 @@ def test_convert_cli_writes_weights_our_loader_reads(tmp_path, capsys):
     release = torch.load(files["deltatok"], weights_only=True)
     o_proj = release["encoder_blocks.0.attention.o_proj.weight"]
     assert torch.equal(tokenizer.encoder_blocks[0].attention.o_proj.weight, o_proj)
+    kv_bias = torch.load(files["deltaworld"], weights_only=True)["predictor.blocks.0.attention.kv_proj.bias"]
+    assert torch.equal(world.blocks[0].attention.k_proj.bias, kv_bias[:D])
     assert main(["check", str(files["deltatok"]), "--part", "deltatok", *sets]) == 0
     assert main(["check", str(files["deltatok"]), "--part", "deltatok"]) == 1  # full paper depth: missing blocks
