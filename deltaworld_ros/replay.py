@@ -83,26 +83,37 @@ def _read_bag(path: Path, topic: str) -> Iterator[tuple[int, str, bytes]]:
 
 
 def replay(node, messages, topic: str, *, rate: float, loop: bool, restamp: bool, max_frames: int | None,
-           log=print) -> int:
+           wait_for_subscriber: float = 0.0, log=print) -> int:
     """Publishes ``messages()`` (an iterable factory) on ``topic`` at ``rate`` x native speed, each
-    with its own type (camera QoS); returns how many were sent."""
+    with its own type (camera QoS); returns how many were sent. The publisher of a type is created
+    on its first message and may wait up to ``wait_for_subscriber`` s for a subscriber to match."""
     from rclpy.qos import qos_profile_sensor_data
 
     publishers = {}
+
+    def publisher_for(msg_type):
+        if msg_type not in publishers:
+            publishers[msg_type] = node.create_publisher(msg_type, topic, qos_profile_sensor_data)
+            deadline = time.monotonic() + wait_for_subscriber
+            while publishers[msg_type].get_subscription_count() == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # With LARGE_DATA transports data flows over TCP, connected ~0.5 s after the match.
+            time.sleep(1.0 if publishers[msg_type].get_subscription_count() else 0.0)
+        return publishers[msg_type]
+
     sent = 0
     while True:
-        start, any_message = time.monotonic(), False
+        start, any_message = None, False
         for offset, msg in messages():
+            publisher = publisher_for(type(msg))
+            start = time.monotonic() - offset / rate if start is None else start
             any_message = True
             delay = start + offset / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             if restamp or msg.header.stamp.sec == msg.header.stamp.nanosec == 0:
                 msg.header.stamp = node.get_clock().now().to_msg()
-            if type(msg) not in publishers:
-                publishers[type(msg)] = node.create_publisher(type(msg), topic, qos_profile_sensor_data)
-                time.sleep(0.2)  # let existing subscribers match the new publisher
-            publishers[type(msg)].publish(msg)
+            publisher.publish(msg)
             sent += 1
             if max_frames is not None and sent >= max_frames:
                 return sent
@@ -151,11 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=["replay", *argv])
     node = rclpy.create_node("deltaworld_replay")
     try:
-        deadline = time.monotonic() + args.wait_for_subscriber
-        while node.count_subscribers(args.topic) == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
         sent = replay(node, messages, args.topic, rate=args.rate, loop=args.loop, restamp=args.restamp,
-                      max_frames=args.max_frames, log=node.get_logger().info)
+                      max_frames=args.max_frames, wait_for_subscriber=args.wait_for_subscriber,
+                      log=node.get_logger().info)
         node.get_logger().info(f"replay: published {sent} frames on {args.topic}")
         return 0
     except (BagReaderUnavailable, ValueError) as err:

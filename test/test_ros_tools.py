@@ -1,0 +1,111 @@
+"""The replay tool (video and MCAP) and the end-to-end demo, each in its own process on real DDS."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+cv2 = pytest.importorskip("cv2")
+
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from rclpy.serialization import serialize_message  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from deltaworld_ros.futures_msg import seconds_to_time, time_to_seconds  # noqa: E402
+from deltaworld_ros.image_conversion import array_to_image_msg, image_to_array  # noqa: E402
+from deltaworld_ros.video import read_frames, sample_video  # noqa: E402
+from test_ros_node import TINY, write_model_config  # noqa: E402  (pytest puts test/ on sys.path)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def collect(ros_node, topic: str, command: list[str], env: dict, timeout: float = 60) -> tuple[list, int]:
+    """Runs ``command`` while collecting (receive time, Image) on ``topic``; returns them and the rc."""
+    received = []
+    ros_node.create_subscription(Image, topic, lambda m: received.append((time.monotonic(), m)),
+                                 qos_profile_sensor_data)
+    executor = SingleThreadedExecutor(context=ros_node.context)
+    executor.add_node(ros_node)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.01)
+    for _ in range(20):  # the last messages in flight
+        executor.spin_once(timeout_sec=0.01)
+    if proc.poll() is None:
+        proc.kill()
+        pytest.fail("command did not finish: " + " ".join(command))
+    output = proc.stdout.read()
+    assert proc.returncode == 0, output
+    return received, proc.returncode
+
+
+def test_replay_publishes_a_video_at_its_native_rate(ros_env, ros_node):
+    frames = list(read_frames(sample_video("bikes.mp4"), limit=20))
+    received, _ = collect(ros_node, "/replay_test/image", [
+        sys.executable, "-m", "deltaworld_ros.replay", "--video", str(sample_video("bikes.mp4")),
+        "--topic", "/replay_test/image", "--max-frames", "20", "--rate", "2", "--wait-for-subscriber", "20"], ros_env)
+    assert len(received) >= 18  # best effort, like a camera
+    msgs = [m for _, m in received]
+    assert all((m.encoding, m.width, m.height, m.header.frame_id) == ("rgb8", 640, 272, "camera") for m in msgs)
+    index = {f.tobytes(): i for i, f in enumerate(frames)}
+    order = [index[image_to_array(m).tobytes()] for m in msgs]  # real frames, in order
+    assert order == sorted(order)
+    stamps = np.array([time_to_seconds(m.header.stamp) for m in msgs])
+    per_frame = np.diff(stamps) / np.diff(order)
+    assert np.median(per_frame) == pytest.approx(1 / 25 / 2, abs=0.01)  # 25 fps at rate 2
+
+
+def test_replay_reads_a_rosbag2_mcap(tmp_path, ros_env, ros_node):
+    writer_module = pytest.importorskip("mcap.writer", reason="the PyPI 'mcap' package is not installed")
+    bag = tmp_path / "camera.mcap"
+    frames = [np.full((4, 6, 3), i * 20, np.uint8) for i in range(6)]
+    with bag.open("wb") as stream:
+        writer = writer_module.Writer(stream)
+        writer.start(profile="ros2", library="deltaworld test")
+        schema = writer.register_schema(name="sensor_msgs/msg/Image", encoding="ros2msg",
+                                        data=b"std_msgs/Header header\nuint32 height\nuint32 width\n...")
+        channel = writer.register_channel(topic="/recorded/image", message_encoding="cdr", schema_id=schema)
+        for i, frame in enumerate(frames):
+            stamp = 1000.0 + 0.05 * i
+            msg = array_to_image_msg(frame, "bgr8")
+            msg.header.stamp = seconds_to_time(stamp)
+            ns = round(stamp * 1e9)
+            writer.add_message(channel_id=channel, log_time=ns, publish_time=ns, data=serialize_message(msg))
+        writer.finish()
+    received, _ = collect(ros_node, "/recorded/image", [
+        sys.executable, "-m", "deltaworld_ros.replay", "--bag", str(bag), "--topic", "/recorded/image",
+        "--wait-for-subscriber", "20"], ros_env)
+    assert len(received) >= 5
+    for _, msg in received:  # republished unchanged, recorded stamps kept
+        i = round((time_to_seconds(msg.header.stamp) - 1000.0) / 0.05)
+        assert msg.encoding == "bgr8"
+        np.testing.assert_array_equal(image_to_array(msg), frames[i])
+
+
+def test_demo_end_to_end_with_a_tiny_model(tmp_path, ros_env):
+    """README command 1 with a tiny random model instead of the embedded default (for speed)."""
+    config = write_model_config(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deltaworld_ros.demo", "--out", str(out), "--max-frames", "40",
+         "--param", f"model_config:={config}", "--param", "k:=3", "--camera-topic", "/demo_test/image"],
+        cwd=REPO, env=ros_env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith("demo: frames in 40, forecasts out ") and "median latency" in summary
+    forecasts = int(summary.split("forecasts out ")[1].split(",")[0])
+    pngs = sorted(out.glob("forecast_*.png"))
+    assert forecasts >= 1 and len(pngs) == forecasts
+    grid = cv2.imread(str(pngs[-1]))
+    assert grid.shape == ((1 + 3) * 112, (1 + 2 * 3) * 112, 3)  # header + K rows, input + 2 tiles per step
+    video = cv2.VideoCapture(str(out / "forecasts.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == forecasts
+    video.release()
