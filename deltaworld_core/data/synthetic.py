@@ -226,11 +226,12 @@ class SyntheticWorld:
             ego_lane = i == 0 or rng.random() < 0.4          # car 0: always ahead of us
             if ego_lane:
                 x, heading = LANE_X, 0.0
-                z = rng.uniform(14, 30) if i == 0 else rng.uniform(25, 70)
+                z = rng.uniform(10, 22) if i == 0 else rng.uniform(25, 70)
                 speed = self.cam_speed * rng.uniform(0.9, 1.2)
             else:                                            # oncoming traffic
                 x, heading = -LANE_X, np.pi
-                z, speed = rng.uniform(20, 110), rng.uniform(6, 12)
+                z = rng.uniform(15, 45) if i == 1 else rng.uniform(20, 110)
+                speed = rng.uniform(6, 12)
             movers.append(_Mover(True, x, z, heading, speed, rng.uniform(0.15, 0.75),
                                  int(rng.integers(len(CAR_MANOEUVRES))),
                                  rng.uniform(0.1, 0.9, 3).astype(np.float32),
@@ -296,6 +297,10 @@ class SyntheticWorld:
             tb = t_lo + m.branch_frac * (t_hi - t_lo)
             ts, x, z, hd = self._trajectory(m, c, 0.0, max(t_hi, 0.0), tb)
             xs, zs, hs = (np.interp(stamps, ts, a) for a in (x, z, hd))
+            if m.is_car and m.heading == 0.0:
+                # A braking car ahead in our lane is never driven through: the camera keeps a
+                # 7 m gap (the car is pushed, a deterministic function of time).
+                zs = np.maximum(zs, self.cam_speed * stamps + 7.0)
             dist = np.interp(stamps, ts, np.concatenate(
                 [[0], np.cumsum(np.hypot(np.diff(x), np.diff(z)))]))
             states.append((xs, zs, hs, dist))
@@ -342,7 +347,7 @@ class SyntheticWorld:
             rgb, sem, dep = self._render_frame(float(t), dyn_boxes, dyn_cyl, dyn_sph)
             if self.noise_std > 0:     # noise keyed by (seed, frame index): same past -> same
                 nrng = np.random.default_rng([self.seed, 0xD0, i])
-                rgb = rgb + nrng.normal(0, self.noise_std / 255, rgb.shape).astype(np.float32)
+                rgb += nrng.standard_normal(rgb.shape, np.float32) * np.float32(self.noise_std / 255)
             out["frames"][i] = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
             out["semantic"][i], out["depth"][i] = sem, dep
         out["branch_frame"] = self.branch_frame(stamps)
