@@ -6,8 +6,8 @@
         [--max-clips N] [--seed 0] [--device cpu] --json OUT.json [key.path=value ...]
 
 Clips. Each video is sub-sampled to one frame every ``--step-s`` seconds (the frame nearest to
-each point of a grid that starts at the first frame; a gap of more than 1.5 steps starts a new
-grid) and cut into windows of ``context + horizon`` consecutive sub-sampled frames, one window
+each point of a grid that starts at the first frame, if within a quarter step; otherwise the
+video has a gap there and a new grid starts) and cut into windows of ``context + horizon`` consecutive sub-sampled frames, one window
 every ``--stride`` frames (default: ``context + horizon``, i.e. non-overlapping). Synthetic seeds
 give one clip each, rendered at ``t = 0, step, 2 step, ...`` with exact labels for every frame.
 The public datasets give one clip per labelled frame (the last frame of the clip).
@@ -147,66 +147,50 @@ def _list(a: np.ndarray) -> list[float | None]:
 
 
 # ----------------------------------------------------------------------------- sources
-def _open_video(path: Path):
-    """(rgb uint8 [H, W, 3], stamp s) per frame; the data package's reader when present."""
-    try:
-        from .data import open_video  # type: ignore[attr-defined]
-    except ImportError:
-        open_video = None
-    if open_video is not None:
-        yield from open_video(str(path))
-        return
-    import cv2  # fallback until deltaworld_core.data.open_video lands
+def _open_video(path: Path, fps: float | None = None):
+    """(rgb uint8 [H, W, 3], stamp s) per frame of a video file or a frame folder."""
+    from .data import open_video
 
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise EvaluationError(f"cannot open video {path}")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    index = 0
     try:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            yield np.ascontiguousarray(bgr[..., ::-1]), index / fps
-            index += 1
-    finally:
-        cap.release()
+        reader = open_video(path, fps=fps)
+    except (FileNotFoundError, ValueError) as err:
+        raise EvaluationError(str(err)) from err
+    yield from reader
 
 
 def subsample(frames: Iterable[tuple[np.ndarray, float]], step_s: float) -> Iterator[tuple[int, int, np.ndarray, float]]:
-    """Yields (segment, frame index, rgb, stamp) for the frame nearest to each point of a grid
-    ``t0 + i * step_s``; a gap of more than 1.5 steps between kept frames starts a new segment."""
-    segment, grid_t, prev = 0, None, None  # prev = (index, rgb, stamp)
+    """Yields (segment, frame index, rgb, stamp): for each point of a grid ``t0 + i * step_s`` the
+    nearest frame, if it lies within a quarter step of it. A grid point without such a frame is a
+    gap: the next frame starts a new segment (and a new grid)."""
+    tol = step_s / 4
+    segment, grid_t, prev, last = 0, None, None, -1  # prev = (index, rgb, stamp) just before grid_t
     for index, (rgb, stamp) in enumerate(frames):
         stamp = float(stamp)
         if grid_t is None:
             grid_t = stamp
-        while True:
-            if stamp < grid_t:
-                break
-            # The grid point lies between prev and this frame: keep the nearer one.
-            if prev is not None and abs(prev[2] - grid_t) <= abs(stamp - grid_t) and prev[2] > grid_t - step_s / 2:
-                yield segment, prev[0], prev[1], prev[2]
-                grid_t += step_s
-                prev = None
-                continue
-            if stamp - grid_t > step_s / 2:  # nothing near this grid point: a gap
+        while stamp >= grid_t - 1e-9:  # grid_t lies in (prev stamp, stamp]
+            if prev is not None and grid_t - prev[2] <= stamp - grid_t:
+                pick = prev
+            else:
+                pick = (index, rgb, stamp)
+            if abs(pick[2] - grid_t) > tol or pick[0] == last:  # nothing near this grid point
                 segment += 1
-                grid_t = stamp
-            yield segment, index, rgb, stamp
+                grid_t, pick = stamp, (index, rgb, stamp)
+            yield segment, *pick
+            last = pick[0]
             grid_t += step_s
-            break
-        prev = (index, rgb, stamp) if stamp < grid_t else None
-    if prev is not None and abs(prev[2] - grid_t) < step_s / 2:
-        yield segment, prev[0], prev[1], prev[2]
+            prev = None
+        prev = (index, rgb, stamp)
+    if prev is not None and prev[0] != last and abs(prev[2] - grid_t) <= tol:
+        yield segment, *prev
 
 
-def video_windows(path: Path, length: int, stride: int, step_s: float) -> Iterator[list[tuple[int, np.ndarray, float]]]:
+def video_windows(path: Path, length: int, stride: int, step_s: float,
+                  fps: float | None = None) -> Iterator[list[tuple[int, np.ndarray, float]]]:
     """Windows of ``length`` sub-sampled frames (index, rgb, stamp), one every ``stride``."""
     buf: list[tuple[int, np.ndarray, float]] = []
     seg_now, skip = None, 0
-    for seg, index, rgb, stamp in subsample(_open_video(path), step_s):
+    for seg, index, rgb, stamp in subsample(_open_video(path, fps), step_s):
         if seg != seg_now:
             buf, seg_now, skip = [], seg, 0
         if skip:
@@ -274,14 +258,14 @@ class ClipSource:
             return self.cache.black()
         return self.vfm.black_features(1)[0].float().cpu()
 
-    def videos(self, paths: list[Path], labels: Path | None, stride: int) -> Iterator[Clip]:
+    def videos(self, paths: list[Path], labels: Path | None, stride: int, fps: float | None = None) -> Iterator[Clip]:
         from .features import file_identity
 
         for path in paths:
             label_dir = None
             if labels is not None:
                 label_dir = labels / path.stem if (labels / path.stem).is_dir() else labels
-            for window in video_windows(path, self.length, stride, self.step_s):
+            for window in video_windows(path, self.length, stride, self.step_s, fps):
                 indices = [w[0] for w in window]
                 stamps = np.array([w[2] for w in window], np.float64)
                 source = {"kind": "video", **file_identity(path), "frames": indices}
@@ -311,46 +295,55 @@ class ClipSource:
             dep = np.asarray(data["depth"], dtype=np.float32)[self.context:]
             yield Clip(data["features"], stamps, list(sem), list(dep), f"synthetic:{seed}")
 
-    def dataset(self, name: str, root: Path) -> Iterator[Clip]:
-        """Public labelled formats through ``deltaworld_core.data``'s loaders: each item gives
-        ``frames`` [T, H, W, 3] uint8, ``stamps`` [T] and ``semantic`` or ``depth`` of the last
-        frame (shape [H, W] or [T, H, W] with only the last one used)."""
-        import importlib
+    def dataset(self, name: str, root: Path, split: str = "val", size: tuple[int, int] | None = None,
+                depth_root: Path | None = None, split_file: Path | None = None) -> Iterator[Clip]:
+        """Public labelled formats (``deltaworld_core.data``'s loaders): clips that end on the
+        labelled frame, frames ``round(step_s * fps)`` source frames apart (the paper's strides:
+        Cityscapes 3 at 17 fps, KITTI 2 at 10 fps, VSPW 3 at 15 fps)."""
+        import inspect
 
+        from . import data
+
+        cls = {"cityscapes": data.CityscapesClips, "kitti": data.KittiDepthClips, "vspw": data.VSPWClips}[name]
+        fps = float(inspect.signature(cls.__init__).parameters["fps"].default)
+        stride = max(1, round(self.step_s * fps))
+        common = dict(context=self.context, horizon=self.horizon, stride=stride, size=size)
         try:
-            module = importlib.import_module(f".data.{name}", __package__)
-        except ImportError as err:
-            raise EvaluationError(f"dataset {name!r}: no loader deltaworld_core.data.{name} ({err})") from err
-        items = _find_loader(module, name)(root=str(root), num_frames=self.length)
-        ident = getattr(items, "identity", None)
+            if name == "kitti":
+                if depth_root is None or split_file is None:
+                    raise EvaluationError("--dataset kitti needs --depth-root DIR and --split-file FILE "
+                                          "(--root is the KITTI raw folder)")
+                hc = self.cfg.heads
+                items = cls(root, depth_root, split_file, min_depth=hc.min_depth, max_depth=hc.max_depth, **common)
+            else:
+                items = cls(root, split=split, **common)
+        except (FileNotFoundError, ValueError) as err:
+            raise EvaluationError(f"--dataset {name}: {err}") from err
+        heads_classes = list(self.cfg.heads.class_names)
+        if items.class_names and list(items.class_names) != heads_classes:
+            raise EvaluationError(f"--dataset {name} has {len(items.class_names)} classes "
+                                  f"({', '.join(items.class_names[:4])}, ...) but the config's heads have "
+                                  f"{len(heads_classes)} ({', '.join(heads_classes[:4])}, ...): use a config "
+                                  f"whose heads were trained on {name}'s classes")
+        base = {"kind": name, "root": str(Path(root).resolve()), "split": split, "stride": stride,
+                "size": list(size) if size else None, "count": len(items), "length": self.length}
         for i in range(len(items)):
             def load(i=i):
                 item = items[i]
                 out = {"frames": np.asarray(item["frames"]), "stamps": np.asarray(item["stamps"], np.float64)}
                 for kind in ("semantic", "depth"):
                     if item.get(kind) is not None:
-                        lab = np.asarray(item[kind])
-                        out[kind] = lab[-1] if lab.ndim == 3 else lab
+                        out[kind] = np.asarray(item[kind])
                 return out
 
-            if callable(ident):  # cacheable only when the loader names its items
-                data = self._features({"kind": name, "item": ident(i), "num_frames": self.length}, load)
-            else:
-                data = self._compute(load)
+            data_i = self._features({**base, "index": i}, load)
             sem: list[np.ndarray | None] = [None] * self.horizon
             dep: list[np.ndarray | None] = [None] * self.horizon
-            if "semantic" in data:
-                sem[-1] = np.asarray(data["semantic"]).astype(np.uint8)
-            if "depth" in data:
-                dep[-1] = np.asarray(data["depth"], np.float32)
-            yield Clip(data["features"], np.asarray(data["stamps"], np.float64), sem, dep, f"{name}:{i}")
-
-
-def _find_loader(module, name: str):
-    for attr in ("clips", "Clips", f"{name.capitalize()}Clips", f"{name.upper()}Clips", "ClipDataset", "Dataset"):
-        if hasattr(module, attr):
-            return getattr(module, attr)
-    raise EvaluationError(f"deltaworld_core.data.{name} has no clip loader")
+            if "semantic" in data_i:
+                sem[-1] = np.asarray(data_i["semantic"]).astype(np.uint8)
+            if "depth" in data_i:
+                dep[-1] = np.asarray(data_i["depth"], np.float32)
+            yield Clip(data_i["features"], np.asarray(data_i["stamps"], np.float64), sem, dep, f"{name}:{i}")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -404,6 +397,18 @@ class Evaluator:
             out["dense"] = self.dense.rollout(feats[:, :c], h, self.grid, step_s=step, context_times=times[:, :c])
         return out
 
+    def _heads(self, features: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The heads at label resolution, a few maps at a time (full-resolution logits of
+        Cityscapes-sized labels are large)."""
+        per_map = len(self.cfg.heads.class_names) * size[0] * size[1]
+        chunk = max(1, int(64e6 // max(per_map, 1)))
+        ids, depth = [], []
+        for j in range(0, len(features), chunk):
+            a, b = self.heads(features[j:j + chunk], self.grid, size)
+            ids.append(a.cpu().numpy())
+            depth.append(b.float().cpu().numpy())
+        return np.concatenate(ids), np.concatenate(depth)
+
     @torch.no_grad()
     def add(self, clips: list[Clip]) -> dict[str, torch.Tensor]:
         preds = self.predict(clips)
@@ -422,8 +427,7 @@ class Evaluator:
                 size = (sem if sem is not None else dep).shape[-2:]
                 methods = ("present",) + acc.methods
                 stack = torch.stack([truth[i, step]] + [preds[m][i, step] for m in acc.methods])
-                ids, depth = self.heads(stack, self.grid, tuple(int(s) for s in size))
-                ids, depth = ids.cpu().numpy(), depth.float().cpu().numpy()
+                ids, depth = self._heads(stack, tuple(int(s) for s in size))
                 if sem is not None:
                     acc.seg_frames[step] += 1
                     for j, m in enumerate(methods):
@@ -464,12 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="default", help="config name or YAML path")
     p.add_argument("--weights", default=None, help="folder of tokenizer/world/heads .safetensors")
     p.add_argument("--video", action="append", default=[], help="video file (repeatable)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder without timestamps.txt")
     p.add_argument("--labels", default=None, help="per-frame labels for --video (see the module doc)")
     p.add_argument("--synthetic", default=None, metavar="START:END", help="held-out synthetic seeds, end exclusive")
     p.add_argument("--synthetic-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="synthetic render size (default: the VFM's image size)")
     p.add_argument("--dataset", choices=DATASETS, default=None)
-    p.add_argument("--root", default=None, help="dataset root for --dataset")
+    p.add_argument("--root", default=None, help="dataset root for --dataset (KITTI: the raw data folder)")
+    p.add_argument("--split", default="val", help="Cityscapes/VSPW split")
+    p.add_argument("--depth-root", default=None, help="KITTI depth benchmark folder (proj_depth ground truth)")
+    p.add_argument("--split-file", default=None, help="KITTI split list (Eigen test files)")
+    p.add_argument("--label-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="downscale dataset frames and labels to this size (labels nearest)")
     p.add_argument("--context", type=int, default=None, help="context frames (default: the config's)")
     p.add_argument("--horizon", type=int, default=None, help="target frames (default: the config's)")
     p.add_argument("--k", type=int, default=None, help="samples per clip (default: the config's)")
@@ -505,7 +515,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise EvaluationError(f"--step-s must be > 0, got {step_s}")
     videos = [Path(v) for v in args.video]
     for v in videos:
-        if not v.is_file():
+        if not v.exists():
             raise EvaluationError(f"video not found: {v}")
     if args.labels is not None and not Path(args.labels).is_dir():
         raise EvaluationError(f"labels folder not found: {args.labels}")
@@ -520,7 +530,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise EvaluationError(f"dense checkpoint not found: {args.dense}")
 
     device = torch.device(args.device)
-    tokenizer, world, heads = build_models(cfg)
+    with torch.random.fork_rng(devices=[]):  # untrained parts: the same random init every run
+        torch.manual_seed(args.seed)
+        tokenizer, world, heads = build_models(cfg)
     if cfg.weights is not None:
         load_weights(cfg.weights, tokenizer=tokenizer, world=world, heads=heads)
     else:
@@ -544,11 +556,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def clips() -> Iterator[Clip]:
         if videos:
             yield from source.videos(videos, Path(args.labels) if args.labels else None,
-                                     args.stride or context + horizon)
+                                     args.stride or context + horizon, args.fps)
         if seeds is not None:
             yield from source.synthetic(seeds, tuple(args.synthetic_size) if args.synthetic_size else None)
         if args.dataset is not None:
-            yield from source.dataset(args.dataset, Path(args.root))
+            yield from source.dataset(args.dataset, Path(args.root), args.split,
+                                      tuple(args.label_size) if args.label_size else None,
+                                      Path(args.depth_root) if args.depth_root else None,
+                                      Path(args.split_file) if args.split_file else None)
 
     t0 = time.perf_counter()
     batch: list[Clip] = []
