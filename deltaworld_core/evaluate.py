@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import CheckpointError
 from .config import ConfigError, ModelConfig, load_config, parse_override
 from .forecaster import build_models, load_weights
 from .rollout import reconstruct, rollout
@@ -424,15 +425,16 @@ class Evaluator:
                 sem, dep = clip.semantic[step], clip.depth[step]
                 if sem is None and dep is None:
                     continue
-                size = (sem if sem is not None else dep).shape[-2:]
                 methods = ("present",) + acc.methods
                 stack = torch.stack([truth[i, step]] + [preds[m][i, step] for m in acc.methods])
-                ids, depth = self._heads(stack, tuple(int(s) for s in size))
                 if sem is not None:
+                    ids, depth = self._heads(stack, tuple(int(x) for x in np.shape(sem)[-2:]))
                     acc.seg_frames[step] += 1
                     for j, m in enumerate(methods):
                         acc.add_segmentation(m, step, ids[j], np.asarray(sem))
                 if dep is not None:
+                    if sem is None or np.shape(dep)[-2:] != np.shape(sem)[-2:]:
+                        ids, depth = self._heads(stack, tuple(int(x) for x in np.shape(dep)[-2:]))
                     for j, m in enumerate(methods):
                         acc.add_depth(m, step, depth[j], np.asarray(dep, np.float32), hc.min_depth, hc.max_depth)
         return preds
@@ -585,7 +587,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log.warning("%d labelled pixels had class ids outside the heads' %d classes and were ignored",
                     ev.acc.ignored_ids, len(cfg.heads.class_names))
     result = {"clips": ev.acc.clips, "k": k, "step_s": step_s, "context": context, "horizon": horizon,
-              "config": cfg.name, "weights": cfg.weights, "dense": args.dense, "seed": args.seed,
+              "config": cfg.name, "weights": cfg.weights, "dense_checkpoint": args.dense, "seed": args.seed,
               **ev.acc.result(), "seconds": time.perf_counter() - t0}
     return result
 
@@ -596,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = run(args)
-    except (EvaluationError, ConfigError, FileNotFoundError) as err:
+    except (EvaluationError, ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     print(format_table(result))

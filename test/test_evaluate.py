@@ -256,3 +256,37 @@ def test_module_entry_point_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "deltaworld_core.evaluate", "--video", str(tmp_path / "x.mp4")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "video not found" in proc.stderr
+
+
+def test_cityscapes_layout_scores_only_the_labelled_last_step(tiny, tmp_path, capsys):
+    from deltaworld_core.data import CITYSCAPES_CLASSES
+
+    root = tmp_path / "cityscapes"
+    seq = root / "leftImg8bit_sequence" / "val" / "aachen"
+    gt = root / "gtFine" / "val" / "aachen"
+    seq.mkdir(parents=True)
+    gt.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for f in range(1, 20):  # 7 frames at stride round(0.2 s * 17 fps) = 3 ending on frame 19
+        cv2.imwrite(str(seq / f"aachen_000000_{f:06d}_leftImg8bit.png"), rng.integers(0, 256, (32, 64, 3), np.uint8))
+    cv2.imwrite(str(gt / "aachen_000000_000019_gtFine_labelIds.png"), rng.choice([7, 8, 11, 0], (32, 64)).astype(np.uint8))
+    cfg = tmp_path / "cs.yaml"
+    cfg.write_text(TINY_YAML.replace("[sky, road, sidewalk, building, vegetation, terrain, car, person, pole]",
+                                     json.dumps(CITYSCAPES_CLASSES)))
+    res = run_cli(tmp_path, "--config", str(cfg), "--dataset", "cityscapes", "--root", str(root), "--k", "2")
+    assert res["clips"] == 1
+    for method, values in res["miou"].items():
+        assert values[:2] == [None, None] and 0.0 <= values[2] <= 100.0, method
+    assert "depth_rmse" not in res
+    # The synthetic-class heads cannot be scored on Cityscapes' 19 classes: a clear error.
+    assert ev.main(["--config", str(tiny), "--dataset", "cityscapes", "--root", str(root), "--no-cache"]) == 2
+    assert "classes" in capsys.readouterr().err
+    assert ev.main(["--config", str(tiny), "--dataset", "kitti", "--root", str(root), "--no-cache"]) == 2
+    assert "--depth-root" in capsys.readouterr().err
+
+
+def test_missing_weights_or_dense_checkpoint_is_a_clear_error(tiny, tmp_path, capsys):
+    assert ev.main(["--config", str(tiny), "--synthetic", "0:1", "--weights", str(tmp_path), "--no-cache"]) == 2
+    assert "tokenizer.safetensors" in capsys.readouterr().err
+    assert ev.main(["--config", str(tiny), "--synthetic", "0:1", "--dense", str(tmp_path / "d.safetensors")]) == 2
+    assert "dense checkpoint not found" in capsys.readouterr().err
