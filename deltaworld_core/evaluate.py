@@ -7,8 +7,9 @@
 
 Clips. Each video is sub-sampled to one frame every ``--step-s`` seconds (the frame nearest to
 each point of a grid that starts at the first frame, if within a quarter step; otherwise the
-video has a gap there and a new grid starts) and cut into windows of ``context + horizon`` consecutive sub-sampled frames, one window
-every ``--stride`` frames (default: ``context + horizon``, i.e. non-overlapping). Synthetic seeds
+video has a gap there and a new grid starts) and cut into windows of ``context + horizon``
+consecutive sub-sampled frames, one window every ``--stride`` sub-sampled frames (default:
+``context + horizon``, i.e. non-overlapping). Times are the frames' real stamps. Synthetic seeds
 give one clip each, rendered at ``t = 0, step, 2 step, ...`` with exact labels for every frame.
 The public datasets give one clip per labelled frame (the last frame of the clip).
 
@@ -63,7 +64,6 @@ from .vfm import build_vfm, default_cache_dir
 log = logging.getLogger(__name__)
 
 METHODS = ("copy_last", "tokenizer", "best", "mean", "dense")
-LABEL_METHODS = ("present",) + METHODS
 DATASETS = ("cityscapes", "kitti", "vspw")
 
 
@@ -533,7 +533,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     device = torch.device(args.device)
     with torch.random.fork_rng(devices=[]):  # untrained parts: the same random init every run
-        torch.manual_seed(args.seed)
+        torch.manual_seed(0)  # (--seed is the sampling seed only)
         tokenizer, world, heads = build_models(cfg)
     if cfg.weights is not None:
         load_weights(cfg.weights, tokenizer=tokenizer, world=world, heads=heads)
@@ -570,14 +570,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     batch: list[Clip] = []
     seen = 0
-    for clip in clips():
-        if args.max_clips is not None and seen >= args.max_clips:
-            break
+    for clip in clips() if args.max_clips is None or args.max_clips > 0 else ():
         batch.append(clip)
         seen += 1
         if len(batch) == args.batch_size:
             ev.add(batch)
             batch = []
+        if args.max_clips is not None and seen >= args.max_clips:
+            break  # before the next clip's features are computed
     if batch:
         ev.add(batch)
     if ev.acc.clips == 0:
