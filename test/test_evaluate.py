@@ -129,10 +129,11 @@ def test_static_video_copy_last_is_exact_and_labels_folder(tiny, tmp_path):
     assert res["feature_mse"]["copy_last"] == [0.0, 0.0, 0.0]
     assert res["miou"]["present"] == res["miou"]["copy_last"]
     assert res["depth_rmse"]["present"] == pytest.approx(res["depth_rmse"]["copy_last"])
-    # Overlapping windows: 8 sub-sampled frames, one window of 7 per frame -> 2 clips.
+    # Overlapping windows: 9 sub-sampled frames (0, 0.2, .., 1.4 s and 1.56 s, within a quarter
+    # step of 1.6 s), one window of 7 per frame -> 3 clips.
     res = run_cli(tmp_path, "--config", str(tiny), "--video", str(video), "--fps", "25", "--stride", "1",
                   "--k", "2", name="stride.json")
-    assert res["clips"] == 2 and res["feature_mse"]["copy_last"] == [0.0, 0.0, 0.0]
+    assert res["clips"] == 3 and res["feature_mse"]["copy_last"] == [0.0, 0.0, 0.0]
 
 
 def test_dense_baseline_and_cache(tiny, tmp_path):
