@@ -85,7 +85,8 @@ def stage_flops(fc: Forecaster, image: np.ndarray) -> dict[str, int]:
         queries = world.sample_queries(k, 1, device=fc.device)
         target = torch.zeros(k, 1, dtype=torch.float64, device=fc.device)
         out = {
-            "vfm": _flops(lambda: fc.vfm(image[None])),
+            # counted on the torch backbone: the flop counter cannot see inside ONNX Runtime
+            "vfm": _flops(lambda: fc.vfm.backbone(fc.vfm.preprocess(image[None]))),
             "encode": _flops(lambda: tok.encode(feats, feats, grid)),
             # per step: K queries through the predictor plus the new tokens' K/V
             "predict": horizon * _flops(lambda: world.predict(queries, target, kv))
