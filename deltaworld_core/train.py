@@ -221,18 +221,31 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def load_train_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file + dotted overrides (``["optim.lr=1e-3", "model.world.depth=2"]`` or a dict)
-    -> validated :class:`TrainConfig`. Raises :class:`ConfigError` naming the bad key."""
-    path = Path(path)
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    """A train YAML; ``extends: OTHER.yaml`` (relative to this file) is loaded first and this
+    file's keys are merged on top, so stages share one data section."""
     if not path.is_file():
         raise ConfigError(f"train config not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: circular extends")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"{path}: extends must be a file name")
+        data = _deep_merge(_read_yaml(path.parent / parent, seen + (path.resolve(),)), data)
+    return data
+
+
+def load_train_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """YAML file + dotted overrides (``["optim.lr=1e-3", "model.world.depth=2"]`` or a dict)
+    -> validated :class:`TrainConfig`. Raises :class:`ConfigError` naming the bad key."""
+    data = _read_yaml(Path(path))
     if isinstance(overrides, dict):
         pairs = overrides
     else:
@@ -461,20 +474,23 @@ def log_cosh(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def select_winners(world: DeltaWorld, tokens: torch.Tensor, times: torch.Tensor, noise: torch.Tensor,
-                   beta: float) -> torch.Tensor:
+                   beta: float, chunk: int = 32) -> torch.Tensor:
     """Best-of-many selection, no gradients. tokens [B, T, Dt], times [B, T], noise [B, T-1, K, D]
     (K candidate queries per target) -> winner index [B, T-1]: argmin over K of Smooth-L1 between
     the candidate's prediction and the true token."""
-    b, t, _ = tokens.shape
-    k = noise.shape[2]
+    t = tokens.shape[1]
+    scores = []
     with torch.no_grad():
         kv = world.context_kv(tokens[:, :-1], times[:, :-1])
-        queries = noise.flatten(1, 2)  # [B, (T-1)*K, D], target-major
-        mask = causal_mask(t - 1, t - 1, tokens.device).repeat_interleave(k, dim=0)
-        pred = world.predict(queries, times[:, 1:].repeat_interleave(k, dim=1), kv, mask).unflatten(1, (t - 1, k))
-        target = tokens[:, 1:, None].expand_as(pred)
-        scores = F.smooth_l1_loss(pred.float(), target.float(), beta=beta, reduction="none").mean(-1)
-        return scores.argmin(dim=-1)
+        # Candidates in chunks: the same result, but activations stay cache-sized on CPU.
+        for part in noise.split(chunk, dim=2):
+            k = part.shape[2]
+            queries = part.flatten(1, 2)  # [B, (T-1)*k, D], target-major
+            mask = causal_mask(t - 1, t - 1, tokens.device).repeat_interleave(k, dim=0)
+            pred = world.predict(queries, times[:, 1:].repeat_interleave(k, dim=1), kv, mask).unflatten(1, (t - 1, k))
+            target = tokens[:, 1:, None].expand_as(pred)
+            scores.append(F.smooth_l1_loss(pred.float(), target.float(), beta=beta, reduction="none").mean(-1))
+    return torch.cat(scores, dim=-1).argmin(dim=-1)
 
 
 def best_of_many_loss(world: nn.Module, raw: DeltaWorld, tokens: torch.Tensor, times: torch.Tensor,

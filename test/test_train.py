@@ -201,6 +201,7 @@ def test_best_of_many_winner_is_argmin_and_only_it_gets_gradients():
             for j in range(k)], dim=-1)  # [B, T-1, K]
     assert torch.equal(win, scores.argmin(-1))
     assert torch.equal(win, select_winners(world, tokens, times, noise.detach(), 0.1))
+    assert torch.equal(win, select_winners(world, tokens, times, noise.detach(), 0.1, chunk=4))  # chunked
     assert len(set(win.flatten().tolist())) > 1  # a non-trivial toy: winners differ across targets
     winners = noise.detach().gather(2, win[..., None, None].expand(-1, -1, 1, 8)).squeeze(2)
     ref = torch.nn.functional.smooth_l1_loss(world(tokens, times, queries=winners), tokens[:, 1:], beta=0.1)
@@ -286,3 +287,13 @@ def test_feature_cache_keys_and_recovery(tmp_path):
     path.write_bytes(b"garbage")  # a damaged shard is recomputed, not trusted
     c = cache.get({"kind": "t", "i": 0}, load)
     assert len(calls) == 3 and torch.equal(c["features"], a["features"])
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "world", "heads", "dense"])
+def test_shipped_train_configs_load(stage):
+    cfg = load_train_config(ROOT / "deltaworld_core" / "configs" / f"train_{stage}.yaml")
+    base = load_train_config(ROOT / "deltaworld_core" / "configs" / "train_tokenizer.yaml")
+    assert cfg.stage == stage and cfg.out == base.out
+    assert cfg.data == base.data  # one data section (via `extends`): one feature cache for all stages
+    assert cfg.model_config.to_dict() == base.model_config.to_dict()
+    assert cfg.model_config.tokenizer.dim == 192  # merged onto the `default` model config
