@@ -106,7 +106,7 @@ class DataConfig:
     synthetic: SyntheticData = field(default_factory=SyntheticData)
     synthetic_fraction: float | None = None  # share of each batch from synthetic windows; None = by count
     crop_scale: tuple[float, float] = (0.6, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 1.3333333)
+    crop_ratio: tuple[float, float] = (0.75, 1.3333333)  # relative to the frame's aspect ratio
     flip: bool = True
     crop_seed: int = 0  # the crop variants are part of the data set, not of the run
     pair_gap_s: tuple[float, float] = (0.04, 0.3333333)  # tokenizer pair gap
@@ -317,17 +317,19 @@ def read_frames(path: Path, start: int, count: int) -> np.ndarray:
 
 
 def crop_params(rng: np.random.Generator, hw: tuple[int, int], scale, ratio, flip: bool) -> tuple[list[int], bool]:
-    """Random-resized-crop box [y, x, h, w] (area fraction ``scale``, aspect ``ratio``) + flip."""
+    """Random-resized-crop box [y, x, h, w] + flip: area fraction in ``scale``, aspect ratio
+    ``ratio`` times the frame's own. Relative, because inference resizes whole frames to the VFM
+    size whatever their shape: a crop then looks like a (zoomed) frame, and wide videos still get
+    varied crops instead of always failing to the centre."""
     h, w = hw
     for _ in range(10):
         area = h * w * rng.uniform(*scale)
-        r = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        r = (w / h) * math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
         cw, ch = int(round(math.sqrt(area * r))), int(round(math.sqrt(area / r)))
         if 0 < cw <= w and 0 < ch <= h:
             y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             return [y, x, ch, cw], bool(flip and rng.random() < 0.5)
-    s = min(h, w)
-    return [(h - s) // 2, (w - s) // 2, s, s], bool(flip and rng.random() < 0.5)
+    return [0, 0, h, w], bool(flip and rng.random() < 0.5)
 
 
 def apply_crop(images: np.ndarray, box: list[int], flip: bool, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
