@@ -545,16 +545,16 @@ class Batches:
     """Stage-specific global batches, sliced to this rank."""
 
     def __init__(self, cfg: TrainConfig, sampler: Sampler, black: torch.Tensor, rank: int, world_size: int,
-                 tokenizer: DeltaTok | None = None, grid=None, world: DeltaWorld | None = None):
+                 tokenizer: DeltaTok | None = None, grid=None, world: DeltaWorld | None = None, device="cpu"):
         self.cfg, self.sampler, self.black = cfg, sampler, black.half()
         self.rank, self.world_size = rank, world_size
         self.local = cfg.batch_size // world_size
         self.world = world
         if cfg.stage == "world":
-            self.tokens = self._token_tables(tokenizer, grid)
+            self.tokens = self._token_tables(tokenizer.to(device), grid, torch.device(device))
 
     @torch.no_grad()
-    def _token_tables(self, tokenizer: DeltaTok, grid) -> dict:
+    def _token_tables(self, tokenizer: DeltaTok, grid, device: torch.device) -> dict:
         """Per window and stride s: tokens[j] = encode(f[j-s], f[j]) (rows j < s unused), plus
         whole-frame tokens encode(black, f[j]). Precomputed once: the tokenizer is frozen."""
         tables = {}
@@ -562,10 +562,10 @@ class Batches:
         t_frames = self.cfg.data.clip_frames
         for pool_name, pool in (("v", self.sampler.videos), ("s", self.sampler.synthetic)):
             for i, w in enumerate(pool):
-                f = w.features.float()
-                enc = lambda p, c: torch.cat([tokenizer.encode(p[a:a + chunk], c[a:a + chunk], grid)  # noqa: E731
+                f = w.features.to(device).float()
+                enc = lambda p, c: torch.cat([tokenizer.encode(p[a:a + chunk], c[a:a + chunk], grid).cpu()  # noqa: E731
                                               for a in range(0, len(c), chunk)])
-                entry = {"black": enc(self.black.float().expand(len(f), -1, -1), f)}
+                entry = {"black": enc(self.black.to(device).float().expand(len(f), -1, -1), f)}
                 for s in self.sampler.strides(w, t_frames):
                     rows = torch.zeros(len(f), entry["black"].shape[-1])
                     if s < len(f):
@@ -808,7 +808,10 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
         net = heads
     else:
         net = DenseForesight(mc.vfm.embed_dim, cfg.dense)
-    batches = Batches(cfg, sampler, black, rank, world_size, tokenizer_frozen, grid, world)
+    t0 = time.perf_counter()
+    batches = Batches(cfg, sampler, black, rank, world_size, tokenizer_frozen, grid, world, device)
+    if main and cfg.stage == "world":
+        log.info("token tables of the frozen tokenizer: %.1f s", time.perf_counter() - t0)
     net = net.to(device).train()
     stage_model = StageModel(cfg.stage, net, cfg, grid).to(device)
     opt = torch.optim.AdamW(_param_groups(net, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
