@@ -32,7 +32,8 @@ from deltaworld_ros.video import read_frames, sample_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
-    "vfm.weights": "random", "vfm.embed_dim": 48, "vfm.depth": 1, "vfm.num_heads": 2, "vfm.image_size": [56, 112],
+    "vfm.weights": "random", "vfm.backend": "torch", "vfm.embed_dim": 48, "vfm.depth": 1, "vfm.num_heads": 2,
+    "vfm.image_size": [56, 112],
     "tokenizer.dim": 32, "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1, "tokenizer.num_heads": 2,
     "tokenizer.mlp_hidden": 64, "tokenizer.layerscale_init": 0.1, "world.dim": 32, "world.depth": 1,
     "world.num_heads": 2, "world.layerscale_init": 0.1, "world.noise_std": 1.0, "heads.depth_bins": 16,
