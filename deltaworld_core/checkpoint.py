@@ -70,6 +70,16 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def mismatch_report(missing: list[str], unexpected: list[str], mismatched: list[str], limit: int = 8) -> str:
+    """'missing keys: a, b; unexpected keys: c; shape mismatch: ...' (first ``limit`` of each)."""
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+            parts.append(f"{label}: {shown}")
+    return "; ".join(parts)
+
+
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Loads ``state`` into ``module`` requiring identical keys and shapes; casts dtypes to the
     module's. Raises :class:`CheckpointError` naming missing, unexpected and mis-shaped keys."""
@@ -82,12 +92,8 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
         if state[k].shape != expected[k].shape
     ]
     if missing or unexpected or mismatched:
-        parts = []
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
-            if keys:
-                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-                parts.append(f"{label}: {shown}")
-        raise CheckpointError(f"{source} does not match {type(module).__name__}: " + "; ".join(parts))
+        raise CheckpointError(f"{source} does not match {type(module).__name__}: "
+                              + mismatch_report(missing, unexpected, mismatched))
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 

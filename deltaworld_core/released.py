@@ -89,7 +89,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_state_strict, read_state, save_state
+from .checkpoint import CheckpointError, load_state_strict, mismatch_report, read_state, save_state
 from .config import ModelConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -183,17 +183,13 @@ def _check_and_load(module: nn.Module, mapped: dict[str, tuple[torch.Tensor, str
         if ours in expected and t.shape != expected[ours].shape
     )
     if missing or unexpected or mismatched:
-        parts = []
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
-            if keys:
-                shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
-                parts.append(f"{label}: {shown}")
+        report = mismatch_report(missing, unexpected, mismatched, limit=10)
         hint = ""
         for key, text in (hints or {}).items():
             if any(key in k for k in (*missing, *unexpected)):
                 hint += f" ({text})"
         raise CheckpointError(f"{source} is not a released {what} checkpoint matching {type(module).__name__} "
-                              f"(missing keys use our names; others the release's): " + "; ".join(parts) + hint)
+                              f"(missing keys use our names; others the release's): " + report + hint)
     load_state_strict(module, {k: t for k, (t, _) in mapped.items()}, source=source)
 
 

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from deltaworld_ros.ros_env import apply_ros_environment
-from deltaworld_ros.video import sample_video, video_fps
+from deltaworld_core.data.video import VideoReader, sample_video_paths
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -100,7 +100,7 @@ class Recorder:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    video = args.video or sample_video("bikes.mp4")
+    video = args.video or sample_video_paths()["bikes.mp4"]
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("forecast_*.png"):
         old.unlink()
@@ -144,7 +144,7 @@ def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:
 
     rclpy.init()
     node = rclpy.create_node("deltaworld_demo")
-    recorder = Recorder(args.out, fps=video_fps(video) * args.rate)
+    recorder = Recorder(args.out, fps=VideoReader(video).fps * args.rate)
     node.create_subscription(Futures, args.futures_topic, recorder.on_futures,
                              QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     camera = node.create_publisher(Image, args.camera_topic, qos_profile_sensor_data)

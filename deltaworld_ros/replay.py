@@ -30,13 +30,13 @@ class BagReaderUnavailable(RuntimeError):
 def video_messages(path: Path, encoding: str, frame_id: str) -> Iterator[tuple[float, object]]:
     """(seconds since start, Image) per frame of a video file."""
     from deltaworld_ros.image_conversion import array_to_image_msg
-    from deltaworld_ros.video import read_frames, video_fps
     from std_msgs.msg import Header
 
-    fps = video_fps(path)
-    for i, rgb in enumerate(read_frames(path)):
+    from deltaworld_core.data.video import VideoReader
+
+    for rgb, stamp in VideoReader(path):
         pixels = rgb[..., ::-1] if encoding == "bgr8" else rgb
-        yield i / fps, array_to_image_msg(pixels, encoding, Header(frame_id=frame_id))
+        yield stamp, array_to_image_msg(pixels, encoding, Header(frame_id=frame_id))
 
 
 def bag_messages(path: Path, topic: str) -> Iterator[tuple[float, object]]:

@@ -28,7 +28,7 @@ from std_msgs.msg import Header  # noqa: E402
 
 from deltaworld_ros.futures_msg import decode_futures, seconds_to_time, time_to_ns, time_to_seconds  # noqa: E402
 from deltaworld_ros.image_conversion import array_to_image_msg  # noqa: E402
-from deltaworld_ros.video import read_frames, sample_video  # noqa: E402
+from deltaworld_core.data.video import VideoReader, sample_video_paths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -46,7 +46,7 @@ SLOW = {"vfm.weights": "random", "forecast.k": 4}
 
 @pytest.fixture(scope="module")
 def clip():
-    return list(read_frames(sample_video("bikes.mp4"), limit=60))
+    return list(VideoReader(sample_video_paths()["bikes.mp4"]).read_all(max_frames=60)[0])
 
 
 def write_model_config(path: Path, overrides: dict) -> Path:

@@ -20,7 +20,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from deltaworld_ros.futures_msg import seconds_to_time, time_to_seconds  # noqa: E402
 from deltaworld_ros.image_conversion import array_to_image_msg, image_to_array  # noqa: E402
-from deltaworld_ros.video import read_frames, sample_video  # noqa: E402
+from deltaworld_core.data.video import VideoReader, sample_video_paths  # noqa: E402
 from test_ros_node import TINY, write_model_config  # noqa: E402  (pytest puts test/ on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,9 +48,9 @@ def collect(ros_node, topic: str, command: list[str], env: dict, timeout: float 
 
 
 def test_replay_publishes_a_video_at_its_native_rate(ros_env, ros_node):
-    frames = list(read_frames(sample_video("bikes.mp4"), limit=20))
+    frames = list(VideoReader(sample_video_paths()["bikes.mp4"]).read_all(max_frames=20)[0])
     received, _ = collect(ros_node, "/replay_test/image", [
-        sys.executable, "-m", "deltaworld_ros.replay", "--video", str(sample_video("bikes.mp4")),
+        sys.executable, "-m", "deltaworld_ros.replay", "--video", str(sample_video_paths()["bikes.mp4"]),
         "--topic", "/replay_test/image", "--max-frames", "20", "--rate", "2", "--wait-for-subscriber", "20"], ros_env)
     assert len(received) >= 18  # best effort, like a camera
     msgs = [m for _, m in received]

@@ -3,7 +3,7 @@ loaders for the evaluation datasets (Cityscapes, KITTI depth, VSPW). numpy/torch
 from .datasets import (CITYSCAPES_CLASSES, VSPW_CLASSES, CityscapesClips, KittiDepthClips,
                        VSPWClips, collate_eval, read_index_png)
 from .synthetic import (CAR_MANOEUVRES, CLASS_NAMES, PERSON_MANOEUVRES, SyntheticClipDataset,
-                        SyntheticWorld, branch_variants, colorize_depth, colorize_semantic)
+                        SyntheticWorld, branch_variants)
 from .transforms import ClipAugment, CropParams, apply_crop, sample_crop
 from .video import (FrameFolder, VideoClipDataset, VideoReader, open_video, read_rgb,
                     sample_video_paths)

@@ -25,10 +25,6 @@ import torch
 CLASS_NAMES = ["sky", "road", "sidewalk", "building", "vegetation", "terrain", "car", "person",
                "pole"]
 SKY, ROAD, SIDEWALK, BUILDING, VEGETATION, TERRAIN, CAR, PERSON, POLE = range(len(CLASS_NAMES))
-# Colour code for previews (Cityscapes-like palette).
-PALETTE = np.array([[70, 130, 180], [128, 64, 128], [244, 35, 232], [70, 70, 70],
-                    [107, 142, 35], [152, 251, 152], [0, 0, 142], [220, 20, 60],
-                    [153, 153, 153]], np.uint8)
 
 CAR_MANOEUVRES = ("straight", "turn_left", "turn_right", "brake")
 PERSON_MANOEUVRES = ("walk", "cross", "stop")
@@ -711,19 +707,6 @@ def branch_variants(seed: int, num_frames: int = 8, fps: float = 10.0,
     """Render the same scene and past with each forced manoeuvre index in ``choices``."""
     world = SyntheticWorld(seed, **world_kwargs)
     return [world.render_clip(num_frames, fps, choices=c) for c in choices]
-
-
-def colorize_semantic(sem: np.ndarray) -> np.ndarray:
-    """uint8 class ids [..., H, W] -> RGB [..., H, W, 3] (255 -> black)."""
-    pal = np.zeros((256, 3), np.uint8)
-    pal[:len(PALETTE)] = PALETTE
-    return pal[sem]
-
-
-def colorize_depth(depth: np.ndarray, max_depth: float = 80.0) -> np.ndarray:
-    """Depth (m) -> RGB, inverse-depth grey-blue ramp (near = bright)."""
-    x = np.clip(1.0 / np.maximum(depth, 1e-3) * 2.0, 0, 1) ** 0.5
-    return (np.stack([x, x ** 0.8, 0.3 + 0.7 * x], -1) * 255).astype(np.uint8)
 
 
 class SyntheticClipDataset(torch.utils.data.Dataset):
