@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Trains the shipped default weights (deltaworld_core/weights/default/) with the committed
+# configs, on this machine's CPU: tokenizer, then world and the dense baseline side by side (one
+# thread each), then the heads. Resumable: re-running continues each stage from its checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/default}
+PY=${PY:-.venv/bin/python}
+stage() {  # stage NAME THREADS
+  local cfg=deltaworld_core/configs/train_$1.yaml
+  if [[ -f $OUT/.done-$1 ]]; then return; fi
+  if [[ -d $OUT/checkpoints/$1 ]]; then
+    $PY -m deltaworld_core.train --config "$cfg" out="$OUT" threads="$2" --resume
+  else
+    $PY -m deltaworld_core.train --config "$cfg" out="$OUT" threads="$2"
+  fi
+  touch "$OUT/.done-$1"
+}
+stage tokenizer 2
+stage world 1 & world=$!
+stage dense 1 & dense=$!
+wait $world $dense
+stage heads 2
