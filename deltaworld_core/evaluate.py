@@ -186,12 +186,17 @@ def subsample(frames: Iterable[tuple[np.ndarray, float]], step_s: float) -> Iter
         yield segment, *prev
 
 
-def video_windows(path: Path, length: int, stride: int, step_s: float,
-                  fps: float | None = None) -> Iterator[list[tuple[int, np.ndarray, float]]]:
-    """Windows of ``length`` sub-sampled frames (index, rgb, stamp), one every ``stride``."""
+def video_windows(path: Path, length: int, stride: int, step_s: float, fps: float | None = None,
+                  segment: tuple[float, float] = (0.0, 1.0)) -> Iterator[list[tuple[int, np.ndarray, float]]]:
+    """Windows of ``length`` sub-sampled frames (index, rgb, stamp), one every ``stride``, from
+    the part ``segment`` (fractions of the frame count) of the video; indices stay absolute."""
+    frames = list(_open_video(path, fps))
+    lo, hi = int(segment[0] * len(frames)), int(segment[1] * len(frames))
     buf: list[tuple[int, np.ndarray, float]] = []
     seg_now, skip = None, 0
-    for seg, index, rgb, stamp in subsample(_open_video(path, fps), step_s):
+    for seg, index, rgb, stamp in subsample(frames, step_s):
+        if not lo <= index < hi:
+            continue
         if seg != seg_now:
             buf, seg_now, skip = [], seg, 0
         if skip:
@@ -259,14 +264,15 @@ class ClipSource:
             return self.cache.black()
         return self.vfm.black_features(1)[0].float().cpu()
 
-    def videos(self, paths: list[Path], labels: Path | None, stride: int, fps: float | None = None) -> Iterator[Clip]:
+    def videos(self, paths: list[Path], labels: Path | None, stride: int, fps: float | None = None,
+               segment: tuple[float, float] = (0.0, 1.0)) -> Iterator[Clip]:
         from .features import file_identity
 
         for path in paths:
             label_dir = None
             if labels is not None:
                 label_dir = labels / path.stem if (labels / path.stem).is_dir() else labels
-            for window in video_windows(path, self.length, stride, self.step_s, fps):
+            for window in video_windows(path, self.length, stride, self.step_s, fps, segment):
                 indices = [w[0] for w in window]
                 stamps = np.array([w[2] for w in window], np.float64)
                 source = {"kind": "video", **file_identity(path), "frames": indices}
@@ -471,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="folder of tokenizer/world/heads .safetensors")
     p.add_argument("--video", action="append", default=[], help="video file (repeatable)")
     p.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder without timestamps.txt")
+    p.add_argument("--segment", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
+                   help="use only this part of each video, as fractions of its frames (e.g. 0.6 1.0: "
+                        "the part the default's training held out)")
     p.add_argument("--labels", default=None, help="per-frame labels for --video (see the module doc)")
     p.add_argument("--synthetic", default=None, metavar="START:END", help="held-out synthetic seeds, end exclusive")
     p.add_argument("--synthetic-size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -558,7 +567,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def clips() -> Iterator[Clip]:
         if videos:
             yield from source.videos(videos, Path(args.labels) if args.labels else None,
-                                     args.stride or context + horizon, args.fps)
+                                     args.stride or context + horizon, args.fps, tuple(args.segment))
         if seeds is not None:
             yield from source.synthetic(seeds, tuple(args.synthetic_size) if args.synthetic_size else None)
         if args.dataset is not None:

@@ -109,6 +109,19 @@ def test_real_clip_run_and_determinism(tiny, tmp_path):
     assert other["feature_mse"]["mean"] != pytest.approx(res["feature_mse"]["mean"], rel=1e-9, abs=0)
 
 
+def test_segment_keeps_only_the_held_out_part(tiny, tmp_path):
+    """bikes.mp4: 250 frames at 25 fps; its last 40% (frames 150..249) sub-sampled every 0.2 s
+    gives frames 150, 155, ..., 245 and 249 (within a quarter step of t = 10 s): 21 frames, i.e.
+    3 non-overlapping 7-frame windows, or 15 with stride 1."""
+    base = ["--config", str(tiny), "--video", str(bikes()), "--k", "2", "--segment", "0.6", "1.0"]
+    assert run_cli(tmp_path, *base, name="s.json")["clips"] == 3
+    assert run_cli(tmp_path, *base, "--stride", "1", name="s1.json")["clips"] == 15
+    from deltaworld_core.evaluate import video_windows
+
+    windows = list(video_windows(bikes(), 7, 7, 0.2, segment=(0.6, 1.0)))
+    assert [w[0][0] for w in windows] == [150, 185, 220]  # absolute frame indices
+
+
 def test_static_video_copy_last_is_exact_and_labels_folder(tiny, tmp_path):
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)
