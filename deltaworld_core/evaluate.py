@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, ModelConfig, load_config, parse_override
-from .forecaster import build_models, load_weights
+from .forecaster import load_models
 from .rollout import reconstruct, rollout
 from .vfm import build_vfm, default_cache_dir
 
@@ -541,15 +541,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise EvaluationError(f"dense checkpoint not found: {args.dense}")
 
     device = torch.device(args.device)
-    with torch.random.fork_rng(devices=[]):  # untrained parts: the same random init every run
-        torch.manual_seed(0)  # (--seed is the sampling seed only)
-        tokenizer, world, heads = build_models(cfg)
-    if cfg.weights is not None:
-        load_weights(cfg.weights, tokenizer=tokenizer, world=world, heads=heads)
-    else:
-        log.warning("config %r has no weights: tokenizer/world/heads are untrained", cfg.name)
-    for m in (tokenizer, world, heads):
-        m.to(device).eval().requires_grad_(False)
+    tokenizer, world, heads = load_models(cfg, device)  # --seed is the sampling seed only
     vfm = build_vfm(cfg.vfm, device=device)
     dense = None
     if args.dense is not None:

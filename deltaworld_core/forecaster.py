@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,15 +114,8 @@ class Forecaster:
     @classmethod
     def from_model_config(cls, cfg: ModelConfig, device: str | torch.device = "cpu",
                           dtype: torch.dtype = torch.float32) -> "Forecaster":
-        if cfg.weights is not None:
-            adopt_class_names(cfg, Path(cfg.weights) / WEIGHT_FILES["heads"])
-        tokenizer, world, heads = build_models(cfg)
-        if cfg.weights is not None:
-            load_weights(cfg.weights, tokenizer=tokenizer, world=world, heads=heads)
-        elif cfg.name == "default":
-            log.warning("config 'default' has no trained weights: DeltaTok/DeltaWorld/heads are untrained")
-        vfm = build_vfm(cfg.vfm, device=device, dtype=dtype)
-        return cls(cfg, vfm, *(m.to(device=device, dtype=dtype) for m in (tokenizer, world, heads)), device=device)
+        models = load_models(cfg, device=device, dtype=dtype)
+        return cls(cfg, build_vfm(cfg.vfm, device=device, dtype=dtype), *models, device=device)
 
     # ------------------------------------------------------------------ streaming
     def reset(self, reason: str | None = None) -> None:
@@ -243,6 +237,32 @@ def build_models(cfg: ModelConfig) -> tuple[DeltaTok, DeltaWorld, TaskHeads]:
     world = DeltaWorld.from_config(cfg.world, token_dim=tokenizer.token_dim)
     heads = TaskHeads.from_config(cfg.heads, feature_dim=cfg.vfm.embed_dim)
     return tokenizer, world, heads
+
+
+def load_models(cfg: ModelConfig, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> tuple[DeltaTok, DeltaWorld, TaskHeads]:
+    """Tokenizer, world model and heads ready for inference: the config's weights loaded (or, with
+    none, the same seeded random init every time), on ``device``/``dtype``, eval, frozen, and with
+    ``forecast.quantize: int8`` their linear layers dynamically quantised (CPU only)."""
+    if cfg.weights is not None:
+        adopt_class_names(cfg, Path(cfg.weights) / WEIGHT_FILES["heads"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        models = build_models(cfg)
+    if cfg.weights is not None:
+        load_weights(cfg.weights, **dict(zip(WEIGHT_FILES, models)))
+    else:
+        log.warning("config %r has no trained weights: DeltaTok/DeltaWorld/heads are untrained", cfg.name)
+    models = [m.to(device=device, dtype=dtype).eval().requires_grad_(False) for m in models]
+    if cfg.forecast.quantize == "int8":
+        if torch.device(device).type != "cpu" or dtype != torch.float32:
+            raise ValueError("forecast.quantize: int8 runs on CPU in float32 only")
+        with warnings.catch_warnings():  # torch.ao's deprecation notice: still the built-in CPU path
+            warnings.simplefilter("ignore")
+            from torch.ao.quantization import quantize_dynamic
+
+            models[:2] = [quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8) for m in models[:2]]
+    return tuple(models)
 
 
 def adopt_class_names(cfg: ModelConfig, heads_file: Path) -> None:

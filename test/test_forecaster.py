@@ -248,3 +248,17 @@ def test_heads_file_class_names_override_config(tmp_path):
     assert fc.class_names == names
     out = [fc.step(img, i * 0.1) for i, img in enumerate(frames(3))][-1]
     assert out.class_names == names and out.semantic.max() < len(names)
+
+
+def test_int8_quantization_stays_close_to_fp32():
+    torch.manual_seed(0)
+    ref = Forecaster.from_config("default", overrides=DINOV2)
+    q = Forecaster.from_config("default", overrides={**DINOV2, "forecast.quantize": "int8"})
+    a, b = run(ref, frames(4))[-1], run(q, frames(4))[-1]
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    assert any(isinstance(m, DynamicInt8Linear) for m in q.tokenizer.modules())
+    err = (a.features - b.features).norm() / a.features.norm()
+    assert err < 0.05, err
+    with pytest.raises(ValueError, match="CPU in float32"):
+        Forecaster.from_config("default", overrides={**DINOV2, "forecast.quantize": "int8"}, dtype=torch.float64)
