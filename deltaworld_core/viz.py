@@ -52,23 +52,25 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
 
 def forecast_grid(image: np.ndarray, forecast, max_hypotheses: int = 4, max_depth: float = 80.0) -> np.ndarray:
     """One picture of a forecast: a header row (input, then the per-step semantic mode and
-    agreement), then per hypothesis a row of semantic maps and a row of depth maps per step.
-    image [H, W, 3] uint8 RGB; forecast: a :class:`~deltaworld_core.forecaster.Forecast`."""
-    k, horizon, h, w = forecast.semantic.shape
-    shown = min(k, max_hypotheses)
-    cols = 1 + 2 * horizon
-    blank = np.zeros((h, w, 3), np.uint8)
-    header = [_label(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), "input")]
+    disagreement), then per hypothesis its semantic and depth maps per step. Tiles keep the camera's
+    aspect ratio (the model sees a squashed frame). image [H, W, 3] uint8 RGB; forecast: a
+    :class:`~deltaworld_core.forecaster.Forecast`."""
+    k, horizon, h, _ = forecast.semantic.shape
+    tile = (max(1, round(h * image.shape[1] / image.shape[0])), h)  # (w, h) for OpenCV
+
+    def fit(x: np.ndarray, nearest: bool = False) -> np.ndarray:
+        return cv2.resize(x, tile, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+    header = [_label(fit(image), "input")]
     for step in range(horizon):
         dt = forecast.stamps[step] - forecast.stamp
-        header.append(_label(colorize_semantic(forecast.summary.semantic_mode[step]), f"mode +{dt:.2f}s"))
-        header.append(_label(colorize_agreement(forecast.summary.agreement[step]), "disagreement"))
+        header.append(_label(fit(colorize_semantic(forecast.summary.semantic_mode[step]), True), f"mode +{dt:.2f}s"))
+        header.append(_label(fit(colorize_agreement(forecast.summary.agreement[step])), "disagreement"))
     rows = [header]
-    for i in range(shown):
-        row = [_label(blank.copy(), f"sample {i}")]
+    for i in range(min(k, max_hypotheses)):
+        row = [_label(np.zeros((h, tile[0], 3), np.uint8), f"sample {i}")]
         for step in range(horizon):
-            row.append(_label(colorize_semantic(forecast.semantic[i, step]), f"sem +{step + 1}"))
-            row.append(_label(colorize_depth(forecast.depth[i, step], max_depth), f"depth +{step + 1}"))
+            row.append(_label(fit(colorize_semantic(forecast.semantic[i, step]), True), f"sem +{step + 1}"))
+            row.append(_label(fit(colorize_depth(forecast.depth[i, step], max_depth)), f"depth +{step + 1}"))
         rows.append(row)
-    assert all(len(r) == cols for r in rows)
     return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)

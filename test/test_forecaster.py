@@ -262,3 +262,15 @@ def test_int8_quantization_stays_close_to_fp32():
     assert err < 0.05, err
     with pytest.raises(ValueError, match="CPU in float32"):
         Forecaster.from_config("default", overrides={**DINOV2, "forecast.quantize": "int8"}, dtype=torch.float64)
+
+
+def test_forecast_grid_picture(forecaster):
+    from deltaworld_core.viz import forecast_grid
+
+    forecaster.reset()
+    images = frames(3, h=30, w=60)
+    fc = run(forecaster, images)[-1]
+    grid = forecast_grid(images[-1], fc)
+    h = fc.semantic.shape[2]
+    assert grid.dtype == np.uint8
+    assert grid.shape == ((1 + 4) * h, (1 + 2 * 2) * 2 * h, 3)  # 5 rows, 5 tiles at the camera's 2:1
