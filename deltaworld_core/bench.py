@@ -114,10 +114,12 @@ def recompute_step(fc: Forecaster, window: list[np.ndarray], stamps: list[float]
         return fc._forecast(stamps[-1], {})
 
 
-def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = None) -> dict:
+def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = None,
+                     float_world: torch.nn.Module | None = None) -> dict:
     """DeltaWorld's predictor vs the dense DINO-Foresight-style predictor of all patch features:
     same VFM grid, context and horizon, one sample each (the dense one is deterministic). The
-    dense model is the trained checkpoint when given, else the default-size baseline."""
+    dense model is the trained checkpoint when given, else the default-size baseline. FLOPs are
+    counted on ``float_world`` (the flop counter cannot see int8 kernels), timed on ``fc.world``."""
     from .dense import DenseConfig, DenseForesight, load_dense
 
     c = fc.cfg.vfm.embed_dim
@@ -130,7 +132,7 @@ def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = N
     times = torch.arange(fc.context, dtype=torch.float64, device=fc.device)[None] * fc.step_s
     target = times[:, -1:] + fc.step_s * torch.arange(1, horizon + 1, device=fc.device)[None]
 
-    def world_rollout():  # the predictor alone: tokens in, tokens out, no decoding
+    def world_rollout(world=world):  # the predictor alone: tokens in, tokens out, no decoding
         kv = world.context_kv(tokens, times)
         for h in range(horizon):
             t = target[:, h:h + 1]
@@ -141,7 +143,7 @@ def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = N
         model.rollout(context, horizon, fc.grid, fc.step_s)
 
     with torch.inference_mode():
-        dense_flops, world_flops = _flops(dense_rollout), _flops(world_rollout)
+        dense_flops, world_flops = _flops(dense_rollout), _flops(lambda: world_rollout(float_world or world))
         dense_ms, world_ms = _median_ms(dense_rollout, repeats), _median_ms(world_rollout, repeats)
     return {
         "tokens_per_frame": {"deltaworld": 1, "dense": n},
@@ -194,8 +196,11 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
                 timings[s].append(out.timings[s])
             last = out
     stage_ms = {s: statistics.median(v) for s, v in timings.items()}
-    flops = stage_flops(fc, stream[0])
-    peak = matmul_gflops(dev, next(fc.tokenizer.parameters()).dtype)
+    # FLOPs of the same architecture in float: the flop counter cannot see int8 kernels
+    float_fc = fc if fc.cfg.forecast.quantize == "none" else Forecaster.from_config(
+        config, device=device, overrides={**(overrides or {}), "forecast.quantize": "none"}, weights=weights)
+    flops = stage_flops(float_fc, stream[0])
+    peak = matmul_gflops(dev, fc.world.norm.weight.dtype)
     utilisation = {s: flops[s] / (stage_ms[s] * 1e-3) / (peak * 1e9) for s in STAGES}
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
@@ -216,7 +221,8 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
                           "decoder_depth": fc.cfg.tokenizer.decoder_depth,
                           "decoder_stride": fc.cfg.tokenizer.decoder_stride},
             "predictor": {"dim": fc.cfg.world.dim, "depth": fc.cfg.world.depth},
-            "dtype": str(next(fc.tokenizer.parameters()).dtype).replace("torch.", ""),
+            "dtype": str(fc.world.norm.weight.dtype).replace("torch.", ""),
+            "quantize": fc.cfg.forecast.quantize,
             "threads": torch.get_num_threads(),
             "trained_weights": fc.cfg.weights is not None,
         },
@@ -230,7 +236,7 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
         "utilisation": utilisation,
         "recompute_ms": recompute_ms,
         "streaming_speedup": recompute_ms / stage_ms["total"],
-        "dense_ratio": dense_comparison(fc, max(3, steps // 4), dense_weights),
+        "dense_ratio": dense_comparison(fc, max(3, steps // 4), dense_weights, float_fc.world),
         "node_overhead": None,
         "node_overhead_ms": None,
     }
@@ -246,7 +252,8 @@ def format_table(r: dict) -> str:
     c = r["config"]
     lines = [
         f"DeltaWorld benchmark: config {c['name']} ({c['vfm']}, {c['vfm_backend']}), "
-        f"{c['resolution'][0]}x{c['resolution'][1]} px, K={c['k']}, {c['horizon']} steps, {c['dtype']}, "
+        f"{c['resolution'][0]}x{c['resolution'][1]} px, K={c['k']}, {c['horizon']} steps, {c['dtype']}"
+        f"{' + int8 linears' if c['quantize'] == 'int8' else ''}, "
         f"{c['threads']} threads, {r['machine']['device']} ({r['machine']['device_name']})",
         f"{'stage':<8} {'ms':>9} {'GFLOP':>9} {'util %':>7}",
     ]

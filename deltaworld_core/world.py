@@ -94,7 +94,7 @@ class DeltaWorld(nn.Module):
     def sample_queries(self, batch: int, num: int, generator: torch.Generator | None = None,
                        device=None, dtype=None) -> torch.Tensor:
         """Queries [batch, num, D]: Gaussian noise (std ``noise_std``) or the learned query."""
-        p = self.head.weight
+        p = self.norm.weight  # a LayerNorm: stays float when the linear layers are quantised
         device, dtype = device or p.device, dtype or p.dtype
         if self.query is not None:
             return self.query.to(dtype).expand(batch, num, -1)

@@ -18,6 +18,7 @@ from deltaworld_core.world import DeltaWorld
 
 TINY = {
     "weights": None,  # architecture differs from the shipped default weights
+    "forecast.quantize": "none",
     "vfm.weights": "random", "vfm.backend": "torch", "vfm.embed_dim": 48, "vfm.depth": 1, "vfm.num_heads": 2,
     "tokenizer.dim": 32, "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1,
     "tokenizer.num_heads": 2, "tokenizer.mlp_hidden": 64, "tokenizer.layerscale_init": 0.1,

@@ -33,6 +33,7 @@ from deltaworld_core.data.video import VideoReader, sample_video_paths  # noqa: 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "weights": None,  # architecture differs from the shipped default weights
+    "forecast.quantize": "none",
     "vfm.weights": "random", "vfm.backend": "torch", "vfm.embed_dim": 48, "vfm.depth": 1, "vfm.num_heads": 2,
     "vfm.image_size": [56, 112],
     "tokenizer.dim": 32, "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1, "tokenizer.num_heads": 2,
