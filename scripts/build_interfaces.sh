@@ -18,6 +18,7 @@ if [[ -f $stamp && ${1:-} != --force ]] && "$PY" -c "import deltaworld_ros.msg" 
   exit 0
 fi
 
+mkdir -p "$(dirname "$BUILD")"
 # The PyPI wheels install CMake packages under $VENV/share; ament finds them through this path.
 export AMENT_PREFIX_PATH=$VENV
 export PATH=$VENV/bin:$PATH
