@@ -105,7 +105,8 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, ros_env):
     pngs = sorted(out.glob("forecast_*.png"))
     assert forecasts >= 1 and len(pngs) == forecasts
     grid = cv2.imread(str(pngs[-1]))
-    assert grid.shape == ((1 + 3) * 112, (1 + 2 * 3) * 112, 3)  # header + K rows, input + 2 tiles per step
+    tile_w = round(112 * 640 / 272)  # tiles keep bikes.mp4's 640x272 aspect ratio
+    assert grid.shape == ((1 + 3) * 112, (1 + 2 * 3) * tile_w, 3)  # header + K rows, input + 2 tiles per step
     video = cv2.VideoCapture(str(out / "forecasts.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == forecasts
     video.release()
