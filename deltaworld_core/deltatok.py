@@ -135,7 +135,10 @@ def _pool(features: torch.Tensor, grid: tuple[int, int], stride: int):
         return features, grid
     b, _, c = features.shape
     maps = features.transpose(1, 2).reshape(b, c, *grid)
-    pooled = F.adaptive_avg_pool2d(maps, (max(1, grid[0] // stride), max(1, grid[1] // stride)))
+    if grid[0] % stride == 0 and grid[1] % stride == 0:  # plain pooling is ~5x faster on CPU
+        pooled = F.avg_pool2d(maps, stride)
+    else:
+        pooled = F.adaptive_avg_pool2d(maps, (max(1, grid[0] // stride), max(1, grid[1] // stride)))
     return pooled.flatten(2).transpose(1, 2), tuple(pooled.shape[-2:])
 
 
