@@ -14,5 +14,4 @@ $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" $videos --
     --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --json results/eval_real.json
 $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --synthetic 1000:1040 \
     --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --json results/eval_synthetic.json
-$PY -m deltaworld_core.bench --config default --weights "$WEIGHTS" --dense "$WEIGHTS/dense.safetensors" \
-    --threads 2 --steps 30 --json results/bench_cpu.json
+$PY -m deltaworld_core.bench --config default --threads 2 --steps 40 --json results/bench_cpu.json
