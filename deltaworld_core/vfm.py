@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 import warnings
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .layers import apply_rope, rope_2d
 
 from .vfm_weights import embedded_dinov2_small, load_checkpoint
 
@@ -89,12 +90,6 @@ def ffn_hidden_dim(embed_dim: int, mlp_ratio: float, ffn: str) -> int:
     return hidden
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    """``[x1, x2] -> [-x2, x1]`` on the last dim (the half-split RoPE convention of DINOv3)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class Rope2d(nn.Module):
     """DINOv3 2-D axial RoPE for a patch grid, eval-time (no coordinate augmentation).
 
@@ -103,24 +98,19 @@ class Rope2d(nn.Module):
     halves of the head dim share the angles (half-split rotation).
     """
 
-    periods: Tensor
+    periods: Tensor  # kept to check a Meta checkpoint's ``rope_embed.periods`` against the config
 
     def __init__(self, head_dim: int, base: float):
         super().__init__()
         if head_dim % 4:
             raise ValueError(f"RoPE needs head_dim divisible by 4, got {head_dim}")
+        self.head_dim, self.base = head_dim, base
         exps = torch.arange(head_dim // 4, dtype=torch.float32) * (4.0 / head_dim)
         self.register_buffer("periods", base**exps, persistent=False)
 
     def forward(self, gh: int, gw: int) -> tuple[Tensor, Tensor]:
-        """Returns ``(cos, sin)``, each ``[gh*gw, head_dim]`` in float32."""
-        dev = self.periods.device
-        ys = (torch.arange(gh, device=dev, dtype=torch.float32) + 0.5) / gh * 2 - 1
-        xs = (torch.arange(gw, device=dev, dtype=torch.float32) + 0.5) / gw * 2 - 1
-        coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
-        angles = 2 * math.pi * coords[:, :, None] / self.periods  # [N, 2, head_dim/4]
-        angles = angles.flatten(1).tile(2)  # [N, head_dim]
-        return angles.cos(), angles.sin()
+        """Returns ``(cos, sin)``, each ``[gh*gw, head_dim]`` in float32 (DeltaTok's 2-D RoPE)."""
+        return rope_2d((gh, gw), self.head_dim, self.base, self.periods.device)
 
 
 class Attention(nn.Module):
@@ -141,11 +131,8 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        if rope is not None:
-            cos, sin = rope
-            n_pre = t - cos.shape[0]
-            q = torch.cat((q[:, :, :n_pre], q[:, :, n_pre:] * cos + rotate_half(q[:, :, n_pre:]) * sin), dim=2)
-            k = torch.cat((k[:, :, :n_pre], k[:, :, n_pre:] * cos + rotate_half(k[:, :, n_pre:]) * sin), dim=2)
+        if rope is not None:  # patches rotated, leading CLS/register tokens not
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, T, head_dim]
         return self.proj(out.transpose(1, 2).reshape(b, t, c))
 
