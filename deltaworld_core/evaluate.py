@@ -149,14 +149,14 @@ def _list(a: np.ndarray) -> list[float | None]:
 
 # ----------------------------------------------------------------------------- sources
 def _open_video(path: Path, fps: float | None = None):
-    """(rgb uint8 [H, W, 3], stamp s) per frame of a video file or a frame folder."""
+    """A reader of a video file or a frame folder: iterating yields (rgb uint8 [H, W, 3], stamp s),
+    ``len()`` is its frame count."""
     from .data import open_video
 
     try:
-        reader = open_video(path, fps=fps)
+        return open_video(path, fps=fps)
     except (FileNotFoundError, ValueError) as err:
         raise EvaluationError(str(err)) from err
-    yield from reader
 
 
 def subsample(frames: Iterable[tuple[np.ndarray, float]], step_s: float) -> Iterator[tuple[int, int, np.ndarray, float]]:
@@ -190,11 +190,11 @@ def video_windows(path: Path, length: int, stride: int, step_s: float, fps: floa
                   segment: tuple[float, float] = (0.0, 1.0)) -> Iterator[list[tuple[int, np.ndarray, float]]]:
     """Windows of ``length`` sub-sampled frames (index, rgb, stamp), one every ``stride``, from
     the part ``segment`` (fractions of the frame count) of the video; indices stay absolute."""
-    frames = list(_open_video(path, fps))
-    lo, hi = int(segment[0] * len(frames)), int(segment[1] * len(frames))
+    reader = _open_video(path, fps)
+    lo, hi = (0, math.inf) if tuple(segment) == (0.0, 1.0) else (int(f * len(reader)) for f in segment)
     buf: list[tuple[int, np.ndarray, float]] = []
     seg_now, skip = None, 0
-    for seg, index, rgb, stamp in subsample(frames, step_s):
+    for seg, index, rgb, stamp in subsample(reader, step_s):
         if not lo <= index < hi:
             continue
         if seg != seg_now:
