@@ -147,7 +147,8 @@ def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = N
         dense_ms, world_ms = _median_ms(dense_rollout, repeats), _median_ms(world_rollout, repeats)
     return {
         "tokens_per_frame": {"deltaworld": 1, "dense": n},
-        "params": {"deltaworld": sum(p.numel() for p in world.parameters()),
+        # int8 linears keep packed weights, not parameters: count the float model's
+        "params": {"deltaworld": sum(p.numel() for p in (float_world or world).parameters()),
                    "dense": sum(p.numel() for p in model.parameters())},
         "flops": {"deltaworld": world_flops, "dense": dense_flops},
         "ms": {"deltaworld": world_ms, "dense": dense_ms},

@@ -68,12 +68,16 @@ class TokenizerConfig:
     # The decoder attends over the previous frame's grid pooled by this factor and predicts a
     # residual that is upsampled back onto the full-resolution previous features (CPU lever).
     decoder_stride: int = 1
+    # The encoder sees both frames pooled by this factor: one token per frame either way, at a
+    # fraction of the cost of a pair (CPU lever; the release uses 1).
+    encoder_stride: int = 1
 
     def validate(self) -> None:
         _positive(
             "tokenizer",
             self,
-            ("dim", "encoder_depth", "decoder_depth", "num_heads", "mlp_hidden", "rope_base", "decoder_stride"),
+            ("dim", "encoder_depth", "decoder_depth", "num_heads", "mlp_hidden", "rope_base", "decoder_stride",
+             "encoder_stride"),
         )
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 4:
             raise ConfigError("tokenizer.dim / tokenizer.num_heads must be a multiple of 4 (2-D RoPE)")

@@ -34,12 +34,14 @@ class DeltaTok(nn.Module):
         layerscale_init: float = 1e-5,
         rope_base: float = 100.0,
         decoder_stride: int = 1,
+        encoder_stride: int = 1,
     ):
         super().__init__()
         self.feature_dim, self.dim = feature_dim, dim
         self.head_dim = dim // num_heads
         self.rope_base = rope_base
         self.decoder_stride = decoder_stride
+        self.encoder_stride = encoder_stride
         self.z_embed = nn.Embedding(1, dim)
         self.xy_embed = nn.Embedding(2, dim)  # 0: previous frame, 1: current frame
         project = feature_dim != dim
@@ -77,6 +79,7 @@ class DeltaTok(nn.Module):
             layerscale_init=cfg.layerscale_init,
             rope_base=cfg.rope_base,
             decoder_stride=cfg.decoder_stride,
+            encoder_stride=cfg.encoder_stride,
         )
 
     @property
@@ -93,6 +96,9 @@ class DeltaTok(nn.Module):
     def encode(self, prev: torch.Tensor, cur: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """prev, cur [B, N, C] (N = gh*gw) -> delta token z [B, D]."""
         _check_grid(prev, grid)
+        _check_grid(cur, grid)
+        prev, coarse_grid = _pool(prev, grid, self.encoder_stride)
+        cur, _ = _pool(cur, grid, self.encoder_stride)
         x = torch.cat(
             (
                 self.z_embed.weight.expand(prev.shape[0], 1, -1),
@@ -101,7 +107,7 @@ class DeltaTok(nn.Module):
             ),
             dim=1,
         )
-        rope = self._rope(grid, x.device, x.dtype, repeats=2)  # both frames share positions
+        rope = self._rope(coarse_grid, x.device, x.dtype, repeats=2)  # both frames share positions
         for block in self.encoder_blocks:
             x = block(x, rope=rope)
         return self.norm(x[:, 0])

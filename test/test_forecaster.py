@@ -173,6 +173,40 @@ def test_deltatok_starts_as_copy_last():
         tok.encode(prev, cur, (3, 3))
 
 
+def test_deltatok_encoder_stride_keeps_one_token_and_differs_from_full_grid():
+    torch.manual_seed(0)
+    full = DeltaTok(feature_dim=24, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2, mlp_hidden=32,
+                    layerscale_init=0.5)
+    pooled = DeltaTok(feature_dim=24, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2, mlp_hidden=32,
+                      layerscale_init=0.5, encoder_stride=2)
+    pooled.load_state_dict(full.state_dict())  # same parameters: the stride is not a weight
+    prev, cur = torch.randn(3, 24, 24), torch.randn(3, 24, 24)
+    z_full, z_pooled = full.encode(prev, cur, (4, 6)), pooled.encode(prev, cur, (4, 6))
+    assert z_full.shape == z_pooled.shape == (3, 16)
+    assert not torch.allclose(z_full, z_pooled)
+    # Pooling first is the same as encoding the 2x2-averaged grids at full stride.
+    avg = lambda f: torch.nn.functional.avg_pool2d(f.transpose(1, 2).unflatten(2, (4, 6)), 2).flatten(2).transpose(1, 2)  # noqa: E731
+    torch.testing.assert_close(z_pooled, full.encode(avg(prev), avg(cur), (2, 3)))
+
+
+def test_heads_fold_batchnorm_at_inference_exactly():
+    from deltaworld_core.heads import TaskHeads
+
+    torch.manual_seed(0)
+    heads = TaskHeads(24, ["a", "b", "c"], depth_bins=8)
+    for bn in (heads.segmentation.bn, heads.depth.bn):  # non-trivial statistics and affine terms
+        bn.running_mean.normal_(); bn.running_var.uniform_(0.5, 2.0); bn.weight.data.normal_(); bn.bias.data.normal_()
+    feats = torch.randn(5, 4 * 6, 24)
+    heads.eval()
+    ids, depth = heads(feats, (4, 6), (8, 12))
+    logits = torch.nn.functional.interpolate(heads.segmentation(feats, (4, 6)), size=(8, 12), mode="bilinear",
+                                             align_corners=False)
+    ref_depth = torch.nn.functional.interpolate(heads.depth(feats, (4, 6))[:, None], size=(8, 12), mode="bilinear",
+                                                align_corners=False)[:, 0]
+    assert torch.equal(ids, logits.argmax(1).to(torch.uint8))
+    torch.testing.assert_close(depth, ref_depth, rtol=1e-5, atol=1e-4)
+
+
 def test_weights_round_trip_and_checkpoint_errors(tmp_path):
     cfg = load_config("default", DINOV2)
     tokenizer, world, heads = build_models(cfg)
