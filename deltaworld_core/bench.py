@@ -98,22 +98,6 @@ def stage_flops(fc: Forecaster, image: np.ndarray) -> dict[str, int]:
     return out
 
 
-def recompute_step(fc: Forecaster, window: list[np.ndarray], stamps: list[float]):
-    """A forecast recomputed from scratch from the last context+1 frames, as batch evaluation
-    code does it: VFM over every frame, every pair re-encoded, the predictor's context K/V
-    rebuilt; the rollout itself is the same as streaming."""
-    with torch.inference_mode():
-        feats = fc.vfm(np.stack(window))  # [context+1, N, C]
-        tokens = fc.tokenizer.encode(feats[:-1], feats[1:], fc.grid)  # [context, Dt]
-        fc.reset()
-        fc._origin = stamps[0]
-        rel = torch.tensor([[s - stamps[0] for s in stamps[1:]]], dtype=torch.float64, device=fc.device)
-        fc._kv = fc.world.context_kv(tokens[None], rel)
-        fc._tokens, fc._times = tokens, rel[0].tolist()
-        fc._features = feats[-1:]
-        return fc._forecast(stamps[-1], {})
-
-
 def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = None,
                      float_world: torch.nn.Module | None = None) -> dict:
     """DeltaWorld's predictor vs the dense DINO-Foresight-style predictor of all patch features:
@@ -209,7 +193,7 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     window = stream[: fc.context + 1]
     stamps = [i * dt for i in range(fc.context + 1)]
-    recompute_ms = _median_ms(lambda: recompute_step(fc, window, stamps), max(3, steps // 4), sync=sync)
+    recompute_ms = _median_ms(lambda: fc.forecast_window(window, stamps), max(3, steps // 4), sync=sync)
     fc.reset()
 
     result = {

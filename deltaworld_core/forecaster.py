@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -185,6 +185,35 @@ class Forecaster:
             if self.buffered < self.context:
                 return None
             forecast = self._forecast(stamp, timings)
+        forecast.timings["total"] = (self._tick() - t0) * 1e3
+        return forecast
+
+    def forecast_window(self, images: Sequence[np.ndarray], stamps: Sequence[float]) -> Forecast:
+        """The batch path, recomputed from scratch as evaluation code does it: the VFM over every
+        frame of ``images`` ([context + 1, H, W, 3] uint8, ``stamps`` increasing seconds), every
+        consecutive pair re-encoded, the predictor's context K/V rebuilt, then the same rollout as
+        :meth:`step`. The streaming buffer is replaced by this window's (the sampler is re-seeded)."""
+        if len(images) != self.context + 1 or len(stamps) != len(images):
+            raise ValueError(f"forecast_window needs context + 1 = {self.context + 1} frames and as many stamps, "
+                             f"got {len(images)} frames and {len(stamps)} stamps")
+        stamps = [self._check_input(image, stamp) for image, stamp in zip(images, stamps)]
+        if any(b <= a for a, b in zip(stamps, stamps[1:])):
+            raise ValueError(f"stamps must increase, got {stamps}")
+        timings: dict[str, float] = {}
+        with torch.inference_mode():
+            t0 = self._tick()
+            features = self.vfm(np.stack(images))  # [context + 1, N, C]
+            t1 = self._tick()
+            tokens = self.tokenizer.encode(features[:-1], features[1:], self.grid)  # [context, Dt]
+            t2 = self._tick()
+            self.reset()
+            self._origin = stamps[0]
+            rel = torch.tensor([[s - stamps[0] for s in stamps[1:]]], dtype=torch.float64, device=self.device)
+            self._kv = self.world.context_kv(tokens[None], rel)
+            self._tokens, self._times = tokens, rel[0].tolist()
+            self._features, self._last_stamp, self._image_shape = features[-1:], stamps[-1], images[-1].shape
+            timings.update(vfm=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3)
+            forecast = self._forecast(stamps[-1], timings)
         forecast.timings["total"] = (self._tick() - t0) * 1e3
         return forecast
 

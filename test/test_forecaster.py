@@ -109,6 +109,24 @@ def test_streaming_matches_recompute_from_scratch(forecaster):
         torch.testing.assert_close(v1, v2)
 
 
+def test_forecast_window_recomputes_what_streaming_caches(forecaster):
+    """The batch path (VFM over every frame, every pair re-encoded) gives the streaming forecast."""
+    images, dt = frames(6), 0.1
+    forecaster.reset()
+    run(forecaster, images[:-1])
+    forecaster.generator.manual_seed(forecaster.cfg.forecast.seed)  # forecast_window re-seeds
+    streamed = forecaster.step(images[-1], 5 * dt)
+    window = images[-forecaster.context - 1:]
+    batch = forecaster.forecast_window(window, [(6 - len(window) + i) * dt for i in range(len(window))])
+    torch.testing.assert_close(batch.features, streamed.features, atol=1e-4, rtol=1e-4)
+    np.testing.assert_array_equal(batch.stamps, streamed.stamps)
+    assert set(batch.timings) >= {"vfm", "encode", "predict", "decode", "heads", "total"}
+    with pytest.raises(ValueError, match="context \\+ 1"):
+        forecaster.forecast_window(window[1:], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="stamps must increase"):
+        forecaster.forecast_window(window, [0.0, 0.1, 0.1, 0.3])
+
+
 @pytest.mark.parametrize(
     "second_stamp, second_shape, reason",
     [(0.0, None, "does not increase"), (-1.0, None, "does not increase"),
