@@ -8,6 +8,7 @@ Tiny everything: random-weight 1-block VFM at 56 px (4x4 patches), width-32 part
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -294,7 +295,12 @@ def test_shipped_train_configs_load(stage):
     cfg = load_train_config(ROOT / "deltaworld_core" / "configs" / f"train_{stage}.yaml")
     base = load_train_config(ROOT / "deltaworld_core" / "configs" / "train_tokenizer.yaml")
     assert cfg.stage == stage and cfg.out == base.out
-    assert cfg.data == base.data  # one data section (via `extends`): one feature cache for all stages
+    # One data section (via `extends`), so the stages share the feature cache; only the clip
+    # stages read longer video windows (8 frames at up to 0.24 s need 49 frames at 25 fps).
+    assert dataclasses.replace(cfg.data, videos=base.data.videos) == base.data
+    assert dataclasses.replace(cfg.data.videos, window=base.data.videos.window) == base.data.videos
+    if stage == "world":  # an 8-frame clip at the longest step fits a window of the 25 fps clips
+        assert cfg.data.videos.window >= (cfg.data.clip_frames - 1) * round(cfg.data.step_s[1] * 25) + 1
     assert cfg.model_config.to_dict() == base.model_config.to_dict()
     assert cfg.model_config.tokenizer.dim == 192  # merged onto the `default` model config
 
