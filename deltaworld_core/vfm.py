@@ -302,6 +302,9 @@ class OrtBackbone:
         opts.intra_op_num_threads = num_threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's pool threads otherwise spin-wait after each run, taking the cores from the torch
+        # stages that follow the VFM in a streaming step.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(onnx_path)
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
