@@ -77,7 +77,7 @@ class TaskHeads(nn.Module):
         logits = F.interpolate(seg_logits.float().contiguous(memory_format=torch.channels_last), size=size,
                                mode="bilinear", align_corners=False)
         depth = F.interpolate(depth[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        return logits.argmax(dim=1).to(torch.uint8), depth
+        return logits.permute(0, 2, 3, 1).argmax(dim=-1).to(torch.uint8), depth  # classes innermost
 
     def _fused(self, features: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference: both BatchNorms folded into one linear map from features to [classes | bins]
@@ -90,11 +90,13 @@ class TaskHeads(nn.Module):
             w = conv.weight.flatten(1)  # [out, C]
             weights.append(w * scale)
             biases.append(conv.bias + w @ (bn.bias - bn.running_mean * scale))
-        logits = torch.addmm(torch.cat(biases), features.flatten(0, 1).to(weights[0].dtype),
-                             torch.cat(weights).t()).unflatten(0, features.shape[:2])  # [B, N, classes + bins]
-        maps = logits.transpose(1, 2).unflatten(2, grid)
+        b, n = features.shape[:2]
+        logits = torch.addmm(torch.cat(biases), features.reshape(b * n, -1).to(weights[0].dtype),
+                             torch.cat(weights).t()).float()  # [B*N, classes + bins]
         classes = len(self.class_names)
-        bins = (maps[:, classes:].float().relu() + 0.1)
-        bins = bins / bins.sum(dim=1, keepdim=True)
-        depth = torch.einsum("bkhw,k->bhw", bins, self.depth.bin_centres.float())
-        return maps[:, :classes], depth
+        # Depth straight from the [B*N, bins] rows (contiguous), as DepthHead.forward computes it.
+        bins = logits[:, classes:].relu() + 0.1
+        depth = (bins @ self.depth.bin_centres.float()) / bins.sum(dim=1)
+        # [B*N, classes] is already a channels-last class map: a view, no copy.
+        seg = logits[:, :classes].reshape(b, *grid, classes).permute(0, 3, 1, 2)
+        return seg, depth.reshape(b, *grid)
