@@ -32,6 +32,13 @@ class SegmentationHead(nn.Module):
         return self.conv(self.bn(features_to_maps(features, grid)))
 
 
+def expected_depth(logits: torch.Tensor, bin_centres: torch.Tensor) -> torch.Tensor:
+    """Bin logits ``[..., bins]`` -> metres ``[...]``: centres averaged with weights
+    relu(logit) + 0.1, normalised (the released heads' rule)."""
+    weights = logits.float().relu() + 0.1
+    return (weights @ bin_centres.float()) / weights.sum(dim=-1)
+
+
 class DepthHead(nn.Module):
     def __init__(self, feature_dim: int, num_bins: int = 256, min_depth: float = 1e-3, max_depth: float = 80.0):
         super().__init__()
@@ -45,9 +52,7 @@ class DepthHead(nn.Module):
 
     def forward(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """features [B, N, C] -> depth [B, gh, gw] metres."""
-        weights = self.logits(features, grid).float().relu() + 0.1
-        weights = weights / weights.sum(dim=1, keepdim=True)
-        return torch.einsum("bkhw,k->bhw", weights, self.bin_centres.float())
+        return expected_depth(self.logits(features, grid).permute(0, 2, 3, 1), self.bin_centres)
 
 
 class TaskHeads(nn.Module):
@@ -73,7 +78,7 @@ class TaskHeads(nn.Module):
         else:
             seg_logits, depth = self._fused(features, grid)
         # Channels-last makes both the upsampling and the per-pixel argmax over classes run along
-        # contiguous memory: ~3x and ~5x faster on CPU than the NCHW layout (bench).
+        # contiguous memory: ~3x and ~1.7x faster on CPU than the NCHW layout (timed in isolation).
         logits = F.interpolate(seg_logits.float().contiguous(memory_format=torch.channels_last), size=size,
                                mode="bilinear", align_corners=False)
         depth = F.interpolate(depth[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
@@ -94,9 +99,7 @@ class TaskHeads(nn.Module):
         logits = torch.addmm(torch.cat(biases), features.reshape(b * n, -1).to(weights[0].dtype),
                              torch.cat(weights).t()).float()  # [B*N, classes + bins]
         classes = len(self.class_names)
-        # Depth straight from the [B*N, bins] rows (contiguous), as DepthHead.forward computes it.
-        bins = logits[:, classes:].relu() + 0.1
-        depth = (bins @ self.depth.bin_centres.float()) / bins.sum(dim=1)
+        depth = expected_depth(logits[:, classes:], self.depth.bin_centres)  # [B*N]
         # [B*N, classes] is already a channels-last class map: a view, no copy.
         seg = logits[:, :classes].reshape(b, *grid, classes).permute(0, 3, 1, 2)
         return seg, depth.reshape(b, *grid)
