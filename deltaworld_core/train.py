@@ -518,8 +518,7 @@ class StageModel(nn.Module):
         logits = F.interpolate(heads.segmentation(batch["features"], self.grid).float(), size=size, mode="bilinear",
                                align_corners=False)
         seg = F.cross_entropy(logits, batch["semantic"].long(), ignore_index=255)
-        probs = heads.depth.logits(batch["features"], self.grid).float().softmax(dim=1)
-        depth = torch.einsum("bkhw,k->bhw", probs, heads.depth.bin_centres.float())  # as inference does
+        depth = heads.depth(batch["features"], self.grid)  # metres exactly as inference reduces the bins
         depth = F.interpolate(depth[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         return seg + loss_cfg.depth_weight * F.l1_loss(depth, batch["depth"].float())
 
