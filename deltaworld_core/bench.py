@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .checkpoint import atomic_write
 from .config import parse_override
-from .forecaster import Forecaster
+from .forecaster import Forecaster, future_maps
 
 STAGES = ("vfm", "encode", "predict", "decode", "heads", "total")
 
@@ -84,6 +84,8 @@ def stage_flops(fc: Forecaster, image: np.ndarray) -> dict[str, int]:
         kv = world.context_kv(tokens, times)
         queries = world.sample_queries(k, 1, device=fc.device)
         target = torch.zeros(k, 1, dtype=torch.float64, device=fc.device)
+        coarse = tok.pool_for_decode(prev, grid)
+        residuals = tok.decode_residual(token.expand(k, -1), coarse, grid)[:, None].expand(-1, horizon, -1, -1)
         out = {
             # counted on the torch backbone: the flop counter cannot see inside ONNX Runtime
             "vfm": _flops(lambda: fc.vfm.backbone(fc.vfm.preprocess(image[None]))),
@@ -91,8 +93,10 @@ def stage_flops(fc: Forecaster, image: np.ndarray) -> dict[str, int]:
             # per step: K queries through the predictor plus the new tokens' K/V
             "predict": horizon * _flops(lambda: world.predict(queries, target, kv))
             + (horizon - 1) * _flops(lambda: world.context_kv(token.expand(k, 1, -1), target)),
-            "decode": horizon * _flops(lambda: tok.decode(token.expand(k, -1), prev, grid)),
-            "heads": _flops(lambda: fc.heads(prev.repeat(horizon, 1, 1), grid, fc.output_size)),
+            # per step at the decoder's pooled grid: the decode and the carry of its pooled input
+            "decode": horizon * _flops(lambda: coarse + tok.residual_carry(grid) @ tok.decode_residual(
+                token.expand(k, -1), coarse, grid)),
+            "heads": _flops(lambda: future_maps(fc.heads, tok, feats, residuals, grid, fc.output_size)),
         }
     out["total"] = sum(out.values())
     return out

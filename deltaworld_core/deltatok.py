@@ -7,6 +7,11 @@ The encoder is a bidirectional ViT over [query] + [prev + type 0] + [cur + type 
 share one 2-D RoPE, the query has none, and the token is the query's output through a LayerNorm
 (continuous: no quantisation, no KL, no noise). The decoder is a ViT over [z] + [prev]; with
 LayerScale initialised near zero it starts as copy-last and learns a residual.
+
+With ``decoder_stride`` s > 1 the decoder attends over prev average-pooled s x s and its residual
+is upsampled bilinearly. Both maps are linear, which lets a rollout work at the pooled grid
+(:meth:`DeltaTok.decode_residual`, :meth:`DeltaTok.residual_carry`) and touch full-resolution
+features only when they are asked for.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ class DeltaTok(nn.Module):
         for block in (*self.encoder_blocks, *self.decoder_blocks):  # init_weights reset LayerScale's neighbours only
             block.layer_scale1.lambda1.data.fill_(layerscale_init)
             block.layer_scale2.lambda1.data.fill_(layerscale_init)
-        self._rope_cache: dict = {}
+        self._cache: dict = {}  # RoPE tables and residual carries per grid/device/dtype
 
     @classmethod
     def from_config(cls, cfg: TokenizerConfig, feature_dim: int) -> "DeltaTok":
@@ -88,10 +93,10 @@ class DeltaTok(nn.Module):
 
     def _rope(self, grid: tuple[int, int], device, dtype, repeats: int = 1):
         key = (grid, str(device), dtype, repeats)
-        if key not in self._rope_cache:
+        if key not in self._cache:
             cos, sin = rope_2d(grid, self.head_dim, self.rope_base, device)
-            self._rope_cache[key] = (cos.repeat(repeats, 1).to(dtype), sin.repeat(repeats, 1).to(dtype))
-        return self._rope_cache[key]
+            self._cache[key] = (cos.repeat(repeats, 1).to(dtype), sin.repeat(repeats, 1).to(dtype))
+        return self._cache[key]
 
     def encode(self, prev: torch.Tensor, cur: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """prev, cur [B, N, C] (N = gh*gw) -> delta token z [B, D]."""
@@ -114,15 +119,49 @@ class DeltaTok(nn.Module):
 
     def decode(self, z: torch.Tensor, prev: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """z [B, D], prev [B, N, C] -> reconstructed current features [B, N, C]."""
+        residual = self.decode_residual(z, self.pool_for_decode(prev, grid), grid)
+        return prev + self.upsample_residual(residual, grid)
+
+    def decode_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The (pooled) grid the decoder attends over for a feature grid ``grid``."""
+        return _pooled_grid(grid, self.decoder_stride)
+
+    def pool_for_decode(self, prev: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """prev [B, N, C] -> the decoder's view of it, [B, n, C] on :meth:`decode_grid`."""
         _check_grid(prev, grid)
-        coarse, coarse_grid = _pool(prev, grid, self.decoder_stride)
+        return _pool(prev, grid, self.decoder_stride)[0]
+
+    def decode_residual(self, z: torch.Tensor, coarse: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The decoder at its own grid: z [B, D] and the previous features pooled by
+        :meth:`pool_for_decode` [B, n, C] -> the residual [B, n, C] that :meth:`decode` upsamples
+        and adds to the previous features. ``grid`` is the full feature grid."""
+        coarse_grid = self.decode_grid(grid)
+        if coarse.ndim != 3 or coarse.shape[1] != coarse_grid[0] * coarse_grid[1]:
+            raise ValueError(f"pooled features {tuple(coarse.shape)} do not match the decode grid {coarse_grid}")
         base = self.feature_in(coarse)
         x = torch.cat((z[:, None].to(base.dtype), base), dim=1)
         rope = self._rope(coarse_grid, x.device, x.dtype)
         for block in self.decoder_blocks:
             x = block(x, rope=rope)
-        residual = self.feature_out(x[:, 1:] - base)
-        return prev + _unpool(residual, coarse_grid, grid)
+        return self.feature_out(x[:, 1:] - base)
+
+    def upsample_residual(self, residual: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """residual [B, n, C'] on :meth:`decode_grid` -> [B, N, C'] on ``grid``; linear, so it
+        commutes with any per-position linear map of the channels (e.g. the task heads)."""
+        return _unpool(residual, self.decode_grid(grid), grid)
+
+    def residual_carry(self, grid: tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:
+        """M [n, n] with ``pool(prev + upsample(r)) == pool(prev) + M @ r``: pooling and bilinear
+        upsampling are both linear, so a rollout can carry the decoder's pooled view from step to
+        step at the coarse grid instead of re-pooling full-resolution features."""
+        key = ("carry", tuple(grid), str(device), dtype)
+        if key not in self._cache:
+            coarse = self.decode_grid(grid)
+            n = coarse[0] * coarse[1]
+            basis = torch.eye(n, device=device, dtype=torch.float64)[None]  # channel j = unit residual at j
+            carried = _pool(_unpool(basis, coarse, grid), grid, self.decoder_stride)[0][0]  # [n(pos), n(unit)]
+            self._cache[key] = carried.to(dtype)
+        return self._cache[key]
 
     def forward(self, prev: torch.Tensor, cur: torch.Tensor, grid: tuple[int, int]):
         """Reconstruction pass: returns (z [B, D], reconstruction [B, N, C])."""
@@ -148,6 +187,13 @@ def _pool(features: torch.Tensor, grid: tuple[int, int], stride: int):
         pooled = F.adaptive_avg_pool2d(maps, (max(1, grid[0] // stride), max(1, grid[1] // stride)))
     coarse = tuple(pooled.shape[-2:])
     return pooled.permute(0, 2, 3, 1).reshape(b, coarse[0] * coarse[1], c), coarse
+
+
+def _pooled_grid(grid: tuple[int, int], stride: int) -> tuple[int, int]:
+    """The grid :func:`_pool` returns for ``grid`` and ``stride``."""
+    if stride == 1:
+        return tuple(grid)
+    return max(1, grid[0] // stride), max(1, grid[1] // stride)
 
 
 def _unpool(features: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:

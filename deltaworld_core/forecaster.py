@@ -14,8 +14,9 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from .checkpoint import load_module
 from .config import ModelConfig, load_config
 from .deltatok import DeltaTok
 from .heads import TaskHeads
-from .rollout import rollout
+from .rollout import features_from_residuals, rollout_residuals
 from .vfm import build_vfm
 from .world import DeltaWorld
 
@@ -50,10 +51,20 @@ class Forecast:
     stamps: np.ndarray  # [H] float64 seconds of the target frames
     semantic: np.ndarray  # [K, H, h, w] uint8 class ids
     depth: np.ndarray  # [K, H, h, w] float32 metres
-    features: torch.Tensor  # [K, H, N, C] predicted VFM features
     class_names: list[str]
     summary: ForecastSummary
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage
+    # The decoder's residuals [K, H, n, C] at its pooled grid, and how to build full features from them
+    residuals: torch.Tensor | None = field(default=None, repr=False)
+    build_features: Callable[[], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def features(self) -> torch.Tensor:
+        """[K, H, N, C] predicted VFM features, built on first access: the maps above never need
+        them at full resolution, so a forecast does not pay for them unless asked."""
+        if self.build_features is None:
+            raise ValueError("this forecast carries no features")
+        return self.build_features()
 
     @property
     def k(self) -> int:
@@ -80,6 +91,22 @@ def summarize(semantic: torch.Tensor, depth: torch.Tensor, num_classes: int) -> 
         depth_mean=mean.cpu().numpy(),
         depth_std=std.cpu().numpy(),
     )
+
+
+def future_maps(heads: TaskHeads, tokenizer: DeltaTok, last: torch.Tensor, residuals: torch.Tensor,
+                grid: tuple[int, int], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads on K x H futures given as decoder residuals: last features [1, N, C], residuals
+    [K, H, n, C] -> (class ids [K, H, h, w] uint8, depth [K, H, h, w] metres).
+
+    The heads are linear up to their last step and the decoder adds upsampled residuals, so each
+    future's logits are the last frame's plus its residuals' logits, upsampled and summed along
+    the horizon: the heads read [K*H, n, C] at the decoder's grid instead of [K*H, N, C]."""
+    k, horizon = residuals.shape[:2]
+    change = heads.logits_change(residuals.flatten(0, 1))  # [K*H, n, L]
+    change = tokenizer.upsample_residual(change, grid).unflatten(0, (k, horizon))  # [K, H, N, L]
+    logits = heads.logits(last)[:, None] + change.cumsum(dim=1)  # [K, H, N, L]
+    semantic, depth = heads.maps(logits.flatten(0, 1), grid, size)
+    return semantic.unflatten(0, (k, horizon)), depth.unflatten(0, (k, horizon))
 
 
 class Forecaster:
@@ -238,12 +265,11 @@ class Forecaster:
         target = torch.tensor([[rel + self.step_s * (h + 1) for h in range(horizon)]], dtype=torch.float64,
                               device=self.device)
         times = torch.tensor([self._times], dtype=torch.float64, device=self.device)
-        features = rollout(self.tokenizer, self.world, self._tokens[None], times, self._features, target, k,
-                           self.generator, self.grid, kv=self._kv, timings=timings, tick=self._tick)[0]
+        last, grid = self._features, self.grid
+        residuals = rollout_residuals(self.tokenizer, self.world, self._tokens[None], times, last, target, k,
+                                      self.generator, grid, kv=self._kv, timings=timings, tick=self._tick)[0]
         t0 = self._tick()
-        semantic, depth = self.heads(features.flatten(0, 1), self.grid, self.output_size)
-        semantic = semantic.unflatten(0, (k, horizon))
-        depth = depth.unflatten(0, (k, horizon))
+        semantic, depth = future_maps(self.heads, self.tokenizer, last, residuals, grid, self.output_size)
         summary = summarize(semantic, depth, len(self.class_names))
         semantic_np, depth_np = semantic.cpu().numpy(), depth.float().cpu().numpy()
         timings["heads"] = (self._tick() - t0) * 1e3
@@ -252,10 +278,11 @@ class Forecaster:
             stamps=np.asarray([stamp + self.step_s * (h + 1) for h in range(horizon)], dtype=np.float64),
             semantic=semantic_np,
             depth=depth_np,
-            features=features,
             class_names=list(self.class_names),
             summary=summary,
             timings=timings,
+            residuals=residuals,
+            build_features=lambda: features_from_residuals(self.tokenizer, last, residuals[None], grid)[0],
         )
 
     def _tick(self) -> float:

@@ -70,24 +70,21 @@ class TaskHeads(nn.Module):
     def from_config(cls, cfg: HeadsConfig, feature_dim: int) -> "TaskHeads":
         return cls(feature_dim, cfg.class_names, cfg.depth_bins, cfg.min_depth, cfg.max_depth)
 
+    @property
+    def num_outputs(self) -> int:
+        """Width of :meth:`logits`: class logits, then depth-bin logits."""
+        return len(self.class_names) + self.depth.conv.out_channels
+
     def forward(self, features: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]):
         """features [B, N, C] -> (class ids [B, h, w] uint8, depth [B, h, w] float32 metres)."""
-        if self.training:  # BatchNorm must see the batch
-            seg_logits = self.segmentation(features, grid)
-            depth = self.depth(features, grid)
-        else:
-            seg_logits, depth = self._fused(features, grid)
-        # Channels-last makes both the upsampling and the per-pixel argmax over classes run along
-        # contiguous memory: ~3x and ~1.7x faster on CPU than the NCHW layout (timed in isolation).
-        logits = F.interpolate(seg_logits.float().contiguous(memory_format=torch.channels_last), size=size,
-                               mode="bilinear", align_corners=False)
-        depth = F.interpolate(depth[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        return logits.permute(0, 2, 3, 1).argmax(dim=-1).to(torch.uint8), depth  # classes innermost
+        if not self.training:
+            return self.maps(self.logits(features), grid, size)
+        seg_logits = self.segmentation(features, grid)  # BatchNorm must see the batch
+        return _upsample(seg_logits, self.depth(features, grid), size)
 
-    def _fused(self, features: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: both BatchNorms folded into one linear map from features to [classes | bins]
-        logits, so the K x H feature maps are read once. Same numbers as the two heads in eval mode.
-        features [B, N, C] -> (class logits [B, classes, gh, gw], depth [B, gh, gw])."""
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads at inference as one linear map, BatchNorms folded in (running statistics):
+        weight [classes + bins, C], bias [classes + bins]."""
         weights, biases = [], []
         for head in (self.segmentation, self.depth):
             bn, conv = head.bn, head.conv
@@ -95,11 +92,41 @@ class TaskHeads(nn.Module):
             w = conv.weight.flatten(1)  # [out, C]
             weights.append(w * scale)
             biases.append(conv.bias + w @ (bn.bias - bn.running_mean * scale))
-        b, n = features.shape[:2]
-        logits = torch.addmm(torch.cat(biases), features.reshape(b * n, -1).to(weights[0].dtype),
-                             torch.cat(weights).t()).float()  # [B*N, classes + bins]
+        return torch.cat(weights), torch.cat(biases)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Inference: features [B, N, C] -> [B, N, classes + bins] logits, the K x H feature maps
+        read once. Same numbers as the two heads in eval mode."""
+        weight, bias = self.affine()
+        return torch.addmm(bias, features.flatten(0, 1).to(weight.dtype), weight.t()).unflatten(0, features.shape[:2])
+
+    def logits_change(self, residual: torch.Tensor) -> torch.Tensor:
+        """The linear part of :meth:`logits` alone: residual [..., C] -> [..., classes + bins], so
+        ``logits(f + r) == logits(f) + logits_change(r)``; it also commutes with any linear
+        resampling of positions (a decoder residual can go through the heads before upsampling)."""
+        weight, _ = self.affine()
+        return torch.matmul(residual.to(weight.dtype), weight.t())
+
+    def maps(self, logits: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]):
+        """[B, N, classes + bins] logits -> (class ids [B, h, w] uint8, depth [B, h, w] float32)."""
+        b, n = logits.shape[:2]
+        if n != grid[0] * grid[1] or logits.shape[2] != self.num_outputs:
+            raise ValueError(f"logits {tuple(logits.shape)} do not match grid {grid} and "
+                             f"{self.num_outputs} head outputs")
+        logits = logits.float()
         classes = len(self.class_names)
-        depth = expected_depth(logits[:, classes:], self.depth.bin_centres)  # [B*N]
-        # [B*N, classes] is already a channels-last class map: a view, no copy.
-        seg = logits[:, :classes].reshape(b, *grid, classes).permute(0, 3, 1, 2)
-        return seg, depth.reshape(b, *grid)
+        depth = expected_depth(logits[..., classes:], self.depth.bin_centres)  # [B, N]
+        # [B, N, classes] is already a channels-last class map: a view, no copy.
+        seg = logits[..., :classes].reshape(b, *grid, classes).permute(0, 3, 1, 2)
+        return _upsample(seg, depth.reshape(b, *grid), size)
+
+
+def _upsample(seg_logits: torch.Tensor, depth: torch.Tensor, size: tuple[int, int]):
+    """Class logits [B, classes, gh, gw] and depth [B, gh, gw] -> bilinearly upsampled class ids
+    [B, h, w] uint8 and depth [B, h, w]."""
+    # Channels-last makes both the upsampling and the per-pixel argmax over classes run along
+    # contiguous memory: ~3x and ~1.7x faster on CPU than the NCHW layout (timed in isolation).
+    logits = F.interpolate(seg_logits.float().contiguous(memory_format=torch.channels_last), size=size,
+                           mode="bilinear", align_corners=False)
+    depth = F.interpolate(depth[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return logits.permute(0, 2, 3, 1).argmax(dim=-1).to(torch.uint8), depth  # classes innermost

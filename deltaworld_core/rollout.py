@@ -44,7 +44,23 @@ def rollout(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: torch.Tensor
             generator: torch.Generator | Sequence[torch.Generator] | None, grid: tuple[int, int], *,
             kv: KV | None = None, timings: dict[str, float] | None = None,
             tick: Callable[[], float] | None = None) -> torch.Tensor:
-    """K sampled futures of B sequences.
+    """K sampled futures of B sequences as VFM features [B, K, H, N, C]: hypothesis j of item b
+    at step h is ``out[b, j, h]``. Arguments as :func:`rollout_residuals`."""
+    residuals = rollout_residuals(tokenizer, world, context_tokens, context_times, last_features, target_times, k,
+                                  generator, grid, kv=kv, timings=timings, tick=tick)
+    return features_from_residuals(tokenizer, last_features, residuals, grid)
+
+
+@torch.no_grad()
+def rollout_residuals(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: torch.Tensor,
+                      context_times: torch.Tensor, last_features: torch.Tensor, target_times: torch.Tensor, k: int,
+                      generator: torch.Generator | Sequence[torch.Generator] | None, grid: tuple[int, int], *,
+                      kv: KV | None = None, timings: dict[str, float] | None = None,
+                      tick: Callable[[], float] | None = None) -> torch.Tensor:
+    """K sampled futures of B sequences in the decoder's residual form: the future features are
+    ``features_from_residuals(tokenizer, last_features, residuals, grid)``. Each step's decode
+    works at the decoder's pooled grid only (its pooled input is carried from step to step by
+    :meth:`DeltaTok.residual_carry`), so nothing of full resolution is touched here.
 
     Args:
         context_tokens: [B, S, Dt] delta tokens of the context frames.
@@ -60,7 +76,7 @@ def rollout(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: torch.Tensor
         timings: if given, ``predict``/``decode`` milliseconds are added to it (``tick`` is the
             clock, e.g. one that synchronises the GPU; default ``time.perf_counter``).
     Returns:
-        features [B, K, H, N, C]: hypothesis j of item b at step h is ``out[b, j, h]``.
+        residuals [B, K, H, n, C] on ``tokenizer.decode_grid(grid)``.
     """
     if context_tokens.ndim != 3 or context_times.shape != context_tokens.shape[:2]:
         raise ValueError(f"context_tokens [B, S, Dt] and context_times [B, S] expected, got "
@@ -81,9 +97,10 @@ def rollout(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: torch.Tensor
     if kv is None:
         kv = world.context_kv(context_tokens, context_times)
     kv = [(_repeat(key, k), _repeat(val, k)) for key, val in kv]
-    prev = _repeat(last_features, k)  # [B*K, N, C]
+    coarse = _repeat(tokenizer.pool_for_decode(last_features, grid), k)  # [B*K, n, C]
+    carry = tokenizer.residual_carry(grid, device, dtype)  # [n, n]
     times_all = _repeat(target_times, k)  # [B*K, H]
-    predicted = []
+    residuals = []
     predict_ms = decode_ms = 0.0
     for h in range(horizon):
         t0 = tick()
@@ -94,15 +111,25 @@ def rollout(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: torch.Tensor
             kv = [(torch.cat((key, nk), 2), torch.cat((val, nv), 2))
                   for (key, val), (nk, nv) in zip(kv, world.context_kv(token[:, None], times))]
         t1 = tick()
-        prev = tokenizer.decode(token, prev, grid)  # [B*K, N, C]
-        predicted.append(prev)
+        residual = tokenizer.decode_residual(token, coarse, grid)  # [B*K, n, C]
+        residuals.append(residual)
+        if h + 1 < horizon:  # the pooled view of this step's features, decoded against next
+            coarse = coarse + torch.matmul(carry, residual)
         predict_ms += (t1 - t0) * 1e3
         decode_ms += (tick() - t1) * 1e3
     if timings is not None:
         timings["predict"] = timings.get("predict", 0.0) + predict_ms
         timings["decode"] = timings.get("decode", 0.0) + decode_ms
-    out = torch.stack(predicted, dim=1)  # [B*K, H, N, C]
-    return out.unflatten(0, (b, k))
+    return torch.stack(residuals, dim=1).unflatten(0, (b, k))  # [B, K, H, n, C]
+
+
+def features_from_residuals(tokenizer: DeltaTok, last_features: torch.Tensor, residuals: torch.Tensor,
+                            grid: tuple[int, int]) -> torch.Tensor:
+    """last_features [B, N, C] and residuals [B, K, H, n, C] -> features [B, K, H, N, C]: step h
+    is the last features plus the upsampled residuals of steps 0..h."""
+    b, k, horizon = residuals.shape[:3]
+    up = tokenizer.upsample_residual(residuals.flatten(0, 2), grid).unflatten(0, (b, k, horizon))
+    return last_features[:, None, None] + up.cumsum(dim=2)
 
 
 @torch.no_grad()

@@ -225,6 +225,74 @@ def test_heads_fold_batchnorm_at_inference_exactly():
     torch.testing.assert_close(depth, ref_depth, rtol=1e-5, atol=1e-4)
 
 
+def test_heads_logits_are_affine_in_the_features():
+    from deltaworld_core.heads import TaskHeads
+
+    torch.manual_seed(0)
+    heads = TaskHeads(24, ["a", "b", "c"], depth_bins=8).eval()
+    heads.segmentation.bn.running_mean.normal_()
+    heads.depth.bn.bias.data.normal_()
+    feats, residual = torch.randn(5, 24, 24), torch.randn(5, 24, 24)
+    torch.testing.assert_close(heads.logits(feats + residual), heads.logits(feats) + heads.logits_change(residual),
+                               rtol=1e-5, atol=1e-5)
+    assert heads.logits(feats).shape == (5, 24, heads.num_outputs) == (5, 24, 3 + 8)
+    with pytest.raises(ValueError, match="do not match grid"):
+        heads.maps(heads.logits(feats), (4, 5), (8, 10))
+
+
+@pytest.mark.parametrize("grid,stride", [((4, 6), 2), ((5, 7), 2), ((4, 6), 1)])
+def test_deltatok_residual_carry_replaces_pooling_full_features(grid, stride):
+    torch.manual_seed(0)
+    tok = DeltaTok(24, 16, 1, 1, 2, 32, layerscale_init=0.5, decoder_stride=stride).eval()
+    n = grid[0] * grid[1]
+    prev, z = torch.randn(3, n, 24), torch.randn(3, 16)
+    residual = tok.decode_residual(z, tok.pool_for_decode(prev, grid), grid)
+    coarse = tok.decode_grid(grid)
+    assert residual.shape == (3, coarse[0] * coarse[1], 24)
+    decoded = tok.decode(z, prev, grid)
+    torch.testing.assert_close(decoded, prev + tok.upsample_residual(residual, grid))
+    carry = tok.residual_carry(grid)
+    torch.testing.assert_close(tok.pool_for_decode(decoded, grid),
+                               tok.pool_for_decode(prev, grid) + carry @ residual, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="decode grid"):
+        tok.decode_residual(z, prev, grid) if stride > 1 else tok.decode_residual(z, prev[:, 1:], grid)
+
+
+def test_rollout_equals_decoding_step_by_step_at_full_resolution(forecaster):
+    """The residual-form rollout (pooled view carried, features built at the end) is the plain
+    autoregressive decode: each step decoded against the previous full-resolution features."""
+    from deltaworld_core.rollout import rollout, sample_noise
+
+    fc = forecaster
+    fc.reset()
+    run(fc, frames(4))
+    times = torch.tensor([fc._times], dtype=torch.float64)
+    targets = times[:, -1:] + torch.tensor([[0.2, 0.4]], dtype=torch.float64)
+    out = rollout(fc.tokenizer, fc.world, fc._tokens[None], times, fc._features, targets, fc.k,
+                  torch.Generator().manual_seed(3), fc.grid)[0]  # [K, H, N, C]
+    g = torch.Generator().manual_seed(3)
+    kv = [(k.expand(fc.k, -1, -1, -1), v.expand(fc.k, -1, -1, -1)) for k, v in fc.world.context_kv(fc._tokens[None], times)]
+    prev = fc._features.expand(fc.k, -1, -1)
+    for h in range(2):
+        t = targets[:, h:h + 1].expand(fc.k, 1)
+        token = fc.world.predict(sample_noise(fc.world, 1, fc.k, g, prev.device, prev.dtype), t, kv)[:, 0]
+        kv = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2)) for (k, v), (nk, nv) in zip(kv, fc.world.context_kv(token[:, None], t))]
+        prev = fc.tokenizer.decode(token, prev, fc.grid)
+        torch.testing.assert_close(out[:, h], prev, rtol=1e-4, atol=1e-4)
+
+
+def test_forecast_maps_are_the_heads_on_the_forecast_features(forecaster):
+    """The forecaster reads the heads off decoder residuals; that must be the heads applied to
+    the predicted features themselves."""
+    forecaster.reset()
+    fc = run(forecaster, frames(4))[-1]
+    ids, depth = forecaster.heads(fc.features.flatten(0, 1), forecaster.grid, forecaster.output_size)
+    agree = (ids.unflatten(0, fc.semantic.shape[:2]).numpy() == fc.semantic).mean()
+    assert agree > 0.999  # float rounding may only flip exact near-ties
+    np.testing.assert_allclose(depth.unflatten(0, fc.depth.shape[:2]).numpy(), fc.depth, rtol=1e-4, atol=1e-3)
+    assert fc.residuals.shape[:2] == (4, 2)
+
+
 def test_weights_round_trip_and_checkpoint_errors(tmp_path):
     cfg = load_config("default", DINOV2)
     tokenizer, world, heads = build_models(cfg)
