@@ -14,6 +14,7 @@ and the process's peak RSS. Speed targets live here, never in tests.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -30,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .checkpoint import atomic_write
 from .config import parse_override
-from .forecaster import Forecaster, future_maps
+from .forecaster import Forecaster, future_maps, load_models
 
 STAGES = ("vfm", "encode", "predict", "decode", "heads", "total")
 
@@ -199,9 +200,13 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
             recompute.append((time.perf_counter() - t0) * 1e3)
     unattributed = statistics.median(timings.pop("unattributed"))
     stage_ms = {s: statistics.median(v) for s, v in timings.items()}
-    # FLOPs of the same architecture in float: the flop counter cannot see int8 kernels
-    float_fc = fc if fc.cfg.forecast.quantize == "none" else Forecaster.from_config(
-        config, device=device, overrides={**(overrides or {}), "forecast.quantize": "none"}, weights=weights)
+    # FLOPs of the same architecture in float (the flop counter cannot see int8 kernels): float
+    # copies of the small parts only, around the same VFM
+    float_fc = fc
+    if fc.cfg.forecast.quantize != "none":
+        float_cfg = copy.deepcopy(fc.cfg)
+        float_cfg.forecast.quantize = "none"
+        float_fc = Forecaster(float_cfg, fc.vfm, *load_models(float_cfg, device=device), device=device)
     flops = stage_flops(float_fc, stream[0])
     peak = matmul_gflops(dev, fc.world.norm.weight.dtype)
     utilisation = {s: flops[s] / (stage_ms[s] * 1e-3) / (peak * 1e9) for s in STAGES}

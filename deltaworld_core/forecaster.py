@@ -236,9 +236,8 @@ class Forecaster:
             self.reset()
             self._origin = stamps[0]
             rel = torch.tensor([[s - stamps[0] for s in stamps[1:]]], dtype=torch.float64, device=self.device)
-            self._kv = self.world.context_kv(tokens[None], rel)
-            self._tokens, self._times = tokens, rel[0].tolist()
-            self._features, self._last_stamp, self._image_shape = features[-1:], stamps[-1], images[-1].shape
+            self._set_buffer(tokens, rel[0].tolist(), self.world.context_kv(tokens[None], rel), features[-1:],
+                             stamps[-1], images[-1].shape)
             timings.update(vfm=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3)
             forecast = self._forecast(stamps[-1], timings)
         forecast.timings["total"] = (self._tick() - t0) * 1e3
@@ -249,14 +248,20 @@ class Forecaster:
             self._origin = stamp
         rel = stamp - self._origin
         # Only the new token's K/V are computed; older ones come from the cache.
-        new_kv = self.world.context_kv(token[:, None], torch.tensor([[rel]], dtype=torch.float64, device=self.device))
-        if self._kv is None:
-            self._kv, self._tokens = new_kv, token
-        else:
-            self._kv = [(torch.cat((k, nk), 2)[:, :, -self.context:], torch.cat((v, nv), 2)[:, :, -self.context:])
-                        for (k, v), (nk, nv) in zip(self._kv, new_kv)]
-            self._tokens = torch.cat((self._tokens, token))[-self.context:]
-        self._times = (self._times + [rel])[-self.context:]
+        kv = self.world.context_kv(token[:, None], torch.tensor([[rel]], dtype=torch.float64, device=self.device))
+        if self._kv is not None:
+            kv = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2)) for (k, v), (nk, nv) in zip(self._kv, kv)]
+            token = torch.cat((self._tokens, token))
+        self._set_buffer(token, self._times + [rel], kv, features, stamp, shape)
+
+    def _set_buffer(self, tokens: torch.Tensor, times: list[float], kv, features: torch.Tensor, stamp: float,
+                    shape) -> None:
+        """The rolling buffer, all fields together, keeping the newest ``context`` entries: tokens
+        [S, Dt], their times (seconds since the origin), the predictor's K/V of them (per layer
+        [1, heads, S, d]), and the newest frame's features [1, N, C], stamp and image shape."""
+        c = self.context
+        self._tokens, self._times = tokens[-c:], times[-c:]
+        self._kv = [(k[:, :, -c:], v[:, :, -c:]) for k, v in kv]
         self._features, self._last_stamp, self._image_shape = features, stamp, shape
 
     def _forecast(self, stamp: float, timings: dict[str, float]) -> Forecast:
