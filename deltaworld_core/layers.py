@@ -24,10 +24,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     (query/prefix tokens) keep no position. ``cos``/``sin``: [..., N, d'] with d' <= d; the
     trailing d - d' dims of each head stay unrotated."""
     n, d_rot = cos.shape[-2], cos.shape[-1]
-    prefix, tokens = x[..., :-n, :], x[..., -n:, :]
-    rot, keep = tokens[..., :d_rot], tokens[..., d_rot:]
+    tokens = x[..., -n:, :]
+    rot = tokens[..., :d_rot]
     rot = rot * cos + rotate_half(rot) * sin
-    return torch.cat((prefix, torch.cat((rot, keep), dim=-1)), dim=-2)
+    # Skipping empty concatenations matters: a streaming step runs this a few hundred times.
+    if d_rot < x.shape[-1]:
+        rot = torch.cat((rot, tokens[..., d_rot:]), dim=-1)
+    return rot if n == x.shape[-2] else torch.cat((x[..., :-n, :], rot), dim=-2)
 
 
 def rope_2d(grid: tuple[int, int], head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
