@@ -34,6 +34,7 @@ from .config import parse_override
 from .forecaster import Forecaster, future_maps, load_models
 
 STAGES = ("vfm", "encode", "predict", "decode", "heads", "total")
+QUANTIZE_NOTE = {"int8": " + int8 linears", "bf16": " + bfloat16 DeltaTok"}
 
 
 def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2, sync=None) -> float:
@@ -260,7 +261,7 @@ def format_table(r: dict) -> str:
     lines = [
         f"DeltaWorld benchmark: config {c['name']} ({c['vfm']}, {c['vfm_backend']}), "
         f"{c['resolution'][0]}x{c['resolution'][1]} px, K={c['k']}, {c['horizon']} steps, {c['dtype']}"
-        f"{' + int8 linears' if c['quantize'] == 'int8' else ''}, "
+        f"{QUANTIZE_NOTE.get(c['quantize'], '')}, "
         f"{c['threads']} threads, {r['machine']['device']} ({r['machine']['device_name']})",
         f"{'stage':<8} {'ms':>9} {'GFLOP':>9} {'util %':>7}",
     ]

@@ -142,11 +142,13 @@ class ForecastConfig:
     max_gap_s: float = 1.0  # a larger gap between frames resets the buffer
     output_size: tuple[int, int] | None = None  # (h, w) of the semantic/depth maps; None = VFM input
     seed: int = 0
-    quantize: str = "none"  # "int8": dynamic int8 linear layers in DeltaTok/DeltaWorld (CPU only)
+    # "int8": dynamic int8 linear layers in DeltaTok/DeltaWorld (CPU only); "bf16": DeltaTok in
+    # bfloat16 (CPUs with AVX512-BF16/AMX, or GPUs), DeltaWorld and heads in the model dtype
+    quantize: str = "none"
 
     def validate(self) -> None:
         _positive("forecast", self, ("context", "horizon", "k", "step_s", "max_gap_s"))
-        _choice("forecast.quantize", self.quantize, ("none", "int8"))
+        _choice("forecast.quantize", self.quantize, ("none", "int8", "bf16"))
         if self.output_size is not None:
             _image_size("forecast.output_size", self.output_size, 1)
 

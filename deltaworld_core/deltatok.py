@@ -88,6 +88,12 @@ class DeltaTok(nn.Module):
         )
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype it computes in: inputs are cast to it and outputs back to the inputs' dtype
+        (a bfloat16 tokenizer sits between float32 VFM features and predictor)."""
+        return self.norm.weight.dtype  # a LayerNorm: stays float when the linear layers are quantised
+
+    @property
     def token_dim(self) -> int:
         return self.dim
 
@@ -102,6 +108,7 @@ class DeltaTok(nn.Module):
         """prev, cur [B, N, C] (N = gh*gw) -> delta token z [B, D]."""
         _check_grid(prev, grid)
         _check_grid(cur, grid)
+        out_dtype, prev, cur = prev.dtype, prev.to(self.dtype), cur.to(self.dtype)
         prev, coarse_grid = _pool(prev, grid, self.encoder_stride)
         cur, _ = _pool(cur, grid, self.encoder_stride)
         x = torch.cat(
@@ -115,7 +122,7 @@ class DeltaTok(nn.Module):
         rope = self._rope(coarse_grid, x.device, x.dtype, repeats=2)  # both frames share positions
         for block in self.encoder_blocks:
             x = block(x, rope=rope)
-        return self.norm(x[:, 0])
+        return self.norm(x[:, 0]).to(out_dtype)
 
     def decode(self, z: torch.Tensor, prev: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """z [B, D], prev [B, N, C] -> reconstructed current features [B, N, C]."""
@@ -138,12 +145,12 @@ class DeltaTok(nn.Module):
         coarse_grid = self.decode_grid(grid)
         if coarse.ndim != 3 or coarse.shape[1] != coarse_grid[0] * coarse_grid[1]:
             raise ValueError(f"pooled features {tuple(coarse.shape)} do not match the decode grid {coarse_grid}")
-        base = self.feature_in(coarse)
+        base = self.feature_in(coarse.to(self.dtype))
         x = torch.cat((z[:, None].to(base.dtype), base), dim=1)
         rope = self._rope(coarse_grid, x.device, x.dtype)
         for block in self.decoder_blocks:
             x = block(x, rope=rope)
-        return self.feature_out(x[:, 1:] - base)
+        return self.feature_out(x[:, 1:] - base).to(coarse.dtype)
 
     def upsample_residual(self, residual: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """residual [B, n, C'] on :meth:`decode_grid` -> [B, N, C'] on ``grid``; linear, so it

@@ -308,7 +308,8 @@ def load_models(cfg: ModelConfig, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32) -> tuple[DeltaTok, DeltaWorld, TaskHeads]:
     """Tokenizer, world model and heads ready for inference: the config's weights loaded (or, with
     none, the same seeded random init every time), on ``device``/``dtype``, eval, frozen, and with
-    ``forecast.quantize: int8`` their linear layers dynamically quantised (CPU only)."""
+    ``forecast.quantize: int8`` their linear layers dynamically quantised (CPU only), with
+    ``bf16`` the tokenizer in bfloat16."""
     if cfg.weights is not None:
         adopt_class_names(cfg, Path(cfg.weights) / WEIGHT_FILES["heads"])
     with torch.random.fork_rng(devices=[]):
@@ -327,7 +328,20 @@ def load_models(cfg: ModelConfig, device: str | torch.device = "cpu",
             from torch.ao.quantization import quantize_dynamic
 
             models[:2] = [quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8) for m in models[:2]]
+    elif cfg.forecast.quantize == "bf16":
+        if torch.device(device).type == "cpu" and not _cpu_has_bf16():
+            log.warning("forecast.quantize: bf16 on a CPU without native bfloat16 (AVX512-BF16/AMX) is emulated "
+                        "and slow; int8 or none will be faster here")
+        # DeltaTok casts its inputs to its own dtype and its outputs back, so the rest stays as is.
+        models[0] = models[0].to(torch.bfloat16)
     return tuple(models)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # private probe: absent in some builds
+        return False
 
 
 def adopt_class_names(cfg: ModelConfig, heads_file: Path) -> None:

@@ -396,3 +396,14 @@ def test_forecast_grid_picture(forecaster):
     h = fc.semantic.shape[2]
     assert grid.dtype == np.uint8
     assert grid.shape == ((1 + 4) * h, (1 + 2 * 2) * 2 * h, 3)  # 5 rows, 5 tiles at the camera's 2:1
+
+
+def test_bf16_tokenizer_stays_close_to_fp32_and_keeps_float32_interfaces():
+    torch.manual_seed(0)
+    ref = Forecaster.from_config("default", overrides=DINOV2)
+    half = Forecaster.from_config("default", overrides={**DINOV2, "forecast.quantize": "bf16"})
+    assert half.tokenizer.dtype == torch.bfloat16 and half.world.norm.weight.dtype == torch.float32
+    a, b = run(ref, frames(4))[-1], run(half, frames(4))[-1]
+    assert b.features.dtype == torch.float32 and half._tokens.dtype == torch.float32
+    err = (a.features - b.features).norm() / a.features.norm()
+    assert err < 0.02, err
