@@ -191,7 +191,7 @@ def _pool(features: torch.Tensor, grid: tuple[int, int], stride: int):
     if grid[0] % stride == 0 and grid[1] % stride == 0:  # plain pooling is ~5x faster on CPU
         pooled = F.avg_pool2d(maps, stride)
     else:
-        pooled = F.adaptive_avg_pool2d(maps, (max(1, grid[0] // stride), max(1, grid[1] // stride)))
+        pooled = F.adaptive_avg_pool2d(maps, _pooled_grid(grid, stride))
     coarse = tuple(pooled.shape[-2:])
     return pooled.permute(0, 2, 3, 1).reshape(b, coarse[0] * coarse[1], c), coarse
 

@@ -102,9 +102,10 @@ def future_maps(heads: TaskHeads, tokenizer: DeltaTok, last: torch.Tensor, resid
     future's logits are the last frame's plus its residuals' logits, upsampled and summed along
     the horizon: the heads read [K*H, n, C] at the decoder's grid instead of [K*H, N, C]."""
     k, horizon = residuals.shape[:2]
-    change = heads.logits_change(residuals.flatten(0, 1))  # [K*H, n, L]
+    affine = heads.affine()  # the BatchNorms folded once for both uses
+    change = heads.logits_change(residuals.flatten(0, 1), affine)  # [K*H, n, L]
     change = tokenizer.upsample_residual(change, grid).unflatten(0, (k, horizon))  # [K, H, N, L]
-    logits = heads.logits(last)[:, None] + change.cumsum(dim=1)  # [K, H, N, L]
+    logits = heads.logits(last, affine)[:, None] + change.cumsum(dim=1)  # [K, H, N, L]
     semantic, depth = heads.maps(logits.flatten(0, 1), grid, size)
     return semantic.unflatten(0, (k, horizon)), depth.unflatten(0, (k, horizon))
 

@@ -94,17 +94,19 @@ class TaskHeads(nn.Module):
             biases.append(conv.bias + w @ (bn.bias - bn.running_mean * scale))
         return torch.cat(weights), torch.cat(biases)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def logits(self, features: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Inference: features [B, N, C] -> [B, N, classes + bins] logits, the K x H feature maps
-        read once. Same numbers as the two heads in eval mode."""
-        weight, bias = self.affine()
+        read once. Same numbers as the two heads in eval mode. ``affine``: :meth:`affine`, when the
+        caller already folded it."""
+        weight, bias = affine or self.affine()
         return torch.addmm(bias, features.flatten(0, 1).to(weight.dtype), weight.t()).unflatten(0, features.shape[:2])
 
-    def logits_change(self, residual: torch.Tensor) -> torch.Tensor:
+    def logits_change(self, residual: torch.Tensor,
+                      affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The linear part of :meth:`logits` alone: residual [..., C] -> [..., classes + bins], so
         ``logits(f + r) == logits(f) + logits_change(r)``; it also commutes with any linear
         resampling of positions (a decoder residual can go through the heads before upsampling)."""
-        weight, _ = self.affine()
+        weight, _ = affine or self.affine()
         return torch.matmul(residual.to(weight.dtype), weight.t())
 
     def maps(self, logits: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]):
