@@ -50,13 +50,28 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
     return tile
 
 
+# Bounds of one tile of the forecast grid, whatever the camera's shape: a 1x4000 px frame must
+# not make a 448,000 px wide picture. Wider or taller cameras are squashed to this aspect ratio.
+MAX_TILE_HEIGHT = 256
+MAX_TILE_ASPECT = 4.0
+
+
+def grid_tile_size(image_hw: tuple[int, int], map_height: int) -> tuple[int, int]:
+    """(w, h) of one grid tile for a camera of ``image_hw`` and maps ``map_height`` rows high:
+    the camera's aspect ratio clamped to [1/MAX_TILE_ASPECT, MAX_TILE_ASPECT], at most
+    MAX_TILE_HEIGHT rows, so a tile never exceeds MAX_TILE_ASPECT x MAX_TILE_HEIGHT^2 pixels."""
+    height = max(1, min(map_height, MAX_TILE_HEIGHT))
+    aspect = min(max(image_hw[1] / max(image_hw[0], 1), 1.0 / MAX_TILE_ASPECT), MAX_TILE_ASPECT)
+    return max(1, round(height * aspect)), height
+
+
 def forecast_grid(image: np.ndarray, forecast, max_hypotheses: int = 4, max_depth: float = 80.0) -> np.ndarray:
     """One picture of a forecast: a header row (input, then the per-step semantic mode and
     disagreement), then per hypothesis its semantic and depth maps per step. Tiles keep the camera's
-    aspect ratio (the model sees a squashed frame). image [H, W, 3] uint8 RGB; forecast: a
+    aspect ratio (the model sees a squashed frame) within the bounds of :func:`grid_tile_size`. image [H, W, 3] uint8 RGB; forecast: a
     :class:`~deltaworld_core.forecaster.Forecast`."""
     k, horizon, h, _ = forecast.semantic.shape
-    tile = (max(1, round(h * image.shape[1] / image.shape[0])), h)  # (w, h) for OpenCV
+    tile = grid_tile_size(image.shape[:2], h)
 
     def fit(x: np.ndarray, nearest: bool = False) -> np.ndarray:
         return cv2.resize(x, tile, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
@@ -68,7 +83,7 @@ def forecast_grid(image: np.ndarray, forecast, max_hypotheses: int = 4, max_dept
         header.append(_label(fit(colorize_agreement(forecast.summary.agreement[step])), "disagreement"))
     rows = [header]
     for i in range(min(k, max_hypotheses)):
-        row = [_label(np.zeros((h, tile[0], 3), np.uint8), f"sample {i}")]
+        row = [_label(np.zeros((tile[1], tile[0], 3), np.uint8), f"sample {i}")]
         for step in range(horizon):
             row.append(_label(fit(colorize_semantic(forecast.semantic[i, step]), True), f"sem +{step + 1}"))
             row.append(_label(fit(colorize_depth(forecast.depth[i, step], max_depth)), f"depth +{step + 1}"))

@@ -12,10 +12,31 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from std_msgs.msg import Header
 
-from deltaworld_ros.image_conversion import array_to_image_msg, image_to_array
+from deltaworld_ros.image_conversion import (FrameIdTooLongError, StampOutOfRangeError, array_to_image_msg,
+                                             image_to_array)
 from deltaworld_ros.msg import Futures, HorizonSummary, Hypothesis
 
 NS = 1_000_000_000
+# builtin_interfaces/Time.sec is an int32: 2^31 s (2038-01-19) would serialise as -2^31.
+MAX_STAMP_NS = (2**31 - 1) * NS + NS - 1
+# The frame_id is copied into every output header (2 + K x H x 2 + H x 4 of them); REP-103/105
+# frame ids are a few dozen characters, so anything longer is a broken driver, not a frame.
+MAX_FRAME_ID_LENGTH = 256
+
+
+def check_header(header: Header, horizon_s: float = 0.0) -> None:
+    """Raises FrameIdTooLongError / StampOutOfRangeError when a camera header cannot be copied
+    into a Futures message whose last target lies ``horizon_s`` after the header's stamp."""
+    if len(header.frame_id) > MAX_FRAME_ID_LENGTH:
+        raise FrameIdTooLongError(f"frame_id has {len(header.frame_id)} characters (at most {MAX_FRAME_ID_LENGTH}): "
+                                  f"{header.frame_id[:40]!r}...")
+    stamp = header.stamp
+    if stamp.sec < 0 or stamp.nanosec >= NS:
+        raise StampOutOfRangeError(f"stamp sec={stamp.sec} nanosec={stamp.nanosec} is not a valid time")
+    last_ns = time_to_ns(stamp) + round(horizon_s * NS)
+    if last_ns > MAX_STAMP_NS:
+        raise StampOutOfRangeError(f"stamp {time_to_ns(stamp) / NS:.3f} s + horizon {horizon_s:.3f} s passes "
+                                   f"2^31 s (2038-01-19), the largest builtin_interfaces/Time")
 
 
 def time_to_ns(stamp: Time) -> int:
@@ -23,6 +44,8 @@ def time_to_ns(stamp: Time) -> int:
 
 
 def ns_to_time(ns: int) -> Time:
+    if not 0 <= ns <= MAX_STAMP_NS:
+        raise StampOutOfRangeError(f"{ns / NS:.3f} s does not fit builtin_interfaces/Time (0 to 2^31 s)")
     return Time(sec=ns // NS, nanosec=ns % NS)
 
 
@@ -36,7 +59,9 @@ def seconds_to_time(seconds: float) -> Time:
 
 def forecast_to_msg(forecast, header: Header) -> Futures:
     """``forecast`` (a deltaworld_core Forecast) made from the image with ``header`` -> Futures.
-    Every image carries the frame_id and its own target stamp."""
+    Every image carries the frame_id and its own target stamp. Raises FrameIdTooLongError or
+    StampOutOfRangeError (ValueErrors) for a header that :func:`check_header` rejects."""
+    check_header(header)
     base_ns = time_to_ns(header.stamp)
     # Offsets from the newest frame, rounded to whole microseconds: float64 seconds near 1.7e9
     # resolve only ~0.2 us, and planners expect exactly step_s apart.

@@ -17,8 +17,10 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+# Bounds on one input image, checked before any pixel is copied or decoded. 2^25 px holds 8K UHD
+# (7680x4320); one RGB copy of it is 96 MiB, so the node's per-frame buffers stay bounded.
 MAX_SIDE = 16384  # pixels; anything larger is a corrupt header, not a camera
-MAX_PIXELS = 100_000_000
+MAX_PIXELS = 1 << 25
 
 
 class ImageConversionError(ValueError):
@@ -60,6 +62,14 @@ ENCODINGS: dict[str, tuple[int, np.dtype]] = {
 }
 INPUT_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1")
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
+
+
+class StampOutOfRangeError(ImageConversionError):
+    cause = "stamp_out_of_range"
+
+
+class FrameIdTooLongError(ImageConversionError):
+    cause = "frame_id_too_long"
 
 
 def _check_size(height: int, width: int) -> None:
@@ -112,18 +122,81 @@ def image_msg_to_rgb(msg: Image) -> np.ndarray:
     return _to_rgb(image_to_array(msg), msg.encoding)
 
 
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR chunk, which the format requires to come first."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...); C4, C8 and CC are not frames.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RSTn: no length field
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's first start-of-frame segment, walking the segment lengths
+    (a few dozen steps: no pixel is touched)."""
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _JPEG_SOF:
+            if length < 7 or pos + 9 > end:
+                return None
+            return int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def compressed_image_size(data: bytes) -> tuple[str, int, int]:
+    """(format, height, width) read from a PNG or JPEG header without decoding; raises
+    CompressedDecodeError for anything else (other formats are never handed to a decoder)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        kind, size = "png", _png_size(data)
+    elif data[:3] == b"\xff\xd8\xff":
+        kind, size = "jpeg", _jpeg_size(data)
+    else:
+        raise CompressedDecodeError(f"data ({len(data)} bytes) is neither PNG nor JPEG (starts {bytes(data[:8])!r})")
+    if size is None:
+        raise CompressedDecodeError(f"{kind} data ({len(data)} bytes) has no readable image header")
+    return kind, *size
+
+
 def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """A jpeg/png CompressedImage -> [h, w, 3] uint8 RGB."""
+    """A jpeg/png CompressedImage -> [h, w, 3] uint8 RGB.
+
+    The size is read from the PNG/JPEG header and checked against MAX_SIDE / MAX_PIXELS before
+    decoding: a few-KB file can declare 30000x30000 px, which OpenCV (limit 2^30 px) would
+    spend seconds and gigabytes decoding."""
     fmt = msg.format.lower()
     if not any(name in fmt for name in COMPRESSED_FORMATS):
         raise UnsupportedEncodingError(f"unsupported compressed format {msg.format!r} (supported: jpeg, png)")
     if len(msg.data) == 0:
         raise EmptyImageError("compressed image has no data")
-    # OpenCV refuses headers declaring more than 2^30 pixels, so decoding cannot explode memory.
-    bgr = cv2.imdecode(np.frombuffer(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    data = bytes(msg.data)
+    kind, height, width = compressed_image_size(data)
+    try:
+        _check_size(height, width)
+    except ImageTooLargeError as err:
+        raise ImageTooLargeError(f"{kind} header declares {err}") from None
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise CompressedDecodeError(f"{msg.format!r} data ({len(msg.data)} bytes) could not be decoded")
-    _check_size(*bgr.shape[:2])
+    if bgr.shape[:2] != (height, width):  # a header that lies: never trust a size we did not check
+        raise CompressedDecodeError(f"{kind} decoded to {bgr.shape[1]}x{bgr.shape[0]}, header said {width}x{height}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
