@@ -1,9 +1,14 @@
 """Streaming forecaster: camera frames in, K plausible futures of semantics and depth out.
 
-Per new frame it runs exactly one VFM forward and one DeltaTok encode. The last context tokens,
-their times, the newest features and the predictor's per-layer keys/values of the context live in
-a rolling buffer on the forecaster's device, so nothing about the past is recomputed. A forecast
-is :func:`deltaworld_core.rollout.rollout` (shared with evaluation) over that cached context.
+The context is laid out as the released predictor was trained and evaluated: for the newest
+``context`` frames, the oldest one's *whole-frame token* (that frame encoded against an all-black
+frame, at that frame's time) followed by the true delta tokens of the others (each frame encoded
+against the one before it). Per new frame the work is constant: one VFM forward and one DeltaTok
+encode call of at most two pairs (the new frame against its predecessor and, once the window is
+full, the new oldest frame against black), and the predictor's keys/values of those two tokens.
+The kept frames' features, the tokens, their times and the predictor's per-layer keys/values live
+in a rolling buffer on the forecaster's device, so nothing else about the past is recomputed. A
+forecast is :func:`deltaworld_core.rollout.rollout` (shared with evaluation) over that context.
 """
 
 from __future__ import annotations
@@ -152,9 +157,10 @@ class Forecaster:
     # ------------------------------------------------------------------ streaming
     def reset(self, reason: str | None = None) -> None:
         """Clears the rolling buffer and re-seeds sampling (a run after reset is reproducible)."""
-        self._tokens: torch.Tensor | None = None  # [S, Dt]
-        self._times: list[float] = []  # seconds relative to self._origin
+        self._tokens: torch.Tensor | None = None  # [S, Dt]: whole-frame token, then S - 1 deltas
+        self._times: list[float] = []  # seconds relative to self._origin, one per kept frame
         self._kv = None  # per layer (keys, values) [1, heads, S, d]
+        self._frames: torch.Tensor | None = None  # [S, N, C] features of the kept frames, oldest first
         self._features: torch.Tensor | None = None  # [1, N, C] newest frame
         self._origin: float | None = None
         self._last_stamp: float | None = None
@@ -196,7 +202,7 @@ class Forecaster:
 
     def step(self, image: np.ndarray, stamp: float) -> Forecast | None:
         """Adds one frame (HxWx3 uint8 RGB, ``stamp`` seconds). Returns None until ``context``
-        tokens are buffered, then a :class:`Forecast`."""
+        frames are buffered, then a :class:`Forecast` from the newest ``context`` frames."""
         stamp = self._check_input(image, stamp)
         self.last_reset_reason = None
         self._maybe_reset(image.shape, stamp)
@@ -205,10 +211,8 @@ class Forecaster:
             t0 = self._tick()
             features = self.vfm(image[None])  # [1, N, C]
             t1 = self._tick()
-            prev = self._features if self._features is not None else self.vfm.black_features(1)
-            token = self.tokenizer.encode(prev, features, self.grid)  # [1, Dt]
+            self._push(features, stamp, image.shape)  # encode(s) and the new tokens' K/V
             t2 = self._tick()
-            self._push(token, stamp, features, image.shape)
             timings.update(vfm=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3)
             if self.buffered < self.context:
                 return None
@@ -218,11 +222,12 @@ class Forecaster:
 
     def forecast_window(self, images: Sequence[np.ndarray], stamps: Sequence[float]) -> Forecast:
         """The batch path, recomputed from scratch as evaluation code does it: the VFM over every
-        frame of ``images`` ([context + 1, H, W, 3] uint8, ``stamps`` increasing seconds), every
-        consecutive pair re-encoded, the predictor's context K/V rebuilt, then the same rollout as
-        :meth:`step`. The streaming buffer is replaced by this window's (the sampler is re-seeded)."""
-        if len(images) != self.context + 1 or len(stamps) != len(images):
-            raise ValueError(f"forecast_window needs context + 1 = {self.context + 1} frames and as many stamps, "
+        frame of ``images`` ([context, H, W, 3] uint8, ``stamps`` increasing seconds), the first
+        frame encoded against black and every consecutive pair re-encoded, the predictor's context
+        K/V rebuilt, then the same rollout as :meth:`step`. The streaming buffer is replaced by
+        this window's (the sampler is re-seeded), so streaming may go on from it."""
+        if len(images) != self.context or len(stamps) != len(images):
+            raise ValueError(f"forecast_window needs context = {self.context} frames and as many stamps, "
                              f"got {len(images)} frames and {len(stamps)} stamps")
         stamps = [self._check_input(image, stamp) for image, stamp in zip(images, stamps)]
         if any(b <= a for a, b in zip(stamps, stamps[1:])):
@@ -230,40 +235,65 @@ class Forecaster:
         timings: dict[str, float] = {}
         with torch.inference_mode():
             t0 = self._tick()
-            features = self.vfm(np.stack(images))  # [context + 1, N, C]
+            features = self.vfm(np.stack(images))  # [context, N, C]
             t1 = self._tick()
-            tokens = self.tokenizer.encode(features[:-1], features[1:], self.grid)  # [context, Dt]
-            t2 = self._tick()
+            prev = torch.cat((self.vfm.black_features(1), features[:-1]))
+            tokens = self.tokenizer.encode(prev, features, self.grid)  # [context, Dt]: whole, deltas
             self.reset()
             self._origin = stamps[0]
-            rel = torch.tensor([[s - stamps[0] for s in stamps[1:]]], dtype=torch.float64, device=self.device)
-            self._set_buffer(tokens, rel[0].tolist(), self.world.context_kv(tokens[None], rel), features[-1:],
-                             stamps[-1], images[-1].shape)
+            rel = [s - stamps[0] for s in stamps]
+            kv = self.world.context_kv(tokens[None], torch.tensor([rel], dtype=torch.float64, device=self.device))
+            t2 = self._tick()
+            self._set_buffer(tokens, rel, kv, features, stamps[-1], images[-1].shape)
             timings.update(vfm=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3)
             forecast = self._forecast(stamps[-1], timings)
         forecast.timings["total"] = (self._tick() - t0) * 1e3
         return forecast
 
-    def _push(self, token: torch.Tensor, stamp: float, features: torch.Tensor, shape) -> None:
+    def _push(self, features: torch.Tensor, stamp: float, shape) -> None:
+        """Adds the newest frame's features [1, N, C] to the rolling buffer in the release's
+        layout. Only the new tokens are encoded and only their K/V computed; the rest is cached."""
         if self._origin is None:
             self._origin = stamp
         rel = stamp - self._origin
-        # Only the new token's K/V are computed; older ones come from the cache.
-        kv = self.world.context_kv(token[:, None], torch.tensor([[rel]], dtype=torch.float64, device=self.device))
-        if self._kv is not None:
-            kv = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2)) for (k, v), (nk, nv) in zip(self._kv, kv)]
-            token = torch.cat((self._tokens, token))
-        self._set_buffer(token, self._times + [rel], kv, features, stamp, shape)
+        black = self.vfm.black_features(1)
+        times = torch.tensor([[rel]], dtype=torch.float64, device=self.device)
+        if self._frames is None or self.context == 1:  # the only frame: its whole-frame token
+            token = self.tokenizer.encode(black, features, self.grid)  # [1, Dt]
+            self._set_buffer(token, [rel], self.world.context_kv(token[None], times), features, stamp, shape)
+            return
+        if self.buffered < self.context:  # the window grows: one more true delta
+            delta = self.tokenizer.encode(self._frames[-1:], features, self.grid)  # [1, Dt]
+            kv = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2))
+                  for (k, v), (nk, nv) in zip(self._kv, self.world.context_kv(delta[None], times))]
+            self._set_buffer(torch.cat((self._tokens, delta)), self._times + [rel], kv,
+                             torch.cat((self._frames, features)), stamp, shape)
+            return
+        # The window slides: the oldest frame leaves, the next one becomes the first token and is
+        # re-encoded against black at its own time; its old delta token and K/V are replaced.
+        frames, kept_times = torch.cat((self._frames[1:], features)), self._times[1:] + [rel]
+        pair = self.tokenizer.encode(torch.cat((black, self._frames[-1:])), torch.cat((frames[:1], features)),
+                                     self.grid)  # [2, Dt]: whole-frame token of the new oldest, new delta
+        pair_times = torch.tensor([[kept_times[0], rel]], dtype=torch.float64, device=self.device)
+        pair_kv = self.world.context_kv(pair[None], pair_times)  # per layer [1, heads, 2, d]
+        kv = [(torch.cat((nk[:, :, :1], k[:, :, 2:], nk[:, :, 1:]), 2),
+               torch.cat((nv[:, :, :1], v[:, :, 2:], nv[:, :, 1:]), 2))
+              for (k, v), (nk, nv) in zip(self._kv, pair_kv)]
+        tokens = torch.cat((pair[:1], self._tokens[2:], pair[1:]))
+        self._set_buffer(tokens, kept_times, kv, frames, stamp, shape)
 
-    def _set_buffer(self, tokens: torch.Tensor, times: list[float], kv, features: torch.Tensor, stamp: float,
+    def _set_buffer(self, tokens: torch.Tensor, times: list[float], kv, frames: torch.Tensor, stamp: float,
                     shape) -> None:
-        """The rolling buffer, all fields together, keeping the newest ``context`` entries: tokens
-        [S, Dt], their times (seconds since the origin), the predictor's K/V of them (per layer
-        [1, heads, S, d]), and the newest frame's features [1, N, C], stamp and image shape."""
-        c = self.context
-        self._tokens, self._times = tokens[-c:], times[-c:]
-        self._kv = [(k[:, :, -c:], v[:, :, -c:]) for k, v in kv]
-        self._features, self._last_stamp, self._image_shape = features, stamp, shape
+        """The rolling buffer, all fields together (at most ``context`` entries, oldest first):
+        tokens [S, Dt] (the oldest frame's whole-frame token, then deltas), their times (seconds
+        since the origin), the predictor's K/V of them (per layer [1, heads, S, d]), the kept
+        frames' features [S, N, C], and the newest frame's stamp and image shape."""
+        if tokens.shape[0] > self.context or len(times) != tokens.shape[0] or frames.shape[0] != tokens.shape[0]:
+            raise AssertionError(f"rolling buffer out of step: {tokens.shape[0]} tokens, {len(times)} times, "
+                                 f"{frames.shape[0]} frames, context {self.context}")
+        self._tokens, self._times, self._kv = tokens, times, kv
+        self._frames, self._features = frames, frames[-1:]
+        self._last_stamp, self._image_shape = stamp, shape
 
     def _forecast(self, stamp: float, timings: dict[str, float]) -> Forecast:
         k, horizon = self.k, self.horizon

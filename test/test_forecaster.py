@@ -109,22 +109,79 @@ def test_streaming_matches_recompute_from_scratch(forecaster):
         torch.testing.assert_close(v1, v2)
 
 
-def test_forecast_window_recomputes_what_streaming_caches(forecaster):
-    """The batch path (VFM over every frame, every pair re-encoded) gives the streaming forecast."""
-    images, dt = frames(6), 0.1
+def release_layout_rollout(fc: Forecaster, images, stamps, seed: int):
+    """From scratch, independently of the streaming buffer: the newest ``context`` frames, the
+    oldest encoded against black at its own time, then true deltas; K/V built; one rollout."""
+    from deltaworld_core.rollout import rollout
+
+    c = fc.context
+    with torch.no_grad():
+        feats = fc.vfm(np.stack(images[-c:]))  # [c, N, C]
+        prev = torch.cat((fc.vfm.black_features(1), feats[:-1]))
+        tokens = fc.tokenizer.encode(prev, feats, fc.grid)
+        times = torch.tensor([stamps[-c:]], dtype=torch.float64)
+        targets = times[:, -1:] + fc.step_s * torch.arange(1, fc.horizon + 1, dtype=torch.float64)[None]
+        out = rollout(fc.tokenizer, fc.world, tokens[None], times, feats[-1:], targets, fc.k,
+                      torch.Generator().manual_seed(seed), fc.grid)[0]
+    return tokens, out
+
+
+@pytest.mark.parametrize("num_frames", [3, 4, 8])
+def test_streaming_context_is_the_release_layout(forecaster, num_frames):
+    """Every forecast, also long after the first frame, is made from the context the released
+    predictor was trained on: whole-frame token of the oldest kept frame, then true deltas."""
+    images, dt = frames(num_frames), 0.1
+    stamps = [1.5 + i * dt for i in range(num_frames)]
     forecaster.reset()
-    run(forecaster, images[:-1])
+    for image, stamp in zip(images[:-1], stamps[:-1]):
+        forecaster.step(image, stamp)
+    forecaster.generator.manual_seed(11)
+    streamed = forecaster.step(images[-1], stamps[-1])
+    tokens, expected = release_layout_rollout(forecaster, images, stamps, seed=11)
+    assert forecaster._tokens.shape[0] == forecaster.context
+    torch.testing.assert_close(forecaster._tokens, tokens, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(streamed.features, expected, atol=1e-4, rtol=1e-4)
+    # The first token really is the whole frame: with the window full it differs from the delta
+    # the same frame got when it arrived.
+    if num_frames > forecaster.context:
+        with torch.no_grad():
+            f = forecaster.vfm(np.stack(images[-forecaster.context - 1:-forecaster.context + 1]))
+            delta = forecaster.tokenizer.encode(f[:1], f[1:], forecaster.grid)
+        assert not torch.allclose(forecaster._tokens[:1], delta, atol=1e-3)
+
+
+def test_forecast_window_recomputes_what_streaming_caches(forecaster):
+    """The batch path (VFM over every frame, every pair re-encoded) gives the streaming forecast,
+    and streaming may go on from the buffer it leaves."""
+    images, dt = frames(7), 0.1
+    forecaster.reset()
+    run(forecaster, images[:5])
     forecaster.generator.manual_seed(forecaster.cfg.forecast.seed)  # forecast_window re-seeds
-    streamed = forecaster.step(images[-1], 5 * dt)
-    window = images[-forecaster.context - 1:]
+    streamed = forecaster.step(images[5], 5 * dt)
+    next_streamed = forecaster.step(images[6], 6 * dt)
+    window = images[6 - forecaster.context:6]
     batch = forecaster.forecast_window(window, [(6 - len(window) + i) * dt for i in range(len(window))])
     torch.testing.assert_close(batch.features, streamed.features, atol=1e-4, rtol=1e-4)
     np.testing.assert_array_equal(batch.stamps, streamed.stamps)
     assert set(batch.timings) >= {"vfm", "encode", "predict", "decode", "heads", "total"}
-    with pytest.raises(ValueError, match="context \\+ 1"):
-        forecaster.forecast_window(window[1:], [0.1, 0.2, 0.3])
+    continued = forecaster.step(images[6], 6 * dt)
+    torch.testing.assert_close(continued.features, next_streamed.features, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="context = 3"):
+        forecaster.forecast_window(window[1:], [0.1, 0.2])
     with pytest.raises(ValueError, match="stamps must increase"):
-        forecaster.forecast_window(window, [0.0, 0.1, 0.1, 0.3])
+        forecaster.forecast_window(window, [0.0, 0.1, 0.1])
+
+
+def test_context_of_one_frame_is_its_whole_frame_token():
+    torch.manual_seed(0)
+    fc = Forecaster.from_config("default", overrides={**DINOV2, "forecast.context": 1})
+    images = frames(3)
+    outs = run(fc, images)
+    assert all(o is not None for o in outs)
+    seed = fc.cfg.forecast.seed
+    tokens, expected = release_layout_rollout(fc, images, [0.0, 0.1, 0.2], seed=seed)
+    torch.testing.assert_close(fc._tokens, tokens, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fc.forecast_window(images[-1:], [0.2]).features, expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
