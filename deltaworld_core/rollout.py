@@ -16,9 +16,23 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .deltatok import DeltaTok
 from .world import KV, DeltaWorld
+
+
+# Best-of-K rule of the release's training and evaluation: Smooth-L1 with this beta, averaged.
+BEST_OF_K_BETA = 0.1
+
+
+def best_of_k(samples: torch.Tensor, truth: torch.Tensor, beta: float = BEST_OF_K_BETA
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample closest to the truth by mean Smooth-L1 (``beta``): samples [B, K, ...] and
+    truth [B, ...] -> (scores [B, K], index of the best sample [B])."""
+    target = truth[:, None].expand_as(samples)
+    score = F.smooth_l1_loss(samples.float(), target.float(), beta=beta, reduction="none").flatten(2).mean(-1)
+    return score, score.argmin(dim=1)
 
 
 def _repeat(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -141,5 +155,19 @@ def reconstruct(tokenizer: DeltaTok, tokens: torch.Tensor, last_features: torch.
     prev, out = last_features, []
     for h in range(tokens.shape[1]):
         prev = tokenizer.decode(tokens[:, h], prev, grid)
+        out.append(prev)
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def reconstruct_closed_loop(tokenizer: DeltaTok, truth: torch.Tensor, last_features: torch.Tensor,
+                            grid: tuple[int, int]) -> torch.Tensor:
+    """The codec's reconstruction as the release's evaluation code computes it: each true frame
+    truth [B, H, N, C] encoded against the previous *reconstruction* (the true ``last_features``
+    [B, N, C] for the first) and decoded against it. Step 1 equals :func:`reconstruct` of the
+    true-pair tokens; later steps let the codec correct its own drift. Returns [B, H, N, C]."""
+    prev, out = last_features, []
+    for h in range(truth.shape[1]):
+        prev = tokenizer.decode(tokenizer.encode(prev, truth[:, h], grid), prev, grid)
         out.append(prev)
     return torch.stack(out, dim=1)

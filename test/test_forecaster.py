@@ -338,6 +338,41 @@ def test_rollout_equals_decoding_step_by_step_at_full_resolution(forecaster):
         torch.testing.assert_close(out[:, h], prev, rtol=1e-4, atol=1e-4)
 
 
+def test_best_of_k_uses_the_release_smooth_l1_beta():
+    """Beta 0.1 and beta 1 rank these two samples differently; the release's 0.1 decides."""
+    from deltaworld_core.rollout import best_of_k
+
+    truth = torch.zeros(1, 4, 2)
+    spread = torch.full((4, 2), 0.5)  # beta 0.1: 0.45 per element; beta 1: 0.125
+    peaked = torch.zeros(4, 2)
+    peaked[:2] = 0.9  # beta 0.1: 0.425 on average; beta 1: 0.2025
+    samples = torch.stack((spread, peaked))[None]  # [1, 2, 4, 2]
+    score, pick = best_of_k(samples, truth)
+    assert pick.tolist() == [1]
+    torch.testing.assert_close(score, torch.tensor([[0.45, 0.425]]))
+    assert best_of_k(samples, truth, beta=1.0)[1].tolist() == [0]
+
+
+def test_closed_loop_codec_encodes_truth_against_its_own_reconstruction(forecaster):
+    from deltaworld_core.rollout import reconstruct, reconstruct_closed_loop
+
+    fc = forecaster
+    torch.manual_seed(1)
+    n = fc.grid[0] * fc.grid[1]
+    last, truth = torch.randn(2, n, 48), torch.randn(2, 3, n, 48)
+    closed = reconstruct_closed_loop(fc.tokenizer, truth, last, fc.grid)
+    prev = last
+    for h in range(3):
+        prev = fc.tokenizer.decode(fc.tokenizer.encode(prev, truth[:, h], fc.grid), prev, fc.grid)
+        torch.testing.assert_close(closed[:, h], prev)
+    pairs = torch.cat((last[:, None], truth[:, :-1]), 1).flatten(0, 1)
+    tokens = fc.tokenizer.encode(pairs, truth.flatten(0, 1), fc.grid).unflatten(0, (2, 3))
+    open_loop = reconstruct(fc.tokenizer, tokens, last, fc.grid)
+    torch.testing.assert_close(closed[:, 0], open_loop[:, 0], atol=1e-5, rtol=1e-5)
+    change = lambda x: (x[:, 2] - last).norm()  # noqa: E731 - the random decoder's residuals are small
+    assert (closed[:, 2] - open_loop[:, 2]).norm() > 1e-3 * change(open_loop)
+
+
 def test_forecast_maps_are_the_heads_on_the_forecast_features(forecaster):
     """The forecaster reads the heads off decoder residuals; that must be the heads applied to
     the predicted features themselves."""
