@@ -16,22 +16,30 @@ or ``ros2 run deltaworld_ros forecast_node --ros-args ...``.
 from __future__ import annotations
 
 import logging
+import math
+import os
+import re
+import socket
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
+from rclpy.exceptions import InvalidParameterValueException, ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.validate_topic_name import validate_topic_name
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from deltaworld_ros.futures_msg import forecast_to_msg, time_to_seconds
+from deltaworld_ros.futures_msg import check_header, forecast_to_msg, time_to_seconds
 from deltaworld_ros.image_conversion import ImageConversionError, array_to_image_msg, msg_to_rgb
 from deltaworld_ros.msg import Futures
 
@@ -39,6 +47,10 @@ from deltaworld_ros.msg import Futures
 PARAMETERS: dict[str, tuple[object, str]] = {
     "autostart": (True, "Configure and activate on start-up (false: wait for lifecycle transitions)."),
     "image_topic": ("/camera/image_raw", "Camera topic (sensor_msgs/Image), subscribed with sensor-data QoS."),
+    "input_reliability": ("best_effort", "QoS reliability of the camera subscription: best_effort (sensor data; "
+                                         "matches any publisher) or reliable (needs a reliable publisher; large "
+                                         "raw images arrive only this way with Fast DDS)."),
+    "input_depth": (5, "QoS history depth of the camera subscription (1-100): frames DDS may hold for the node."),
     "use_compressed": (False, "Subscribe to sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed."),
     "futures_topic": ("/deltaworld/futures", "Output topic (deltaworld_ros/Futures)."),
     "model_config": ("default", "deltaworld_core config: a name (deltaworld_core/configs/NAME.yaml) or a YAML path."),
@@ -55,7 +67,50 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "debug_image_topic": ("/deltaworld/debug_image", "Topic of the debug image."),
     "diagnostics_period_s": (1.0, "Period of /diagnostics messages in seconds."),
     "malformed_log_period_s": (10.0, "Each kind of malformed input is logged at most once per this period."),
+    "stall_timeout_s": (10.0, "/diagnostics reports ERROR 'forecasting stalled' when frames have waited this long "
+                              "without a model step finishing."),
 }
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+class ParameterError(ValueError):
+    """A node parameter with a bad value; the message is one line naming the parameter."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parameter_problem(name: str, value) -> str | None:
+    """Why ``value`` is not acceptable for parameter ``name``, or None when it is. Types are
+    enforced by rclpy (the declared default's type); this checks values."""
+    if name in ("image_topic", "futures_topic", "debug_image_topic"):
+        try:
+            validate_topic_name(value)
+        except Exception as err:  # noqa: BLE001 - rclpy's InvalidTopicNameException, message spans lines
+            return f"not a valid ROS topic name ({str(err).splitlines()[0]})"
+    elif name == "model_config" and not value.strip():
+        return "must name a config (e.g. default) or a YAML path"
+    elif name == "device" and not _DEVICE.fullmatch(value):
+        return "must be auto, cpu, mps, cuda or cuda:N"
+    elif name in ("k", "horizon") and value < 0:
+        return "must be >= 0 (0 = the model config's value)"
+    elif name in ("step_s", "max_gap_s") and not (_is_number(value) and value >= 0):
+        return "must be a finite number >= 0 (0 = the model config's value)"
+    elif name in ("input_size", "output_size") and (len(value) != 2 or any(v < 0 for v in value)
+                                                    or (0 in value and any(value))):
+        return "must be [height, width] of two positive integers, or [0, 0] for the model config's value"
+    elif name == "diagnostics_period_s" and not (_is_number(value) and 0.05 <= value <= 3600):
+        return "must be a period in seconds from 0.05 to 3600"
+    elif name == "malformed_log_period_s" and not (_is_number(value) and 0 <= value <= 86400):
+        return "must be seconds from 0 (log every one) to 86400"
+    elif name == "stall_timeout_s" and not (_is_number(value) and 0.1 <= value <= 86400):
+        return "must be seconds from 0.1 to 86400"
+    elif name == "input_reliability" and value not in ("best_effort", "reliable"):
+        return "must be best_effort or reliable"
+    elif name == "input_depth" and not 1 <= value <= 100:
+        return "must be a history depth from 1 to 100"
+    return None
 
 
 @dataclass
@@ -64,6 +119,9 @@ class Frame:
     header: Header
     stamp: float  # seconds used by the forecaster
     received: float  # time.monotonic() when the message arrived
+    # Why the context must restart before this frame (a gap in the camera stream), or None. Set on
+    # receipt, carried over from frames dropped in the mailbox, so a gap is never lost with them.
+    gap: str | None = None
 
 
 class _RosLogHandler(logging.Handler):
@@ -89,8 +147,6 @@ def resolve_device(device: str) -> str:
 class ForecastNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__("forecast_node", **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
         self.forecaster = None
         self.device = "unconfigured"
         self._subscription = None
@@ -100,25 +156,84 @@ class ForecastNode(LifecycleNode):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self._counts = dict(received=0, processed=0, published=0, dropped=0, malformed=0, model_errors=0)
+        self._counts = dict(received=0, processed=0, published=0, dropped=0, malformed=0, model_errors=0,
+                            nonfinite=0, lost=0)
+        self._waiting_since: float | None = None  # monotonic time the mailbox last became non-empty
+        self._step_started: float | None = None  # monotonic start of the model step in progress
+        self._last_nonfinite: float | None = None
+        self._diagnostics_name = f"{self.get_name()}: DeltaWorld forecast"
+        self._namesakes = 1  # nodes in the graph with this node's name and namespace, itself included
         self._latencies_ms: deque[float] = deque(maxlen=100)  # receipt -> publish
         self._model_ms: deque[float] = deque(maxlen=100)
         self._published_at: deque[float] = deque(maxlen=100)
         self._received_at: deque[float] = deque(maxlen=100)
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._max_gap_s = math.inf  # the model config's max_gap_s once configured
+        self._last_stream_stamp: float | None = None  # newest camera stamp received (not processed)
+        self._rejection = ""  # why the last parameter value was refused
         self._log_handler = _RosLogHandler(self.get_logger())
+        # Validates declared values (params file, --ros-args -p) and later `ros2 param set`.
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        for name, (default, description) in PARAMETERS.items():
+            try:
+                self.declare_parameter(name, default, ParameterDescriptor(description=description))
+            except InvalidParameterValueException:
+                raise ParameterError(f"parameter {name} {self._rejection}") from None
+            except ParameterException as err:  # a type mismatch: rclpy's text names both types
+                text = " ".join(str(err).split()).removesuffix(f": {name}")
+                raise ParameterError(f"parameter {name}: {text}") from None
         logging.getLogger("deltaworld_core").addHandler(self._log_handler)
         logging.getLogger("deltaworld_core").setLevel(logging.INFO)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics)
+        self.create_timer(1.0, self._check_namesakes)  # discovery needs a moment: checked from the first second
 
     def param(self, name: str):
         return self.get_parameter(name).value
 
+    def _validate_parameters(self, parameters) -> SetParametersResult:
+        for parameter in parameters:
+            if parameter.name in PARAMETERS:
+                problem = parameter_problem(parameter.name, parameter.value)
+                if problem:
+                    self._rejection = f"= {parameter.value!r}: {problem}"
+                    return SetParametersResult(successful=False, reason=self._rejection)
+        return SetParametersResult(successful=True)
+
+    def _check_namesakes(self) -> None:
+        """Two nodes with one name both publish and would share one diagnostics name: warn, and
+        make this node's diagnostics name unique (host and pid)."""
+        me = (self.get_name(), self.get_namespace())
+        count = sum(1 for entry in self.get_node_names_and_namespaces() if tuple(entry) == me)
+        if count > 1 and count != self._namesakes:
+            self._diagnostics_name = (f"{self.get_name()} (pid {os.getpid()} on {socket.gethostname()}): "
+                                      "DeltaWorld forecast")
+            self.get_logger().warning(
+                f"a node named {self.get_fully_qualified_name()} already exists ({count} in the graph): both publish "
+                f"on the same topics; give each a unique name (--ros-args -r __node:=NAME). "
+                f"Diagnostics of this one: '{self._diagnostics_name}'")
+        self._namesakes = max(count, 1)
+
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from deltaworld_core import Forecaster
+        # rclpy's lifecycle wrapper turns an exception escaping this callback into a bare ERROR
+        # transition with nothing logged: every failure (an uninstalled deltaworld_core, a bad
+        # config or weights file, a publisher that cannot be created) is logged here with its cause.
+        try:
+            self._configure()
+        except Exception as err:  # noqa: BLE001 - any cause fails the transition, never the process
+            self.get_logger().error(f"configure failed: {type(err).__name__}: {err}\n{traceback.format_exc().rstrip()}")
+            for pub in (self._futures_pub, self._debug_pub):
+                if pub is not None:
+                    self.destroy_lifecycle_publisher(pub)
+            self._futures_pub = self._debug_pub = None
+            self.forecaster, self.device = None, "unconfigured"
+            return TransitionCallbackReturn.FAILURE
+        return super().on_configure(state)
+
+    def _configure(self) -> None:
+        from deltaworld_core import Forecaster  # here, not at the top: its failure is a configure failure
 
         overrides = {}
         for name, key in (("k", "forecast.k"), ("horizon", "forecast.horizon"), ("step_s", "forecast.step_s"),
@@ -129,16 +244,14 @@ class ForecastNode(LifecycleNode):
             size = [int(v) for v in self.param(name)]
             if any(size):
                 overrides[key] = size
-        try:
-            self.device = resolve_device(self.param("device"))
-            started = time.perf_counter()
-            self.forecaster = Forecaster.from_config(
-                self.param("model_config"), device=self.device, overrides=overrides, weights=self.param("weights") or None)
-        except Exception as err:  # a bad config or weights file must fail the transition, not crash
-            self.get_logger().error(f"configure failed: {type(err).__name__}: {err}")
-            self.forecaster = None
-            return TransitionCallbackReturn.FAILURE
-        fc = self.forecaster
+        self.device = resolve_device(self.param("device"))
+        started = time.perf_counter()
+        self.forecaster = fc = Forecaster.from_config(
+            self.param("model_config"), device=self.device, overrides=overrides, weights=self.param("weights") or None)
+        # max_gap_s is a gap in the camera stream (checked on receipt, _stream_gap), not between the
+        # frames the model happens to process: a model step slower than max_gap_s must not reset
+        # the context on every frame. The forecaster's own check therefore never fires here.
+        self._max_gap_s, fc.max_gap_s = fc.max_gap_s, math.inf
         self.get_logger().info(
             f"model '{self.param('model_config')}' on {self.device} in {time.perf_counter() - started:.1f} s: "
             f"K={fc.k}, horizon={fc.horizon} x {fc.step_s} s, output {fc.output_size}, {len(fc.class_names)} classes")
@@ -148,18 +261,30 @@ class ForecastNode(LifecycleNode):
         self._futures_pub = self.create_lifecycle_publisher(Futures, self.param("futures_topic"), futures_qos)
         if self.param("publish_debug_image"):
             self._debug_pub = self.create_lifecycle_publisher(Image, self.param("debug_image_topic"), futures_qos)
-        return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         topic, msg_type = self.param("image_topic"), Image
         if self.param("use_compressed"):
             topic, msg_type = topic.rstrip("/") + "/compressed", CompressedImage
         self.forecaster.reset()
+        self._last_stream_stamp = None
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="forecast_worker", daemon=True)
         self._worker.start()
-        self._subscription = self.create_subscription(msg_type, topic, self._on_image, qos_profile_sensor_data)
-        self.get_logger().info(f"forecasting {topic} ({msg_type.__name__}) -> {self.param('futures_topic')}")
+        reliability = self.param("input_reliability")
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.param("input_depth"),
+                         reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                         else ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+        events = dict(incompatible_qos=self._on_incompatible_qos, message_lost=self._on_message_lost)
+        try:
+            self._subscription = self.create_subscription(msg_type, topic, self._on_image, qos,
+                                                          event_callbacks=SubscriptionEventCallbacks(**events))
+        except UnsupportedEventTypeError:  # an RMW without lost-message events
+            events.pop("message_lost")
+            self._subscription = self.create_subscription(msg_type, topic, self._on_image, qos,
+                                                          event_callbacks=SubscriptionEventCallbacks(**events))
+        self.get_logger().info(f"forecasting {topic} ({msg_type.__name__}, {reliability}, depth "
+                               f"{self.param('input_depth')}) -> {self.param('futures_topic')}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -193,11 +318,24 @@ class ForecastNode(LifecycleNode):
         self._worker, self._mailbox = None, None
 
     # ------------------------------------------------------------------ input
+    def _on_incompatible_qos(self, info) -> None:
+        self._log_limited("incompatible_qos", f"a camera publisher's QoS is incompatible with input_reliability "
+                                              f"'{self.param('input_reliability')}' (policy {info.last_policy_kind}): "
+                                              "its images never arrive; use best_effort or make the publisher reliable")
+
+    def _on_message_lost(self, info) -> None:
+        self._counts["lost"] += info.total_count_change
+        self._log_limited("lost", f"DDS lost {info.total_count_change} camera message(s) before delivery "
+                                  "(large images over best-effort QoS: see input_reliability)")
+
     def _on_image(self, msg: Image | CompressedImage) -> None:
         received = time.monotonic()
         self._counts["received"] += 1
         self._received_at.append(received)
         try:
+            # The header first (cheap): a 1 MB frame_id or a stamp whose targets pass 2038 is
+            # rejected before any pixel is converted or anything is copied.
+            check_header(msg.header, self._horizon_s())
             rgb = msg_to_rgb(msg)
         except ImageConversionError as err:
             self._counts["malformed"] += 1
@@ -207,12 +345,27 @@ class ForecastNode(LifecycleNode):
         if stamp == 0.0:  # an unstamped camera; the forecaster needs increasing times
             self._log_limited("unstamped", "image header stamp is zero: using the node clock instead")
             stamp = self.get_clock().now().nanoseconds * 1e-9
-        frame = Frame(rgb=rgb, header=msg.header, stamp=stamp, received=received)
+        frame = Frame(rgb=rgb, header=msg.header, stamp=stamp, received=received, gap=self._stream_gap(stamp))
         with self._lock:
             if self._mailbox is not None:
                 self._counts["dropped"] += 1  # never processed: a newer frame replaces it
+                frame.gap = frame.gap or self._mailbox.gap
+            else:
+                self._waiting_since = received
             self._mailbox = frame
         self._wake.set()
+
+    def _stream_gap(self, stamp: float) -> str | None:
+        """Why the context must restart at this camera frame: a gap over max_gap_s since the
+        previous frame *received* (frames dropped because the model is busy are no gap)."""
+        last, self._last_stream_stamp = self._last_stream_stamp, stamp
+        if last is not None and stamp - last > self._max_gap_s:
+            return f"camera stream gap {stamp - last:.3f} s exceeds max_gap_s {self._max_gap_s}"
+        return None
+
+    def _horizon_s(self) -> float:
+        fc = self.forecaster
+        return fc.horizon * fc.step_s if fc is not None else 0.0
 
     def _log_limited(self, cause: str, text: str) -> None:
         now = time.monotonic()
@@ -231,12 +384,23 @@ class ForecastNode(LifecycleNode):
                 continue
             with self._lock:
                 frame, self._mailbox = self._mailbox, None
+                self._waiting_since = None
                 self._wake.clear()
             if frame is not None and not self._stop.is_set():
-                self._process(frame)
+                self._step_started = time.monotonic()
+                try:
+                    self._process(frame)
+                except Exception as err:  # noqa: BLE001 - the worker must outlive any one frame
+                    self._counts["model_errors"] += 1
+                    self._log_limited("worker_error", f"processing a frame failed: {type(err).__name__}: {err}")
+                finally:
+                    self._step_started = None
 
     def _process(self, frame: Frame) -> None:
         fc = self.forecaster
+        if frame.gap is not None:
+            fc.reset(frame.gap)
+            self._log_limited("reset", f"context reset: {frame.gap}")
         try:
             forecast = fc.step(frame.rgb, frame.stamp)
         except ValueError as err:
@@ -252,7 +416,16 @@ class ForecastNode(LifecycleNode):
             self._log_limited("reset", f"context reset: {fc.last_reset_reason}")
         if forecast is None:
             return
-        self._futures_pub.publish(forecast_to_msg(forecast, frame.header))
+        s = forecast.summary
+        if not all(np.isfinite(a).all() for a in (forecast.depth, s.depth_mean, s.depth_std, s.agreement)):
+            # Planners read depth as metres: a NaN/inf map is withheld, never published.
+            self._counts["nonfinite"] += 1
+            self._last_nonfinite = time.monotonic()
+            self._log_limited("nonfinite", "forecast has non-finite depth (broken or overflowing weights?): "
+                                           "not published")
+            return
+        if not self._publish(self._futures_pub, forecast_to_msg(forecast, frame.header)):
+            return
         done = time.monotonic()
         self._counts["published"] += 1
         self._published_at.append(done)
@@ -261,7 +434,19 @@ class ForecastNode(LifecycleNode):
         if self._debug_pub is not None:
             from deltaworld_core.viz import forecast_grid
 
-            self._debug_pub.publish(array_to_image_msg(forecast_grid(frame.rgb, forecast), "rgb8", frame.header))
+            self._publish(self._debug_pub, array_to_image_msg(forecast_grid(frame.rgb, forecast), "rgb8", frame.header))
+
+    def _publish(self, publisher, msg) -> bool:
+        """Publishes; False, quietly, when rclpy has shut down meanwhile: Ctrl-C runs rclpy's
+        signal handler, which invalidates the context while a model step may still be running."""
+        try:
+            publisher.publish(msg)
+            return True
+        except Exception:
+            if self.context.ok():
+                raise
+            self._stop.set()
+            return False
 
     # ------------------------------------------------------------------ diagnostics
     @staticmethod
@@ -289,9 +474,22 @@ class ForecastNode(LifecycleNode):
             "model_errors": str(self._counts["model_errors"]),
             "forecasts_published": str(self._counts["published"]),
             "resets": str(self.forecaster.resets if self.forecaster is not None else 0),
+            "forecasts_nonfinite": str(self._counts["nonfinite"]),
+            "frames_lost_by_dds": str(self._counts["lost"]),
+            "nodes_with_this_name": str(self._namesakes),
         }
+        step_started, waiting_since = self._step_started, self._waiting_since
+        waited = max(now - step_started if step_started is not None else 0.0,
+                     now - waiting_since if waiting_since is not None else 0.0)
+        values["seconds_waiting_for_model"] = f"{waited:.1f}"
+        worker_dead = state == "active" and (self._worker is None or not self._worker.is_alive())
         stalled = state == "active" and self._received_at and now - self._received_at[-1] > 5.0
-        if self._counts["model_errors"]:
+        recent_nonfinite = self._last_nonfinite is not None and now - self._last_nonfinite < 10.0
+        if worker_dead or (state == "active" and waited > self.param("stall_timeout_s")):
+            level, message = DiagnosticStatus.ERROR, f"forecasting stalled: frames waiting {waited:.1f} s for the model"
+        elif recent_nonfinite:
+            level, message = DiagnosticStatus.ERROR, "non-finite depth: forecasts withheld"
+        elif self._counts["model_errors"]:
             level, message = DiagnosticStatus.ERROR, "forecaster errors"
         elif state != "active":
             level, message = DiagnosticStatus.WARN, f"node is {state}"
@@ -299,8 +497,10 @@ class ForecastNode(LifecycleNode):
             level, message = DiagnosticStatus.WARN, "no camera images"
         else:
             level, message = DiagnosticStatus.OK, "forecasting"
+        if self._namesakes > 1 and level == DiagnosticStatus.OK:
+            level, message = DiagnosticStatus.WARN, f"forecasting, but {self._namesakes} nodes share this name"
         status = DiagnosticStatus(
-            level=level, name=f"{self.get_name()}: DeltaWorld forecast", message=message,
+            level=level, name=self._diagnostics_name, message=message,
             hardware_id=self.device, values=[KeyValue(key=k, value=v) for k, v in values.items()])
         self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                                       status=[status]))
@@ -313,11 +513,16 @@ class ForecastNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
-    node = ForecastNode()
+    try:
+        node = ForecastNode()
+    except ParameterError as err:  # one line a user can act on, not a traceback
+        rclpy.logging.get_logger("forecast_node").fatal(str(err))
+        rclpy.try_shutdown()
+        return 2
     try:
         if node.param("autostart"):
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().fatal("autostart: configure failed")
+                node.get_logger().fatal("autostart: configure failed (the cause is logged above)")
                 return 1
             node.trigger_activate()
         rclpy.spin(node)
