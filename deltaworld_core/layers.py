@@ -47,12 +47,19 @@ def rope_2d(grid: tuple[int, int], head_dim: int, base: float, device=None) -> t
 
 def rope_time(times: torch.Tensor, rotated_dim: int, min_hz: float, max_hz: float) -> tuple[torch.Tensor, torch.Tensor]:
     """1-D RoPE over real timestamps in seconds at rotated_dim/2 frequencies log-spaced from
-    ``max_hz`` down to ``min_hz``. ``times`` [..., T] (float64 recommended for long streams) ->
-    cos, sin [..., T, rotated_dim] float32. Angles are formed in the input's precision so that
-    large absolute times keep the fine frequencies."""
+    ``max_hz`` down to ``min_hz``, angle ``2*pi * t * f``. ``times`` [..., T] (float64 recommended
+    for long streams) -> cos, sin [..., T, rotated_dim] float32 (rotate-half layout: dim i pairs
+    with dim i + rotated_dim/2).
+
+    The frequencies are built in float32 exactly as the released predictor builds them
+    (``1 / 10 ** linspace(-log10(max_hz), -log10(min_hz), half)``; the release: linspace(-2, 2));
+    the angles are formed in the input's precision so that large absolute times keep the fine
+    frequencies."""
     half = rotated_dim // 2
-    hz = torch.logspace(math.log10(max_hz), math.log10(min_hz), half, device=times.device, dtype=times.dtype)
-    angles = 2 * math.pi * times[..., None] * hz
+    exponents = torch.linspace(-math.log10(max_hz), -math.log10(min_hz), half, device=times.device,
+                               dtype=torch.float32)
+    hz = 1.0 / (10.0 ** exponents)  # float32, as the release
+    angles = 2 * math.pi * times[..., None] * hz.to(times.dtype)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().float(), angles.sin().float()
 

@@ -6,12 +6,25 @@ safe). This module maps their parameter names and shapes onto :class:`~deltaworl
 strictly: every key is accounted for, every shape checked, and a mismatch raises
 :class:`~deltaworld_core.checkpoint.CheckpointError` naming the keys *as the release spells them*.
 
-What the release's names are, and where that is established (public repository amazon-far/deltatok)
-----------------------------------------------------------------------------------------------------
-Container prefixes. The release's own loader (``training/base.py``, ``load_sd``) canonicalises keys by
-removing ``network.`` (the Lightning wrapper) and ``_orig_mod.`` (``torch.compile``) wherever they
-occur; frozen parameters (the DINOv3 ``backbone.*``, and the tokenizer inside DeltaWorld) may be
-absent. We do the same and drop ``backbone.*`` / ``rope_embeddings.*`` (a recomputed buffer).
+What was verified, and how
+---------------------------
+The loaders below were compared with the release's public model code (amazon-far/deltatok at its
+HEAD, every parameter random, paper sizes, fp32, eval): all three parts load strictly, and our
+modules agree with the release's (DeltaTok to 1e-6, the heads to 1e-5, the predictor to 5e-5 with
+frequencies built in float64, which differ from the release's float32 ones in the last bits; with
+float32 frequencies, as :func:`~deltaworld_core.layers.rope_time` now builds them, that difference
+is gone). Not verified against the real released files: they cannot be downloaded here.
+
+Files. The released ``pytorch_model.bin`` files hold model weights only (a flat state dict; the
+release's README says so). A checkpoint of the release's own training is a Lightning file whose
+``state_dict`` holds the same weights under ``network.`` (and ``_orig_mod.`` inside it when the
+network was compiled with ``torch.compile``). The release's ``training/base.py`` loads both through
+``load_sd``, which compares keys with ``network.`` and ``_orig_mod.`` removed (``_canonicalize``),
+and unwraps head files with ``_extract_head_sd`` (both read there at commits 24a12a6 and 1d7b20c).
+:func:`read_released` does the same: it takes the ``state_dict`` entry if there is one, removes
+those two wrappers, and drops the frozen parts a training checkpoint also carries (the DINOv3
+``backbone.*``, the recomputed ``rope_embeddings.*`` buffer, and inside a DeltaWorld file its
+frozen ``tokenizer.*``).
 
 DeltaTok (``models/deltatok.py``, paper config ``configs/deltatok_vitb_dinov3_vitb_kinetics.yaml``):
 width D = the backbone width (768), blocks are Hugging Face ``DINOv3ViTLayer`` with SwiGLU
@@ -21,8 +34,7 @@ width D = the backbone width (768), blocks are Hugging Face ``DINOv3ViTLayer`` w
     attention.q_proj.{weight [D,D], bias [D]}   attention.k_proj.weight [D,D]   (HF key_bias=False)
     attention.v_proj.{weight,bias}              attention.o_proj.{weight,bias}
     attention.q_norm.weight [D/h]               attention.k_norm.weight [D/h]   (models/qk_norm.py:
-                                                LayerNorm(head_dim, bias=False); some checkpoints call
-                                                them q_norm_prerope / k_norm_prerope)
+                                                LayerNorm(head_dim, bias=False), applied after RoPE)
     attention.attn_gate.{weight [h,D], bias [h]}  (models/gated_attn.py)
     layer_scale1.lambda1 [D]                    layer_scale2.lambda1 [D]
     mlp.{gate_proj,up_proj}.{weight [2048,D], bias [2048]}   mlp.down_proj.{weight [D,2048], bias [D]}
@@ -30,7 +42,9 @@ width D = the backbone width (768), blocks are Hugging Face ``DINOv3ViTLayer`` w
 plus ``z_embed.weight [1,D]``, ``xy_embed.weight [2,D]`` and ``norm.{weight,bias} [D]`` (``use_delta=True``;
 the non-delta ablation's ``decoder_norm`` / ``decoder_head`` are not part of the paper model).
 Mapping onto ours: identity, except our per-head QK LayerNorms carry a bias the release lacks; it is
-filled with zeros, which is exact (LayerNorm without bias == LayerNorm with zero bias).
+filled with zeros, which is exact (LayerNorm without bias == LayerNorm with zero bias). Keys under
+any other name (e.g. ``q_norm_prerope``, which appears in forks but in no commit of the release)
+are refused by name.
 
 DeltaWorld (``models/deltaworld.py``, ``models/predictor.py``, ``models/world.py``): the predictor is the
 submodule ``predictor``; per block ``i`` of ``predictor.blocks`` (width P = 768, MLP 4P, GELU)::
@@ -51,26 +65,30 @@ LayerNorm; ``context_in`` is ``nn.Identity`` because token width == predictor wi
 configuration where they differ is refused, since the release has no context projection), and the key
 projection has a bias (``kv_proj.bias[:P]``). Renames: ``predictor.*`` -> ours without the prefix,
 ``kv_proj`` -> ``k_proj`` / ``v_proj`` (weight and bias halves), ``out_proj`` -> ``o_proj``,
-``q_embed.weight`` -> ``query``. RoPE is not a parameter, so the key mapping cannot check it; the
-convention is taken from the release's config: ``head_dim - 4`` dims rotated (``rope_axis_sizes=(60,)``,
-``rope_unrotated_size=4``) at ``10 ** -linspace(-2, 2, 30)`` cycles per second, i.e. 100 Hz .. 0.01 Hz
-(``world.rope_unrotated``, ``world.rope_min_hz``, ``world.rope_max_hz``), with angles ``2*pi*f*t``. The
-``2*pi`` factor is our reading of "cycles per second" and has not been verified against real released
-files. A warning is logged when the configured RoPE differs from the release's.
+``q_embed.weight`` -> ``query``. RoPE is not a parameter, so the key mapping cannot check it; it is
+the release's predictor code's: the first ``head_dim - 4`` dims of each head rotated
+(``rope_axis_sizes=(60,)``, ``rope_unrotated_size=4``) in rotate-half pairs (dim i with dim i + 30),
+``inv_freq = 1 / 10 ** linspace(-2, 2, 30)`` built in float32, i.e. 100 .. 0.01 cycles per second
+(``world.rope_unrotated``, ``world.rope_min_hz``, ``world.rope_max_hz``), angles ``2*pi * t * inv_freq``
+with ``t`` in seconds (the comparison above confirms the ``2*pi``). We form the angles in the
+times' precision (float64 for streams), which matches the release's float32 angles to float32
+rounding. A warning is logged when the configured RoPE differs from the release's.
 
 Task heads (``models/task_heads.py``): ``SegHead``/``DepthHead`` are ``bn`` (BatchNorm2d over D:
 weight, bias, running_mean, running_var, num_batches_tracked) and ``head`` (Conv2d 1x1: weight
 [C,D,1,1], bias [C]); C = 124 (VSPW), 19 (Cityscapes), 256 depth bins (KITTI, 1e-3..80 m). Our
-``conv`` is their ``head``. The release's head loader tolerates nested containers and extra keys
-(``_extract_head_sd``, ``allow_unmapped=True``); we unwrap containers but report extra keys unless
-``extra_ok=True``. (Behaviour note: the release's depth head turns logits into weights with
+``conv`` is their ``head``. The release loads head files with ``allow_unmapped=True`` (extra keys
+ignored); we unwrap containers as it does but report extra keys unless ``extra_ok=True``. (Behaviour note: the release's depth head turns logits into weights with
 ``relu(logits) + 0.1`` normalised to sum 1, not a softmax; our ``DepthHead`` does the same.)
 
 CLI::
 
     python -m deltaworld_core.released convert --deltatok PATH --deltaworld PATH \\
-        --seg-head PATH --depth-head PATH --out DIR [--config paper]
-    python -m deltaworld_core.released check --part deltatok PATH [--config paper]
+        --seg-head PATH --depth-head PATH --out DIR [--config paper] [key.path=value ...]
+    python -m deltaworld_core.released check --part deltatok PATH [--config paper] [key.path=value ...]
+
+(``--set KEY=VALUE`` is the older spelling of an override and still works.) Bad input is one line
+on stderr and exit status 2; ``check`` exits 1 when the file does not match.
 
 ``convert`` writes our ``tokenizer.safetensors`` / ``world.safetensors`` / ``heads.safetensors``
 for ``Forecaster.from_config(config, weights=DIR)``; the heads file records its class names in its
@@ -89,6 +107,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .cli import add_overrides_argument, parse_overrides, run_cli
 from .checkpoint import CheckpointError, load_state_strict, mismatch_report, read_state, save_state
 from .config import ModelConfig, load_config
 
@@ -98,12 +117,8 @@ log = logging.getLogger(__name__)
 _WRAPPERS = ("_orig_mod.", "network.")
 # Frozen or recomputed parts that the release may store and we never load from these files.
 _DROPPED_PREFIXES = ("backbone.", "rope_embeddings.")
-_QK_ALIASES = (
-    (".attention.q_norm_prerope.", ".attention.q_norm."),
-    (".attention.k_norm_prerope.", ".attention.k_norm."),
-)
 _RELEASE_UNROTATED = 4  # predictor rope_unrotated_size in the release
-_RELEASE_ROPE_HZ = (0.01, 100.0)  # 10 ** -linspace(-2, 2, 30) cycles per second
+_RELEASE_ROPE_HZ = (0.01, 100.0)  # inv_freq = 1 / 10 ** linspace(-2, 2, 30) cycles per second
 
 CITYSCAPES_CLASSES = [
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -207,10 +222,7 @@ def deltatok_state(state: State, tokenizer: nn.Module) -> tuple[dict[str, tuple[
     for key, value in state.items():
         if key.startswith(_DROPPED_PREFIXES):
             continue
-        ours = key
-        for old, new in _QK_ALIASES:
-            ours = ours.replace(old, new)
-        mapped[ours] = (value, key)
+        mapped[key] = (value, key)
     for ours in expected:  # bias-free QK LayerNorm in the release == zero bias here (exact)
         if ours.endswith((".attention.q_norm.bias", ".attention.k_norm.bias")) and ours not in mapped:
             weight = ours[: -len("bias")] + "weight"
@@ -418,9 +430,6 @@ def check_released_file(path: str | Path, cfg: ModelConfig, part: str) -> list[s
     state = {k: t for k, t in state.items() if not k.startswith(_DROPPED_PREFIXES)}
     if part == "deltaworld":
         state = {k: t for k, t in state.items() if not k.startswith("tokenizer.")}
-    if part == "deltatok":
-        for old, new in _QK_ALIASES:
-            state = {k.replace(old, new): t for k, t in state.items()}
     num = None
     if part in ("seg_head", "depth_head"):
         mapped, _ = head_state(state)
@@ -477,40 +486,53 @@ def convert(out: str | Path, config: str | Path = "paper", overrides: dict[str, 
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deltaworld_core.released",
-                                     description="Convert or check the authors' released checkpoints.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    conv = sub.add_parser("convert", help="write our tokenizer/world/heads .safetensors")
-    for flag in ("--deltatok", "--deltaworld", "--seg-head", "--depth-head"):
-        conv.add_argument(flag, type=Path)
-    conv.add_argument("--out", type=Path, required=True)
-    check = sub.add_parser("check", help="compare a released file with the names/shapes expected for a config")
-    check.add_argument("path", type=Path)
-    check.add_argument("--part", required=True, choices=("deltatok", "deltaworld", "seg_head", "depth_head"))
+                                     description="Convert or check the authors' released checkpoints "
+                                                 "(Hugging Face Amazon-FAR/deltatok-kinetics, deltaworld-kinetics, "
+                                                 "seg-head-vspw, seg-head-cityscapes, depth-head-kitti).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,check}")
+    conv = sub.add_parser("convert", help="write our tokenizer/world/heads .safetensors",
+                          description="Write our tokenizer/world/heads .safetensors from the released files.")
+    conv.add_argument("--deltatok", type=Path, help="deltatok-kinetics/pytorch_model.bin")
+    conv.add_argument("--deltaworld", type=Path, help="deltaworld-kinetics/pytorch_model.bin (needs --deltatok)")
+    conv.add_argument("--seg-head", type=Path, help="seg-head-cityscapes or seg-head-vspw/pytorch_model.bin "
+                      "(with --depth-head)")
+    conv.add_argument("--depth-head", type=Path, help="depth-head-kitti/pytorch_model.bin (with --seg-head)")
+    conv.add_argument("--out", type=Path, required=True, help="output folder for the .safetensors")
+    check = sub.add_parser("check", help="compare a released file with the names/shapes expected for a config",
+                           description="List every missing, unexpected or mis-shaped parameter of a released "
+                                       "file against a config; exit 0 when it matches, 1 when not.")
+    check.add_argument("path", type=Path, help="the released pytorch_model.bin (or any state dict file)")
+    check.add_argument("--part", required=True, choices=("deltatok", "deltaworld", "seg_head", "depth_head"),
+                       help="which release file it is")
     for p in (conv, check):
-        p.add_argument("--config", default="paper")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from .config import parse_override
+        p.add_argument("--config", default="paper", help="config name or YAML path (default: paper)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override (alias of the positional key.path=value form)")
+        add_overrides_argument(p)
+    return parser
 
-    overrides = dict(parse_override(s) for s in args.set)
-    try:
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    def body(args: argparse.Namespace) -> int:
+        overrides = parse_overrides([*args.set, *args.overrides])
         if args.command == "check":
             problems = check_released_file(args.path, load_config(args.config, overrides), args.part)
             print("\n".join(problems) if problems else f"{args.path}: matches the released {args.part} layout")
             return 1 if problems else 0
         written = convert(args.out, args.config, overrides, args.deltatok, args.deltaworld, args.seg_head,
                           args.depth_head)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for part, path in written.items():
-        print(f"{part}: {path}")
-    if "heads" in written:
-        print("heads.class_names of the config must be the names recorded in heads.safetensors' metadata")
-    return 0
+        for part, path in written.items():
+            print(f"{part}: {path}")
+        if "heads" in written:
+            print("heads.class_names of the config must be the names recorded in heads.safetensors' metadata")
+        return 0
+
+    return run_cli(parser, body, argv)
 
 
 if __name__ == "__main__":

@@ -155,15 +155,39 @@ def test_deltatok_loads_strictly_from_a_released_bin(cfg, tmp_path):
     assert check_released_file(path, cfg, "deltatok") == []
 
 
-def test_deltatok_accepts_prerope_alias_and_compile_prefix():
+def test_deltatok_accepts_the_compile_prefix_and_refuses_names_the_release_never_had():
     small = paper_cfg(enc=1, dec=1)
     state = random_state(deltatok_shapes(1, 1), seed=1)
-    renamed = {"_orig_mod." + k.replace(".q_norm.", ".q_norm_prerope.").replace(".k_norm.", ".k_norm_prerope."): v
-               for k, v in state.items()}
     tokenizer = DeltaTok.from_config(small.tokenizer, feature_dim=small.vfm.embed_dim)
-    load_released_deltatok(tokenizer, renamed)
+    load_released_deltatok(tokenizer, {"network._orig_mod." + k: v for k, v in state.items()})
     assert torch.equal(tokenizer.decoder_blocks[0].attention.k_norm.weight,
                        state["decoder_blocks.0.attention.k_norm.weight"])
+    prerope = {k.replace(".q_norm.", ".q_norm_prerope."): v for k, v in state.items()}  # forks' name
+    with pytest.raises(CheckpointError, match=r"q_norm_prerope"):
+        load_released_deltatok(tokenizer, prerope)
+
+
+def test_time_rope_is_the_release_convention():
+    """Frequencies 1 / 10 ** linspace(-2, 2, 30) in float32, angle 2*pi*t*f, rotate-half pairs over
+    the first 60 of 64 dims: identical to that formula written out here in float32."""
+    from deltaworld_core.layers import apply_rope, rope_time
+
+    t = torch.tensor([[0.0, 0.04, 0.5, 3.7]])
+    cos, sin = rope_time(t, 60, 0.01, 100.0)
+    inv_freq = 1.0 / (10.0 ** torch.linspace(-2, 2, 30, dtype=torch.float32))
+    angle = (2 * torch.pi) * t[..., None] * inv_freq  # [1, T, 30]
+    assert torch.equal(cos, torch.cat((angle.cos(), angle.cos()), -1))
+    assert torch.equal(sin, torch.cat((angle.sin(), angle.sin()), -1))
+    x = torch.randn(1, 2, 4, 64)
+    rotated = apply_rope(x, cos[:, None], sin[:, None])
+    even, odd = x[..., :30], x[..., 30:60]
+    c, s = angle.cos()[:, None], angle.sin()[:, None]
+    expected = torch.cat((even * c - odd * s, even * s + odd * c, x[..., 60:]), -1)
+    torch.testing.assert_close(rotated, expected, rtol=0, atol=1e-6)
+    # float64 stream times: the same frequencies, angles without the float32 rounding (an angle of
+    # ~1,700 rad at 3.7 s and 72 Hz has a float32 step of 1.2e-4)
+    cos64, _ = rope_time(t.double(), 60, 0.01, 100.0)
+    torch.testing.assert_close(cos64, cos, rtol=0, atol=2e-4)
 
 
 @pytest.mark.parametrize("change, named", [
