@@ -5,6 +5,7 @@ publishes frames of a real clip and checks every Futures message it gets back.""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -61,14 +62,14 @@ def write_model_config(path: Path, overrides: dict) -> Path:
 class NodeProcess:
     """``python -m deltaworld_ros.forecast_node`` in its own process, with a params file."""
 
-    def __init__(self, tmp_path: Path, env: dict, **params):
+    def __init__(self, tmp_path: Path, env: dict, cwd: Path = REPO, **params):
         params_file = tmp_path / "params.yaml"
         params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
         self.log_path = tmp_path / "node.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "--params-file", str(params_file)],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -297,9 +298,12 @@ def test_burst_into_a_slower_model_keeps_latency_bounded(tmp_path, ros_env, harn
         values = diagnostic_values(harness)
         report = f"{len(received)} forecasts, step {step * 1e3:.0f} ms, latencies {np.round(latencies, 3)}, {values}"
         assert step > 2 / 30, "the model is not slower than the camera; the test proves nothing: " + report
-        assert len(received) < count / 2, report
-        assert int(values["frames_dropped"]) >= count / 2, report
-        assert int(values["frames_dropped"]) + int(values["frames_processed"]) == count, report
+        # Best-effort DDS may lose frames on a loaded machine: the node's own count is the reference.
+        frames_in = int(values["frames_received"])
+        assert 0.5 * count <= frames_in <= count, report
+        assert len(received) < frames_in / 2, report
+        assert int(values["frames_dropped"]) >= frames_in / 2, report
+        assert int(values["frames_dropped"]) + int(values["frames_processed"]) == frames_in, report
         # A frame waits at most for the step in progress, then takes one step: ~2 steps.
         assert max(latencies) < 2.5 * max(intervals.max(), step) + 0.3, report
         half = len(latencies) // 2
@@ -309,3 +313,90 @@ def test_burst_into_a_slower_model_keeps_latency_bounded(tmp_path, ros_env, harn
         assert received[-1][0] - burst_end < 2.5 * intervals.max() + 0.3, report
     finally:
         assert node.stop() == 0, node.log()
+
+
+def test_a_model_step_slower_than_max_gap_s_keeps_forecasting(tmp_path, ros_env, harness, clip):
+    """max_gap_s is a gap in the camera stream: a model whose steps take longer than max_gap_s
+    (frames dropped in between) keeps its context; a real pause of the camera still resets it."""
+    config = write_model_config(tmp_path / "slow.yaml", SLOW)
+    max_gap_s = 0.1  # 3 camera periods at 30 Hz; the slow model takes several times longer per step
+    node = NodeProcess(tmp_path, ros_env, model_config=str(config), output_size=[56, 56], max_gap_s=max_gap_s,
+                       diagnostics_period_s=0.5)
+    try:
+        harness.wait_until_connected(node)
+        start = time.time()
+
+        def stream(first: int, count: int, t0: float) -> int:
+            for i in range(count):
+                stamp = t0 + i / 30
+                harness.send(clip[(first + i) % len(clip)], stamp)
+                time.sleep(max(0.0, stamp + 1 / 30 - time.time()))
+            return time_to_ns(seconds_to_time(t0 + (count - 1) / 30))
+
+        last = stream(0, 90, start)  # 3 s
+        harness.wait_for(lambda: harness.count() and time_to_ns(harness.futures[-1][1].header.stamp) == last,
+                         20, "the forecast of the last frame before the pause", node)
+        before = [m for _, m in harness.futures]
+        step = float(np.median(np.diff([t for t, _ in harness.futures]))) if len(before) > 1 else float("nan")
+        report = f"{len(before)} forecasts, step {step * 1e3:.0f} ms\n{node.log()}"
+        assert step > max_gap_s, "the model is not slower than max_gap_s; the test proves nothing: " + report
+        # Before the fix every processed frame reset the context (context 4 frames): no forecasts.
+        assert len(before) >= 3, report
+        time.sleep(0.5)  # the camera pauses: a gap of 0.5 s > max_gap_s in the stream itself
+        last = stream(90, 60, time.time())
+        harness.wait_for(lambda: time_to_ns(harness.futures[-1][1].header.stamp) == last,
+                         20, "the forecast of the last frame after the pause", node)
+        time.sleep(1.0)
+        values = diagnostic_values(harness)
+        assert int(values["resets"]) == 1, f"{values}\n{node.log()}"
+        assert "camera stream gap" in node.log()
+        assert harness.count() > len(before)
+    finally:
+        assert node.stop() == 0, node.log()
+
+
+def test_ctrl_c_while_images_flow_shuts_down_quietly(tmp_path, ros_env, harness, clip):
+    """SIGINT (Ctrl-C, or launch stopping the node) while the worker is inside a model step: rclpy's
+    signal handler invalidates the context before the step publishes; no traceback, exit 0."""
+    config = write_model_config(tmp_path / "slow.yaml", SLOW)
+    node = NodeProcess(tmp_path, ros_env, model_config=str(config), output_size=[56, 56])
+    try:
+        harness.wait_until_connected(node)
+        start, i = time.time(), 0
+        while harness.count() < 3:  # forecasting: from now on the worker is (almost) always in a step
+            harness.send(clip[i % len(clip)], start + i / 30)
+            i += 1
+            time.sleep(1 / 30)
+            assert i < 30 * 60 and node.alive(), node.log()
+        for _ in range(5):  # a few more frames, then Ctrl-C while they are being worked on
+            harness.send(clip[i % len(clip)], start + i / 30)
+            i += 1
+            time.sleep(1 / 30)
+        node.proc.send_signal(signal.SIGINT)
+        assert node.proc.wait(timeout=30) == 0, node.log()
+    finally:
+        node.stop()
+    log = node.log()
+    for noise in ("Traceback", "Exception in thread", "RCLError", "context is invalid", "frame failed"):
+        assert noise not in log, log
+
+
+def test_configure_failure_logs_its_cause_and_traceback(tmp_path, ros_env):
+    """Any exception in configure, even importing deltaworld_core (as when the installed executable
+    could not find it), is logged with its cause and traceback; rclpy's lifecycle wrapper would
+    otherwise swallow it and leave only 'configure failed'."""
+    broken = tmp_path / "broken"
+    (broken / "deltaworld_core").mkdir(parents=True)
+    (broken / "deltaworld_core" / "__init__.py").write_text('raise ImportError("this deltaworld_core is broken")\n')
+    run_dir = tmp_path / "elsewhere"
+    run_dir.mkdir()
+    env = dict(ros_env, PYTHONPATH=os.pathsep.join([str(broken), str(REPO)]))  # the broken core comes first
+    node = NodeProcess(tmp_path, env, cwd=run_dir)
+    try:
+        assert node.proc.wait(timeout=120) == 1, node.log()
+    finally:
+        node.stop()
+    log = node.log()
+    assert "configure failed: ImportError: this deltaworld_core is broken" in log, log
+    assert "Traceback (most recent call last)" in log and str(broken / "deltaworld_core" / "__init__.py") in log, log
+    assert "autostart: configure failed" in log
