@@ -320,10 +320,11 @@ def test_real_video_windows_respect_the_held_out_segment(tiny, tmp_path):
     cfg = tiny(tmp_path, **{"data.videos.paths": ["carphone_pristine"], "data.videos.window": 20,
                             "data.videos.segment": [0.0, 0.5], "data.videos.crops": 2, "data.synthetic.seeds": [0, 0]})
     cache = FeatureCache(tmp_path / "cache", build_vfm(cfg.model_config.vfm), cfg.model_config.vfm)
-    videos, synthetic = build_windows(cfg, cache, labels=False)
+    mc = cfg.model_config
+    videos, synthetic = build_windows(cfg.data, mc.vfm.image_size, mc.forecast.output_size, cache, labels=False)
     starts = sorted({int(w.name.split("@")[1].split("/")[0]) for w in videos})
     assert not synthetic and len(videos) == 2 * len(starts) and starts[0] == 0
     assert starts[-1] + 20 <= n // 2  # nothing from the held-out second half
     assert videos[0].features.shape == (20, 16, 32) and videos[0].fps == pytest.approx(fps)
     assert not torch.equal(videos[0].features, videos[1].features)  # two crop variants of one window
-    assert build_windows(cfg, cache, labels=True) == ([], [])  # heads: labelled (synthetic) data only
+    assert build_windows(cfg.data, mc.vfm.image_size, mc.forecast.output_size, cache, labels=True) == ([], [])  # heads: labelled (synthetic) data only

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -9,7 +10,7 @@ import cv2
 import numpy as np
 import torch
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".pgm", ".ppm")
 
 
 def sample_video_paths() -> dict[str, Path]:
@@ -29,10 +30,17 @@ def sample_video_paths() -> dict[str, Path]:
     return out
 
 
+class TruncatedVideoWarning(UserWarning):
+    """A video file ended before the frame count its container declares (truncated or corrupt)."""
+
+
 class VideoReader:
     """A video file (mp4/avi/...) decoded with OpenCV.
 
-    Iterating yields ``(rgb uint8 [H, W, 3], stamp seconds)``; stamps are ``index / fps``.
+    Iterating yields ``(rgb uint8 [H, W, 3], stamp seconds)``; stamps are ``index / fps``. After
+    a full pass, ``frames_read`` is how many frames decoded and ``claimed_frames`` how many the
+    container declares (None if it does not say); fewer read than claimed warns with
+    :class:`TruncatedVideoWarning`.
     """
 
     def __init__(self, path: str | Path):
@@ -49,7 +57,8 @@ class VideoReader:
             raise ValueError(f"cannot decode video (corrupt or unsupported): {self.path}")
         if not self.fps > 0:
             raise ValueError(f"video has no valid frame rate: {self.path}")
-        self._count = count if count > 0 else None
+        self._count = self.claimed_frames = count if count > 0 else None
+        self.frames_read: int | None = None
 
     @property
     def num_frames(self) -> int:
@@ -71,6 +80,12 @@ class VideoReader:
                     break
                 yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), i / self.fps
                 i += 1
+            # Only a pass that reached the end gets here (a consumer that stops early does not).
+            self.frames_read = i
+            if self.claimed_frames is not None and i < self.claimed_frames:
+                self._count = i  # what is really there, for num_frames from now on
+                warnings.warn(f"{self.path}: truncated or corrupt video: read {i} of the {self.claimed_frames} "
+                              "frames its container claims", TruncatedVideoWarning, stacklevel=2)
         finally:
             cap.release()
 

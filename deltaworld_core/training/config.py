@@ -1,0 +1,147 @@
+"""Training configuration: the YAML of ``python -m deltaworld_core.train`` validated into
+:class:`TrainConfig` (``data:`` is :class:`~deltaworld_core.data.windows.DataConfig`).
+
+A train YAML may ``extends: OTHER.yaml`` (relative to itself): the other file is loaded first and
+this file's keys merged on top, so the stages of one recipe share one data section. Every key can
+be overridden on the command line with dotted ``key.path=value`` pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, ModelConfig, apply_overrides, from_dict, parse_override, resolve_config_path
+from ..data.windows import DataConfig
+from ..dense import DenseConfig
+
+STAGES = ("tokenizer", "world", "heads", "dense")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.01  # on Linear/Conv weights only
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100  # linear warm-up, then constant
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class LossConfig:
+    bom_k: int = 64  # world: noise queries per target (paper: 256)
+    bom_beta: float = 0.1  # Smooth-L1 beta for scoring and the loss
+    dense: str = "smooth_l1"  # "smooth_l1" | "mse"
+    dense_beta: float = 1.0
+    depth_weight: float = 0.1  # heads: depth L1 (metres) weight against segmentation CE
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "tokenizer"
+    out: str = "runs/default"  # run folder: checkpoints, metrics, exported <part>.safetensors
+    model_base: str | None = "default"  # named model config or YAML path; ``model`` is merged on top
+    model: dict = field(default_factory=dict)  # ModelConfig keys (vfm/tokenizer/world/heads/forecast)
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    pretrained: str | None = None  # folder with earlier stages' exports; None = ``out``
+    steps: int = 1000
+    batch_size: int = 16  # global, split across ranks
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    amp: str = "none"  # "none" | "bf16" (autocast; GPU)
+    compile: bool = False
+    threads: int = 0  # torch intra-op threads, 0 = torch's default
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    export_dtype: str = "float32"  # "float32" | "float16"
+
+    # filled by load_train_config
+    model_config: ModelConfig = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def validate(self) -> "TrainConfig":
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage: {self.stage!r} is not one of {', '.join(STAGES)}")
+        for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.amp not in ("none", "bf16"):
+            raise ConfigError(f"amp: {self.amp!r} is not one of none, bf16")
+        if self.export_dtype not in ("float32", "float16"):
+            raise ConfigError(f"export_dtype: {self.export_dtype!r} is not one of float32, float16")
+        if self.loss.dense not in ("smooth_l1", "mse"):
+            raise ConfigError(f"loss.dense: {self.loss.dense!r} is not one of smooth_l1, mse")
+        if self.loss.bom_k < 1 or self.loss.bom_beta <= 0:
+            raise ConfigError("loss.bom_k must be >= 1 and loss.bom_beta > 0")
+        if self.optim.lr <= 0 or self.optim.weight_decay < 0 or self.optim.warmup_steps < 0 or self.optim.grad_clip < 0:
+            raise ConfigError("optim: lr must be > 0; weight_decay, warmup_steps, grad_clip >= 0")
+        self.data.validate()
+        self.dense.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("model_config")
+        d["model"] = self.model_config.to_dict()
+        return d
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    """A train YAML; ``extends: OTHER.yaml`` (relative to this file) is loaded first and this
+    file's keys are merged on top, so stages share one data section."""
+    if not path.is_file():
+        raise ConfigError(f"train config not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: circular extends")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"{path}: extends must be a file name")
+        data = _deep_merge(_read_yaml(path.parent / parent, seen + (path.resolve(),)), data)
+    return data
+
+
+def load_train_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """YAML file + dotted overrides (``["optim.lr=1e-3", "model.world.depth=2"]`` or a dict)
+    -> validated :class:`TrainConfig`. Raises :class:`ConfigError` naming the bad key."""
+    data = _read_yaml(Path(path))
+    if isinstance(overrides, dict):
+        pairs = overrides
+    else:
+        pairs = dict(parse_override(o) for o in (overrides or []))
+    data = apply_overrides(data, pairs)
+    if "model_config" in data:
+        raise ConfigError("unknown config key(s): model_config")
+    if not isinstance(data.get("model", {}), dict):
+        raise ConfigError("model: expected a mapping of model config keys (vfm/tokenizer/world/heads/forecast)")
+    cfg = from_dict(TrainConfig, data)
+    base: dict = {}
+    if cfg.model_base:
+        base_path = resolve_config_path(cfg.model_base)
+        base = yaml.safe_load(base_path.read_text()) or {}
+    model = _deep_merge(base, cfg.model or {})
+    model["weights"] = None  # training builds parts from scratch / ``pretrained``
+    model.setdefault("name", Path(str(cfg.model_base or "custom")).stem)
+    cfg.model_config = from_dict(ModelConfig, model, "model.").validate()
+    return cfg.validate()

@@ -1,0 +1,280 @@
+"""The training loop shared by every stage (:mod:`.tokenizer`, :mod:`.world`, :mod:`.heads`,
+:mod:`.dense`): data from :mod:`deltaworld_core.data` through the frozen-VFM feature cache,
+seeded global batches split across ranks, AdamW with warm-up, gradient clipping, optional bf16
+autocast and ``torch.compile``, atomic checkpoints (:mod:`.checkpoints`), SIGINT/SIGTERM saving at
+a step boundary, and the export of ``<out>/<part>.safetensors`` + ``model.yaml``.
+
+``torchrun --nproc_per_node=N -m deltaworld_core.train ...`` runs DistributedDataParallel: rank 0
+fills the feature cache, the others read it; every rank draws the same global batch and keeps
+its slice, so data order does not depend on restarts or on the number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from ..checkpoint import CheckpointError, atomic_write, load_state_strict, read_state, save_state
+from ..config import ConfigError
+from ..data.sampling import Sampler
+from ..data.windows import build_windows
+from ..dense import DenseForesight, save_dense
+from ..features import FeatureCache
+from ..forecaster import WEIGHT_FILES, build_models
+from .checkpoints import Metrics, checkpoint_dir, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .dense import DenseStage
+from .heads import HeadsStage
+from .tokenizer import TokenizerStage
+from .world import WorldStage
+
+log = logging.getLogger("deltaworld_core.train")
+
+
+class StageModel(nn.Module):
+    """Wraps the trained part so one ``forward(batch) -> loss`` runs inside DDP."""
+
+    def __init__(self, stage, net: nn.Module):
+        super().__init__()
+        self.stage, self.net = stage, net
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.stage.loss(self.net, batch)
+
+
+class Batches:
+    """The global batch of step ``s`` (drawn from the sampler's generator for ``s``), sliced to this rank."""
+
+    def __init__(self, stage, sampler: Sampler, batch_size: int, rank: int, world_size: int):
+        self.stage, self.sampler, self.batch_size = stage, sampler, batch_size
+        self.rank, self.local = rank, batch_size // world_size
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        g = self.sampler.generator(step)
+        items = [self.stage.item(g) for _ in range(self.batch_size)]
+        batch = self.stage.finish({k: torch.stack([it[k] for it in items]) for k in items[0]}, g)
+        lo = self.rank * self.local
+        return {k: v[lo:lo + self.local] for k, v in batch.items()}
+
+
+def _param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on Linear/Conv weight matrices only (not biases, norms, LayerScale, embeddings)."""
+    decay = {id(m.weight) for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+    params = [p for p in net.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0}]
+
+
+def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def _load_frozen(cfg: TrainConfig, part: str, module: nn.Module) -> nn.Module:
+    folder = Path(cfg.pretrained or cfg.out)
+    path = folder / WEIGHT_FILES[part]
+    if not path.is_file():
+        raise CheckpointError(f"stage {cfg.stage!r} needs a trained {part}: {path} not found "
+                              f"(run stage {part} first, or set pretrained=FOLDER)")
+    load_state_strict(module, read_state(path), source=str(path))
+    return module.eval().requires_grad_(False)
+
+
+def run(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Trains ``cfg.stage`` and exports ``<out>/<part>.safetensors``; returns the export path.
+    Distributed when launched by torchrun (``WORLD_SIZE`` > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = _device(cfg, local_rank)
+    distributed = world_size > 1
+    if distributed and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world_size} processes")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    mc = cfg.model_config
+    out = Path(cfg.out)
+    main = rank == 0
+
+    # ---- data: VFM features through the cache (rank 0 fills it, the others then read it)
+    from ..vfm import build_vfm, default_cache_dir
+
+    vfm = build_vfm(mc.vfm, device="cpu")
+    cache = FeatureCache(cfg.data.cache_dir or default_cache_dir() / "features", vfm, mc.vfm)
+    grid = tuple(vfm.grid)
+    windows = None
+    for turn in ((0, 1) if distributed else (0,)):
+        if (rank == 0) == (turn == 0):
+            label_size = cfg.data.label_size or mc.forecast.output_size or mc.vfm.image_size
+            windows = build_windows(cfg.data, mc.vfm.image_size, label_size, cache, labels=cfg.stage == "heads")
+        if distributed:
+            dist.barrier()
+    black = cache.black()
+    del vfm
+    videos, synthetic = windows
+    if cfg.stage == "heads" and not synthetic:
+        raise ConfigError("stage heads needs labelled data: set data.synthetic.seeds")
+    sampler = Sampler(cfg.seed, videos, synthetic, cfg.data.synthetic_fraction, cfg.data.step_s)
+    if main:
+        motion = sum(w.name.startswith("motion") for w in videos)
+        log.info("data: %d real-video windows (%d of them camera motion), %d synthetic windows, cache %s "
+                 "(%d hits, %d computed)", len(videos), motion, len(synthetic), cache.root, cache.hits, cache.misses)
+
+    # ---- models (seeded here, so the initial weights depend on the seed only)
+    torch.manual_seed(cfg.seed)
+    tokenizer, world, heads = build_models(mc)
+    t0 = time.perf_counter()
+    if cfg.stage == "tokenizer":
+        net: nn.Module = tokenizer
+        stage = TokenizerStage(cfg, sampler, black, grid)
+    elif cfg.stage == "world":
+        net = world
+        stage = WorldStage(cfg, sampler, black, grid, _load_frozen(cfg, "tokenizer", tokenizer), world, device)
+        if main:
+            log.info("token tables of the frozen tokenizer: %.1f s", time.perf_counter() - t0)
+    elif cfg.stage == "heads":
+        net = heads
+        stage = HeadsStage(cfg, sampler, grid)
+    else:
+        net = DenseForesight(mc.vfm.embed_dim, cfg.dense)
+        stage = DenseStage(cfg, sampler, grid)
+    batches = Batches(stage, sampler, cfg.batch_size, rank, world_size)
+    net = net.to(device).train()
+    stage_model = StageModel(stage, net).to(device)
+    opt = torch.optim.AdamW(_param_groups(net, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    warmup = cfg.optim.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+
+    step = 0
+    if resume and (checkpoint_dir(cfg) / "latest").is_file():
+        step = load_checkpoint(cfg, net, opt, sched)
+        if main:
+            log.info("resumed %s from step %d", cfg.stage, step)
+    elif not resume and (checkpoint_dir(cfg) / "latest").is_file():
+        raise CheckpointError(f"{checkpoint_dir(cfg)} already holds checkpoints: pass --resume to continue, "
+                              f"or choose another out= folder")
+    model: nn.Module = stage_model
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(stage_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    def amp():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
+
+    # ---- signals: the handler only sets a flag; the loop saves and leaves at a step boundary
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+
+    metrics = Metrics(out, cfg.stage, start_step=step) if main else None
+    bar = None
+    if main:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=step, desc=cfg.stage, dynamic_ncols=True, file=sys.stderr)
+        except ImportError:
+            pass
+    interrupted = False
+    try:
+        t_last, steps_since = time.perf_counter(), 0
+        while step < cfg.steps:
+            batch = {k: v.to(device) for k, v in batches(step).items()}
+            with amp():
+                loss = model(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [p for p in net.parameters() if p.grad is not None]
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip) if cfg.optim.grad_clip
+                         else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+            opt.step()
+            sched.step()
+            step += 1
+            steps_since += 1
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+            if main and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.perf_counter()
+                rate = steps_since / max(now - t_last, 1e-9)
+                t_last, steps_since = now, 0
+                metrics.write(step, loss.item(), sched.get_last_lr()[0], float(grad_norm), rate)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{sched.get_last_lr()[0]:.2g}")
+            if bar is not None:
+                bar.update(1)
+            flag = torch.tensor([1.0 if stop["signal"] is not None else 0.0])
+            if distributed:  # every rank stops at the same step
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0:
+                interrupted = True
+            if main and (step % cfg.checkpoint_every == 0 or interrupted):
+                save_checkpoint(cfg, net, opt, sched, step)
+            if interrupted:
+                break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
+
+    part = cfg.stage
+    export = out / f"{part}.safetensors"
+    if interrupted:
+        if main:
+            log.warning("interrupted at step %d: checkpoint saved; continue with --resume", step)
+    elif main:
+        if step % cfg.checkpoint_every:
+            save_checkpoint(cfg, net, opt, sched, step)
+        dtype = torch.float16 if cfg.export_dtype == "float16" else None
+        meta = {"stage": part, "steps": str(step), "config": json.dumps(cfg.to_dict(), default=str)}
+        if part == "dense":
+            save_dense(net.cpu(), export, dtype=dtype)
+        else:
+            save_state(net.state_dict(), export, metadata=meta, dtype=dtype)
+        model_yaml = mc.to_dict()
+        model_yaml["weights"] = "."
+        atomic_write(out / "model.yaml", lambda p: Path(p).write_text(yaml.safe_dump(_plain(model_yaml), sort_keys=False)))
+        atomic_write(out / f"train_{part}.yaml", lambda p: Path(p).write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False)))
+        log.info("exported %s (step %d)", export, step)
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return export
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
