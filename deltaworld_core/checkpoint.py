@@ -7,8 +7,11 @@ for the ``.pth``/``.bin`` formats other projects publish.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -18,6 +21,10 @@ from torch import nn
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or does not match the model; the message says how."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The model file does not exist (also a FileNotFoundError, for callers that catch that)."""
 
 
 def atomic_write(path: str | Path, write) -> Path:
@@ -49,25 +56,90 @@ def save_state(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def read_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Reads safetensors, or a .pth/.bin/.pt with ``weights_only=True``; unwraps a
-    ``{"state_dict": ...}``/``{"model": ...}`` container."""
+_ADVICE = ("weights_only", "torch.load", "trust", "safe_globals", "documentation", "Weights only load failed")
+
+
+def _load_error(err: BaseException) -> str:
+    """What went wrong reading a model file, in one line, without torch's advice to retry with
+    ``weights_only=False`` or to allow-list globals (either would run code from an untrusted file)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours parts of its messages
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in text:
+        called = re.search(r"GLOBAL ([\w.]+)", text)
+        if called:  # the restricted unpickler refused to import a callable
+            return ("refused: it holds pickled Python objects, not only tensors, and loading them would run code "
+                    f"from the file (it calls {called[1]}); re-save it as safetensors")
+        causes = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in text.splitlines()
+                  if line.strip() and not any(word in line for word in _ADVICE)]
+        return f"corrupt or unreadable checkpoint (not a valid tensor pickle: {(causes or ['no detail'])[0][:200]})"
+    if isinstance(err, SafetensorError):
+        return f"not a valid safetensors file, truncated or corrupt ({text.splitlines()[0] if text else 'no detail'})"
+    if isinstance(err, MemoryError):
+        return "declares more data than fits in memory (corrupt or hostile header)"
+    first = next((line.strip() for line in text.splitlines() if line.strip() and not any(w in line for w in _ADVICE)),
+                 "")
+    return f"corrupt or unreadable checkpoint ({type(err).__name__}{': ' + first[:200] if first else ''})"
+
+
+def read_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """The object stored in a model file, never executing code from it: safetensors, or a
+    ``.pth``/``.bin``/``.pt`` through ``torch.load(weights_only=True)``. Every failure is a
+    :class:`CheckpointError` naming the file (``what``: how to call it, e.g. "VFM checkpoint")."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"{what} not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, Exception) as err:
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(err).__name__}: {err})") from err
-    for container in ("state_dict", "model", "module"):
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever a hostile file raises, report it the same way
+        raise CheckpointError(f"{what} {path}: {_load_error(err)}") from err
+
+
+def read_state(path: str | Path, containers: tuple[str, ...] = ("state_dict", "model", "module"),
+               what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Reads safetensors, or a .pth/.bin/.pt with ``weights_only=True``; unwraps a
+    ``{"state_dict": ...}``/``{"model": ...}`` container (``containers``, tried in order)."""
+    state = read_file(path, what)
+    for container in containers:
         if isinstance(state, dict) and isinstance(state.get(container), dict):
             state = state[container]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: not a state dict of tensors")
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{what} {path}: not a state dict of tensors")
     return state
+
+
+def check_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str,
+                  limit: int = 4) -> dict[str, torch.Tensor]:
+    """``state`` cast to the dtypes of ``expected`` (the model's own state dict), after checking
+    that each tensor is of the model's kind (floating point where the model is, integer where it
+    is) and that no value is NaN or infinite after the cast. Keys outside ``expected`` pass through.
+    Raises :class:`CheckpointError` naming the first ``limit`` offending keys."""
+    wrong_kind, non_finite, cast = [], [], {}
+    for key, value in state.items():
+        own = expected.get(key)
+        if own is None:
+            cast[key] = value
+            continue
+        if value.is_complex() or value.is_floating_point() != own.is_floating_point() or (
+                (value.dtype == torch.bool) != (own.dtype == torch.bool)):
+            wrong_kind.append(f"{key} is {str(value.dtype).removeprefix('torch.')}, model has "
+                              f"{str(own.dtype).removeprefix('torch.')}")
+            continue
+        value = value.to(own.dtype)
+        if value.is_floating_point():
+            bad = value.numel() - int(torch.isfinite(value).sum())
+            if bad:
+                non_finite.append(f"{key} ({bad} of {value.numel()})")
+        cast[key] = value
+    problems = []
+    for label, items in (("wrong dtype", wrong_kind), ("NaN/inf values", non_finite)):
+        if items:
+            more = f", ... ({len(items)} tensors in all)" if len(items) > limit else ""
+            problems.append(f"{label}: " + ", ".join(items[:limit]) + more)
+    if problems:
+        raise CheckpointError(f"{source}: unusable weights: " + "; ".join(problems))
+    return cast
 
 
 def mismatch_report(missing: list[str], unexpected: list[str], mismatched: list[str], limit: int = 8) -> str:
@@ -82,7 +154,8 @@ def mismatch_report(missing: list[str], unexpected: list[str], mismatched: list[
 
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Loads ``state`` into ``module`` requiring identical keys and shapes; casts dtypes to the
-    module's. Raises :class:`CheckpointError` naming missing, unexpected and mis-shaped keys."""
+    module's. Raises :class:`CheckpointError` naming missing, unexpected and mis-shaped keys, or
+    tensors of the wrong kind or with NaN/inf values (:func:`check_weights`)."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -94,9 +167,10 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
     if missing or unexpected or mismatched:
         raise CheckpointError(f"{source} does not match {type(module).__name__}: "
                               + mismatch_report(missing, unexpected, mismatched))
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    module.load_state_dict(check_weights(state, expected, source), strict=True)
 
 
 def load_module(module: nn.Module, path: str | Path) -> nn.Module:
+    """``module`` with the state dict of the file at ``path`` loaded strictly (see above)."""
     load_state_strict(module, read_state(path), source=str(path))
     return module

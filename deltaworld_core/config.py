@@ -9,6 +9,7 @@ any other YAML path works the same. Every key can be overridden with a dotted pa
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,51 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# A config is a few hundred bytes; anything this large is not one (and is not read into memory).
+MAX_CONFIG_BYTES = 1 << 20
+# K x horizon x output pixels: the forecast's maps (and the class logits upsampled to build them,
+# ~4 bytes per class per pixel) must fit in memory. The paper config uses 20 x 3 x 512 x 512 = 15.7M.
+MAX_MAP_PIXELS = 1 << 26
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
+
+
+def ranged(default: Any, low: float, high: float, low_open: bool = False) -> Any:
+    """A dataclass field whose value (each element, for a pair like ``image_size``) must lie in
+    ``[low, high]`` (``(low, high]`` with ``low_open``) and be finite; checked by ``validate``."""
+    return field(default=default, metadata={"range": (low, high, low_open)})
+
+
+def _interval(low: float, high: float, low_open: bool) -> str:
+    fmt = lambda v: str(int(v)) if float(v).is_integer() else f"{v:g}"  # noqa: E731
+    return f"{'(' if low_open else '['}{fmt(low)}, {fmt(high)}]"
+
+
+def _check_ranges(prefix: str, obj: Any) -> None:
+    """Every ``ranged`` field of ``obj`` within its range: one line naming the key otherwise."""
+    for f in dataclasses.fields(obj):
+        if "range" not in f.metadata:
+            continue
+        low, high, low_open = f.metadata["range"]
+        value = getattr(obj, f.name)
+        for v in (value if isinstance(value, (tuple, list)) else () if value is None else (value,)):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
+                (v > low if low_open else v >= low) and v <= high)
+            if not ok:
+                raise ConfigError(f"{prefix}.{f.name} must be in {_interval(low, high, low_open)}, got {value!r}")
+
+
+def numeric_ranges() -> dict[str, str]:
+    """Every numeric key of a model config and its allowed interval, e.g. ``{"forecast.k": "[1, 256]"}``
+    (the table in README's "Limits and failure behaviour")."""
+    out = {}
+    for section, cls in typing.get_type_hints(ModelConfig).items():
+        if dataclasses.is_dataclass(cls):
+            out.update({f"{section}.{f.name}": _interval(*f.metadata["range"])
+                        for f in dataclasses.fields(cls) if "range" in f.metadata})
+    return out
 
 
 @dataclass
@@ -29,25 +71,23 @@ class VFMConfig:
 
     family: str = "dinov2"  # "dinov2" (patch 14, learned pos-embed) | "dinov3" (patch 16, RoPE)
     weights: str = "embedded"  # "embedded" | "random" | path to a Meta .pth or HF checkpoint
-    patch_size: int = 14
-    embed_dim: int = 384
-    depth: int = 12
-    num_heads: int = 6
-    mlp_ratio: float = 4.0
-    num_registers: int = 0
+    patch_size: int = ranged(14, 1, 64)
+    embed_dim: int = ranged(384, 1, 8192)
+    depth: int = ranged(12, 1, 96)
+    num_heads: int = ranged(6, 1, 128)
+    mlp_ratio: float = ranged(4.0, 0.0, 16.0, low_open=True)
+    num_registers: int = ranged(0, 0, 64)
     ffn: str = "mlp"  # "mlp" | "swiglu"
-    image_size: tuple[int, int] = (224, 224)  # (h, w) the camera frame is resized to
+    image_size: tuple[int, int] = ranged((224, 224), 1, 2048)  # (h, w) the camera frame is resized to
     backend: str = "torch"  # "torch" | "onnxruntime"
 
     def validate(self) -> None:
         _choice("vfm.family", self.family, ("dinov2", "dinov3"))
         _choice("vfm.ffn", self.ffn, ("mlp", "swiglu"))
         _choice("vfm.backend", self.backend, ("torch", "onnxruntime"))
-        _positive("vfm", self, ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"))
+        _check_ranges("vfm", self)
         if self.embed_dim % self.num_heads:
             raise ConfigError("vfm.embed_dim must be divisible by vfm.num_heads")
-        if self.num_registers < 0:
-            raise ConfigError("vfm.num_registers must be >= 0")
         _image_size("vfm.image_size", self.image_size, self.patch_size)
 
 
@@ -55,55 +95,48 @@ class VFMConfig:
 class TokenizerConfig:
     """DeltaTok: one continuous token per frame, encoding the change from the previous frame."""
 
-    dim: int = 384  # transformer width; token width too. Projections in/out when != VFM width.
-    encoder_depth: int = 12
-    decoder_depth: int = 12
-    num_heads: int = 12
-    mlp_hidden: int = 2048
+    dim: int = ranged(384, 4, 8192)  # transformer width; token width too. Projections in/out when != VFM width.
+    encoder_depth: int = ranged(12, 1, 96)
+    decoder_depth: int = ranged(12, 1, 96)
+    num_heads: int = ranged(12, 1, 128)
+    mlp_hidden: int = ranged(2048, 1, 32768)
     swiglu: bool = True
     qk_norm: bool = True
     gated_attn: bool = True
-    layerscale_init: float = 1e-5
-    rope_base: float = 100.0
+    layerscale_init: float = ranged(1e-5, 0.0, 1.0)
+    rope_base: float = ranged(100.0, 0.0, 1e6, low_open=True)
     # The decoder attends over the previous frame's grid pooled by this factor and predicts a
     # residual that is upsampled back onto the full-resolution previous features (CPU lever).
-    decoder_stride: int = 1
+    decoder_stride: int = ranged(1, 1, 16)
     # The encoder sees both frames pooled by this factor: one token per frame either way, at a
     # fraction of the cost of a pair (CPU lever; the release uses 1).
-    encoder_stride: int = 1
+    encoder_stride: int = ranged(1, 1, 16)
 
     def validate(self) -> None:
-        _positive(
-            "tokenizer",
-            self,
-            ("dim", "encoder_depth", "decoder_depth", "num_heads", "mlp_hidden", "rope_base", "decoder_stride",
-             "encoder_stride"),
-        )
+        _check_ranges("tokenizer", self)
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 4:
             raise ConfigError("tokenizer.dim / tokenizer.num_heads must be a multiple of 4 (2-D RoPE)")
-        if self.layerscale_init < 0:
-            raise ConfigError("tokenizer.layerscale_init must be >= 0")
 
 
 @dataclass
 class WorldConfig:
     """DeltaWorld: cross-attention-only predictor of future delta tokens."""
 
-    dim: int = 384
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    layerscale_init: float = 1e-5
+    dim: int = ranged(384, 1, 8192)
+    depth: int = ranged(12, 1, 96)
+    num_heads: int = ranged(12, 1, 128)
+    mlp_ratio: float = ranged(4.0, 0.0, 16.0, low_open=True)
+    layerscale_init: float = ranged(1e-5, 0.0, 1.0)
     # 1-D RoPE over time in seconds: all but `rope_unrotated` dims of each head rotate, at
     # frequencies log-spaced from rope_min_hz to rope_max_hz (the release's layout: 60 of 64, 0.01-100 Hz).
-    rope_unrotated: int = 4
-    rope_min_hz: float = 0.01
-    rope_max_hz: float = 100.0
-    noise_std: float = 0.02
+    rope_unrotated: int = ranged(4, 0, 8192)
+    rope_min_hz: float = ranged(0.01, 0.0, 1e4, low_open=True)
+    rope_max_hz: float = ranged(100.0, 0.0, 1e4, low_open=True)
+    noise_std: float = ranged(0.02, 0.0, 10.0, low_open=True)
     deterministic: bool = False  # learned query instead of noise (discriminative ablation)
 
     def validate(self) -> None:
-        _positive("world", self, ("dim", "depth", "num_heads", "mlp_ratio", "rope_min_hz", "rope_max_hz", "noise_std"))
+        _check_ranges("world", self)
         if self.dim % self.num_heads or (self.dim // self.num_heads - self.rope_unrotated) % 2:
             raise ConfigError("world.dim / world.num_heads - world.rope_unrotated must be even")
         if not 0 <= self.rope_unrotated <= self.dim // self.num_heads:
@@ -117,16 +150,16 @@ class HeadsConfig:
     """Linear probes on one frame's features."""
 
     class_names: list[str] = field(default_factory=lambda: ["background"])
-    depth_bins: int = 256
-    min_depth: float = 1e-3
-    max_depth: float = 80.0
+    depth_bins: int = ranged(256, 1, 1024)
+    min_depth: float = ranged(1e-3, 0.0, 1e4, low_open=True)  # metres
+    max_depth: float = ranged(80.0, 0.0, 1e4, low_open=True)
 
     def validate(self) -> None:
         if not self.class_names or not all(isinstance(n, str) and n for n in self.class_names):
             raise ConfigError("heads.class_names must be a non-empty list of names")
         if len(self.class_names) > 255:
             raise ConfigError("heads.class_names: at most 255 classes (class ids are uint8, 255 = ignore)")
-        _positive("heads", self, ("depth_bins", "min_depth", "max_depth"))
+        _check_ranges("heads", self)
         if self.min_depth >= self.max_depth:
             raise ConfigError("heads.min_depth must be < heads.max_depth")
 
@@ -135,19 +168,20 @@ class HeadsConfig:
 class ForecastConfig:
     """Streaming forecast settings."""
 
-    context: int = 4  # delta tokens of context
-    horizon: int = 3  # future steps
-    k: int = 8  # hypotheses sampled per step
-    step_s: float = 0.2  # seconds between target frames
-    max_gap_s: float = 1.0  # a larger gap between frames resets the buffer
-    output_size: tuple[int, int] | None = None  # (h, w) of the semantic/depth maps; None = VFM input
-    seed: int = 0
+    context: int = ranged(4, 1, 64)  # delta tokens of context
+    horizon: int = ranged(3, 1, 64)  # future steps
+    k: int = ranged(8, 1, 256)  # hypotheses sampled per step
+    step_s: float = ranged(0.2, 0.0, 60.0, low_open=True)  # seconds between target frames
+    max_gap_s: float = ranged(1.0, 0.0, 3600.0, low_open=True)  # a larger gap between frames resets the buffer
+    # (h, w) of the semantic/depth maps; None = VFM input
+    output_size: tuple[int, int] | None = ranged(None, 1, 2048)
+    seed: int = ranged(0, 0, 2**63 - 1)
     # "int8": dynamic int8 linear layers in DeltaTok/DeltaWorld (CPU only); "bf16": DeltaTok in
     # bfloat16 (CPUs with AVX512-BF16/AMX, or GPUs), DeltaWorld and heads in the model dtype
     quantize: str = "none"
 
     def validate(self) -> None:
-        _positive("forecast", self, ("context", "horizon", "k", "step_s", "max_gap_s"))
+        _check_ranges("forecast", self)
         _choice("forecast.quantize", self.quantize, ("none", "int8", "bf16"))
         if self.output_size is not None:
             _image_size("forecast.output_size", self.output_size, 1)
@@ -170,6 +204,11 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         for part in (self.vfm, self.tokenizer, self.world, self.heads, self.forecast):
             part.validate()
+        h, w = self.forecast.output_size or self.vfm.image_size
+        maps = self.forecast.k * self.forecast.horizon * h * w
+        if maps > MAX_MAP_PIXELS:
+            raise ConfigError(f"forecast.k x forecast.horizon x output pixels = {maps:,} exceeds {MAX_MAP_PIXELS:,} "
+                              "(the forecast's maps would not fit in memory): lower k, horizon or output_size")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,12 +222,6 @@ class ModelConfig:
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-
-
-def _positive(prefix: str, obj: Any, names: tuple[str, ...]) -> None:
-    for name in names:
-        if not getattr(obj, name) > 0:
-            raise ConfigError(f"{prefix}.{name} must be > 0, got {getattr(obj, name)!r}")
 
 
 def _image_size(key: str, size: Any, multiple: int) -> None:
@@ -237,7 +270,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Builds dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
@@ -266,6 +299,8 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     for dotted, value in overrides.items():
         node = data
         parts = dotted.split(".")
+        if not all(parts):
+            raise ConfigError(f"override {dotted!r}: empty key part")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -287,13 +322,32 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     return named
 
 
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The YAML mapping in ``path`` ({} for an empty file); :class:`ConfigError` in one line for a
+    file too large to be a config, not UTF-8, not valid YAML, or whose top level is not a mapping."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes is too large for a config (at most {MAX_CONFIG_BYTES:,})")
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start})") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (vfm:, tokenizer:, world:, heads:, "
+                          f"forecast:, weights:), got a {type(data).__name__}")
+    return data
+
+
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> ModelConfig:
     """Loads a named config or YAML file, applies dotted overrides and validates."""
     path = resolve_config_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    data = read_yaml_mapping(path)
     data = apply_overrides(data, dict(overrides or {}))
     data.setdefault("name", path.stem)
     cfg = from_dict(ModelConfig, data)

@@ -13,7 +13,6 @@ forecast is :func:`deltaworld_core.rollout.rollout` (shared with evaluation) ove
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -25,12 +24,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from .checkpoint import load_module
 from .config import ModelConfig, load_config
 from .deltatok import DeltaTok
-from .heads import TaskHeads
+from .heads import TaskHeads, recorded_class_names
 from .rollout import features_from_residuals, rollout_residuals
 from .vfm import build_vfm
 from .world import DeltaWorld
@@ -377,14 +375,11 @@ def _cpu_has_bf16() -> bool:
 
 def adopt_class_names(cfg: ModelConfig, heads_file: Path) -> None:
     """Class ids mean what the heads were trained on: a heads file that records its class names
-    (safetensors metadata ``class_names``, JSON) overrides the config's list."""
+    (safetensors metadata ``class_names``, JSON) overrides the config's list. Metadata that is not
+    a valid list of names raises :class:`~deltaworld_core.checkpoint.CheckpointError`."""
     if not heads_file.is_file():
         return
-    try:
-        with safe_open(str(heads_file), "pt") as f:
-            names = json.loads((f.metadata() or {}).get("class_names", "null"))
-    except Exception:  # noqa: BLE001 - a corrupt file is reported by the strict load that follows
-        return
+    names = recorded_class_names(heads_file)
     if names and names != cfg.heads.class_names:
         log.info("using the %d class names recorded in %s", len(names), heads_file)
         cfg.heads.class_names = list(names)

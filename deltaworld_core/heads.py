@@ -9,11 +9,18 @@ upsampling never touches the 256 bin logits.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
+from .checkpoint import CheckpointError
 from .config import HeadsConfig
+
+MAX_CLASSES = 255  # class ids are uint8 and 255 means "ignore"
 
 
 def features_to_maps(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -121,6 +128,41 @@ class TaskHeads(nn.Module):
         # [B, N, classes] is already a channels-last class map: a view, no copy.
         seg = logits[..., :classes].reshape(b, *grid, classes).permute(0, 3, 1, 2)
         return _upsample(seg, depth.reshape(b, *grid), size)
+
+
+def recorded_class_names(heads_file: str | Path) -> list[str] | None:
+    """The class names a heads file records (safetensors metadata ``class_names``: a JSON list of
+    distinct non-empty strings, one per output of ``segmentation.conv``), or None if it records
+    none. Raises :class:`~deltaworld_core.checkpoint.CheckpointError` naming the file for a file
+    that cannot be read or metadata that is not such a list."""
+    heads_file = Path(heads_file)
+    try:
+        with safe_open(str(heads_file), "pt") as f:
+            raw = (f.metadata() or {}).get("class_names")
+            outputs = (f.get_slice("segmentation.conv.weight").get_shape()[0]
+                       if "segmentation.conv.weight" in f.keys() else None)
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise CheckpointError(f"heads file {heads_file}: not a valid safetensors file, truncated or corrupt "
+                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
+    if raw is None:
+        return None
+    bad = f"heads file {heads_file}: metadata class_names"
+    try:
+        names = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{bad} is not valid JSON ({err.msg} at character {err.pos}); "
+                              "expected a JSON list of class names") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise CheckpointError(f"{bad} must be a non-empty JSON list of non-empty strings, got {raw[:80]!r}")
+    if len(names) > MAX_CLASSES:
+        raise CheckpointError(f"{bad} lists {len(names)} classes; at most {MAX_CLASSES} (class ids are uint8, "
+                              "255 = ignore)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise CheckpointError(f"{bad} repeats {', '.join(repeated[:4])}: each class id needs its own name")
+    if outputs is not None and outputs != len(names):
+        raise CheckpointError(f"{bad} lists {len(names)} names but the segmentation head has {outputs} outputs")
+    return names
 
 
 def _upsample(seg_logits: torch.Tensor, depth: torch.Tensor, size: tuple[int, int]):

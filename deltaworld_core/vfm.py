@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from .layers import apply_rope, rope_2d
 
-from .vfm_weights import embedded_dinov2_small, load_checkpoint
+# One direction only: vfm_weights reads and converts files and never imports this module.
+from .vfm_weights import default_cache_dir, embedded_dinov2_small, load_checkpoint
 
 __all__ = ["VisionTransformer", "FrozenVFM", "build_vfm", "export_onnx", "default_cache_dir", "ffn_hidden_dim",
            "embedded_dinov2_small", "load_checkpoint"]
@@ -395,11 +396,6 @@ def _arch_kwargs(cfg) -> dict:
                 layerscale_init=g("layerscale_init", 1.0), pos_embed_grid=int(g("pos_embed_grid", 37)),
                 rope_base=float(g("rope_base", 100.0)), qkv_bias=bool(g("qkv_bias", True)),
                 norm_eps=g("norm_eps", None))
-
-
-def default_cache_dir() -> Path:
-    """``$DELTAWORLD_CACHE`` or ``~/.cache/deltaworld``."""
-    return Path(os.environ.get("DELTAWORLD_CACHE") or Path.home() / ".cache" / "deltaworld")
 
 
 def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int = 0) -> FrozenVFM:

