@@ -1,0 +1,496 @@
+"""forecast_node under hostile and odd input, on real DDS (issue 13, node side).
+
+The node runs in its own process with the real Forecaster on a tiny random-weight model; this
+process generates the hostile input (decompression bombs, a 1 MB frame_id, stamps past 2038,
+1x4000 frames, overflowing weights, bad parameters, a namesake node, 12 Mpx frames) and checks
+what comes back: Futures, the debug image, /diagnostics, the log, the node's peak memory. After
+every bad frame the next good frame must still be forecast: nothing good is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("torch")
+cv2 = pytest.importorskip("cv2")
+
+import yaml  # noqa: E402
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from deltaworld_ros.futures_msg import MAX_FRAME_ID_LENGTH, seconds_to_time, time_to_ns  # noqa: E402
+from deltaworld_ros.image_conversion import array_to_image_msg  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "weights": None, "forecast.quantize": "none",
+    "vfm.weights": "random", "vfm.backend": "torch", "vfm.embed_dim": 48, "vfm.depth": 1, "vfm.num_heads": 2,
+    "vfm.image_size": [56, 112],
+    "tokenizer.dim": 32, "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1, "tokenizer.num_heads": 2,
+    "tokenizer.mlp_hidden": 64, "tokenizer.layerscale_init": 0.1, "world.dim": 32, "world.depth": 1,
+    "world.num_heads": 2, "world.layerscale_init": 0.1, "world.noise_std": 1.0, "heads.depth_bins": 16,
+    "forecast.context": 3,
+}
+CONTEXT = TINY["forecast.context"]
+OUTPUT = (24, 32)
+RNG = np.random.default_rng(13)
+
+
+def smooth_frame(h: int = 60, w: int = 80) -> np.ndarray:
+    """A random but smooth RGB frame (compresses like a camera image, not like noise)."""
+    return cv2.resize(RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    from deltaworld_core import load_config
+
+    path = tmp_path_factory.mktemp("model") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(load_config("default", TINY).to_dict()))))
+    return path
+
+
+class NodeProcess:
+    """``python -m deltaworld_ros.forecast_node`` in its own process, with a params file."""
+
+    def __init__(self, tmp_path: Path, env: dict, name: str = "node", **params):
+        params_file = tmp_path / f"{name}_params.yaml"
+        params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+        self.log_path = tmp_path / f"{name}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "--params-file", str(params_file)],
+            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM: the most resident memory the node ever had."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM in /proc")
+
+    def stop(self) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class Harness:
+    """Publishes camera frames, collects Futures, debug images and diagnostics (spins in a thread)."""
+
+    def __init__(self, node, compressed: bool = False, reliable_camera: bool = False):
+        from deltaworld_ros.msg import Futures
+
+        self.node = node
+        topic, msg_type = ("/camera/image_raw/compressed", CompressedImage) if compressed else ("/camera/image_raw", Image)
+        self.camera_topic = topic
+        camera_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) if reliable_camera \
+            else qos_profile_sensor_data
+        self.camera = node.create_publisher(msg_type, topic, camera_qos)
+        self.futures: list = []
+        self.debug_images: list[Image] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self._lock = threading.Lock()
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(Futures, "/deltaworld/futures", self._on_futures, reliable)
+        node.create_subscription(Image, "/deltaworld/debug_image", self.debug_images.append, reliable)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
+        self.executor = SingleThreadedExecutor(context=node.context)
+        self.executor.add_node(node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        self.stamp = time.time()
+
+    def _on_futures(self, msg) -> None:
+        with self._lock:
+            self.futures.append(msg)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.futures)
+
+    def wait_for(self, predicate, timeout: float, what: str, node: NodeProcess | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if node is not None and not node.alive():
+                pytest.fail(f"node exited while waiting for {what}:\n{node.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}" + (f":\n{node.log()}" if node else ""))
+            time.sleep(0.02)
+
+    def wait_until_connected(self, node: NodeProcess, timeout: float = 90.0) -> None:
+        self.wait_for(lambda: self.node.count_subscribers(self.camera_topic) > 0
+                      and self.node.count_publishers("/deltaworld/futures") > 0, timeout, "the node", node)
+        time.sleep(0.3)
+
+    def next_header(self, frame_id: str = "camera") -> Header:
+        self.stamp += 0.1
+        return Header(stamp=seconds_to_time(self.stamp), frame_id=frame_id)
+
+    def good(self, rgb: np.ndarray | None = None) -> Image | CompressedImage:
+        rgb = smooth_frame() if rgb is None else rgb
+        if self.camera.msg_type is CompressedImage:
+            ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            return CompressedImage(header=self.next_header(), format="jpeg", data=encoded.tobytes())
+        return array_to_image_msg(rgb, "rgb8", self.next_header())
+
+    def send_until_forecast(self, node: NodeProcess | None, max_frames: int, make=None, wait: float = 1.0) -> int:
+        """Sends good frames one at a time, each waiting up to ``wait`` s for its own forecast,
+        until one is forecast; returns how many it took."""
+        for n in range(1, max_frames + 1):
+            before = self.count()
+            msg = self.good() if make is None else make()
+            self.camera.publish(msg)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and not any(
+                    time_to_ns(f.header.stamp) == time_to_ns(msg.header.stamp) for f in self.futures[before:]):
+                time.sleep(0.01)
+            if any(time_to_ns(f.header.stamp) == time_to_ns(msg.header.stamp) for f in self.futures[before:]):
+                return n
+        pytest.fail(f"no forecast after {max_frames} good frames" + (f":\n{node.log()}" if node else ""))
+
+    def statuses(self) -> list[DiagnosticStatus]:
+        return [s for array in list(self.diagnostics) for s in array.status if "forecast_node" in s.name]
+
+    def values(self) -> dict[str, str]:
+        statuses = self.statuses()
+        assert statuses, "no diagnostics from forecast_node"
+        return {kv.key: kv.value for kv in statuses[-1].values}
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2)
+
+
+@pytest.fixture
+def harness_factory(ros_node):
+    made = []
+
+    def make(**kwargs) -> Harness:
+        made.append(Harness(ros_node, **kwargs))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+# ---------------------------------------------------------------- raw images
+def test_hostile_raw_frames_are_rejected_and_good_frames_after_them_forecast(tmp_path, ros_env, harness_factory,
+                                                                             tiny_config):
+    """Items 2, 3, 13: a 1 MB frame_id, stamps past 2038 or invalid, an absurd size; 1x4000 and
+    4000x1 frames with the debug image on. Each bad frame is counted and its cause logged once;
+    the good frame after it is forecast; debug images and Futures stay small."""
+    # Reliable input: best effort may lose the 1 MB message before the node sees it (counted as
+    # frames_lost_by_dds, but then this test could not count it as malformed).
+    harness = harness_factory(reliable_camera=True)
+    node = NodeProcess(tmp_path, ros_env, model_config=str(tiny_config), k=3, horizon=2, step_s=0.25,
+                       output_size=list(OUTPUT), publish_debug_image=True, diagnostics_period_s=0.5,
+                       input_reliability="reliable")
+    try:
+        harness.wait_until_connected(node)
+        assert harness.send_until_forecast(node, 20) >= CONTEXT
+        good = smooth_frame()
+
+        def with_header(**fields) -> Image:
+            msg = array_to_image_msg(good, "rgb8", harness.next_header())
+            for name, value in fields.items():
+                setattr(msg.header, name, value)
+            return msg
+
+        hostile = [  # (cause, message maker)
+            ("frame_id_too_long", lambda: with_header(frame_id="x" * 1_000_000)),
+            ("stamp_out_of_range", lambda: with_header(stamp=Time(sec=2**31 - 1, nanosec=600_000_000))),  # +0.5 s: 2038
+            ("stamp_out_of_range", lambda: with_header(stamp=Time(sec=5, nanosec=1_500_000_000))),
+            ("absurd_size", lambda: Image(header=harness.next_header(), height=1_000_000, width=1_000_000,
+                                          encoding="mono8", step=1_000_000, data=bytes(16))),
+        ]
+        good_forecast = 0
+        for _ in range(2):  # twice: each cause is logged once per malformed_log_period_s
+            for _cause, make in hostile:
+                harness.camera.publish(make())
+                time.sleep(0.05)
+                assert harness.send_until_forecast(node, 3) == 1, "a good frame after a bad one was not forecast"
+                good_forecast += 1
+        # Odd but valid shapes: the context restarts (size change), then forecasts come with a
+        # debug image whose tiles are bounded whatever the aspect ratio.
+        for shape in ((1, 4000), (4000, 1)):
+            odd = RNG.integers(0, 256, (*shape, 3), dtype=np.uint8)
+            before = len(harness.debug_images)
+            assert harness.send_until_forecast(node, CONTEXT + 3, lambda: harness.good(odd)) >= CONTEXT
+            harness.wait_for(lambda: len(harness.debug_images) > before, 5, "a debug image", node)
+        assert harness.send_until_forecast(node, CONTEXT + 3) >= CONTEXT  # back to the normal camera
+        assert harness.send_until_forecast(node, 3) == 1
+        time.sleep(1.0)
+        values = harness.values()
+        assert node.alive(), node.log()
+        assert int(values["frames_malformed"]) == 2 * len(hostile), values
+        assert good_forecast == 2 * len(hostile)
+        log = node.log()
+        for cause in {cause for cause, _ in hostile}:
+            assert log.count(f"malformed image ({cause})") == 1, log
+        assert all(len(f.header.frame_id) <= MAX_FRAME_ID_LENGTH for f in harness.futures)
+        assert all(0 <= t.sec < 2**31 - 1 for f in harness.futures for t in f.target_stamps)
+        # 5 columns (input + 2 x horizon) x 4 rows (header + 3 samples) of tiles at most 4:1, plus
+        # a legend of bounded height (before: 1x4000 frames made a 480,000 px wide picture).
+        assert harness.debug_images
+        for image in harness.debug_images:
+            assert image.width <= 5 * 4 * OUTPUT[0] and image.height <= 4 * OUTPUT[0] + 400, (image.height, image.width)
+        assert {s.level for s in harness.statuses()[-1:]} == {DiagnosticStatus.OK}, harness.statuses()[-1]
+    finally:
+        assert node.stop() == 0, node.log()
+
+
+# ---------------------------------------------------------------- compressed images
+def jpeg_bomb(side: int = 30000) -> bytes:
+    """A ~1 KB JPEG whose frame header declares side x side pixels (libjpeg would decode it)."""
+    ok, encoded = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(encoded.tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = side.to_bytes(2, "big") + side.to_bytes(2, "big")
+    return bytes(data)
+
+
+def png_bomb(side: int = 12000) -> bytes:
+    """A genuine, valid grey PNG of side x side zeros: ~150 KB that decode to side^2 x 3 bytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    compressor, row, parts = zlib.compressobj(9), bytes(side + 1), []  # filter byte + side zeros
+    block = row * 256
+    for _ in range(side // 256):
+        parts.append(compressor.compress(block))
+    parts.append(compressor.compress(row * (side % 256)) + compressor.flush())
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+def test_compressed_bombs_are_rejected_before_decoding(tmp_path, ros_env, harness_factory, tiny_config):
+    """Item 1: a 30000^2 JPEG and a 12000^2 PNG (both real, both tiny) cost the node no memory
+    and no forecast: the size is read from the header. Other garbage is rejected too."""
+    bomb = png_bomb()
+    ok = cv2.imdecode(np.frombuffer(bomb, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)  # it is a real PNG
+    assert ok is not None and ok.shape == (1500, 1500) and len(bomb) < 400_000
+    harness = harness_factory(compressed=True)
+    node = NodeProcess(tmp_path, ros_env, model_config=str(tiny_config), use_compressed=True, k=3, horizon=2,
+                       output_size=list(OUTPUT), diagnostics_period_s=0.5)
+    try:
+        harness.wait_until_connected(node)
+        assert harness.send_until_forecast(node, 20) >= CONTEXT
+        baseline_mb = node.peak_rss_mb()
+        ok, good_jpeg = cv2.imencode(".jpg", smooth_frame())
+        hostile = {
+            "absurd_size": [("jpeg", jpeg_bomb()), ("png", bomb)],
+            "undecodable": [("jpeg", good_jpeg.tobytes()[:200]),  # truncated: no scan data
+                            ("jpeg", RNG.integers(0, 256, 5000, dtype=np.uint8).tobytes()),
+                            ("jpeg", cv2.imencode(".bmp", smooth_frame())[1].tobytes())],  # not jpeg/png
+        }
+        sent = 0
+        for fmt, data in [item for items in hostile.values() for item in items]:
+            harness.camera.publish(CompressedImage(header=harness.next_header(), format=fmt, data=data))
+            sent += 1
+            assert harness.send_until_forecast(node, 3, wait=3.0) == 1, "a good frame after a bomb was not forecast"
+        time.sleep(1.0)
+        values = harness.values()
+        assert int(values["frames_malformed"]) == sent, values
+        grown = node.peak_rss_mb() - baseline_mb
+        assert grown < 100, f"peak memory grew {grown:.0f} MB on bombs"  # a 12000^2 decode alone is 432 MB
+        log = node.log()
+        for cause in hostile:
+            assert log.count(f"malformed image ({cause})") == 1, log
+    finally:
+        assert node.stop() == 0, node.log()
+
+
+# ---------------------------------------------------------------- parameters
+@pytest.mark.parametrize("param, value, expected", [
+    ("diagnostics_period_s", 0.0, "diagnostics_period_s = 0.0: must be a period in seconds"),
+    ("diagnostics_period_s", -1.0, "diagnostics_period_s = -1.0: must be a period in seconds"),
+    ("malformed_log_period_s", -5.0, "malformed_log_period_s = -5.0"),
+    ("stall_timeout_s", 0.0, "stall_timeout_s = 0.0"),
+    ("k", -2, "k = -2: must be >= 0"),
+    ("k", "many", "parameter k: Trying to set parameter 'k' to 'many' of type 'STRING', expecting type 'INTEGER'"),
+    ("step_s", float("nan"), "step_s = nan"),
+    ("max_gap_s", -1.0, "max_gap_s = -1.0"),
+    ("output_size", [24], "output_size = [24]"),
+    ("input_size", [0, 56], "input_size = [0, 56]"),
+    ("image_topic", "camera image", "image_topic = 'camera image': not a valid ROS topic name"),
+    ("futures_topic", "", "futures_topic = ''"),
+    ("debug_image_topic", "/debug/", "debug_image_topic = '/debug/'"),
+    ("device", "gpu", "device = 'gpu': must be auto, cpu, mps, cuda or cuda:N"),
+    ("model_config", " ", "model_config = ' '"),
+    ("input_reliability", "sometimes", "input_reliability = 'sometimes': must be best_effort or reliable"),
+    ("input_depth", 0, "input_depth = 0: must be a history depth from 1 to 100"),
+    ("autostart", "yes", "parameter autostart: Trying to set parameter 'autostart' to 'yes'"),
+])
+def test_bad_parameters_exit_2_with_one_line(tmp_path, ros_env, param, value, expected):
+    """Item 5: every parameter is validated before anything starts (0 used to spin a core,
+    -1 gave a traceback): one line naming the parameter and the rule, exit status 2."""
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": {param: value}}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "--params-file", str(params_file)],
+        cwd=REPO, env=ros_env, capture_output=True, text=True, timeout=60)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2, output
+    assert "Traceback" not in output and len(output.splitlines()) == 1, output
+    assert expected in output, output
+
+
+# ---------------------------------------------------------------- non-finite depth
+def test_non_finite_depth_is_never_published(tmp_path, ros_env, harness_factory, tiny_config):
+    """Item 9 (node half): weights that are finite but overflow (3e38) make NaN depth; the node
+    withholds those forecasts, counts them and reports ERROR in /diagnostics."""
+    from deltaworld_core import load_config
+    from deltaworld_core.checkpoint import save_state
+    from deltaworld_core.forecaster import WEIGHT_FILES, build_models
+
+    models = build_models(load_config(str(tiny_config)))
+    models[2].depth.conv.weight.data.fill_(3e38)
+    weights = tmp_path / "overflowing"
+    for part, module in zip(WEIGHT_FILES, models):
+        save_state(module.state_dict(), weights / WEIGHT_FILES[part])
+    harness = harness_factory()
+    node = NodeProcess(tmp_path, ros_env, model_config=str(tiny_config), weights=str(weights), k=3, horizon=2,
+                       output_size=list(OUTPUT), diagnostics_period_s=0.3)
+    try:
+        harness.wait_until_connected(node)
+        sent = CONTEXT + 4
+        for _ in range(sent):
+            harness.camera.publish(harness.good())
+            time.sleep(0.3)
+        harness.wait_for(lambda: harness.statuses() and int(harness.values()["frames_processed"]) == sent, 15,
+                         "all frames processed", node)
+        time.sleep(0.5)
+        values = harness.values()
+        assert harness.count() == 0, "a forecast with non-finite depth was published"
+        assert int(values["forecasts_nonfinite"]) == sent - CONTEXT + 1, values
+        status = harness.statuses()[-1]
+        assert status.level == DiagnosticStatus.ERROR and "non-finite" in status.message, status
+        assert node.log().count("non-finite depth") == 1, node.log()
+    finally:
+        assert node.stop() == 0, node.log()
+
+
+# ---------------------------------------------------------------- two nodes, one name
+def test_two_nodes_with_one_name_warn_and_report_apart(tmp_path, ros_env, harness_factory, tiny_config):
+    """Item 6: a second node named forecast_node is warned about at start, and the two publish
+    distinct diagnostics names."""
+    harness = harness_factory()
+    nodes = [NodeProcess(tmp_path, ros_env, name=f"node{i}", model_config=str(tiny_config), k=2, horizon=1,
+                         output_size=list(OUTPUT), diagnostics_period_s=0.3) for i in range(2)]
+    try:
+        harness.wait_for(lambda: all("already exists" in n.log() for n in nodes), 60, "both warnings", nodes[0])
+        harness.wait_for(lambda: len({s.name for s in harness.statuses()[-6:]}) == 2, 10,
+                         "two diagnostics names", nodes[1])
+        names = {s.name for s in harness.statuses()[-6:]}
+        assert all("forecast_node" in name for name in names), names
+        assert {s.hardware_id for s in harness.statuses()} <= {"cpu", "unconfigured"}
+        assert all(s.level != DiagnosticStatus.OK for s in harness.statuses()[-4:])  # WARN at least: namesakes
+        for n in nodes:
+            assert "give each a unique name" in n.log()
+    finally:
+        for n in nodes:
+            assert n.stop() == 0, n.log()
+
+
+# ---------------------------------------------------------------- input QoS
+def test_input_qos_parameters_and_a_12_megapixel_frame(tmp_path, ros_env, harness_factory, tiny_config):
+    """Item 4: input_reliability/input_depth set the camera subscription; with reliable QoS
+    4000x3000 rgb8 frames (36 MB each) all reach the node and are forecast."""
+    harness = harness_factory(reliable_camera=True)
+    node = NodeProcess(tmp_path, ros_env, model_config=str(tiny_config), input_reliability="reliable",
+                       input_depth=2, k=2, horizon=1, output_size=list(OUTPUT), diagnostics_period_s=0.5)
+    try:
+        harness.wait_until_connected(node)
+        infos = harness.node.get_subscriptions_info_by_topic("/camera/image_raw")
+        assert [i.qos_profile.reliability for i in infos] == [ReliabilityPolicy.RELIABLE], infos
+        big = cv2.resize(smooth_frame(), (4000, 3000), interpolation=cv2.INTER_NEAREST)
+        count = CONTEXT + 1
+        for _ in range(count):
+            harness.camera.publish(array_to_image_msg(big, "rgb8", harness.next_header()))
+            time.sleep(0.5)
+        harness.wait_for(lambda: harness.statuses() and int(harness.values()["frames_received"]) == count, 30,
+                         "every 12 Mpx frame received", node)
+        harness.wait_for(lambda: harness.count() >= 1, 20, "a forecast of 12 Mpx frames", node)
+        assert int(harness.values()["frames_malformed"]) == 0
+    finally:
+        assert node.stop() == 0, node.log()
+
+
+# ---------------------------------------------------------------- a stalled model
+def test_a_stalled_model_step_is_reported_and_forecasting_resumes(ros_env, ros_node, harness_factory, tiny_config):
+    """Item 2: when the model stops finishing steps (the 1x4000 debug image did that), frames
+    wait and /diagnostics says ERROR 'forecasting stalled' instead of OK; when the step returns,
+    the next good frame is forecast and the status is OK again. The node runs in this process
+    (its own executor, real DDS) so that a step can be held."""
+    from rclpy.parameter import Parameter
+
+    from deltaworld_ros.forecast_node import ForecastNode
+
+    params = dict(autostart=False, model_config=str(tiny_config), k=2, horizon=1, output_size=list(OUTPUT),
+                  diagnostics_period_s=0.2, stall_timeout_s=1.0)
+    node = ForecastNode(context=ros_node.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    executor = SingleThreadedExecutor(context=ros_node.context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    harness = harness_factory()
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        harness.wait_for(lambda: harness.node.count_subscribers("/camera/image_raw") > 0, 30, "the node")
+        time.sleep(0.3)
+        assert harness.send_until_forecast(None, 20) >= CONTEXT
+        release, held = threading.Event(), threading.Event()
+        step = node.forecaster.step
+
+        def held_step(image, stamp):
+            held.set()
+            release.wait(30)
+            return step(image, stamp)
+
+        node.forecaster.step = held_step
+        harness.camera.publish(harness.good())
+        harness.wait_for(held.is_set, 5, "the held step")
+        node.forecaster.step = step
+        for _ in range(12):  # frames keep coming while the step hangs: dropped, not queued
+            harness.camera.publish(harness.good())
+            time.sleep(0.2)
+        stalled = [s for s in harness.statuses() if "stalled" in s.message]
+        assert stalled and stalled[-1].level == DiagnosticStatus.ERROR, [s.message for s in harness.statuses()]
+        release.set()
+        assert harness.send_until_forecast(None, 3) == 1, "no forecast after the stall"
+        mark = len(harness.diagnostics)
+        harness.wait_for(lambda: any(s.level == DiagnosticStatus.OK for a in harness.diagnostics[mark:]
+                                     for s in a.status), 5, "OK after the stall")
+    finally:
+        release.set() if "release" in locals() else None
+        executor.shutdown(timeout_sec=2)
+        node.destroy_node()
