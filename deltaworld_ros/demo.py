@@ -23,7 +23,6 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from deltaworld_ros.ros_env import apply_ros_environment
 from deltaworld_core.data.video import VideoReader, sample_video_paths
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -104,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("forecast_*.png"):
         old.unlink()
-    env = apply_ros_environment()
 
     node_cmd = [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args",
                 "--params-file", str(args.params_file or default_params_file()),
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         node_cmd += ["-p", param]
     log_path = args.out / "node.log"
     with log_path.open("w") as log:
-        node_proc = subprocess.Popen(node_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+        node_proc = subprocess.Popen(node_cmd, stdout=log, stderr=subprocess.STDOUT,
                                      cwd=PACKAGE_ROOT.parent)
     try:
         return run(args, video, node_proc, log_path)

@@ -18,8 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from deltaworld_ros.ros_env import apply_ros_environment
-
 IMAGE_TYPES = {"sensor_msgs/msg/Image": "Image", "sensor_msgs/msg/CompressedImage": "CompressedImage"}
 
 
@@ -82,14 +80,22 @@ def _read_bag(path: Path, topic: str) -> Iterator[tuple[int, str, bytes]]:
             yield message.log_time, schema.name, bytes(message.data)
 
 
+NOBODY = ("nobody subscribes to {topic}: frames go nowhere (is the node running, active, on the same "
+          "ROS_DOMAIN_ID and DDS transports?)")
+
+
 def replay(node, messages, topic: str, *, rate: float, loop: bool, restamp: bool, max_frames: int | None,
-           wait_for_subscriber: float = 0.0, log=print) -> int:
+           wait_for_subscriber: float = 0.0, log=print, warn=None) -> int:
     """Publishes ``messages()`` (an iterable factory) on ``topic`` at ``rate`` x native speed, each
     with its own type (camera QoS); returns how many were sent. The publisher of a type is created
-    on its first message and may wait up to ``wait_for_subscriber`` s for a subscriber to match."""
+    on its first message and may wait up to ``wait_for_subscriber`` s for a subscriber to match.
+    ``warn`` (default ``log``) is told when the first frame goes out with no subscriber, and at the
+    end when none ever matched."""
     from rclpy.qos import qos_profile_sensor_data
 
+    warn = warn or log
     publishers = {}
+    heard = False  # some subscriber matched while we published
 
     def publisher_for(msg_type):
         if msg_type not in publishers:
@@ -97,7 +103,8 @@ def replay(node, messages, topic: str, *, rate: float, loop: bool, restamp: bool
             deadline = time.monotonic() + wait_for_subscriber
             while publishers[msg_type].get_subscription_count() == 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            # With LARGE_DATA transports data flows over TCP, connected ~0.5 s after the match.
+            # A match is reported before data flows (~0.5 s later with LARGE_DATA's TCP): a first
+            # frame sent at once would be lost.
             time.sleep(1.0 if publishers[msg_type].get_subscription_count() else 0.0)
         return publishers[msg_type]
 
@@ -115,13 +122,23 @@ def replay(node, messages, topic: str, *, rate: float, loop: bool, restamp: bool
                 msg.header.stamp = node.get_clock().now().to_msg()
             publisher.publish(msg)
             sent += 1
+            if not heard:
+                heard = publisher.get_subscription_count() > 0
+                if sent == 1 and not heard:
+                    warn("replay: " + NOBODY.format(topic=topic) + "; publishing anyway")
             if max_frames is not None and sent >= max_frames:
-                return sent
+                return _done(sent, heard, topic, warn)
         if not any_message:
             raise ValueError("no image messages to replay")
         if not loop:
-            return sent
+            return _done(sent, heard, topic, warn)
         log(f"replay: looping after {sent} frames")
+
+
+def _done(sent: int, heard: bool, topic: str, warn) -> int:
+    if sent and not heard:
+        warn(f"replay: {sent} frames published and no subscriber ever matched: " + NOBODY.format(topic=topic))
+    return sent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,13 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.bag.exists():
             raise SystemExit(f"no such bag: {args.bag}")
         messages = lambda: bag_messages(args.bag, args.topic)  # noqa: E731
-    apply_ros_environment()
     rclpy.init(args=["replay", *argv])
     node = rclpy.create_node("deltaworld_replay")
     try:
         sent = replay(node, messages, args.topic, rate=args.rate, loop=args.loop, restamp=args.restamp,
                       max_frames=args.max_frames, wait_for_subscriber=args.wait_for_subscriber,
-                      log=node.get_logger().info)
+                      log=node.get_logger().info, warn=node.get_logger().warning)
         node.get_logger().info(f"replay: published {sent} frames on {args.topic}")
         return 0
     except (BagReaderUnavailable, ValueError) as err:

@@ -22,6 +22,7 @@ from deltaworld_ros.msg import Futures, HorizonSummary, Hypothesis  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 from test_ros_conversion import fake_forecast  # noqa: E402  (pytest puts test/ on sys.path)
+from conftest import stop_process  # noqa: E402
 
 # Republishes every Futures it gets on /rt/in to /rt/out, unchanged.
 ECHO = textwrap.dedent("""
@@ -86,8 +87,7 @@ def test_futures_round_trip_between_processes(ros_env, ros_node):
         assert received[-1][1].header == msg.header and list(received[-1][1].target_stamps) == list(msg.target_stamps)
         size_mb = sum(len(i.data) for h in msg.hypotheses for i in (*h.semantic, *h.depth)) / 1e6
         print(f"\nFutures K=8 H=3 112x112 (~{size_mb:.1f} MB of images): round trip median "
-              f"{np.median(round_trips) * 1e3:.1f} ms over DDS ({ros_env.get('FASTDDS_BUILTIN_TRANSPORTS')})")
+              f"{np.median(round_trips) * 1e3:.1f} ms over DDS ({ros_env.get('FASTDDS_BUILTIN_TRANSPORTS', 'default transports')})")
         assert np.median(round_trips) < 1.0
     finally:
-        echo.terminate()
-        echo.wait(timeout=10)
+        stop_process(echo)  # SIGINT, then SIGKILL: a child stuck in rcl_wait must not hang teardown

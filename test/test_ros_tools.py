@@ -110,3 +110,15 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, ros_env):
     video = cv2.VideoCapture(str(out / "forecasts.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == forecasts
     video.release()
+
+
+def test_replay_warns_when_nobody_subscribed(ros_env):
+    """Frames published to nobody (node not running, another domain or other DDS transports) are
+    said so, at the first frame and in the summary, instead of passing silently."""
+    proc = subprocess.run([sys.executable, "-m", "deltaworld_ros.replay", "--video", str(sample_video_paths()["bikes.mp4"]),
+                           "--topic", "/nobody_listens/image", "--max-frames", "3", "--rate", "5"],
+                          cwd=REPO, env=ros_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert output.count("nobody subscribes to /nobody_listens/image") == 2, output
+    assert "3 frames published and no subscriber ever matched" in output
