@@ -62,7 +62,7 @@ class MotionData:
 
     windows: int = 0  # clips to render (0 = none)
     sources: list[str] = field(default_factory=list)  # empty = data.videos.sources
-    duration_s: float = 2.0
+    duration_s: float = 2.0  # frames per clip = duration_s x fps
     fps: float = 12.5  # rendering rate (real clips are read at the nearest stride of their own rate)
     still_prob: float = 0.3  # share of clips over one still frame (pure ego-motion)
     camera: MotionConfig = field(default_factory=MotionConfig)
