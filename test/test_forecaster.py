@@ -109,7 +109,7 @@ def test_streaming_matches_recompute_from_scratch(forecaster):
         torch.testing.assert_close(v1, v2)
 
 
-def release_layout_rollout(fc: Forecaster, images, stamps, seed: int):
+def release_layout_rollout(fc: Forecaster, images, stamps, seed: int, device: str = "cpu"):
     """From scratch, independently of the streaming buffer: the newest ``context`` frames, the
     oldest encoded against black at its own time, then true deltas; K/V built; one rollout."""
     from deltaworld_core.rollout import rollout
@@ -119,10 +119,10 @@ def release_layout_rollout(fc: Forecaster, images, stamps, seed: int):
         feats = fc.vfm(np.stack(images[-c:]))  # [c, N, C]
         prev = torch.cat((fc.vfm.black_features(1), feats[:-1]))
         tokens = fc.tokenizer.encode(prev, feats, fc.grid)
-        times = torch.tensor([stamps[-c:]], dtype=torch.float64)
-        targets = times[:, -1:] + fc.step_s * torch.arange(1, fc.horizon + 1, dtype=torch.float64)[None]
-        out = rollout(fc.tokenizer, fc.world, tokens[None], times, feats[-1:], targets, fc.k,
-                      torch.Generator().manual_seed(seed), fc.grid)[0]
+        times = torch.tensor([stamps[-c:]], dtype=torch.float64, device=device)
+        steps = torch.arange(1, fc.horizon + 1, dtype=torch.float64, device=device)[None]
+        out = rollout(fc.tokenizer, fc.world, tokens[None], times, feats[-1:], times[:, -1:] + fc.step_s * steps,
+                      fc.k, torch.Generator(device=device).manual_seed(seed), fc.grid)[0]
     return tokens, out
 
 

@@ -1,0 +1,156 @@
+"""The CUDA path. Tests marked ``cuda`` need a GPU and skip cleanly without one (CI has none;
+``scripts/device_check.sh`` runs them on a GPU machine); the others check on CPU the choices that
+decide what runs on a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deltaworld_core import Forecaster, load_config
+from deltaworld_core.vfm import build_vfm
+
+from test_forecaster import DINOV3, frames, release_layout_rollout
+
+
+# ------------------------------------------------------------------------- choices, checked on CPU
+def test_node_auto_device_picks_cuda_when_there_is_one(monkeypatch):
+    pytest.importorskip("rclpy")
+    from deltaworld_ros.forecast_node import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+
+
+def test_vfm_autocast_returns_float32_features_close_to_fp32():
+    cfg = load_config("default", DINOV3).vfm
+    plain, mixed = build_vfm(cfg), build_vfm(cfg, autocast=torch.bfloat16)
+    images = np.stack(frames(2, h=32, w=48))
+    with torch.inference_mode():
+        ref, amp = plain(images), mixed(images)
+    assert plain.autocast is None and mixed.autocast is torch.bfloat16
+    assert amp.dtype == torch.float32 and amp.shape == ref.shape
+    assert not torch.equal(amp, ref)  # it really ran in bfloat16
+    assert ((amp - ref).norm() / ref.norm()) < 0.03
+
+
+def test_cpu_forecaster_keeps_fp32_vfm_and_unsynchronised_ticks():
+    fc = Forecaster.from_config("default", overrides={**DINOV3, "forecast.quantize": "bf16"})
+    assert fc.vfm.autocast is None  # bf16 autocast of the VFM is the CUDA path's
+    assert fc.tokenizer.dtype == torch.bfloat16
+    assert fc.sync_timings is False
+
+
+# ------------------------------------------------------------------------- on a GPU
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_streaming_is_the_release_layout_and_matches_cpu():
+    torch.manual_seed(0)
+    gpu = Forecaster.from_config("default", device="cuda", overrides=DINOV3)
+    cpu = Forecaster.from_config("default", overrides=DINOV3)
+    images, stamps = frames(7), [0.1 * i for i in range(7)]
+    for img, t in zip(images[:-1], stamps[:-1]):
+        gpu.step(img, t)
+        cpu.step(img, t)
+    cpu.step(images[-1], stamps[-1])
+    seed = 9
+    gpu.generator.manual_seed(seed)
+    out = gpu.step(images[-1], stamps[-1])
+    assert gpu._tokens.device.type == "cuda" and gpu._kv[0][0].device.type == "cuda"
+    torch.testing.assert_close(gpu._tokens.cpu(), cpu._tokens, atol=1e-4, rtol=1e-4)
+    tokens, expected = release_layout_rollout(gpu, images, stamps, seed=seed, device="cuda")
+    torch.testing.assert_close(gpu._tokens, tokens, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.features, expected, atol=1e-4, rtol=1e-4)
+    assert isinstance(out.semantic, np.ndarray) and out.semantic.shape == (4, 2, 20, 24)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_default_config_runs_torch_vfm_under_bf16_autocast():
+    fc = Forecaster.from_config("default", device="cuda")  # the CPU default asks for ONNX Runtime
+    assert fc.vfm.backend == "torch" and fc.vfm.autocast is torch.bfloat16
+    assert fc.sync_timings is True
+    outs = [fc.step(img, 0.04 * i) for i, img in enumerate(frames(6, h=240, w=320))]
+    last = outs[-1]
+    assert last is not None and np.isfinite(last.depth).all()
+    assert set(last.timings) >= {"vfm", "encode", "predict", "decode", "heads", "total"}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_bf16_vfm_keeps_task_quality_within_one_percent():
+    """The shipped default's heads on the VFM's features of held-out synthetic scenes: mIoU and
+    depth RMSE with the VFM under bf16 autocast within 1% of fp32."""
+    from deltaworld_core.data.synthetic import SyntheticWorld
+
+    fp32 = Forecaster.from_config("default", device="cuda", overrides={"forecast.quantize": "none"})
+    bf16 = Forecaster.from_config("default", device="cuda")
+    images, semantic, depth = [], [], []
+    for seed in range(1000, 1012):
+        clip = SyntheticWorld(seed).render([0.0, 0.6])
+        images += list(clip["frames"])
+        semantic += list(clip["semantic"])
+        depth += list(clip["depth"])
+    images = np.stack(images)
+
+    def quality(fc):
+        with torch.inference_mode():
+            ids, pred = fc.heads(fc.vfm(images), fc.grid, images.shape[1:3])
+        ids, pred = ids.cpu().numpy(), pred.float().cpu().numpy()
+        c = len(fc.class_names)
+        conf = np.zeros((c, c), np.int64)
+        for p, g in zip(ids, semantic):
+            valid = (g != 255) & (g < c)
+            conf += np.bincount(g[valid].astype(np.int64) * c + p[valid], minlength=c * c).reshape(c, c)
+        inter, union = np.diag(conf), conf.sum(0) + conf.sum(1) - np.diag(conf)
+        miou = np.mean(inter[union > 0] / union[union > 0])
+        rmse = np.mean([np.sqrt(np.mean((np.clip(d, 1e-3, 80) - g)[(g > 0) & (g <= 80)] ** 2))
+                        for d, g in zip(pred, depth)])
+        return miou, rmse
+
+    (miou32, rmse32), (miou16, rmse16) = quality(fp32), quality(bf16)
+    assert abs(miou16 - miou32) <= 0.01 * miou32, (miou32, miou16)
+    assert abs(rmse16 - rmse32) <= 0.01 * rmse32, (rmse32, rmse16)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_step_has_no_host_round_trip_before_the_published_maps():
+    """VFM, encode, K/V, predict, decode and the heads' maps run without the host waiting for the
+    device; only copying the maps out does (torch's sync debug mode raises on any wait)."""
+    from deltaworld_core.forecaster import future_maps
+    from deltaworld_core.rollout import rollout_residuals
+
+    fc = Forecaster.from_config("default", device="cuda", overrides={"vfm.weights": "random"})
+    fc.sync_timings = False
+    images = frames(8, h=240, w=320)
+    for i, img in enumerate(images[:-1]):  # warm-up: caches (black frame, RoPE tables) filled
+        fc.step(img, 0.04 * i)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.inference_mode():
+            features = fc.vfm(images[-1][None])
+            fc._push(features, 0.04 * 7, images[-1].shape)
+            target = torch.arange(1, fc.horizon + 1, dtype=torch.float64, device="cuda")[None] * fc.step_s + 0.28
+            residuals = rollout_residuals(fc.tokenizer, fc.world, fc._tokens[None], fc._time_tensor, fc._features,
+                                          target, fc.k, fc.generator, fc.grid, kv=fc._kv)[0]
+            semantic, depth = future_maps(fc.heads, fc.tokenizer, fc._features, residuals, fc.grid, fc.output_size)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert semantic.device.type == "cuda" and semantic.cpu().shape[:2] == (fc.k, fc.horizon)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_bench_reports_synchronised_stages_and_peak_memory():
+    from deltaworld_core import bench
+
+    result = bench.run("default", steps=3, device="cuda")
+    assert result["machine"]["device"] == "cuda" and result["machine"]["device_name"]
+    assert result["peak_gpu_mb"] > 0 and result["config"]["vfm_backend"] == "torch"
+    assert all(result["stage_ms"][s] > 0 for s in bench.STAGES)
