@@ -1,6 +1,6 @@
 """Benchmark of one streaming step, stage by stage, on the current machine.
 
-    python -m deltaworld_core.bench [--config NAME|PATH] [--json OUT.json] [--steps 20] [key=value ...]
+    python -m deltaworld_core.bench [--config NAME|PATH] [--json OUT.json] [--steps 20] [--threads N] [key.path=value ...]
 
 Measures (medians after warm-up): ms per stage (vfm, encode, predict, decode, heads, total) and
 total_hz; FLOPs per stage (torch's flop counter) against the machine's measured dense-matmul
@@ -32,7 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .checkpoint import atomic_write
-from .config import parse_override
+from .cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
 from .forecaster import Forecaster, future_maps, load_models
 
 STAGES = ("vfm", "encode", "predict", "decode", "heads", "total")
@@ -177,10 +177,8 @@ def node_overhead_ms(forecast, image: np.ndarray, repeats: int) -> dict | None:
 
 def run(config: str = "default", overrides: dict | None = None, steps: int = 20, device: str = "cpu",
         threads: int | None = None, weights: str | None = None, dense_weights: str | None = None) -> dict:
-    if threads:
-        torch.set_num_threads(threads)
     dev = torch.device(device)
-    fc = Forecaster.from_config(config, device=device, overrides=overrides, weights=weights)
+    fc = Forecaster.from_config(config, device=device, overrides=overrides, weights=weights, threads=threads)
     stream = synthetic_stream(fc.context + 2 + steps)
     dt = 1.0 / 25
     stamps = [i * dt for i in range(len(stream))]
@@ -296,24 +294,36 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m deltaworld_core.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="default", help="config name (deltaworld_core/configs/NAME.yaml) or YAML path")
+    parser.add_argument("--json", default=None, help="write the results here (atomically)")
+    parser.add_argument("--steps", type=int, default=20, help="timed streaming steps (after warm-up)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
+    add_threads_argument(parser)
+    parser.add_argument("--weights", default=None, help="folder of tokenizer/world/heads .safetensors "
+                        "(default: the config's)")
+    parser.add_argument("--dense", default=None, help="dense baseline checkpoint for dense_ratio "
+                        "(default: an untrained one of the same size; only its speed is measured)")
+    add_overrides_argument(parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deltaworld_core.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="default")
-    parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--steps", type=int, default=20, help="timed streaming steps")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--weights", default=None, help="folder of tokenizer/world/heads .safetensors")
-    parser.add_argument("--dense", default=None, help="dense baseline checkpoint for dense_ratio")
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. forecast.k=16")
-    args = parser.parse_args(argv)
-    overrides = dict(parse_override(o) for o in args.overrides)
-    result = run(args.config, overrides, args.steps, args.device, args.threads, args.weights, args.dense)
-    print(format_table(result))
-    if args.json:
-        text = json.dumps(result, indent=2)
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
-    return 0
+    parser = build_parser()
+
+    def body(args: argparse.Namespace) -> int:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        overrides = parse_overrides(args.overrides)
+        result = run(args.config, overrides, args.steps, args.device, args.threads, args.weights, args.dense)
+        print(format_table(result))
+        if args.json:
+            text = json.dumps(result, indent=2)
+            atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        return 0
+
+    return run_cli(parser, body, argv)
 
 
 if __name__ == "__main__":

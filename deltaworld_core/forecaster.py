@@ -25,11 +25,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import load_module
+from .checkpoint import CheckpointNotFoundError, load_module
 from .config import ModelConfig, load_config
 from .deltatok import DeltaTok
 from .heads import TaskHeads, recorded_class_names
 from .rollout import features_from_residuals, rollout_residuals
+from .threads import apply_threads
 from .vfm import build_vfm
 from .world import DeltaWorld
 
@@ -120,6 +121,7 @@ class Forecaster:
                  heads: TaskHeads, device: str | torch.device = "cpu"):
         self.cfg = cfg
         self.device = torch.device(device)
+        self.threads = torch.get_num_threads()  # per process; from_config / from_model_config set it
         self.vfm, self.tokenizer, self.world, self.heads = vfm, tokenizer, world, heads
         for module in (tokenizer, world, heads):
             module.eval().requires_grad_(False)
@@ -141,17 +143,21 @@ class Forecaster:
     @classmethod
     def from_config(cls, name_or_path: str | Path = "default", device: str | torch.device = "cpu",
                     overrides: dict[str, Any] | None = None, weights: str | Path | None = None,
-                    dtype: torch.dtype = torch.float32) -> "Forecaster":
+                    dtype: torch.dtype = torch.float32, threads: int | None = None) -> "Forecaster":
         """Builds from a named config (``deltaworld_core/configs/NAME.yaml``) or a YAML path.
-        ``weights`` (a folder of tokenizer/world/heads .safetensors) overrides the config's."""
+        ``weights`` (a folder of tokenizer/world/heads .safetensors) overrides the config's.
+        ``threads``: CPU threads of the process's torch and the VFM's ONNX Runtime session
+        (None or 0 = :func:`deltaworld_core.threads.auto_threads`, half the cores, 1-4)."""
+        apply_threads(threads)  # validated before the slow loading
         cfg = load_config(name_or_path, overrides)
         if weights is not None:
             cfg.weights = str(weights)
-        return cls.from_model_config(cfg, device=device, dtype=dtype)
+        return cls.from_model_config(cfg, device=device, dtype=dtype, threads=threads)
 
     @classmethod
     def from_model_config(cls, cfg: ModelConfig, device: str | torch.device = "cpu",
-                          dtype: torch.dtype = torch.float32) -> "Forecaster":
+                          dtype: torch.dtype = torch.float32, threads: int | None = None) -> "Forecaster":
+        threads = apply_threads(threads)  # before the VFM: its ONNX Runtime session takes the count
         models = load_models(cfg, device=device, dtype=dtype)
         # On CUDA, forecast.quantize: bf16 also runs the VFM under bfloat16 autocast: measured on
         # CPU with the shipped default, mIoU -0.06% and depth RMSE +0.00% of fp32 (README, GPU).
@@ -402,5 +408,14 @@ def adopt_class_names(cfg: ModelConfig, heads_file: Path) -> None:
 def load_weights(folder: str | Path, **modules: torch.nn.Module) -> None:
     """Loads ``tokenizer``/``world``/``heads`` from ``folder``/<part>.safetensors strictly."""
     folder = Path(folder)
+    missing = [part for part in modules if not (folder / WEIGHT_FILES[part]).is_file()]
+    if missing and len(missing) < len(modules):  # a training run that has not finished every stage
+        raise CheckpointNotFoundError(
+            f"{folder} has no {', '.join(WEIGHT_FILES[p] for p in missing)}: stage(s) {', '.join(missing)} not "
+            f"trained yet (train them into this folder, e.g. python -m deltaworld_core.train --config "
+            f"deltaworld_core/configs/train_{missing[0]}.yaml out={folder})")
+    if missing:
+        raise CheckpointNotFoundError(f"weights folder {folder} holds none of "
+                                      f"{', '.join(WEIGHT_FILES[p] for p in missing)}")
     for part, module in modules.items():
         load_module(module, folder / WEIGHT_FILES[part])

@@ -487,7 +487,8 @@ def test_forecast_grid_picture(forecaster):
     grid = forecast_grid(images[-1], fc)
     h = fc.semantic.shape[2]
     assert grid.dtype == np.uint8
-    assert grid.shape == ((1 + 4) * h, (1 + 2 * 2) * 2 * h, 3)  # 5 rows, 5 tiles at the camera's 2:1
+    # a legend band, then the mode row and 4 sample rows of 2 tiles per step at the camera's 2:1
+    assert grid.shape[0] > (1 + 4) * h and grid.shape[1] >= 2 * 2 * 2 * h and grid.shape[2] == 3
 
 
 def test_bf16_tokenizer_stays_close_to_fp32_and_keeps_float32_interfaces():
