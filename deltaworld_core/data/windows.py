@@ -40,6 +40,7 @@ from .video import open_video, sample_video_paths
 log = logging.getLogger(__name__)
 
 SAMPLE_VIDEOS = ("bikes", "bigbuckbunny", "carphone_pristine", "carphone_distorted")
+MIN_WINDOW_FRACTION = 0.75  # shorter clips than this share of a window are skipped (too short for clips)
 
 
 @dataclass
@@ -233,6 +234,8 @@ def _real_windows(d: DataConfig, size, cache: FeatureCache) -> list[Window]:
         length = max(2, round(d.videos.window_s * fps)) if d.videos.window_s else d.videos.window
         lo, hi = int(d.videos.segment[0] * n), int(d.videos.segment[1] * n)
         starts = list(range(lo, hi - length + 1, length))
+        if not starts and hi - lo >= MIN_WINDOW_FRACTION * length:
+            length, starts = hi - lo, [lo]  # a clip a little shorter than a window is one window
         if not starts:
             log.warning("%s: segment %s (%d frames) is shorter than a window (%d frames): skipped",
                         vf.name, d.videos.segment, hi - lo, length)
