@@ -494,3 +494,16 @@ def test_a_stalled_model_step_is_reported_and_forecasting_resumes(ros_env, ros_n
         release.set() if "release" in locals() else None
         executor.shutdown(timeout_sec=2)
         node.destroy_node()
+
+
+def test_shipped_parameters_file_sets_every_parameter_to_a_valid_value():
+    """config/forecast.yaml documents every declared parameter, and every shipped value and
+    default passes the node's validation."""
+    from deltaworld_ros.forecast_node import PARAMETERS, parameter_problem
+
+    shipped = yaml.safe_load((REPO / "config" / "forecast.yaml").read_text())["/**"]["ros__parameters"]
+    assert set(shipped) == set(PARAMETERS)
+    for name, (default, _) in PARAMETERS.items():
+        assert parameter_problem(name, default) is None, name
+        assert parameter_problem(name, shipped[name]) is None, name
+        assert type(shipped[name]) is type(default), name

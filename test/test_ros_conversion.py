@@ -196,3 +196,72 @@ def test_futures_message_from_a_forecast():
     np.testing.assert_allclose(decoded.depth_mean, forecast.summary.depth_mean)
     np.testing.assert_allclose(decoded.depth_std, forecast.summary.depth_std)
     np.testing.assert_allclose(decoded.target_stamps - decoded.stamp, [0.2, 0.4], atol=1e-6)
+
+
+# ---------------------------------------------------------------- hostile compressed data and headers
+def _jpeg_declaring(side: int) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(encoded.tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = side.to_bytes(2, "big") * 2
+    return bytes(data)
+
+
+@pytest.mark.parametrize("progressive", [0, 1])
+def test_compressed_size_is_read_from_the_header(progressive):
+    from deltaworld_ros.image_conversion import compressed_image_size
+
+    image = cv2.resize(RGB, (57, 41))
+    jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])[1].tobytes()
+    assert compressed_image_size(jpeg) == ("jpeg", 41, 57)
+    assert compressed_image_size(cv2.imencode(".png", image)[1].tobytes()) == ("png", 41, 57)
+    assert compressed_image_size(_jpeg_declaring(30000)) == ("jpeg", 30000, 30000)
+
+
+@pytest.mark.parametrize("data", [
+    _jpeg_declaring(30000),  # 30000^2 px in ~700 bytes: OpenCV would decode it (16 s, 5 GB)
+    b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + (20000).to_bytes(4, "big") * 2 + bytes(9),
+])
+def test_decompression_bombs_are_never_decoded(data, monkeypatch):
+    """Item 1 of issue 13: the decoder is not even called for a header over the size limits."""
+    def no_decode(*args):
+        raise AssertionError("imdecode called on a decompression bomb")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    with pytest.raises(ImageTooLargeError, match="header declares"):
+        msg_to_rgb(CompressedImage(format="jpeg", data=data))
+
+
+@pytest.mark.parametrize("data", [
+    cv2.imencode(".bmp", RGB)[1].tobytes(),  # another format under a jpeg label: never decoded
+    b"\xff\xd8\xff\xe0" + bytes(20),  # a JPEG start without a frame header
+    b"\x89PNG\r\n\x1a\n" + bytes(8),  # a PNG signature without IHDR
+])
+def test_compressed_data_without_a_readable_header_is_rejected(data):
+    with pytest.raises(CompressedDecodeError):
+        msg_to_rgb(CompressedImage(format="jpeg", data=data))
+
+
+def test_headers_that_cannot_be_copied_into_futures_are_rejected():
+    """Items 3 and 13 of issue 13: a frame_id longer than MAX_FRAME_ID_LENGTH, and stamps whose
+    targets pass 2^31 s (which serialised as -2^31), raise their own errors, before and inside
+    the message builder."""
+    from deltaworld_ros.futures_msg import MAX_FRAME_ID_LENGTH, check_header, forecast_to_msg, ns_to_time
+    from deltaworld_ros.image_conversion import FrameIdTooLongError, StampOutOfRangeError
+
+    fine = Header(stamp=Time(sec=1700000000), frame_id="c" * MAX_FRAME_ID_LENGTH)
+    check_header(fine, horizon_s=0.6)
+    assert forecast_to_msg(fake_forecast(stamp=1700000000.0), fine).header.frame_id == fine.frame_id
+    with pytest.raises(FrameIdTooLongError):
+        check_header(Header(stamp=Time(sec=1), frame_id="c" * (MAX_FRAME_ID_LENGTH + 1)))
+    last = Header(stamp=Time(sec=2**31 - 1, nanosec=500_000_000), frame_id="cam")
+    check_header(last, horizon_s=0.4)
+    with pytest.raises(StampOutOfRangeError, match="2038"):
+        check_header(last, horizon_s=0.6)
+    with pytest.raises(StampOutOfRangeError):
+        forecast_to_msg(fake_forecast(stamp=2**31 - 1 + 0.5, step=0.3), last)
+    with pytest.raises(StampOutOfRangeError):
+        check_header(Header(stamp=Time(sec=3, nanosec=1_000_000_000)))
+    with pytest.raises(StampOutOfRangeError):
+        ns_to_time(2**31 * 1_000_000_000)
+    assert ns_to_time(2**31 * 1_000_000_000 - 1).sec == 2**31 - 1
