@@ -7,9 +7,10 @@ total_hz; FLOPs per stage (torch's flop counter) against the machine's measured 
 throughput (utilisation); the streaming step against a recompute-from-scratch rollout that
 re-runs the VFM over every context frame and re-encodes every pair at each new frame (how the
 released evaluation code works); DeltaWorld's predictor against the dense DINO-Foresight-style
-predictor; the ROS-side cost of converting an image and building/serialising a Futures message;
-and the process's peak RSS. With ``--device cuda`` every timing is CUDA-synchronised (the clock
-is read after the GPU finished the stage) and the peak GPU memory of a streaming step is reported.
+predictor; and the process's peak RSS. With ``--device cuda`` every timing is CUDA-synchronised
+(the clock is read after the GPU finished the stage) and the peak GPU memory of a streaming step is
+reported. The ROS node's own cost per frame (node_overhead_ms) is ``python -m deltaworld_ros.bench``:
+this library does not depend on ROS.
 Speed targets live here, never in tests.
 """
 
@@ -152,29 +153,6 @@ def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = N
     }
 
 
-def node_overhead_ms(forecast, image: np.ndarray, repeats: int) -> dict | None:
-    """ROS-side cost beyond the model: decode a camera Image message to RGB, build the Futures
-    message and serialise it (None where the ROS wheels or messages are not installed)."""
-    try:
-        from rclpy.serialization import serialize_message
-        from sensor_msgs.msg import Image
-        from std_msgs.msg import Header
-
-        from deltaworld_ros.futures_msg import forecast_to_msg
-        from deltaworld_ros.image_conversion import image_msg_to_rgb
-    except Exception:  # noqa: BLE001 - ROS is optional for the core benchmark
-        return None
-    msg = Image(height=image.shape[0], width=image.shape[1], encoding="bgr8", is_bigendian=0,
-                step=image.shape[1] * 3, data=np.ascontiguousarray(image[..., ::-1]).tobytes())
-    header = Header(frame_id="camera")
-    convert = _median_ms(lambda: image_msg_to_rgb(msg), repeats)
-    build = _median_ms(lambda: forecast_to_msg(forecast, header), repeats)
-    futures = forecast_to_msg(forecast, header)
-    serialise = _median_ms(lambda: serialize_message(futures), repeats)
-    return {"convert_ms": convert, "build_ms": build, "serialize_ms": serialise,
-            "total_ms": convert + build + serialise, "message_bytes": len(serialize_message(futures))}
-
-
 def run(config: str = "default", overrides: dict | None = None, steps: int = 20, device: str = "cpu",
         threads: int | None = None, weights: str | None = None, dense_weights: str | None = None) -> dict:
     dev = torch.device(device)
@@ -185,7 +163,6 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     timings: dict[str, list[float]] = {s: [] for s in (*STAGES, "unattributed")}
     recompute: list[float] = []
-    last = None
     gpu_peaks: list[int] = []  # bytes, per streaming step (models, buffer and the step's temporaries)
     for i, image in enumerate(stream):
         if sync:
@@ -197,7 +174,6 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
             for s in STAGES:
                 timings[s].append(out.timings[s])
             timings["unattributed"].append(out.timings["total"] - sum(out.timings[s] for s in STAGES[:-1]))
-            last = out
             # The recompute-from-scratch baseline on the same window right after each step: taking
             # both in turn keeps a machine whose speed drifts from biasing their ratio. It leaves
             # the buffer as streaming would have it, so the stream goes on unchanged.
@@ -253,13 +229,7 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
         "recompute_ms": recompute_ms,
         "streaming_speedup": recompute_ms / stage_ms["total"],
         "dense_ratio": dense_comparison(fc, max(3, steps // 4), dense_weights, float_fc.world),
-        "node_overhead": None,
-        "node_overhead_ms": None,
     }
-    if last is not None:
-        node = node_overhead_ms(last, stream[-1], max(5, steps))
-        result["node_overhead"] = node
-        result["node_overhead_ms"] = None if node is None else node["total_ms"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["peak_gpu_mb"] = max(gpu_peaks) / 2**20 if gpu_peaks else None
     return result
@@ -284,10 +254,6 @@ def format_table(r: dict) -> str:
         f"dense_ratio: tokens/frame 1 vs {d['tokens_per_frame']['dense']}, FLOPs x{d['flops_ratio']:.0f}, "
         f"time x{d['time_ratio']:.1f} ({d['ms']['deltaworld']:.1f} vs {d['ms']['dense']:.1f} ms)"
     )
-    if r["node_overhead_ms"] is not None:
-        n = r["node_overhead"]
-        lines.append(f"node_overhead_ms {n['total_ms']:.2f} (convert {n['convert_ms']:.2f}, build {n['build_ms']:.2f}, "
-                     f"serialize {n['serialize_ms']:.2f}; {n['message_bytes'] / 1e6:.2f} MB)")
     lines.append(f"peak_rss_mb {r['peak_rss_mb']:.0f}")
     if r.get("peak_gpu_mb") is not None:
         lines.append(f"peak_gpu_mb {r['peak_gpu_mb']:.0f} (a streaming step)")

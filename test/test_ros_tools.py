@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -122,3 +123,45 @@ def test_replay_warns_when_nobody_subscribed(ros_env):
     output = proc.stdout + proc.stderr
     assert output.count("nobody subscribes to /nobody_listens/image") == 2, output
     assert "3 frames published and no subscriber ever matched" in output
+
+
+ROS_MODULES = ("rclpy", "rcl_interfaces", "rosidl_runtime_py", "rosidl_parser", "sensor_msgs", "std_msgs",
+               "builtin_interfaces", "diagnostic_msgs", "lifecycle_msgs", "launch", "launch_ros", "ament_index_python",
+               "deltaworld_ros")
+
+
+def test_the_core_library_imports_nothing_of_ros():
+    """deltaworld_core is pure Python/PyTorch: no module of it imports ROS, not even lazily
+    inside a function (the node's overhead is measured by deltaworld_ros.bench)."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "deltaworld_core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{path.relative_to(REPO)}:{node.lineno} {name}" for name in names
+                          if name.split(".")[0] in ROS_MODULES]
+    assert not offenders, offenders
+
+
+def test_ros_bench_measures_the_node_overhead(tmp_path):
+    core_result = tmp_path / "bench.json"
+    core_result.write_text(json.dumps({"total": 104.3, "config": {"name": "default"}}))
+    out = tmp_path / "node.json"
+    overrides = [f"{k}={json.dumps(v)}" for k, v in TINY.items()]
+    proc = subprocess.run([sys.executable, "-m", "deltaworld_ros.bench", "--repeats", "3", "--threads", "1",
+                           "--json", str(out), "--update", str(core_result), *overrides, "forecast.k=3"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("node_overhead_ms ") and "K=3" in proc.stdout
+    result = json.loads(out.read_text())
+    parts = result["node_overhead"]
+    assert result["node_overhead_ms"] == pytest.approx(parts["convert_ms"] + parts["build_ms"] + parts["serialize_ms"])
+    assert min(parts["convert_ms"], parts["build_ms"], parts["serialize_ms"]) > 0
+    assert parts["message_bytes"] > 3 * 3 * 56 * 112 * 5  # K=3 x 3 steps of 56x112 maps (uint8 + float32)
+    merged = json.loads(core_result.read_text())
+    assert merged["total"] == 104.3 and merged["node_overhead_ms"] == result["node_overhead_ms"]
+    bad = subprocess.run([sys.executable, "-m", "deltaworld_ros.bench", "--update", str(tmp_path / "missing.json")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
