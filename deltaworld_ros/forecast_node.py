@@ -56,13 +56,16 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "model_config": ("default", "deltaworld_core config: a name (deltaworld_core/configs/NAME.yaml) or a YAML path."),
     "weights": ("", "Folder of tokenizer/world/heads .safetensors; empty = the config's weights."),
     "device": ("auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."),
+    "threads": (0, "CPU threads of the model (torch and ONNX Runtime), 0-256; 0 = auto: half the cores, 1 to 4, "
+                   "which keeps its speed when other processes load the CPU."),
     "k": (0, "Hypotheses sampled per forecast (0 = config value)."),
     "horizon": (0, "Future steps per hypothesis (0 = config value)."),
     "step_s": (0.0, "Seconds between future steps (0 = config value)."),
     "input_size": ([0, 0], "[height, width] the camera frame is resized to for the VFM, multiples of "
                            "the patch size ([0, 0] = config value)."),
     "output_size": ([0, 0], "[height, width] of the output semantic/depth images ([0, 0] = config value)."),
-    "max_gap_s": (0.0, "A larger gap between frame stamps resets the context (0 = config value)."),
+    "max_gap_s": (0.0, "A larger gap between the stamps of camera frames received (not between frames the model "
+                          "processed) resets the context (0 = config value)."),
     "publish_debug_image": (False, "Publish a colour-coded grid of hypotheses x steps (sensor_msgs/Image rgb8)."),
     "debug_image_topic": ("/deltaworld/debug_image", "Topic of the debug image."),
     "diagnostics_period_s": (1.0, "Period of /diagnostics messages in seconds."),
@@ -93,6 +96,8 @@ def parameter_problem(name: str, value) -> str | None:
         return "must name a config (e.g. default) or a YAML path"
     elif name == "device" and not _DEVICE.fullmatch(value):
         return "must be auto, cpu, mps, cuda or cuda:N"
+    elif name == "threads" and not 0 <= value <= 256:
+        return "must be 0 (auto: half the cores, 1-4) or a thread count from 1 to 256"
     elif name in ("k", "horizon") and value < 0:
         return "must be >= 0 (0 = the model config's value)"
     elif name in ("step_s", "max_gap_s") and not (_is_number(value) and value >= 0):
@@ -247,14 +252,16 @@ class ForecastNode(LifecycleNode):
         self.device = resolve_device(self.param("device"))
         started = time.perf_counter()
         self.forecaster = fc = Forecaster.from_config(
-            self.param("model_config"), device=self.device, overrides=overrides, weights=self.param("weights") or None)
+            self.param("model_config"), device=self.device, overrides=overrides, weights=self.param("weights") or None,
+            threads=self.param("threads"))
         # max_gap_s is a gap in the camera stream (checked on receipt, _stream_gap), not between the
         # frames the model happens to process: a model step slower than max_gap_s must not reset
         # the context on every frame. The forecaster's own check therefore never fires here.
         self._max_gap_s, fc.max_gap_s = fc.max_gap_s, math.inf
         self.get_logger().info(
             f"model '{self.param('model_config')}' on {self.device} in {time.perf_counter() - started:.1f} s: "
-            f"K={fc.k}, horizon={fc.horizon} x {fc.step_s} s, output {fc.output_size}, {len(fc.class_names)} classes")
+            f"K={fc.k}, horizon={fc.horizon} x {fc.step_s} s, output {fc.output_size}, {len(fc.class_names)} classes, "
+            f"{fc.threads} threads")
         # Reliable so that ~MB messages are not lost to one missing fragment; depth 2 so that a
         # slow subscriber gets the newest futures rather than a backlog.
         futures_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
@@ -461,6 +468,7 @@ class ForecastNode(LifecycleNode):
         values = {
             "state": state,
             "device": self.device,
+            "threads": str(self.forecaster.threads) if self.forecaster is not None else "unconfigured",
             "input_rate_hz": f"{self._rate(self._received_at, now):.2f}",
             "forecast_rate_hz": f"{self._rate(self._published_at, now):.2f}",
             "latency_ms_last": f"{latencies[-1]:.1f}" if latencies else "nan",
