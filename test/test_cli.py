@@ -299,3 +299,35 @@ def test_forecast_cli_png_carries_the_legend_and_the_real_frames(tiny_config, ti
         assert _colour_present(band, palette(3)[i])
     real = picture[picture.shape[0] - 4 * th: picture.shape[0] - 3 * th, :tw]
     assert real.reshape(-1, 3).std(0).max() > 10  # a real frame, not a placeholder
+
+
+# ----------------------------------------------------------------------------- the ROS demo's arguments
+@pytest.mark.parametrize("args, message", [
+    (["forecast.kk=4"], "unknown config key.*forecast.kk"),
+    (["--param", "kk:=4"], "forecast_node has no parameter 'kk'"),
+    (["--param", "k=4"], "must look like NAME:=VALUE"),
+    (["--threads", "-1"], "threads"),
+    (["--max-frames", "0"], "--max-frames must be >= 1"),
+])
+def test_demo_rejects_bad_arguments_before_starting_anything(args, message, tmp_path, capsys):
+    pytest.importorskip("rclpy")
+    from deltaworld_ros import demo
+
+    assert demo.main(["--out", str(tmp_path / "demo"), *args]) == 2
+    lines = error_lines(capsys.readouterr().err, "python -m deltaworld_ros.demo")
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
+    assert not (tmp_path / "demo" / "node.log").exists()  # no node was started
+
+
+def test_demo_writes_the_overridden_model_config_for_the_node(tmp_path):
+    pytest.importorskip("rclpy")
+    from deltaworld_ros import demo
+
+    args = demo.build_parser().parse_args(["--out", str(tmp_path), "forecast.k=4", "forecast.horizon=2"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = demo.overridden_model_config(args, demo.default_params_file(), [])
+    from deltaworld_core.config import load_config
+
+    cfg = load_config(path)
+    assert (cfg.forecast.k, cfg.forecast.horizon) == (4, 2)
+    assert cfg.weights == load_config("default").weights  # the shipped weights, by absolute path
