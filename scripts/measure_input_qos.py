@@ -43,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reliability", nargs="+", default=["best_effort", "reliable"],
                         choices=["best_effort", "reliable"])
     parser.add_argument("--transports", choices=["LARGE_DATA", "default"], default="LARGE_DATA")
+    parser.add_argument("--sizes", nargs="+", default=[f"{w}x{h}" for w, h in SIZES], help="WIDTHxHEIGHT ...")
     parser.add_argument("--out", type=Path, help="also write the results as one JSON list")
     args = parser.parse_args(argv)
+    try:
+        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
+    except ValueError:
+        parser.error(f"--sizes takes WIDTHxHEIGHT values, got {args.sizes}")
 
     from deltaworld_ros.ros_env import ros_environment
 
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"the node did not start: see {log.name}")
                 time.sleep(0.1)
             time.sleep(1.0)
-            for width, height in SIZES:
+            for width, height in sizes:
                 rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
                 template = array_to_image_msg(rgb, "rgb8")
                 received0, lost0 = counters()

@@ -440,6 +440,10 @@ def test_input_qos_parameters_and_a_12_megapixel_frame(tmp_path, ros_env, harnes
                          "every 12 Mpx frame received", node)
         harness.wait_for(lambda: harness.count() >= 1, 20, "a forecast of 12 Mpx frames", node)
         assert int(harness.values()["frames_malformed"]) == 0
+        # A best-effort camera cannot feed a reliable subscription: the node says so.
+        harness.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+        harness.wait_for(lambda: "incompatible with input_reliability 'reliable'" in node.log(), 10,
+                         "the incompatible-QoS warning", node)
     finally:
         assert node.stop() == 0, node.log()
 
