@@ -119,7 +119,8 @@ def test_array_to_image_rejects_wrong_shapes():
 
 def test_conversions_are_fast():
     """A 1280x720 frame: numpy views and bytes assignment, not per-element loops (which take
-    ~140 ms per MB). Generous bounds: these run on shared CPUs."""
+    ~140 ms per MB, i.e. ~390 ms for this 2.8 MB frame). Generous bounds: these run on shared,
+    loaded CPUs (50 ms was exceeded there)."""
     frame = RNG.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
     timings = {}
     for encoding in ("rgb8", "bgr8"):
@@ -129,7 +130,7 @@ def test_conversions_are_fast():
         start = time.perf_counter()
         msg_to_rgb(msg)
         timings[f"decode {encoding}"] = time.perf_counter() - start
-    assert max(timings.values()) < 0.05, timings
+    assert max(timings.values()) < 0.2, timings
 
 
 # ---------------------------------------------------------------- Futures from a Forecast
