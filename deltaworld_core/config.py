@@ -168,7 +168,7 @@ class HeadsConfig:
 class ForecastConfig:
     """Streaming forecast settings."""
 
-    context: int = ranged(4, 1, 64)  # delta tokens of context
+    context: int = ranged(4, 1, 64)  # frames of context: the oldest as a whole-frame token, then deltas
     horizon: int = ranged(3, 1, 64)  # future steps
     k: int = ranged(8, 1, 256)  # hypotheses sampled per step
     step_s: float = ranged(0.2, 0.0, 60.0, low_open=True)  # seconds between target frames
