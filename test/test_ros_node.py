@@ -273,6 +273,22 @@ def test_node_survives_malformed_input_and_time_going_backwards(tmp_path, ros_en
         assert node.stop() == 0, node.log()
 
 
+def stream_at_30hz(harness: Harness, clip, node: NodeProcess, t0: float, first: int, until, min_s: float,
+                   max_s: float = 180.0) -> tuple[int, int]:
+    """Publishes clip frames stamped t0 + i/30 at 30 Hz for at least ``min_s`` seconds and until
+    ``until()`` holds (bounded by ``max_s``: how long a loaded CPU takes varies 10x); returns
+    (frames sent, stamp in ns of the last one)."""
+    i = 0
+    while i < 30 * min_s or not until():
+        if i >= 30 * max_s or not node.alive():
+            pytest.fail(f"streaming for {i / 30:.0f} s did not get there:\n{node.log()}")
+        stamp = t0 + i / 30
+        harness.send(clip[(first + i) % len(clip)], stamp)
+        i += 1
+        time.sleep(max(0.0, stamp + 1 / 30 - time.time()))
+    return i, time_to_ns(seconds_to_time(t0 + (i - 1) / 30))
+
+
 def test_burst_into_a_slower_model_keeps_latency_bounded(tmp_path, ros_env, harness, clip):
     """30 Hz into a model several times slower: only the newest frame is processed, frames are
     dropped (and counted), latency does not grow, and no backlog is worked off after the burst."""
@@ -280,16 +296,11 @@ def test_burst_into_a_slower_model_keeps_latency_bounded(tmp_path, ros_env, harn
     node = NodeProcess(tmp_path, ros_env, model_config=str(config), output_size=[56, 56], diagnostics_period_s=0.5)
     try:
         harness.wait_until_connected(node)
-        start = time.time()
-        count = 120  # 4 s
-        for i in range(count):
-            stamp = start + i / 30
-            harness.send(clip[i % len(clip)], stamp)
-            time.sleep(max(0.0, stamp + 1 / 30 - time.time()))
-        last_stamp = time_to_ns(seconds_to_time(start + (count - 1) / 30))
+        # At least 4 s, and long enough for 6 forecasts however slow the loaded CPU makes a step.
+        count, last_stamp = stream_at_30hz(harness, clip, node, time.time(), 0, lambda: harness.count() >= 6, 4.0)
         burst_end = time.time()
         harness.wait_for(lambda: harness.count() and time_to_ns(harness.futures[-1][1].header.stamp) == last_stamp,
-                         20, "the forecast of the last frame", node)
+                         30, "the forecast of the last frame", node)
         time.sleep(1.5)
         received = list(harness.futures)
         latencies = [t - time_to_seconds(m.header.stamp) for t, m in received]
@@ -300,7 +311,7 @@ def test_burst_into_a_slower_model_keeps_latency_bounded(tmp_path, ros_env, harn
         assert step > 2 / 30, "the model is not slower than the camera; the test proves nothing: " + report
         # Best-effort DDS may lose frames on a loaded machine: the node's own count is the reference.
         frames_in = int(values["frames_received"])
-        assert 0.5 * count <= frames_in <= count, report
+        assert 0.25 * count <= frames_in <= count, report
         assert len(received) < frames_in / 2, report
         assert int(values["frames_dropped"]) >= frames_in / 2, report
         assert int(values["frames_dropped"]) + int(values["frames_processed"]) == frames_in, report
@@ -320,32 +331,25 @@ def test_a_model_step_slower_than_max_gap_s_keeps_forecasting(tmp_path, ros_env,
     (frames dropped in between) keeps its context; a real pause of the camera still resets it."""
     config = write_model_config(tmp_path / "slow.yaml", SLOW)
     max_gap_s = 0.1  # 3 camera periods at 30 Hz; the slow model takes several times longer per step
+    # Reliable camera QoS: a frame lost by best-effort DDS would be a real gap in the stream.
     node = NodeProcess(tmp_path, ros_env, model_config=str(config), output_size=[56, 56], max_gap_s=max_gap_s,
-                       diagnostics_period_s=0.5)
+                       diagnostics_period_s=0.5, input_reliability="reliable")
+    harness.camera = harness.node.create_publisher(Image, "/camera/image_raw",
+                                                   QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
     try:
         harness.wait_until_connected(node)
-        start = time.time()
-
-        def stream(first: int, count: int, t0: float) -> int:
-            for i in range(count):
-                stamp = t0 + i / 30
-                harness.send(clip[(first + i) % len(clip)], stamp)
-                time.sleep(max(0.0, stamp + 1 / 30 - time.time()))
-            return time_to_ns(seconds_to_time(t0 + (count - 1) / 30))
-
-        last = stream(0, 90, start)  # 3 s
-        harness.wait_for(lambda: harness.count() and time_to_ns(harness.futures[-1][1].header.stamp) == last,
-                         20, "the forecast of the last frame before the pause", node)
+        # Before the fix every processed frame reset the context (4 frames): no forecast ever came.
+        sent, last = stream_at_30hz(harness, clip, node, time.time(), 0, lambda: harness.count() >= 3, 3.0)
+        harness.wait_for(lambda: time_to_ns(harness.futures[-1][1].header.stamp) == last,
+                         30, "the forecast of the last frame before the pause", node)
         before = [m for _, m in harness.futures]
         step = float(np.median(np.diff([t for t, _ in harness.futures]))) if len(before) > 1 else float("nan")
         report = f"{len(before)} forecasts, step {step * 1e3:.0f} ms\n{node.log()}"
         assert step > max_gap_s, "the model is not slower than max_gap_s; the test proves nothing: " + report
-        # Before the fix every processed frame reset the context (context 4 frames): no forecasts.
-        assert len(before) >= 3, report
         time.sleep(0.5)  # the camera pauses: a gap of 0.5 s > max_gap_s in the stream itself
-        last = stream(90, 60, time.time())
+        _, last = stream_at_30hz(harness, clip, node, time.time(), sent, lambda: harness.count() >= len(before) + 2, 2.0)
         harness.wait_for(lambda: time_to_ns(harness.futures[-1][1].header.stamp) == last,
-                         20, "the forecast of the last frame after the pause", node)
+                         30, "the forecast of the last frame after the pause", node)
         time.sleep(1.0)
         values = diagnostic_values(harness)
         assert int(values["resets"]) == 1, f"{values}\n{node.log()}"
