@@ -130,6 +130,13 @@ class Harness:
                       and self.node.count_publishers("/deltaworld/futures") > 0, timeout, "the node", node_process)
         time.sleep(0.3)  # let both ends finish matching
 
+    def use_reliable_camera(self) -> dict:
+        """Publishes the camera reliably from now on (for tests that count every frame: best-effort
+        DDS may lose a ~0.5 MB frame on a loaded machine); returns the node parameter to match."""
+        self.camera = self.node.create_publisher(Image, "/camera/image_raw",
+                                                 QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        return {"input_reliability": "reliable"}
+
     def send(self, rgb: np.ndarray, stamp: float, frame_id: str = "camera") -> None:
         self.camera.publish(array_to_image_msg(rgb, "rgb8", Header(stamp=seconds_to_time(stamp), frame_id=frame_id)))
 
@@ -183,7 +190,7 @@ def test_node_forecasts_a_real_clip(tmp_path, ros_env, harness, clip):
     config = write_model_config(tmp_path / "tiny.yaml", TINY)
     k, horizon, size, step_s = 3, 2, (24, 32), 0.25
     node = NodeProcess(tmp_path, ros_env, model_config=str(config), device="auto", k=k, horizon=horizon,
-                       step_s=step_s, output_size=list(size), diagnostics_period_s=0.5)
+                       step_s=step_s, output_size=list(size), diagnostics_period_s=0.5, **harness.use_reliable_camera())
     try:
         harness.wait_until_connected(node)
         sent: dict[int, str] = {}
@@ -229,7 +236,8 @@ def malformed_images(rgb: np.ndarray) -> dict[str, Image]:
 
 def test_node_survives_malformed_input_and_time_going_backwards(tmp_path, ros_env, harness, clip):
     config = write_model_config(tmp_path / "tiny.yaml", TINY)
-    node = NodeProcess(tmp_path, ros_env, model_config=str(config), diagnostics_period_s=0.5)
+    node = NodeProcess(tmp_path, ros_env, model_config=str(config), diagnostics_period_s=0.5,
+                       **harness.use_reliable_camera())
     try:
         harness.wait_until_connected(node)
         frames = iter(clip * 3)
@@ -333,9 +341,7 @@ def test_a_model_step_slower_than_max_gap_s_keeps_forecasting(tmp_path, ros_env,
     max_gap_s = 0.1  # 3 camera periods at 30 Hz; the slow model takes several times longer per step
     # Reliable camera QoS: a frame lost by best-effort DDS would be a real gap in the stream.
     node = NodeProcess(tmp_path, ros_env, model_config=str(config), output_size=[56, 56], max_gap_s=max_gap_s,
-                       diagnostics_period_s=0.5, input_reliability="reliable")
-    harness.camera = harness.node.create_publisher(Image, "/camera/image_raw",
-                                                   QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+                       diagnostics_period_s=0.5, **harness.use_reliable_camera())
     try:
         harness.wait_until_connected(node)
         # Before the fix every processed frame reset the context (4 frames): no forecast ever came.
