@@ -1,9 +1,11 @@
 """How many CPU threads the model's kernels use (torch intra-op and the VFM's ONNX Runtime pool).
 
-A robot's CPU is never idle. With every core given to the model, one core taken by another process
-stalls each parallel kernel at its barrier: on a 2-core machine with the cores loaded, 2 threads
-ran a streaming step 17x slower than 1 thread, while 1 thread on an idle machine costs well under
-2x (measured with ``python -m deltaworld_core.bench --threads 1/2``, see the README). So the
+A robot's CPU is never idle. With every core given to the model, another process taking a core
+stalls each parallel torch kernel at its barrier. Measured with ``python -m deltaworld_core.bench
+--threads 1/2 --steps 12`` on a 2-core AMD EPYC (avx512_bf16), 2026-11-30: with two busy loops at
+the same priority, 1 thread 786 ms per streaming step, 2 threads 4,132 ms (encode 41 -> 746 ms,
+decode 84 -> 1,279 ms); with the machine only lightly used, 1 thread 203 ms, 2 threads 225 ms
+(on a fully idle machine 2 threads are faster: 104 ms in the README's Performance table). So the
 default leaves half the cores to the rest of the robot: ``auto`` = max(1, min(4, cores // 2)).
 """
 

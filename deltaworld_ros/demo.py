@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
                         help="replay at most N frames (at least context + 1 of them must reach the model: "
                              "see the README's smallest demo)")
+    parser.add_argument("--every-frame", action="store_true",
+                        help="send each frame only once the model has taken the previous one (stamped with the "
+                             "clip's own times): every frame is forecast on any machine, e.g. --max-frames 10")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the model to load")
     parser.add_argument("--camera-topic", default="/demo/camera/image_raw", help="topic the clip is published on")
     parser.add_argument("--futures-topic", default="/deltaworld/futures", help="topic the node publishes Futures on")
@@ -238,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     node_cmd = [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args",
                 "--params-file", str(prepared["params_file"]),
                 "-p", f"image_topic:={args.camera_topic}", "-p", f"futures_topic:={args.futures_topic}"]
+    if args.every_frame:  # frequent counters to pace the replay by (a --param of the user's still wins)
+        node_cmd += ["-p", "diagnostics_period_s:=0.1"]
     for param in prepared["params"]:
         node_cmd += ["-p", param]
     log_path = args.out / "node.log"
@@ -259,6 +264,8 @@ def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.time import Time
     from sensor_msgs.msg import Image
 
     from deltaworld_ros.futures_msg import time_to_ns
@@ -274,6 +281,17 @@ def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:
     rclpy.init()
     node = rclpy.create_node("deltaworld_demo")
     recorder = Recorder(args.out, fps=VideoReader(video).fps * args.rate, hypotheses=args.hypotheses)
+    progress: dict[str, int] = {}  # the node's newest frame counters, from /diagnostics
+
+    def on_diagnostics(msg) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if "DeltaWorld forecast" in status.name and "frames_processed" in values:
+                progress.update({k: int(values[k]) for k in ("frames_received", "frames_processed", "frames_dropped",
+                                                             "frames_malformed") if values.get(k, "").isdigit()})
+                progress["reports"] = progress.get("reports", 0) + 1
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     node.create_subscription(Futures, args.futures_topic, recorder.on_futures,
                              QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     camera = node.create_publisher(Image, args.camera_topic, qos_profile_sensor_data)
@@ -281,6 +299,22 @@ def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
     frames_in = 0
+
+    def wait_until_handled(sent: int, lost_after_s: float = 3.0) -> None:
+        """Until the node reports ``sent`` frames received and each run or dropped (a frame DDS lost
+        is given up on after ``lost_after_s``)."""
+        waited = time.monotonic()
+        while node_proc.poll() is None:
+            handled = sum(progress.get(k, 0) for k in ("frames_processed", "frames_dropped", "frames_malformed"))
+            received = progress.get("frames_received", 0)
+            if received >= sent and handled >= received:
+                return
+            if received < sent and time.monotonic() - waited > lost_after_s:
+                return
+            if received >= sent:
+                waited = time.monotonic()
+            time.sleep(0.02)
+
     try:
         print(f"demo: waiting for forecast_node to load its model (log: {log_path})", flush=True)
         deadline = time.monotonic() + args.startup_timeout
@@ -294,18 +328,30 @@ def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:
         print(f"demo: replaying {video} on {args.camera_topic}", flush=True)
         start = time.monotonic()
         last_ns = None
+        clock_start = node.get_clock().now().nanoseconds
         for offset, msg in video_messages(video, "rgb8", "camera"):  # native rate, live-camera stamps
             if args.max_frames is not None and frames_in >= args.max_frames:
                 break
-            time.sleep(max(0.0, start + offset / args.rate - time.monotonic()))
-            msg.header.stamp = node.get_clock().now().to_msg()
+            if args.every_frame:  # the clip's own times: the model may take as long as it needs
+                msg.header.stamp = Time(nanoseconds=clock_start + int(offset * 1e9)).to_msg()
+            else:
+                time.sleep(max(0.0, start + offset / args.rate - time.monotonic()))
+                msg.header.stamp = node.get_clock().now().to_msg()
             last_ns = time_to_ns(msg.header.stamp)
             recorder.add_frame(last_ns, image_to_array(msg))
             camera.publish(msg)
             frames_in += 1
-        # The newest frame is always processed: wait for its forecast (bounded, in case it fails).
+            if args.every_frame:
+                wait_until_handled(frames_in)
+        # The newest frame is always processed: wait for its forecast (bounded, in case it fails), but
+        # stop early once the node reports every frame it received handled and none can come.
         deadline = time.monotonic() + 30.0
+        reports_at_end = progress.get("reports", 0)
         while recorder.last_stamp_ns != last_ns and time.monotonic() < deadline and node_proc.poll() is None:
+            idle = progress.get("reports", 0) >= reports_at_end + 2 and progress.get("frames_received", -1) == sum(
+                progress.get(k, 0) for k in ("frames_processed", "frames_dropped", "frames_malformed"))
+            if idle and recorder.count == 0 and not recorder.pending:
+                break
             time.sleep(0.05)
     finally:
         executor.shutdown(timeout_sec=2)
@@ -313,10 +359,17 @@ def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     if recorder.count == 0:
+        if progress:
+            return fail(
+                f"no forecast arrived for {frames_in} frames: forecast_node received {progress.get('frames_received')}, "
+                f"ran the model on {progress.get('frames_processed')} and dropped {progress.get('frames_dropped')} that "
+                f"arrived while it was busy; the first forecast needs the model to have run on context (default 4) "
+                f"frames. Replay more frames (the README's smallest demo) or slow the replay (--rate 0.2).")
         return fail(f"no forecast arrived for {frames_in} frames")
-    print(f"demo: frames in {frames_in}, forecasts out {recorder.count}, "
-          f"median latency {np.median(recorder.latencies) * 1e3:.0f} ms "
-          f"(camera stamp -> futures received); PNG grids and forecasts.mp4 in {args.out}", flush=True)
+    latency = ("latency not measured (--every-frame stamps frames with the clip's own times)" if args.every_frame
+               else f"median latency {np.median(recorder.latencies) * 1e3:.0f} ms (camera stamp -> futures received)")
+    print(f"demo: frames in {frames_in}, forecasts out {recorder.count}, {latency}; "
+          f"PNG grids and forecasts.mp4 in {args.out}", flush=True)
     return 0
 
 
