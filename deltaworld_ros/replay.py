@@ -53,6 +53,26 @@ def bag_messages(path: Path, topic: str) -> Iterator[tuple[float, object]]:
         yield (log_time_ns - first) * 1e-9, decode(type_name, data)
 
 
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+def mcap_file(path: Path) -> Path:
+    """The MCAP file of a bag given as the file or as its rosbag2 folder; a ValueError naming
+    what is wrong for anything else (checked before ROS starts, in milliseconds)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.mcap"))
+        if not files:
+            raise ValueError(f"{path}: a folder without .mcap files, not a rosbag2 MCAP recording")
+        path = files[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"no such bag: {path}")
+    with open(path, "rb") as stream:
+        if stream.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+            raise ValueError(f"{path}: not an MCAP file (rosbag2 recordings must use the mcap storage)")
+    return path
+
+
 def _read_bag(path: Path, topic: str) -> Iterator[tuple[int, str, bytes]]:
     try:
         import rosbag2_py
@@ -73,11 +93,16 @@ def _read_bag(path: Path, topic: str) -> Iterator[tuple[int, str, bytes]]:
         raise BagReaderUnavailable(
             "reading rosbag2 MCAP needs rosbag2_py (a ROS 2 install) or the PyPI package 'mcap' "
             "(pip install mcap)") from err
-    with open(path, "rb") as stream:
-        for schema, channel, message in make_reader(stream).iter_messages(topics=[topic]):
-            if channel.message_encoding != "cdr":
-                raise ValueError(f"{topic} is {channel.message_encoding}-encoded, not a ROS 2 (cdr) recording")
-            yield message.log_time, schema.name, bytes(message.data)
+    from mcap.exceptions import McapError
+
+    with open(mcap_file(path), "rb") as stream:
+        try:
+            for schema, channel, message in make_reader(stream).iter_messages(topics=[topic]):
+                if channel.message_encoding != "cdr":
+                    raise ValueError(f"{topic} is {channel.message_encoding}-encoded, not a ROS 2 (cdr) recording")
+                yield message.log_time, schema.name, bytes(message.data)
+        except McapError as err:  # truncated or corrupt: say so in one line
+            raise ValueError(f"{path}: unreadable MCAP ({type(err).__name__}: {err})") from err
 
 
 NOBODY = ("nobody subscribes to {topic}: frames go nowhere (is the node running, active, on the same "
@@ -164,17 +189,26 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     cli_args = rclpy.utilities.remove_ros_args(["replay", *argv])[1:]
-    args = build_parser().parse_args(cli_args)
-    if args.rate <= 0:
-        raise SystemExit("--rate must be > 0")
-    if args.video is not None:
-        if not args.video.is_file():
-            raise SystemExit(f"no such video: {args.video}")
-        messages = lambda: video_messages(args.video, args.encoding, args.frame_id)  # noqa: E731
-    else:
-        if not args.bag.exists():
-            raise SystemExit(f"no such bag: {args.bag}")
-        messages = lambda: bag_messages(args.bag, args.topic)  # noqa: E731
+    parser = build_parser()
+    args = parser.parse_args(cli_args)
+    try:  # bad input: one line and exit status 2, before ROS starts
+        if not args.rate > 0:
+            raise ValueError(f"--rate must be > 0, got {args.rate}")
+        if args.max_frames is not None and args.max_frames < 1:
+            raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
+        if args.video is not None:
+            if not args.video.is_file():
+                raise FileNotFoundError(f"no such video: {args.video}")
+            from deltaworld_core.data.video import VideoReader
+
+            VideoReader(args.video)  # opens and checks it: a file OpenCV cannot decode fails here
+            messages = lambda: video_messages(args.video, args.encoding, args.frame_id)  # noqa: E731
+        else:
+            mcap_file(args.bag)
+            messages = lambda: bag_messages(args.bag, args.topic)  # noqa: E731
+    except (ValueError, OSError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
     rclpy.init(args=["replay", *argv])
     node = rclpy.create_node("deltaworld_replay")
     try:

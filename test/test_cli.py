@@ -331,3 +331,28 @@ def test_demo_writes_the_overridden_model_config_for_the_node(tmp_path):
     cfg = load_config(path)
     assert (cfg.forecast.k, cfg.forecast.horizon) == (4, 2)
     assert cfg.weights == load_config("default").weights  # the shipped weights, by absolute path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.mcap", "no such bag"),
+    (lambda d: (d / "notes.mcap").write_text("not a recording") and d / "notes.mcap", "not an MCAP file"),
+    (lambda d: d, "without .mcap files"),
+])
+def test_replay_bad_bag_is_one_line_exit_2(make, message, tmp_path, capsys):
+    pytest.importorskip("rclpy")
+    from deltaworld_ros import replay
+
+    assert replay.main(["--bag", str(make(tmp_path)), "--topic", "/camera/image_raw"]) == 2
+    lines = error_lines(capsys.readouterr().err, "python -m deltaworld_ros.replay")
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_replay_undecodable_video_is_one_line_exit_2(tmp_path, capsys):
+    pytest.importorskip("rclpy")
+    from deltaworld_ros import replay
+
+    bad = tmp_path / "clip.mp4"
+    bad.write_bytes(b"\x00" * 64)
+    assert replay.main(["--video", str(bad)]) == 2
+    lines = error_lines(capsys.readouterr().err, "python -m deltaworld_ros.replay")
+    assert len(lines) == 1 and "cannot decode video" in lines[0], lines
