@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deltaworld_core.forecast", description=__doc__.split("\n\n")[0])
     parser.add_argument("--video", required=True, help="video file (mp4/avi) or folder of frames")
     parser.add_argument("--out", required=True, help="output folder for the PNGs (created if missing)")
-    parser.add_argument("--config", default="default", help="config name (deltaworld_core/configs/NAME.yaml) or YAML path")
+    parser.add_argument("--config", default="default",
+                        help="config name (deltaworld_core/configs/NAME.yaml) or YAML path")
     parser.add_argument("--weights", default=None, help="folder of tokenizer/world/heads .safetensors "
                         "(default: the config's)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")

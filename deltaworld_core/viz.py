@@ -193,7 +193,8 @@ def forecast_grid(image: np.ndarray, forecast, max_hypotheses: int = 4, max_dept
         for s, frame in enumerate(future_frames):
             if frame is None:
                 blank = np.full((tile[1], tile[0], 3), 64, np.uint8)
-                row += [_label(blank.copy(), f"real {when[s]}: not recorded"), _label(blank, f"mode on real {when[s]}: no frame")]
+                row += [_label(blank.copy(), f"real {when[s]}: not recorded"),
+                        _label(blank, f"mode on real {when[s]}: no frame")]
             else:
                 real = fit(np.ascontiguousarray(frame))
                 row += [_label(real, f"real {when[s]}"), _label(blend(real, mode[s]), f"mode on real {when[s]}")]

@@ -361,10 +361,11 @@ def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:
     if recorder.count == 0:
         if progress:
             return fail(
-                f"no forecast arrived for {frames_in} frames: forecast_node received {progress.get('frames_received')}, "
-                f"ran the model on {progress.get('frames_processed')} and dropped {progress.get('frames_dropped')} that "
-                f"arrived while it was busy; the first forecast needs the model to have run on context (default 4) "
-                f"frames. Replay more frames (the README's smallest demo) or slow the replay (--rate 0.2).")
+                f"no forecast arrived for {frames_in} frames: forecast_node received "
+                f"{progress.get('frames_received')}, ran the model on {progress.get('frames_processed')} and dropped "
+                f"{progress.get('frames_dropped')} that arrived while it was busy; the first forecast needs the model "
+                f"to have run on context (default 4) frames. Add --every-frame (each frame waits for the model) or "
+                f"replay more frames.")
         return fail(f"no forecast arrived for {frames_in} frames")
     latency = ("latency not measured (--every-frame stamps frames with the clip's own times)" if args.every_frame
                else f"median latency {np.median(recorder.latencies) * 1e3:.0f} ms (camera stamp -> futures received)")

@@ -219,8 +219,9 @@ def _all_parsers() -> list[argparse.ArgumentParser]:
 
 
 def test_every_flag_of_every_cli_is_described_in_help():
+    skip = (argparse._HelpAction, argparse._SubParsersAction)
     undescribed = [f"{p.prog} {'/'.join(a.option_strings) or a.dest}" for p in _all_parsers() for a in p._actions
-                   if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not (a.help or "").strip()]
+                   if not isinstance(a, skip) and not (a.help or "").strip()]
     assert undescribed == []
 
 
