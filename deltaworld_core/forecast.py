@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the config's)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
-                        help="read at most N frames of the video (the first forecast needs context + 1)")
+                        help="read at most N frames of the video (the first forecast comes at frame `context`)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="write every N-th forecast")
     parser.add_argument("--fps", type=float, default=None, help="frame rate for a folder without timestamps")
     parser.add_argument("--hypotheses", type=int, default=4, metavar="N",
@@ -145,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary))
     if not forecasts:
-        print(f"{args.prog}: no forecast: {frames} frames read, the first forecast needs context + 1 = "
-              f"{forecaster.context + 1}", file=sys.stderr)
+        print(f"{args.prog}: no forecast: {frames} frames read, the first forecast needs context = "
+              f"{forecaster.context}", file=sys.stderr)
     return 0 if forecasts else 1
 
 

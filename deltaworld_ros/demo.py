@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "checked against the node's parameters)")
     parser.add_argument("--rate", type=float, default=1.0, help="replay speed factor (0.2: five times slower)")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
-                        help="replay at most N frames (at least context + 1 of them must reach the model: "
+                        help="replay at most N frames (at least context of them must reach the model: "
                              "see the README's smallest demo)")
     parser.add_argument("--every-frame", action="store_true",
                         help="send each frame only once the model has taken the previous one (stamped with the "
