@@ -448,7 +448,7 @@ class Evaluator:
             gens.append(g)
         last = feats[:, c - 1]
         samples = rollout(self.tokenizer, self.world, tokens[:, :c], times[:, :c], last, times[:, c:], self.k,
-                          gens, self.grid)  # [B, K, H, N, C]
+                          gens, self.grid, spread=self.cfg.forecast.spread)  # [B, K, H, N, C]
         truth = feats[:, c:]
         score, pick = best_of_k(samples[:, :, -1], truth[:, -1])  # [B, K], [B]
         out = {

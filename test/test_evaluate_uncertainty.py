@@ -78,3 +78,33 @@ def test_unfetched_source_gives_the_fetch_command(tmp_path):
     args = build_parser().parse_args(["--sources", "sports2d", "--media-cache", str(tmp_path / "empty")])
     with pytest.raises(EvaluationError, match="deltaworld_core.data.fetch --sources sports2d"):
         run(args)
+
+
+def test_spread_scales_the_samples_around_their_mean():
+    import torch
+
+    from deltaworld_core.config import load_config
+    from deltaworld_core.forecaster import load_models
+    from deltaworld_core.rollout import rollout, scale_spread
+
+    tokens = torch.randn(2, 5, 7)
+    wide = scale_spread(tokens, 3.0)
+    torch.testing.assert_close(wide.mean(1), tokens.mean(1))
+    torch.testing.assert_close(wide - wide.mean(1, keepdim=True), 3.0 * (tokens - tokens.mean(1, keepdim=True)))
+
+    cfg = load_config("default", {"forecast.quantize": "none"})
+    tokenizer, world, _ = load_models(cfg, torch.device("cpu"))  # the shipped weights: samples that differ
+    grid, n, c = (16, 16), 256, cfg.vfm.embed_dim
+    ctx = torch.randn(1, 3, cfg.tokenizer.dim)
+    times = torch.tensor([[0.0, 0.2, 0.4]], dtype=torch.float64)
+    target = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+    last = torch.randn(1, n, c)
+
+    def samples(spread):
+        g = torch.Generator().manual_seed(5)
+        return rollout(tokenizer, world, ctx, times, last, target, 6, g, grid, spread=spread)[0]  # [K, H, N, C]
+
+    base, same, wide = samples(1.0), samples(1.0), samples(2.5)
+    torch.testing.assert_close(base, same)
+    torch.testing.assert_close(wide.mean(0), base.mean(0), atol=1e-4, rtol=1e-4)  # the same mean ...
+    torch.testing.assert_close(wide - wide.mean(0), 2.5 * (base - base.mean(0)), atol=1e-4, rtol=1e-4)  # ... 2.5x apart
