@@ -173,6 +173,7 @@ else:
     fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     import torch
     fc = Forecaster.from_config("default", device="cuda" if torch.cuda.is_available() else "cpu", overrides=overrides)
+    fc.max_gap_s = float("inf")  # as the node: max_gap_s applies to the camera stream, not processed frames
     for i in range(8):  # warm-up
         fc.step(images[i], i / fps)
     fc.reset()
