@@ -4,8 +4,9 @@ Starts the real node (a tiny random-weight model, so the model never limits what
 sees) once per reliability setting, publishes rgb8 frames of each size at a fixed rate with the
 matching publisher QoS, and reads the node's own /diagnostics counters: frames_received (what
 reached the subscription callback) and frames_lost_by_dds (what Fast DDS reported lost). Uses the
-shipped Fast DDS settings (deltaworld_ros.ros_env: LARGE_DATA transports) unless --transports
-default. One JSON line per (reliability, size) on stdout, and all of them in --out.
+shipped DDS set-up (the ROS 2 defaults: Fast DDS builtin transports) or, with --transports
+LARGE_DATA, the opt-in LARGE_DATA transports for both ends. One JSON line per (reliability, size) on
+stdout, and all of them in --out.
 
 Run: .venv/bin/python scripts/measure_input_qos.py [--frames 60] [--rate 30] [--out results/input_qos.json]
 """
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=30.0, help="publish rate in Hz")
     parser.add_argument("--reliability", nargs="+", default=["best_effort", "reliable"],
                         choices=["best_effort", "reliable"])
-    parser.add_argument("--transports", choices=["LARGE_DATA", "default"], default="LARGE_DATA")
+    parser.add_argument("--transports", choices=["default", "LARGE_DATA"], default="default",
+                        help="default: the ROS 2 defaults the node ships with; LARGE_DATA: the opt-in transports")
     parser.add_argument("--sizes", nargs="+", default=[f"{w}x{h}" for w, h in SIZES], help="WIDTHxHEIGHT ...")
     parser.add_argument("--out", type=Path, help="also write the results as one JSON list")
     args = parser.parse_args(argv)
@@ -53,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from deltaworld_ros.ros_env import ros_environment
 
-    env = ros_environment(domain_id=1 + os.getpid() % 200)
-    if args.transports == "default":
-        env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
+    env = ros_environment(domain_id=1 + os.getpid() % 200, defaults=True, large_data=args.transports == "LARGE_DATA")
     os.environ.update(env)
 
     import rclpy
