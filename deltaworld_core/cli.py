@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
+import warnings
 from typing import Any, Callable
 
 from .config import ConfigError, parse_override
@@ -79,7 +80,11 @@ def run_cli(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace]
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
-        return body(args)
+        with warnings.catch_warnings():
+            # torch's safe unpickler remarks on the pickle protocol of any .pth it refuses or
+            # reads; the loader's own one-line error says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return body(args)
     except USER_ERRORS as err:
         print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -179,12 +179,13 @@ def test_cli_error_is_exactly_one_line_on_stderr(tiny_config, tmp_path):
                                                f"{tmp_path / 'x.mp4'}"]
 
 
-def test_bench_bad_vfm_weights_is_one_line_exit_2(tiny_config, tmp_path, capsys):
+def test_bench_bad_vfm_weights_is_one_line_exit_2(tiny_config, tmp_path, capsys, recwarn):
     hostile = tmp_path / "vfm.pth"
     hostile.write_bytes(b"\x80\x04cos\nsystem\n.")  # a pickle that would call os.system
     assert bench.main(["--config", str(tiny_config), "--steps", "1", f"vfm.weights={hostile}"]) == 2
     lines = error_lines(capsys.readouterr().err, "python -m deltaworld_core.bench")
     assert len(lines) == 1 and str(hostile) in lines[0]
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]  # no torch remark around it
 
 
 def test_released_check_missing_file_is_one_line_exit_2(tiny_config, tmp_path, capsys):
