@@ -41,6 +41,7 @@ import logging
 import sys
 
 from .checkpoint import CheckpointError
+from .cli import add_overrides_argument, one_line
 from .config import ConfigError
 from .data.windows import build_windows, resolve_video, video_info
 from .training.config import STAGES, TrainConfig, load_train_config
@@ -56,19 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deltaworld_core.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="train YAML (see deltaworld_core/configs/train_*.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run folder")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 model.world.depth=2")
-    args = parser.parse_args(argv)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest intact checkpoint in the run folder (out=)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (same as the threads=N override; 0 = torch's default)")
+    add_overrides_argument(parser)
+    args, extra = parser.parse_known_args(argv)
+    if any(e.startswith("-") or "=" not in e for e in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    overrides = [*args.overrides, *extra] + ([f"threads={args.threads}"] if args.threads is not None else [])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        cfg = load_train_config(args.config, args.overrides)
+        cfg = load_train_config(args.config, overrides)
         run(cfg, resume=args.resume)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+        # the user's input (config, weights, data, a run folder): one line, like every other CLI;
+        # anything else is a bug and keeps its traceback
+        print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
-    except CheckpointError as err:
-        print(f"checkpoint error: {err}", file=sys.stderr)
-        return 3
     return 0
 
 

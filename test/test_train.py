@@ -238,7 +238,14 @@ def test_config_errors_are_clear(tiny, override, needle):
 
 def test_cli_config_error_exit_code(tiny, capsys):
     assert main(["--config", str(tiny.path), "stage=painting"]) == 2
-    assert "config error: stage" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("python -m deltaworld_core.train: error: stage") and err.count("\n") == 1
+    bad = tiny.folder / "bad_vfm.safetensors"
+    bad.write_bytes(b"\x00" * 64)  # truncated VFM weights: one line, exit 2, no traceback
+    assert main(["--config", str(tiny.path), f"out={tiny.folder / 'badvfm'}", f"model.vfm.weights={bad}",
+                 "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "bad_vfm.safetensors" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_checkpoint_errors(tiny, tmp_path):
@@ -256,7 +263,7 @@ def test_checkpoint_errors(tiny, tmp_path):
     (folder / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
         run(tiny(out, steps=4), resume=True)
-    assert main(["--config", str(tiny.path), f"out={out}", "steps=4", "--resume"]) == 3
+    assert main(["--config", str(tiny.path), f"out={out}", "steps=4", "--resume"]) == 2
 
 
 def test_world_stage_needs_a_tokenizer(tiny, tmp_path):
