@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,20 +116,16 @@ def test_array_to_image_rejects_wrong_shapes():
         array_to_image_msg(np.zeros((2, 2, 4), np.uint8), "rgb8")
 
 
-def test_conversions_are_fast():
-    """A 1280x720 frame: numpy views and bytes assignment, not per-element loops (which take
-    ~140 ms per MB, i.e. ~390 ms for this 2.8 MB frame). Generous bounds: these run on shared,
-    loaded CPUs (50 ms was exceeded there)."""
+def test_conversions_of_a_720p_frame_round_trip_without_per_element_copies():
+    """A 1280x720 frame round-trips exactly, and the message holds the pixels as one bytes-like
+    buffer (a per-element fill took ~140 ms per MB). Speed itself is a benchmark, not a test:
+    ``python -m deltaworld_ros.bench`` reports the conversion's milliseconds."""
     frame = RNG.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
-    timings = {}
     for encoding in ("rgb8", "bgr8"):
-        start = time.perf_counter()
         msg = array_to_image_msg(frame, encoding)
-        timings[f"encode {encoding}"] = time.perf_counter() - start
-        start = time.perf_counter()
-        msg_to_rgb(msg)
-        timings[f"decode {encoding}"] = time.perf_counter() - start
-    assert max(timings.values()) < 0.2, timings
+        assert len(msg.data) == frame.nbytes and msg.step == 1280 * 3
+        # the array is stored as given, labelled with the encoding: bgr8 data decode to RGB reversed
+        np.testing.assert_array_equal(msg_to_rgb(msg), frame if encoding == "rgb8" else frame[..., ::-1])
 
 
 # ---------------------------------------------------------------- Futures from a Forecast
