@@ -14,4 +14,5 @@ $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --held-out
     --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --json results/eval_real.json
 $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --synthetic 1000:1040 \
     --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --json results/eval_synthetic.json
-$PY -m deltaworld_core.bench --config default --threads 2 --steps 40 --json results/bench_cpu.json
+$PY -m deltaworld_core.bench --config default --steps 40 --json results/bench_cpu.json
+$PY -m deltaworld_ros.bench --config default --update results/bench_cpu.json   # adds node_overhead_ms
