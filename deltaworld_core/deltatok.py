@@ -40,6 +40,8 @@ class DeltaTok(nn.Module):
         rope_base: float = 100.0,
         decoder_stride: int = 1,
         encoder_stride: int = 1,
+        linear_path: bool = False,
+        linear_grid: tuple[int, int] = (8, 8),
     ):
         super().__init__()
         self.feature_dim, self.dim = feature_dim, dim
@@ -61,6 +63,12 @@ class DeltaTok(nn.Module):
         self.encoder_blocks = blocks(encoder_depth)
         self.decoder_blocks = blocks(decoder_depth)
         self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.linear_grid = tuple(linear_grid) if linear_path else None
+        if linear_path:
+            n = linear_grid[0] * linear_grid[1] * feature_dim
+            self.linear_encode = nn.Linear(n, dim)  # the change [n*C] -> token
+            self.linear_decode = nn.Linear(dim, n)  # token -> residual [n*C]
+            self.token_gain = nn.Parameter(torch.ones(dim))  # on the transformer's part of the token
         init_weights(self)
         nn.init.trunc_normal_(self.z_embed.weight, std=0.02)
         nn.init.trunc_normal_(self.xy_embed.weight, std=0.02)
@@ -85,6 +93,8 @@ class DeltaTok(nn.Module):
             rope_base=cfg.rope_base,
             decoder_stride=cfg.decoder_stride,
             encoder_stride=cfg.encoder_stride,
+            linear_path=cfg.linear_path,
+            linear_grid=cfg.linear_grid,
         )
 
     @property
@@ -122,7 +132,11 @@ class DeltaTok(nn.Module):
         rope = self._rope(coarse_grid, x.device, x.dtype, repeats=2)  # both frames share positions
         for block in self.encoder_blocks:
             x = block(x, rope=rope)
-        return self.norm(x[:, 0]).to(out_dtype)
+        z = self.norm(x[:, 0])
+        if self.linear_grid is not None:
+            change = _resample(cur - prev, coarse_grid, self.linear_grid)  # [B, n, C]
+            z = z * self.token_gain + self.linear_encode(change.flatten(1))
+        return z.to(out_dtype)
 
     def decode(self, z: torch.Tensor, prev: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """z [B, D], prev [B, N, C] -> reconstructed current features [B, N, C]."""
@@ -150,7 +164,42 @@ class DeltaTok(nn.Module):
         rope = self._rope(coarse_grid, x.device, x.dtype)
         for block in self.decoder_blocks:
             x = block(x, rope=rope)
-        return self.feature_out(x[:, 1:] - base).to(coarse.dtype)
+        residual = self.feature_out(x[:, 1:] - base)
+        if self.linear_grid is not None:
+            linear = self.linear_decode(z.to(base.dtype)).view(z.shape[0], -1, self.feature_dim)
+            residual = residual + _resample(linear, self.linear_grid, coarse_grid)
+        return residual.to(coarse.dtype)
+
+    def linear_change(self, prev: torch.Tensor, cur: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """What the linear path encodes: cur - prev [B, N, C] pooled as the encoder sees them and
+        resampled to ``linear_grid`` -> [B, n, C]."""
+        prev, coarse_grid = _pool(prev.to(self.dtype), grid, self.encoder_stride)
+        cur, _ = _pool(cur.to(self.dtype), grid, self.encoder_stride)
+        return _resample(cur - prev, coarse_grid, self.linear_grid)
+
+    @torch.no_grad()
+    def init_linear_path(self, changes: torch.Tensor) -> dict[str, float]:
+        """Sets the linear path to the PCA code of ``changes`` [M, n, C] (feature changes of
+        training pairs on ``linear_grid``): token = s V^T (change - mean), residual = mean + V z / s,
+        with s making the token's RMS 1; the transformer's share of the token starts at zero.
+        Returns the share of the changes' energy the code keeps."""
+        if self.linear_grid is None:
+            raise ValueError("init_linear_path needs linear_path: true")
+        x = changes.flatten(1).double()
+        mean = x.mean(0)
+        q = min(self.dim, x.shape[0] - 1, x.shape[1])
+        _, sv, v = torch.svd_lowrank(x - mean, q=q, niter=4)
+        basis = torch.zeros(x.shape[1], self.dim, dtype=torch.float64)
+        basis[:, :q] = v
+        coded = (sv[:q] ** 2).sum() / ((x - mean) ** 2).sum()
+        scale = 1.0 / float((sv[:q] ** 2).sum() / x.shape[0] / self.dim).__pow__(0.5)  # token RMS 1
+        dtype = self.linear_encode.weight.dtype
+        self.linear_encode.weight.copy_((basis.T * scale).to(dtype))
+        self.linear_encode.bias.copy_((-(basis.T @ mean) * scale).to(dtype))
+        self.linear_decode.weight.copy_((basis / scale).to(dtype))
+        self.linear_decode.bias.copy_(mean.to(dtype))
+        self.token_gain.zero_()
+        return {"energy_kept": float(coded), "token_scale": scale, "pairs": x.shape[0]}
 
     def upsample_residual(self, residual: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """residual [B, n, C'] on :meth:`decode_grid` -> [B, N, C'] on ``grid``; linear, so it
@@ -174,6 +223,20 @@ class DeltaTok(nn.Module):
         """Reconstruction pass: returns (z [B, D], reconstruction [B, N, C])."""
         z = self.encode(prev, cur, grid)
         return z, self.decode(z, prev, grid)
+
+
+def _resample(features: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    """[B, gh*gw, C] on ``grid`` -> [B, th*tw, C] on ``target``: area-averaged when it shrinks,
+    bilinear when it grows, identity when equal (the default's 8x8 linear path on its 8x8 grid)."""
+    if tuple(grid) == tuple(target):
+        return features
+    b, _, c = features.shape
+    maps = features.reshape(b, *grid, c).permute(0, 3, 1, 2)
+    if target[0] <= grid[0] and target[1] <= grid[1]:
+        out = F.adaptive_avg_pool2d(maps, target)
+    else:
+        out = F.interpolate(maps, size=target, mode="bilinear", align_corners=False)
+    return out.permute(0, 2, 3, 1).reshape(b, target[0] * target[1], c)
 
 
 def _check_grid(features: torch.Tensor, grid: tuple[int, int]) -> None:

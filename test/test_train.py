@@ -358,3 +358,33 @@ def test_resume_falls_back_cleans_leftovers_and_keeps_metrics_unique(tiny, tmp_p
     assert steps == [1, 2, 3, 4, 5, 6]  # steps 3-4 were re-run from step 2: listed once
     events = list((out / "tb" / "tokenizer").glob("events.out.tfevents.*"))
     assert events, "TensorBoard event files are written"
+
+
+def test_linear_path_starts_as_the_pca_code_and_stays_frozen(tiny, tmp_path):
+    from deltaworld_core.deltatok import DeltaTok
+
+    # init_linear_path: changes of rank <= token width are coded exactly
+    tok = DeltaTok(feature_dim=8, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2, mlp_hidden=16,
+                   layerscale_init=0.0, linear_path=True, linear_grid=(2, 2))
+    g = torch.Generator().manual_seed(0)
+    changes = (torch.randn(200, 6, generator=g) @ torch.randn(6, 32, generator=g)).view(200, 4, 8) + 0.5
+    info = tok.init_linear_path(changes)
+    assert info["energy_kept"] == pytest.approx(1.0, abs=1e-9)
+    prev = torch.randn(3, 4, 8, generator=g)  # on the linear grid itself: every resampling is the identity
+    cur = prev + changes[:3]
+    with torch.no_grad():
+        z = tok.encode(prev, cur, (2, 2))
+        assert float(z.pow(2).mean().sqrt()) < 10
+        torch.testing.assert_close(tok.decode(z, prev, (2, 2)), cur, atol=1e-4, rtol=1e-4)
+    # in training: PCA init from the data, linear weights frozen, the export loads like any tokenizer
+    out = tmp_path / "lin"
+    cfg = tiny(out, steps=3, **{"model.tokenizer.linear_path": True, "model.tokenizer.linear_grid": [2, 2]})
+    export = run(cfg)
+    state = read_state(export)
+    torch.manual_seed(cfg.seed)
+    fresh = build_models(cfg.model_config)[0]
+    assert not torch.equal(state["linear_encode.weight"].float(), fresh.linear_encode.weight)  # PCA, not random
+    first = read_state(out / "checkpoints" / "tokenizer" / "step_00000002" / "model.safetensors")
+    assert torch.equal(first["linear_decode.weight"], read_state(out / "checkpoints" / "tokenizer" / "step_00000003"
+                                                                 / "model.safetensors")["linear_decode.weight"])
+    assert float(state["token_gain"].abs().max()) > 0  # the transformer's share is learned from zero

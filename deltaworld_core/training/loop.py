@@ -173,6 +173,10 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
     elif not resume and (checkpoint_dir(cfg) / "latest").is_file():
         raise CheckpointError(f"{checkpoint_dir(cfg)} already holds checkpoints: pass --resume to continue, "
                               f"or choose another out= folder")
+    if hasattr(stage, "prepare"):  # e.g. the tokenizer's PCA init (same on every rank)
+        info = stage.prepare(net) if step == 0 else stage.freeze(net)
+        if info and main:
+            log.info("linear path initialised by PCA: %s", info)
     model: nn.Module = stage_model
     if distributed:
         model = nn.parallel.DistributedDataParallel(stage_model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -44,6 +44,36 @@ class TokenizerStage:
     def finish(self, batch: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
         return batch
 
+    @staticmethod
+    def freeze(net: nn.Module) -> None:
+        """The linear path stays as its PCA init (resumed runs too)."""
+        if getattr(net, "linear_grid", None) is not None:
+            net.linear_encode.requires_grad_(False)
+            net.linear_decode.requires_grad_(False)
+
+    @torch.no_grad()
+    def prepare(self, net: nn.Module, pairs: int = 4096) -> dict[str, float] | None:
+        """Before step 0: a tokenizer with a linear path gets its PCA init from ``pairs`` frame
+        pairs of the training data (drawn as training draws them, whole-frame pairs left out, from
+        a generator of their own: the same data give the same init)."""
+        if getattr(net, "linear_grid", None) is None:
+            return None
+        g = torch.Generator().manual_seed(0x9CA)
+        d = self.data
+        changes = []
+        for _ in range(pairs):
+            _, w = self.sampler.window(g)
+            n = len(w.features)
+            gap = min(n - 1, max(1, round(Sampler.uniform(g, *d.pair_gap_s) * w.fps)))
+            j = Sampler.integer(g, n - gap)
+            changes.append(net.linear_change(w.features[j][None].float(), w.features[j + gap][None].float(),
+                                             self.grid)[0])
+        info = net.init_linear_path(torch.stack(changes))
+        self.freeze(net)
+        # Frozen from here on: Adam's per-element steps (~lr) dwarf the PCA weights (~1e-3), so
+        # the transformers learn what the linear code misses instead of unlearning it.
+        return info
+
     def loss(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         _, recon = net(batch["prev"], batch["cur"], self.grid)
         return log_cosh(recon, batch["cur"])
