@@ -65,11 +65,16 @@ class DeltaTok(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-5)
         self.linear_grid = tuple(linear_grid) if linear_path else None
         if linear_path:
+            # One orthonormal basis serves both ways (encode: its transpose, scaled; decode: it,
+            # unscaled), so it is stored once: token = s B^T (change - mean), residual = mean + B z / s.
             n = linear_grid[0] * linear_grid[1] * feature_dim
-            self.linear_encode = nn.Linear(n, dim)  # the change [n*C] -> token
-            self.linear_decode = nn.Linear(dim, n)  # token -> residual [n*C]
+            self.linear_basis = nn.Parameter(torch.empty(n, dim))  # [n*C, D]
+            self.linear_mean = nn.Parameter(torch.zeros(n))  # [n*C]
+            self.register_buffer("linear_scale", torch.ones(()))
             self.token_gain = nn.Parameter(torch.ones(dim))  # on the transformer's part of the token
         init_weights(self)
+        if linear_path:
+            nn.init.trunc_normal_(self.linear_basis, std=0.02)
         nn.init.trunc_normal_(self.z_embed.weight, std=0.02)
         nn.init.trunc_normal_(self.xy_embed.weight, std=0.02)
         for block in (*self.encoder_blocks, *self.decoder_blocks):  # init_weights reset LayerScale's neighbours only
@@ -135,7 +140,7 @@ class DeltaTok(nn.Module):
         z = self.norm(x[:, 0])
         if self.linear_grid is not None:
             change = _resample(cur - prev, coarse_grid, self.linear_grid)  # [B, n, C]
-            z = z * self.token_gain + self.linear_encode(change.flatten(1))
+            z = z * self.token_gain + (change.flatten(1) - self.linear_mean) @ self.linear_basis * self.linear_scale
         return z.to(out_dtype)
 
     def decode(self, z: torch.Tensor, prev: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -166,7 +171,8 @@ class DeltaTok(nn.Module):
             x = block(x, rope=rope)
         residual = self.feature_out(x[:, 1:] - base)
         if self.linear_grid is not None:
-            linear = self.linear_decode(z.to(base.dtype)).view(z.shape[0], -1, self.feature_dim)
+            linear = torch.addmm(self.linear_mean, z.to(base.dtype) / self.linear_scale, self.linear_basis.T)
+            linear = linear.view(z.shape[0], -1, self.feature_dim)
             residual = residual + _resample(linear, self.linear_grid, coarse_grid)
         return residual.to(coarse.dtype)
 
@@ -193,11 +199,9 @@ class DeltaTok(nn.Module):
         basis[:, :q] = v
         coded = (sv[:q] ** 2).sum() / ((x - mean) ** 2).sum()
         scale = 1.0 / float((sv[:q] ** 2).sum() / x.shape[0] / self.dim).__pow__(0.5)  # token RMS 1
-        dtype = self.linear_encode.weight.dtype
-        self.linear_encode.weight.copy_((basis.T * scale).to(dtype))
-        self.linear_encode.bias.copy_((-(basis.T @ mean) * scale).to(dtype))
-        self.linear_decode.weight.copy_((basis / scale).to(dtype))
-        self.linear_decode.bias.copy_(mean.to(dtype))
+        self.linear_basis.copy_(basis)
+        self.linear_mean.copy_(mean)
+        self.linear_scale.fill_(scale)
         self.token_gain.zero_()
         return {"energy_kept": float(coded), "token_scale": scale, "pairs": x.shape[0]}
 

@@ -48,8 +48,8 @@ class TokenizerStage:
     def freeze(net: nn.Module) -> None:
         """The linear path stays as its PCA init (resumed runs too)."""
         if getattr(net, "linear_grid", None) is not None:
-            net.linear_encode.requires_grad_(False)
-            net.linear_decode.requires_grad_(False)
+            net.linear_basis.requires_grad_(False)
+            net.linear_mean.requires_grad_(False)
 
     @torch.no_grad()
     def prepare(self, net: nn.Module, pairs: int = 4096) -> dict[str, float] | None:
