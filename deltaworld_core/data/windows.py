@@ -210,6 +210,12 @@ def read_frames(path: Path, start: int, count: int, stride: int = 1, fps: float 
     return np.stack(frames)
 
 
+def _clip_identity(path: Path, frames: int) -> dict:
+    """What identifies a clip's frames in a cache key: the file's identity, or a frame folder's
+    path and frame count."""
+    return file_identity(path) if path.is_file() else {"path": str(path.resolve()), "frames": frames}
+
+
 def _frame_hw(path: Path, fps: float | None) -> tuple[int, int]:
     for rgb, _ in open_video(path, fps):
         return rgb.shape[:2]
@@ -242,7 +248,7 @@ def _real_windows(d: DataConfig, size, cache: FeatureCache) -> list[Window]:
             continue
         if d.videos.max_windows:
             starts = starts[: d.videos.max_windows]
-        ident = file_identity(path) if path.is_file() else {"path": str(path.resolve()), "frames": n}
+        ident = _clip_identity(path, n)
         hw = _frame_hw(path, vf.fps)
         for start in starts:
             raw = None
@@ -279,7 +285,7 @@ def _motion_windows(d: DataConfig, size, cache: FeatureCache) -> list[Window]:
         still = bool(rng.random() < m.still_prob) or n < (frames - 1) * stride + 1
         start = int(rng.integers(0, n - (0 if still else (frames - 1) * stride)))
         traj = sample_trajectory(rng, m.camera, (frames - 1) * stride / fps)
-        ident = file_identity(vf.path) if vf.path.is_file() else {"path": str(vf.path.resolve()), "frames": n}
+        ident = _clip_identity(vf.path, n)
         source = {"kind": "motion", **ident, "start": start, "stride": stride, "count": frames, "still": still,
                   "trajectory": dataclasses.asdict(traj), "size": list(size)}
 
