@@ -182,9 +182,13 @@ class ForecastConfig:
     # (h, w) of the semantic/depth maps; None = VFM input
     output_size: tuple[int, int] | None = ranged(None, 1, 2048)
     seed: int = ranged(0, 0, 2**63 - 1)
-    # The K samples' token deviations from their mean are scaled by this at every step (1 = as the
-    # predictor samples them): a calibration of the spread, fitted on training videos (README)
+    # Calibration of the K hypotheses, both fitted on whole calibration videos that no training
+    # stage saw (`python -m deltaworld_core.calibrate`, README): their deviations from their mean
+    # are scaled by `spread` (1 = as sampled), their mean change from the last frame by
+    # `mean_scale` (1 = as predicted; < 1 = toward persistence, as far as the predictor's skill
+    # on unseen video warrants)
     spread: float = ranged(1.0, 0.0, 16.0)
+    mean_scale: float = ranged(1.0, 0.0, 4.0)
     # "int8": dynamic int8 linear layers in DeltaTok/DeltaWorld (CPU only); "bf16": DeltaTok in
     # bfloat16 (CPUs with AVX512-BF16/AMX, or GPUs), DeltaWorld and heads in the model dtype
     quantize: str = "none"

@@ -448,7 +448,8 @@ class Evaluator:
             gens.append(g)
         last = feats[:, c - 1]
         samples = rollout(self.tokenizer, self.world, tokens[:, :c], times[:, :c], last, times[:, c:], self.k,
-                          gens, self.grid, spread=self.cfg.forecast.spread)  # [B, K, H, N, C]
+                          gens, self.grid, spread=self.cfg.forecast.spread,
+                          mean_scale=self.cfg.forecast.mean_scale)  # [B, K, H, N, C]
         truth = feats[:, c:]
         score, pick = best_of_k(samples[:, :, -1], truth[:, -1])  # [B, K], [B]
         out = {
@@ -746,14 +747,18 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.full_like(a, np.nan, dtype=np.float64), where=b > 0)
 
 
-def held_out_sources() -> list[str]:
-    """The ``held_out`` list of ``configs/data_split.yaml``."""
+def split_sources(group: str) -> list[str]:
+    """The ``group`` list (``train``, ``held_out``, ``calibration``) of ``configs/data_split.yaml``."""
     import yaml
 
     from .config import resolve_config_path
 
     split = yaml.safe_load(resolve_config_path("data_split").read_text())
-    return list(split["held_out"])
+    return list(split[group])
+
+
+def held_out_sources() -> list[str]:
+    return split_sources("held_out")
 
 
 def video_average(videos: dict[str, dict]) -> dict[str, Any]:

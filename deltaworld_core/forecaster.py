@@ -321,7 +321,8 @@ class Forecaster:
         last, grid = self._features, self.grid
         residuals = rollout_residuals(self.tokenizer, self.world, self._tokens[None], times, last, target, k,
                                       self.generator, grid, kv=self._kv, timings=timings, tick=self._tick,
-                                      spread=self.cfg.forecast.spread)[0]
+                                      spread=self.cfg.forecast.spread,
+                                      mean_scale=self.cfg.forecast.mean_scale)[0]
         t0 = self._tick()
         semantic, depth = future_maps(self.heads, self.tokenizer, last, residuals, grid, self.output_size)
         summary = summarize(semantic, depth, len(self.class_names))

@@ -57,11 +57,12 @@ def rollout(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: torch.Tensor
             last_features: torch.Tensor, target_times: torch.Tensor, k: int,
             generator: torch.Generator | Sequence[torch.Generator] | None, grid: tuple[int, int], *,
             kv: KV | None = None, timings: dict[str, float] | None = None,
-            tick: Callable[[], float] | None = None, spread: float = 1.0) -> torch.Tensor:
+            tick: Callable[[], float] | None = None, spread: float = 1.0, mean_scale: float = 1.0) -> torch.Tensor:
     """K sampled futures of B sequences as VFM features [B, K, H, N, C]: hypothesis j of item b
     at step h is ``out[b, j, h]``. Arguments as :func:`rollout_residuals`."""
     residuals = rollout_residuals(tokenizer, world, context_tokens, context_times, last_features, target_times, k,
-                                  generator, grid, kv=kv, timings=timings, tick=tick, spread=spread)
+                                  generator, grid, kv=kv, timings=timings, tick=tick, spread=spread,
+                                  mean_scale=mean_scale)
     return features_from_residuals(tokenizer, last_features, residuals, grid)
 
 
@@ -70,7 +71,8 @@ def rollout_residuals(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: to
                       context_times: torch.Tensor, last_features: torch.Tensor, target_times: torch.Tensor, k: int,
                       generator: torch.Generator | Sequence[torch.Generator] | None, grid: tuple[int, int], *,
                       kv: KV | None = None, timings: dict[str, float] | None = None,
-                      tick: Callable[[], float] | None = None, spread: float = 1.0) -> torch.Tensor:
+                      tick: Callable[[], float] | None = None, spread: float = 1.0,
+                      mean_scale: float = 1.0) -> torch.Tensor:
     """K sampled futures of B sequences in the decoder's residual form: the future features are
     ``features_from_residuals(tokenizer, last_features, residuals, grid)``. Each step's decode
     works at the decoder's pooled grid only (its pooled input is carried from step to step by
@@ -92,6 +94,9 @@ def rollout_residuals(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: to
         spread: the K hypotheses' features at each step become ``mean + spread * (each - mean)``
             (1 = as sampled): a calibration of the spread. Features are affine in the residuals,
             so it is applied to the residuals; the sampled tokens and their contexts are untouched.
+        mean_scale: the K hypotheses' mean change from the last frame is scaled by this (1 = as
+            predicted; below 1 pulls the forecast toward persistence, as far as the predictor's
+            skill on unseen video warrants: ``python -m deltaworld_core.calibrate`` fits it).
     Returns:
         residuals [B, K, H, n, C] on ``tokenizer.decode_grid(grid)``.
     """
@@ -138,13 +143,17 @@ def rollout_residuals(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: to
         timings["predict"] = timings.get("predict", 0.0) + predict_ms
         timings["decode"] = timings.get("decode", 0.0) + decode_ms
     out = torch.stack(residuals, dim=1).unflatten(0, (b, k))  # [B, K, H, n, C]
-    return scale_spread(out, spread) if spread != 1.0 and k > 1 else out
+    if (spread == 1.0 or k == 1) and mean_scale == 1.0:
+        return out
+    return scale_spread(out, spread, mean_scale)
 
 
-def scale_spread(samples: torch.Tensor, spread: float) -> torch.Tensor:
-    """[B, K, ...] -> the mean over K plus ``spread`` times each one's deviation from it."""
+def scale_spread(samples: torch.Tensor, spread: float, mean_scale: float = 1.0) -> torch.Tensor:
+    """[B, K, ...] -> ``mean_scale`` times the mean over K plus ``spread`` times each one's
+    deviation from it. On residuals (changes from the last frame) ``mean_scale`` shrinks the
+    forecast's mean change toward persistence; the spread about it is set by ``spread`` alone."""
     mean = samples.mean(dim=1, keepdim=True)
-    return mean + spread * (samples - mean)
+    return mean_scale * mean + spread * (samples - mean)
 
 
 def features_from_residuals(tokenizer: DeltaTok, last_features: torch.Tensor, residuals: torch.Tensor,

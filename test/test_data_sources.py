@@ -204,9 +204,12 @@ def test_training_configs_use_only_train_sources_of_the_split():
 
     split = yaml.safe_load((ROOT / "deltaworld_core" / "configs" / "data_split.yaml").read_text())
     held = {n.split("/")[0] for n in split["held_out"]}
+    calibration = {n.split("/")[0] for n in split["calibration"]}
+    train = {n.split("/")[0] for n in split["train"]}
+    assert not held & calibration and not train & (held | calibration)
     for stage in ("tokenizer", "world", "heads", "dense"):
         cfg = load_train_config(ROOT / "deltaworld_core" / "configs" / f"train_{stage}.yaml")
         named = set(cfg.data.videos.sources) | set(cfg.data.motion.sources)
         assert named == set(split["train"]) or stage == "heads"
-        assert not {n.split("/")[0] for n in named} & held
+        assert not {n.split("/")[0] for n in named} & (held | calibration)
         assert not cfg.data.videos.paths  # sources by name, never paths

@@ -123,7 +123,7 @@ def release_layout_rollout(fc: Forecaster, images, stamps, seed: int, device: st
         steps = torch.arange(1, fc.horizon + 1, dtype=torch.float64, device=device)[None]
         out = rollout(fc.tokenizer, fc.world, tokens[None], times, feats[-1:], times[:, -1:] + fc.step_s * steps,
                       fc.k, torch.Generator(device=device).manual_seed(seed), fc.grid,
-                      spread=fc.cfg.forecast.spread)[0]
+                      spread=fc.cfg.forecast.spread, mean_scale=fc.cfg.forecast.mean_scale)[0]
     return tokens, out
 
 

