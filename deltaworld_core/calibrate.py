@@ -11,7 +11,8 @@ horizon step h, with m the hypotheses' mean, y the truth and x the last frame's 
 
     A = |m - x|^2,   B = <m - x, y - x>,   C = |y - x|^2 (copy-last's error),   V = sample variance.
 
-The mean forecast x + b (m - x) has error ``b^2 A - 2 b B + C``; every video and step weighs the
+(With ``forecast.spread_from: last_change`` the hypotheses' first-step spread is already the last
+observed change's RMS, so ``spread`` is fitted as its multiple.) The mean forecast x + b (m - x) has error ``b^2 A - 2 b B + C``; every video and step weighs the
 same (each divided by its C, as the README's video average does), so the ``mean_scale`` b that
 minimises their summed ratio to copy-last is ``sum(B/C) / sum(A/C)`` (at least 0). With the
 mean so scaled, ``spread`` s makes the spread-skill ratio ``s * sqrt((K+1)/K * V / error)``
@@ -190,7 +191,8 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]],
                         context + horizon, step_s)
     if not stats:
         raise EvaluationError(f"no clips: every calibration video is shorter than {context + horizon} frames")
-    meta = {"config": cfg.name, "weights": cfg.weights, "sources": names, "k": k, "step_s": step_s,
+    meta = {"config": cfg.name, "weights": cfg.weights, "spread_from": fc.spread_from, "sources": names, "k": k,
+            "step_s": step_s,
             "context": context, "horizon": horizon, "stride": args.stride, "seed": args.seed}
     return stats, meta
 

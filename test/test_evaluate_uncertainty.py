@@ -108,3 +108,25 @@ def test_spread_scales_the_samples_around_their_mean():
     torch.testing.assert_close(base, same)
     torch.testing.assert_close(wide.mean(0), base.mean(0), atol=1e-4, rtol=1e-4)  # the same mean ...
     torch.testing.assert_close(wide - wide.mean(0), 2.5 * (base - base.mean(0)), atol=1e-4, rtol=1e-4)  # ... 2.5x apart
+
+
+def test_spread_from_the_last_change_sets_each_items_first_step_rms():
+    import torch
+
+    from deltaworld_core.rollout import last_change_rms, scale_spread
+
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(3, 5, 2, 4, 6, generator=g)  # [B, K, H, n, C]
+    reference = torch.tensor([0.5, 2.0, 0.0])
+    out = scale_spread(samples, 1.5, mean_scale=0.25, reference=reference)
+    torch.testing.assert_close(out.mean(1), 0.25 * samples.mean(1))
+    dev = out - out.mean(1, keepdim=True)
+    rms = dev[:, :, 0].var(dim=1, unbiased=True).mean(dim=(1, 2)).sqrt()
+    torch.testing.assert_close(rms, 1.5 * reference)
+    # later steps grow as the predictor's own deviations do (one factor per item)
+    raw = samples - samples.mean(1, keepdim=True)
+    factor = dev[:2, :, 0].flatten(1).norm(dim=1) / raw[:2, :, 0].flatten(1).norm(dim=1)
+    torch.testing.assert_close(dev[:2], raw[:2] * factor.view(2, 1, 1, 1, 1))
+    prev, last = torch.zeros(2, 4, 3), torch.ones(2, 4, 3) * torch.tensor([1.0, 2.0]).view(2, 1, 1)
+    torch.testing.assert_close(last_change_rms(prev, last, torch.tensor([0.2, 0.05]), 0.2),
+                               torch.tensor([1.0, 4.0]))  # 0.05-s change brought to a 0.2-s step: x2
