@@ -150,7 +150,7 @@ def rollout_residuals(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: to
     out = torch.stack(residuals, dim=1).unflatten(0, (b, k))  # [B, K, H, n, C]
     if (spread == 1.0 or k == 1) and mean_scale == 1.0 and spread_reference is None:
         return out
-    return scale_spread(out, spread, mean_scale, spread_reference)
+    return scale_spread_(out, spread, mean_scale, spread_reference)  # out is this function's own
 
 
 def scale_spread(samples: torch.Tensor, spread: float, mean_scale: float = 1.0,
@@ -159,15 +159,23 @@ def scale_spread(samples: torch.Tensor, spread: float, mean_scale: float = 1.0,
     times ``spread`` (or, with ``reference`` [B], times the factor that makes the step-0
     deviations' RMS, unbiased over K, equal ``spread * reference``). On residuals (changes from
     the last frame) ``mean_scale`` shrinks the forecast's mean change toward persistence."""
+    return scale_spread_(samples.clone(), spread, mean_scale, reference)
+
+
+def scale_spread_(samples: torch.Tensor, spread: float, mean_scale: float = 1.0,
+                  reference: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`scale_spread` in place (no temporaries of the samples' size: a streaming step's
+    allocations of that size cost more than the arithmetic)."""
     mean = samples.mean(dim=1, keepdim=True)
-    deviation = samples - mean
-    factor: float | torch.Tensor = spread
+    deviation = samples.sub_(mean)
     if reference is not None and samples.shape[1] > 1:
         first = deviation[:, :, 0].flatten(1).float()  # [B, K * ...]
         rms = (first.square().sum(1) / (first.shape[1] / samples.shape[1] * (samples.shape[1] - 1))).sqrt()
         factor = (spread * reference.float() / rms.clamp_min(1e-12)).to(samples.dtype)
-        factor = factor.view(-1, *([1] * (samples.ndim - 1)))
-    return mean_scale * mean + factor * deviation
+        deviation.mul_(factor.view(-1, *([1] * (samples.ndim - 1))))
+    elif spread != 1.0:
+        deviation.mul_(spread)
+    return deviation.add_(mean, alpha=mean_scale)
 
 
 def last_change_rms(previous: torch.Tensor, last: torch.Tensor, interval_s: torch.Tensor,
