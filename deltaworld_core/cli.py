@@ -62,7 +62,8 @@ def parse_overrides(texts: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def one_line(err: BaseException) -> str:
     """The error as one line; the type is named unless it is one of the project's own errors."""
     text = " ".join(str(err).split()) or "(no message)"
-    own = type(err).__module__.startswith(("deltaworld_core", "deltaworld_ros"))
+    # "__main__": an error class of the module run with `python -m deltaworld_core.<tool>`
+    own = type(err).__module__.startswith(("deltaworld_core", "deltaworld_ros", "__main__"))
     if own or (type(err) in (ValueError, FileNotFoundError, OSError, PermissionError) and str(err)):
         return text  # these messages already say what is wrong
     return f"{type(err).__name__}: {text}"
