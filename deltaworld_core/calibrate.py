@@ -17,7 +17,9 @@ same (each divided by its C, as the README's video average does), so the ``mean_
 minimises their summed ratio to copy-last is ``sum(B/C) / sum(A/C)`` (at least 0). With the
 mean so scaled, ``spread`` s makes the spread-skill ratio ``s * sqrt((K+1)/K * V / error)``
 1 in geometric mean over videos and steps. ``--write`` puts both (2 decimals) into the config's
-``forecast:`` section; the JSON has every video's numbers before and after.
+``forecast:`` section, with ``change_growth``: the exponent g of RMS change ~ gap ** g fitted
+to copy-last's error at 1..H steps (it brings the last change, observed over the camera's own
+frame interval, to one forecast step); the JSON has every video's numbers before and after.
 """
 
 from __future__ import annotations
@@ -46,7 +48,19 @@ class CalibrationError(RuntimeError):
     pass
 
 
-MAX_MEAN_SCALE, MAX_SPREAD = 4.0, 16.0  # forecast.mean_scale and forecast.spread ranges (config.py)
+MAX_MEAN_SCALE, MAX_SPREAD, MAX_GROWTH = 4.0, 16.0, 2.0  # the forecast.* ranges of config.py
+
+
+def change_growth(copy_error: np.ndarray) -> float | None:
+    """The exponent g of RMS change ~ gap ** g from copy-last's summed squared error at gaps of
+    1..H steps [H] (least squares through the origin in log-log, steps 2..H against step 1);
+    None with fewer than 2 steps or no change."""
+    steps = np.arange(1, len(copy_error) + 1)
+    if len(copy_error) < 2 or np.any(np.asarray(copy_error) <= 0):
+        return None
+    x = np.log(steps[1:])
+    y = 0.5 * np.log(np.asarray(copy_error[1:]) / copy_error[0])
+    return float((x * y).sum() / (x * x).sum())
 
 
 def fit(stats: dict[str, dict[str, np.ndarray]], k: int) -> dict[str, Any]:
@@ -71,6 +85,9 @@ def fit(stats: dict[str, dict[str, np.ndarray]], k: int) -> dict[str, Any]:
     # the ranges forecast.mean_scale / forecast.spread accept (samples that hardly differ would
     # otherwise ask for an unbounded spread)
     mean_scale, spread = min(mean_scale, MAX_MEAN_SCALE), min(spread, MAX_SPREAD)
+    growth = {name: change_growth(s["C"]) for name, s in usable.items()}
+    known = [g for g in growth.values() if g is not None]
+    growth_fit = min(MAX_GROWTH, max(0.0, float(np.mean(known)))) if known else None
     videos = {}
     for name, s in usable.items():
         own = float(s["B"].sum() / s["A"].sum()) if s["A"].sum() > 0 else 0.0
@@ -78,6 +95,7 @@ def fit(stats: dict[str, dict[str, np.ndarray]], k: int) -> dict[str, Any]:
             "clips": int(s["clips"]),
             "sums": {key: s[key].tolist() for key in "ABCV"},  # over clips: the fit can be redone from these
             "own_mean_scale": max(0.0, own),  # what this video alone would fit (all steps)
+            "own_change_growth": growth[name],
             "mean_ratio_to_copy_last": {"sampled": (error(s, 1.0) / s["C"]).tolist(),
                                         "calibrated": (error(s, mean_scale) / s["C"]).tolist()},
             "spread_skill_ratio": {"sampled": ssr(s, 1.0, 1.0).tolist(),
@@ -87,13 +105,13 @@ def fit(stats: dict[str, dict[str, np.ndarray]], k: int) -> dict[str, Any]:
     def average(key, which):
         return np.mean([v[key][which] for v in videos.values()], axis=0).tolist()
 
-    return {"mean_scale": mean_scale, "spread": spread, "videos": videos,
+    return {"mean_scale": mean_scale, "spread": spread, "change_growth": growth_fit, "videos": videos,
             "video_average": {key: {which: average(key, which) for which in ("sampled", "calibrated")}
                               for key in ("mean_ratio_to_copy_last", "spread_skill_ratio")},
             "skipped": sorted(set(stats) - set(usable))}
 
 
-def write_config(path: Path, mean_scale: float, spread: float) -> None:
+def write_config(path: Path, mean_scale: float, spread: float, change_growth: float | None = None) -> None:
     """Sets ``spread`` and ``mean_scale`` in the ``forecast:`` section of the YAML at ``path``
     (block or one-line flow style), keeping every other line and comment; written atomically."""
     from .checkpoint import atomic_write
@@ -102,6 +120,8 @@ def write_config(path: Path, mean_scale: float, spread: float) -> None:
 
     lines = path.read_text().splitlines(keepends=True)
     values = {"spread": round(spread, 2), "mean_scale": round(mean_scale, 2)}
+    if change_growth is not None:
+        values["change_growth"] = round(change_growth, 2)
     flow = next((i for i, line in enumerate(lines) if re.match(r"forecast:\s*\{.*\}\s*(#.*)?$", line)), None)
     if flow is not None:  # forecast: {k: 8, ...} on one line
         section = yaml.safe_load(lines[flow])["forecast"] | values
@@ -239,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         avg = result["video_average"]
         fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
         print(f"calibration on {len(result['videos'])} videos ({', '.join(result['videos'])})")
-        print(f"  mean_scale {result['mean_scale']:.2f}  spread {result['spread']:.2f}")
+        growth = "-" if result["change_growth"] is None else f"{result['change_growth']:.2f}"
+        print(f"  mean_scale {result['mean_scale']:.2f}  spread {result['spread']:.2f}  change_growth {growth}")
         print(f"  mean of {meta['k']} x copy-last per step: {fmt(avg['mean_ratio_to_copy_last']['sampled'])} as sampled"
               f" -> {fmt(avg['mean_ratio_to_copy_last']['calibrated'])} calibrated")
         print(f"  spread-skill ratio per step: {fmt(avg['spread_skill_ratio']['sampled'])} as sampled"
@@ -251,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
         if args.write:
             path = resolve_config_path(args.config)
-            write_config(path, result["mean_scale"], result["spread"])
+            write_config(path, result["mean_scale"], result["spread"], result["change_growth"])
             print(f"  written to {path}")
         return 0
 

@@ -193,6 +193,10 @@ class ForecastConfig:
     # spread is `spread` x the RMS of the last observed change (per step), so it follows how much
     # the scene is changing (the predictor's own spread barely does); needs context >= 2
     spread_from: str = "samples"
+    # how the change's RMS grows with the time gap, RMS ~ gap ** change_growth (0.5 = random walk):
+    # last_change brings the last change to one step with it; calibrate fits it from copy-last's
+    # error at 1..horizon steps of the calibration videos
+    change_growth: float = ranged(0.5, 0.0, 2.0)
     # "int8": dynamic int8 linear layers in DeltaTok/DeltaWorld (CPU only); "bf16": DeltaTok in
     # bfloat16 (CPUs with AVX512-BF16/AMX, or GPUs), DeltaWorld and heads in the model dtype
     quantize: str = "none"

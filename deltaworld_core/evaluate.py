@@ -450,7 +450,7 @@ class Evaluator:
         reference = None
         if self.cfg.forecast.spread_from == "last_change" and c >= 2:
             reference = last_change_rms(feats[:, c - 2], last, times[:, c - 1] - times[:, c - 2],
-                                        times[:, c] - times[:, c - 1])
+                                        times[:, c] - times[:, c - 1], self.cfg.forecast.change_growth)
         samples = rollout(self.tokenizer, self.world, tokens[:, :c], times[:, :c], last, times[:, c:], self.k,
                           gens, self.grid, spread=self.cfg.forecast.spread, mean_scale=self.cfg.forecast.mean_scale,
                           spread_reference=reference)  # [B, K, H, N, C]

@@ -322,7 +322,7 @@ class Forecaster:
         reference = None
         if self.cfg.forecast.spread_from == "last_change" and self._frames.shape[0] >= 2:
             reference = last_change_rms(self._frames[-2:-1], self._frames[-1:], self._times[-1] - self._times[-2],
-                                        self.step_s)
+                                        self.step_s, self.cfg.forecast.change_growth)
         residuals = rollout_residuals(self.tokenizer, self.world, self._tokens[None], times, last, target, k,
                                       self.generator, grid, kv=self._kv, timings=timings, tick=self._tick,
                                       spread=self.cfg.forecast.spread, mean_scale=self.cfg.forecast.mean_scale,

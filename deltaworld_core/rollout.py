@@ -179,13 +179,14 @@ def scale_spread_(samples: torch.Tensor, spread: float, mean_scale: float = 1.0,
 
 
 def last_change_rms(previous: torch.Tensor, last: torch.Tensor, interval_s: torch.Tensor,
-                    step_s: torch.Tensor | float) -> torch.Tensor:
+                    step_s: torch.Tensor | float, growth: float = 0.5) -> torch.Tensor:
     """The reference of ``forecast.spread_from: last_change``: RMS over tokens and channels of the
-    change between the two newest frames' features [B, N, C], brought to one forecast step as a
-    random walk grows (x sqrt(step / interval)) -> [B]."""
+    change between the two newest frames' features [B, N, C], brought to one forecast step as the
+    change grows with the gap (x (step / interval) ** growth; 0.5 = a random walk,
+    ``forecast.change_growth``) -> [B]."""
     rms = (last.float() - previous.float()).square().mean(dim=(1, 2)).sqrt()
     interval = torch.as_tensor(interval_s, dtype=torch.float64, device=rms.device).clamp_min(1e-6)
-    ratio = (torch.as_tensor(step_s, dtype=torch.float64, device=rms.device) / interval).sqrt()
+    ratio = (torch.as_tensor(step_s, dtype=torch.float64, device=rms.device) / interval) ** growth
     return rms * ratio.to(rms.dtype)
 
 

@@ -42,6 +42,11 @@ def test_fit_is_the_minimum_of_the_video_averaged_ratio():
     ssr = np.concatenate([out["videos"][n]["spread_skill_ratio"]["calibrated"] for n in data])
     assert np.exp(np.log(ssr).mean()) == pytest.approx(1.0)  # geometric mean 1 over videos and steps
     assert out["videos"]["x"]["own_mean_scale"] == pytest.approx(1.5 / 6.0)
+    # copy-last error [2, 1] per step: RMS shrinks with the gap, growth log(sqrt(1/2)) / log(2) = -0.5 -> 0
+    assert calibrate.change_growth(np.array([2.0, 1.0])) == pytest.approx(-0.5)
+    assert calibrate.change_growth(np.array([1.0, 4.0, 9.0])) == pytest.approx(1.0)  # RMS ~ gap
+    assert out["change_growth"] == pytest.approx(0.0)
+    assert calibrate.change_growth(np.array([1.0])) is None
 
 
 def test_fit_never_reverses_the_prediction_and_skips_still_videos():
@@ -63,7 +68,8 @@ def test_write_config_keeps_comments_and_other_keys(tmp_path):
     assert "  mean_scale: 0.12" in text and text.index("mean_scale") < text.index("heads:")
     cfg = load_config(path)
     assert cfg.forecast.spread == pytest.approx(0.9) and cfg.forecast.mean_scale == pytest.approx(0.12)
-    calibrate.write_config(path, 0.5, 1.0)  # a second fit replaces, never duplicates
+    calibrate.write_config(path, 0.5, 1.0, 0.3)  # a second fit replaces, never duplicates
+    assert load_config(path).forecast.change_growth == pytest.approx(0.3)
     flow = tmp_path / "flow.yaml"
     flow.write_text("vfm: {family: dinov2}\nforecast: {k: 4, spread: 2.0}  # one line\n")
     calibrate.write_config(flow, 0.25, 1.5)

@@ -123,7 +123,8 @@ def release_layout_rollout(fc: Forecaster, images, stamps, seed: int, device: st
         steps = torch.arange(1, fc.horizon + 1, dtype=torch.float64, device=device)[None]
         reference = None
         if fc.cfg.forecast.spread_from == "last_change" and c >= 2:
-            reference = last_change_rms(feats[-2:-1], feats[-1:], stamps[-1] - stamps[-2], fc.step_s)
+            reference = last_change_rms(feats[-2:-1], feats[-1:], stamps[-1] - stamps[-2], fc.step_s,
+                                        fc.cfg.forecast.change_growth)
         out = rollout(fc.tokenizer, fc.world, tokens[None], times, feats[-1:], times[:, -1:] + fc.step_s * steps,
                       fc.k, torch.Generator(device=device).manual_seed(seed), fc.grid,
                       spread=fc.cfg.forecast.spread, mean_scale=fc.cfg.forecast.mean_scale,
