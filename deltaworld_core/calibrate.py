@@ -65,8 +65,9 @@ def change_growth(copy_error: np.ndarray) -> float | None:
 
 def fit(stats: dict[str, dict[str, np.ndarray]], k: int) -> dict[str, Any]:
     """``stats[video]`` holds per-step sums ``A``, ``B``, ``C``, ``V`` [H] and ``clips`` (see the
-    module doc) -> ``mean_scale``, ``spread`` and per video the ratio of the mean to copy-last
-    and the spread-skill ratio, as sampled and as calibrated."""
+    module doc) -> ``mean_scale``, ``spread``, ``change_growth`` (mean of the videos' own, None
+    with one step) and per video the ratio of the mean to copy-last and the spread-skill ratio,
+    as sampled and as calibrated."""
     usable = {v: s for v, s in stats.items() if np.all(s["C"] > 0) and s["clips"] > 0}
     if not usable:
         raise CalibrationError("no calibration video changes between frames: nothing to fit")
@@ -112,8 +113,9 @@ def fit(stats: dict[str, dict[str, np.ndarray]], k: int) -> dict[str, Any]:
 
 
 def write_config(path: Path, mean_scale: float, spread: float, change_growth: float | None = None) -> None:
-    """Sets ``spread`` and ``mean_scale`` in the ``forecast:`` section of the YAML at ``path``
-    (block or one-line flow style), keeping every other line and comment; written atomically."""
+    """Sets ``spread``, ``mean_scale`` (and ``change_growth`` when given) in the ``forecast:``
+    section of the YAML at ``path`` (block or one-line flow style), keeping every other line and
+    comment; written atomically."""
     from .checkpoint import atomic_write
 
     import yaml
