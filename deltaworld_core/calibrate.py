@@ -1,4 +1,4 @@
-"""Fits the forecast's calibration (``forecast.mean_scale``, ``forecast.spread``) on whole videos
+"""Fits the forecast's calibration (``forecast.mean_scale``, ``spread``, ``change_growth``) on whole videos
 that no training stage saw: the ``calibration`` split of ``configs/data_split.yaml``, never the
 ``held_out`` one that the README reports.
 
@@ -16,7 +16,7 @@ observed change's RMS, so ``spread`` is fitted as its multiple.) The mean foreca
 same (each divided by its C, as the README's video average does), so the ``mean_scale`` b that
 minimises their summed ratio to copy-last is ``sum(B/C) / sum(A/C)`` (at least 0). With the
 mean so scaled, ``spread`` s makes the spread-skill ratio ``s * sqrt((K+1)/K * V / error)``
-1 in geometric mean over videos and steps. ``--write`` puts both (2 decimals) into the config's
+1 in geometric mean over videos and steps. ``--write`` puts them (2 decimals) into the config's
 ``forecast:`` section, with ``change_growth``: the exponent g of RMS change ~ gap ** g fitted
 to copy-last's error at 1..H steps (it brings the last change, observed over the camera's own
 frame interval, to one forecast step); the JSON has every video's numbers before and after.
@@ -154,7 +154,7 @@ def write_config(path: Path, mean_scale: float, spread: float, change_growth: fl
 
 def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
     from .data.sources import resolve_clips
-    from .evaluate import ClipSource, Evaluator, EvaluationError, split_sources
+    from .evaluate import ClipSource, Evaluator, split_sources
     from .vfm import build_vfm, default_cache_dir
 
     overrides = parse_overrides(args.overrides)
@@ -212,7 +212,7 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]],
             log.warning("%s: shorter than %d frames at %s s per step, skipped", clip.full_name,
                         context + horizon, step_s)
     if not stats:
-        raise EvaluationError(f"no clips: every calibration video is shorter than {context + horizon} frames")
+        raise CalibrationError(f"no clips: every calibration video is shorter than {context + horizon} frames")
     meta = {"config": cfg.name, "weights": cfg.weights, "spread_from": fc.spread_from, "sources": names, "k": k,
             "step_s": step_s,
             "context": context, "horizon": horizon, "stride": args.stride, "seed": args.seed}

@@ -64,7 +64,7 @@ from .cli import add_overrides_argument, add_threads_argument, parse_overrides, 
 from .config import ModelConfig, load_config
 from .forecaster import load_models
 from .threads import apply_threads
-from .rollout import best_of_k, last_change_rms, reconstruct, reconstruct_closed_loop, rollout
+from .rollout import best_of_k, reconstruct, reconstruct_closed_loop, rollout, spread_reference
 from .vfm import build_vfm, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -447,10 +447,9 @@ class Evaluator:
             g.manual_seed(self.seed * 1_000_003 + self.index + i)
             gens.append(g)
         last = feats[:, c - 1]
-        reference = None
-        if self.cfg.forecast.spread_from == "last_change" and c >= 2:
-            reference = last_change_rms(feats[:, c - 2], last, times[:, c - 1] - times[:, c - 2],
-                                        times[:, c] - times[:, c - 1], self.cfg.forecast.change_growth)
+        previous = feats[:, c - 2] if c >= 2 else None  # without it the interval below is unused
+        reference = spread_reference(self.cfg.forecast, previous, last, times[:, c - 1] - times[:, c - 2],
+                                     times[:, c] - times[:, c - 1])
         samples = rollout(self.tokenizer, self.world, tokens[:, :c], times[:, :c], last, times[:, c:], self.k,
                           gens, self.grid, spread=self.cfg.forecast.spread, mean_scale=self.cfg.forecast.mean_scale,
                           spread_reference=reference)  # [B, K, H, N, C]

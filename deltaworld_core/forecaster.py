@@ -29,7 +29,7 @@ from .checkpoint import CheckpointNotFoundError, load_module
 from .config import ModelConfig, load_config
 from .deltatok import DeltaTok
 from .heads import TaskHeads, recorded_class_names
-from .rollout import features_from_residuals, last_change_rms, rollout_residuals
+from .rollout import features_from_residuals, rollout_residuals, spread_reference
 from .threads import apply_threads
 from .vfm import build_vfm
 from .world import DeltaWorld
@@ -319,10 +319,9 @@ class Forecaster:
         target = torch.arange(1, horizon + 1, dtype=torch.float64, device=self.device)[None] * self.step_s + rel
         times = self._time_tensor
         last, grid = self._features, self.grid
-        reference = None
-        if self.cfg.forecast.spread_from == "last_change" and self._frames.shape[0] >= 2:
-            reference = last_change_rms(self._frames[-2:-1], self._frames[-1:], self._times[-1] - self._times[-2],
-                                        self.step_s, self.cfg.forecast.change_growth)
+        two = self._frames.shape[0] >= 2
+        reference = spread_reference(self.cfg.forecast, self._frames[-2:-1] if two else None, last,
+                                     self._times[-1] - self._times[-2] if two else 0.0, self.step_s)
         residuals = rollout_residuals(self.tokenizer, self.world, self._tokens[None], times, last, target, k,
                                       self.generator, grid, kv=self._kv, timings=timings, tick=self._tick,
                                       spread=self.cfg.forecast.spread, mean_scale=self.cfg.forecast.mean_scale,

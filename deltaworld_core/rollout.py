@@ -190,6 +190,16 @@ def last_change_rms(previous: torch.Tensor, last: torch.Tensor, interval_s: torc
     return rms * ratio.to(rms.dtype)
 
 
+def spread_reference(forecast, previous: torch.Tensor | None, last: torch.Tensor, interval_s, step_s
+                     ) -> torch.Tensor | None:
+    """What ``forecast`` (a ForecastConfig) asks the rollout to scale the spread to: with
+    ``spread_from: last_change`` and a previous frame, :func:`last_change_rms` of previous/last
+    [B, N, C] over ``interval_s`` brought to ``step_s`` by ``change_growth``; otherwise None."""
+    if forecast.spread_from != "last_change" or previous is None:
+        return None
+    return last_change_rms(previous, last, interval_s, step_s, forecast.change_growth)
+
+
 def features_from_residuals(tokenizer: DeltaTok, last_features: torch.Tensor, residuals: torch.Tensor,
                             grid: tuple[int, int]) -> torch.Tensor:
     """last_features [B, N, C] and residuals [B, K, H, n, C] -> features [B, K, H, N, C]: step h

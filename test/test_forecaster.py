@@ -112,7 +112,7 @@ def test_streaming_matches_recompute_from_scratch(forecaster):
 def release_layout_rollout(fc: Forecaster, images, stamps, seed: int, device: str = "cpu"):
     """From scratch, independently of the streaming buffer: the newest ``context`` frames, the
     oldest encoded against black at its own time, then true deltas; K/V built; one rollout."""
-    from deltaworld_core.rollout import last_change_rms, rollout
+    from deltaworld_core.rollout import rollout, spread_reference
 
     c = fc.context
     with torch.no_grad():
@@ -121,10 +121,8 @@ def release_layout_rollout(fc: Forecaster, images, stamps, seed: int, device: st
         tokens = fc.tokenizer.encode(prev, feats, fc.grid)
         times = torch.tensor([stamps[-c:]], dtype=torch.float64, device=device)
         steps = torch.arange(1, fc.horizon + 1, dtype=torch.float64, device=device)[None]
-        reference = None
-        if fc.cfg.forecast.spread_from == "last_change" and c >= 2:
-            reference = last_change_rms(feats[-2:-1], feats[-1:], stamps[-1] - stamps[-2], fc.step_s,
-                                        fc.cfg.forecast.change_growth)
+        reference = spread_reference(fc.cfg.forecast, feats[-2:-1] if c >= 2 else None, feats[-1:],
+                                     stamps[-1] - stamps[-2] if c >= 2 else 0.0, fc.step_s)
         out = rollout(fc.tokenizer, fc.world, tokens[None], times, feats[-1:], times[:, -1:] + fc.step_s * steps,
                       fc.k, torch.Generator(device=device).manual_seed(seed), fc.grid,
                       spread=fc.cfg.forecast.spread, mean_scale=fc.cfg.forecast.mean_scale,
