@@ -340,8 +340,10 @@ class FrozenVFM(nn.Module):
         # Mixed precision of the torch backbone (e.g. bfloat16 on CUDA): matmuls in that dtype,
         # norms and softmax in float32 (torch.autocast's rules), features returned in float32.
         self.autocast = autocast
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # On the backbone's device: build_vfm moves the backbone before wrapping it.
+        device = backbone.cls_token.device
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), persistent=False)
         self._black: dict[tuple, Tensor] = {}
         self.eval()
 

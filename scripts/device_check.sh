@@ -14,7 +14,8 @@
 #   device_summary.json      GPU name, per-stage ms, forecasts/s, peak GPU memory, the issue's targets
 # Usage: scripts/device_check.sh   (DELTAWORLD_PYTHON=... picks the interpreter; default: .venv/bin/python
 # if its torch sees a GPU, else python3; DEVICE_CHECK_VFM_NOTE is copied into the summary, e.g. to say
-# how the VFM weights reached the machine). Exit status: 0 if every stage ran and the tests passed.
+# how the VFM weights reached the machine; DEVICE_CHECK_SKIP="node train" skips stages whose JSON
+# in results/ is kept, e.g. on a rerun). Exit status: 0 if every stage ran and the tests passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -34,6 +35,7 @@ fi
 mkdir -p results
 TMP=$(mktemp -d)
 failed=0
+wanted() { [[ " ${DEVICE_CHECK_SKIP:-} " != *" $1 "* ]]; }
 stage() {  # stage NAME SECONDS CMD...: runs CMD under a time limit, logs it, records failure
   local name=$1 limit=$2; shift 2
   echo "== $name (limit ${limit}s): $*"
@@ -201,12 +203,15 @@ Path("results/device_node.json").write_text(json.dumps(result, indent=1))
 print(json.dumps({k: v for k, v in result.items() if k != "node_log_tail"}, indent=1))
 sys.exit(0 if result.get("forecasts") else 1)
 EOF
-stage node 75 "$PY" "$TMP/node_run.py" "$TMP" "${DEFAULT_SET[@]}"
+if wanted node; then
+  stage node 75 "$PY" "$TMP/node_run.py" "$TMP" "${DEFAULT_SET[@]}"
+fi
 
 # 4. Training on CUDA (80 s + 90 s): the shipped stage configs, bf16 autocast, synthetic-world windows
 # only (no media on the machine); the world stage trains on the tokenizer just trained, compiled.
 TRAIN_DATA=('data.videos.sources=[]' data.motion.windows=0 'data.synthetic.seeds=[0,16]' data.synthetic_fraction=1.0
             device=cuda amp=bf16 checkpoint_every=100 log_every=20 threads=8 "out=$TMP/train" "${TRAIN_SET[@]}")
+if wanted train; then
 train_t0=$SECONDS
 stage train_tokenizer 80 "$PY" -m deltaworld_core.train --config deltaworld_core/configs/train_tokenizer.yaml \
   steps=300 compile=false "${TRAIN_DATA[@]}"
@@ -234,6 +239,7 @@ for name, rc, wall in (("tokenizer", *sys.argv[2:4]), ("world", *sys.argv[4:6]))
 Path("results/device_train.json").write_text(json.dumps(result, indent=1))
 print(json.dumps(result, indent=1))
 EOF
+fi
 
 # 5. Summary against the issue's targets (paper config, one 512 px crop, one H200).
 "$PY" - <<'EOF'

@@ -55,10 +55,15 @@ def test_cpu_forecaster_keeps_fp32_vfm_and_unsynchronised_ticks():
 # ------------------------------------------------------------------------- on a GPU
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_streaming_is_the_release_layout_and_matches_cpu():
+def test_cuda_streaming_is_the_release_layout_and_matches_cpu(monkeypatch):
+    """In float32 without TF32: the layout is checked to rounding (bf16 or TF32 kernels chosen by
+    batch size round one frame and a batch of frames differently, by more than the tolerance)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    fp32 = {**DINOV3, "forecast.quantize": "none"}
     torch.manual_seed(0)
-    gpu = Forecaster.from_config("default", device="cuda", overrides=DINOV3)
-    cpu = Forecaster.from_config("default", overrides=DINOV3)
+    gpu = Forecaster.from_config("default", device="cuda", overrides=fp32)
+    cpu = Forecaster.from_config("default", overrides=fp32)
     images, stamps = frames(7), [0.1 * i for i in range(7)]
     for img, t in zip(images[:-1], stamps[:-1]):
         gpu.step(img, t)
