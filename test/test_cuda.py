@@ -45,6 +45,13 @@ def test_vfm_autocast_returns_float32_features_close_to_fp32():
     assert ((amp - ref).norm() / ref.norm()) < 0.03
 
 
+def test_vfm_buffers_follow_the_backbone_to_its_device():
+    """The first CUDA run failed on every frame: the normalisation constants stayed on the CPU.
+    The meta device stands in for a GPU here."""
+    vfm = build_vfm(load_config("default", DINOV3).vfm, device="meta")
+    assert {t.device.type for t in (*vfm.buffers(), *vfm.parameters())} == {"meta"}
+
+
 def test_cpu_forecaster_keeps_fp32_vfm_and_unsynchronised_ticks():
     fc = Forecaster.from_config("default", overrides={**DINOV3, "forecast.quantize": "bf16"})
     assert fc.vfm.autocast is None  # bf16 autocast of the VFM is the CUDA path's
