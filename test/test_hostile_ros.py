@@ -9,8 +9,6 @@ every bad frame the next good frame must still be forecast: nothing good is lost
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
 import sys
 import threading
@@ -27,165 +25,22 @@ cv2 = pytest.importorskip("cv2")
 
 import yaml  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
 
-from deltaworld_ros.futures_msg import MAX_FRAME_ID_LENGTH, seconds_to_time, time_to_ns  # noqa: E402
+from deltaworld_ros.futures_msg import MAX_FRAME_ID_LENGTH  # noqa: E402
 from deltaworld_ros.image_conversion import array_to_image_msg  # noqa: E402
+from ros_harness import CONTEXT, REPO, TINY, Harness, NodeProcess, smooth_frame, write_model_config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "weights": None, "forecast.quantize": "none",
-    "vfm.weights": "random", "vfm.backend": "torch", "vfm.embed_dim": 48, "vfm.depth": 1, "vfm.num_heads": 2,
-    "vfm.image_size": [56, 112],
-    "tokenizer.dim": 32, "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1, "tokenizer.num_heads": 2,
-    "tokenizer.mlp_hidden": 64, "tokenizer.layerscale_init": 0.1, "world.dim": 32, "world.depth": 1,
-    "world.num_heads": 2, "world.layerscale_init": 0.1, "world.noise_std": 1.0, "heads.depth_bins": 16,
-    "forecast.context": 3,
-}
-CONTEXT = TINY["forecast.context"]
 OUTPUT = (24, 32)
 RNG = np.random.default_rng(13)
 
 
-def smooth_frame(h: int = 60, w: int = 80) -> np.ndarray:
-    """A random but smooth RGB frame (compresses like a camera image, not like noise)."""
-    return cv2.resize(RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> Path:
-    from deltaworld_core import load_config
-
-    path = tmp_path_factory.mktemp("model") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(load_config("default", TINY).to_dict()))))
-    return path
-
-
-class NodeProcess:
-    """``python -m deltaworld_ros.forecast_node`` in its own process, with a params file."""
-
-    def __init__(self, tmp_path: Path, env: dict, name: str = "node", **params):
-        params_file = tmp_path / f"{name}_params.yaml"
-        params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-        self.log_path = tmp_path / f"{name}.log"
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "--params-file", str(params_file)],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def peak_rss_mb(self) -> float:
-        """VmHWM: the most resident memory the node ever had."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM in /proc")
-
-    def stop(self) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
-class Harness:
-    """Publishes camera frames, collects Futures, debug images and diagnostics (spins in a thread)."""
-
-    def __init__(self, node, compressed: bool = False, reliable_camera: bool = False):
-        from deltaworld_ros.msg import Futures
-
-        self.node = node
-        topic, msg_type = ("/camera/image_raw/compressed", CompressedImage) if compressed else ("/camera/image_raw", Image)
-        self.camera_topic = topic
-        camera_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) if reliable_camera \
-            else qos_profile_sensor_data
-        self.camera = node.create_publisher(msg_type, topic, camera_qos)
-        self.futures: list = []
-        self.debug_images: list[Image] = []
-        self.diagnostics: list[DiagnosticArray] = []
-        self._lock = threading.Lock()
-        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        node.create_subscription(Futures, "/deltaworld/futures", self._on_futures, reliable)
-        node.create_subscription(Image, "/deltaworld/debug_image", self.debug_images.append, reliable)
-        node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
-        self.executor = SingleThreadedExecutor(context=node.context)
-        self.executor.add_node(node)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
-        self.stamp = time.time()
-
-    def _on_futures(self, msg) -> None:
-        with self._lock:
-            self.futures.append(msg)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.futures)
-
-    def wait_for(self, predicate, timeout: float, what: str, node: NodeProcess | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if node is not None and not node.alive():
-                pytest.fail(f"node exited while waiting for {what}:\n{node.log()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}" + (f":\n{node.log()}" if node else ""))
-            time.sleep(0.02)
-
-    def wait_until_connected(self, node: NodeProcess, timeout: float = 90.0) -> None:
-        self.wait_for(lambda: self.node.count_subscribers(self.camera_topic) > 0
-                      and self.node.count_publishers("/deltaworld/futures") > 0, timeout, "the node", node)
-        time.sleep(0.3)
-
-    def next_header(self, frame_id: str = "camera") -> Header:
-        self.stamp += 0.1
-        return Header(stamp=seconds_to_time(self.stamp), frame_id=frame_id)
-
-    def good(self, rgb: np.ndarray | None = None) -> Image | CompressedImage:
-        rgb = smooth_frame() if rgb is None else rgb
-        if self.camera.msg_type is CompressedImage:
-            ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            return CompressedImage(header=self.next_header(), format="jpeg", data=encoded.tobytes())
-        return array_to_image_msg(rgb, "rgb8", self.next_header())
-
-    def send_until_forecast(self, node: NodeProcess | None, max_frames: int, make=None, wait: float = 1.0) -> int:
-        """Sends good frames one at a time, each waiting up to ``wait`` s for its own forecast,
-        until one is forecast; returns how many it took."""
-        for n in range(1, max_frames + 1):
-            before = self.count()
-            msg = self.good() if make is None else make()
-            self.camera.publish(msg)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and not any(
-                    time_to_ns(f.header.stamp) == time_to_ns(msg.header.stamp) for f in self.futures[before:]):
-                time.sleep(0.01)
-            if any(time_to_ns(f.header.stamp) == time_to_ns(msg.header.stamp) for f in self.futures[before:]):
-                return n
-        pytest.fail(f"no forecast after {max_frames} good frames" + (f":\n{node.log()}" if node else ""))
-
-    def statuses(self) -> list[DiagnosticStatus]:
-        return [s for array in list(self.diagnostics) for s in array.status if "forecast_node" in s.name]
-
-    def values(self) -> dict[str, str]:
-        statuses = self.statuses()
-        assert statuses, "no diagnostics from forecast_node"
-        return {kv.key: kv.value for kv in statuses[-1].values}
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2)
+    return write_model_config(tmp_path_factory.mktemp("model") / "tiny.yaml", TINY)
 
 
 @pytest.fixture

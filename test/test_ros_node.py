@@ -4,14 +4,9 @@ publishes frames of a real clip and checks every Futures message it gets back.""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,30 +14,13 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
-import rclpy  # noqa: E402
-import yaml  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
 
 from deltaworld_ros.futures_msg import decode_futures, seconds_to_time, time_to_ns, time_to_seconds  # noqa: E402
 from deltaworld_ros.image_conversion import array_to_image_msg  # noqa: E402
 from deltaworld_core.data.video import VideoReader, sample_video_paths  # noqa: E402
+from ros_harness import CONTEXT, REPO, TINY, Harness, NodeProcess, write_model_config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "weights": None,  # architecture differs from the shipped default weights
-    "forecast.quantize": "none",
-    "vfm.weights": "random", "vfm.backend": "torch", "vfm.embed_dim": 48, "vfm.depth": 1, "vfm.num_heads": 2,
-    "vfm.image_size": [56, 112],
-    "tokenizer.dim": 32, "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1, "tokenizer.num_heads": 2,
-    "tokenizer.mlp_hidden": 64, "tokenizer.layerscale_init": 0.1, "world.dim": 32, "world.depth": 1,
-    "world.num_heads": 2, "world.layerscale_init": 0.1, "world.noise_std": 1.0, "heads.depth_bins": 16,
-    "forecast.context": 3,
-}
-CONTEXT = TINY["forecast.context"]
 # The real default architecture with random VFM weights: ~5-10x slower than 30 Hz on these CPUs.
 SLOW = {"vfm.weights": "random", "forecast.k": 4}
 
@@ -52,112 +30,11 @@ def clip():
     return list(VideoReader(sample_video_paths()["bikes.mp4"]).read_all(max_frames=60)[0])
 
 
-def write_model_config(path: Path, overrides: dict) -> Path:
-    from deltaworld_core import load_config
-
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(load_config("default", overrides).to_dict()))))
-    return path
-
-
-class NodeProcess:
-    """``python -m deltaworld_ros.forecast_node`` in its own process, with a params file."""
-
-    def __init__(self, tmp_path: Path, env: dict, cwd: Path = REPO, **params):
-        params_file = tmp_path / "params.yaml"
-        params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-        self.log_path = tmp_path / "node.log"
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "--params-file", str(params_file)],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
-class Harness:
-    """Publishes camera frames and collects Futures and diagnostics, spinning in a thread."""
-
-    def __init__(self, node):
-        self.node = node
-        self.camera = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-        self.futures: list[tuple[float, object]] = []  # (receive time.time(), msg)
-        self.diagnostics: list[DiagnosticArray] = []
-        self._lock = threading.Lock()
-        node.create_subscription(__import__("deltaworld_ros.msg", fromlist=["Futures"]).Futures,
-                                 "/deltaworld/futures", self._on_futures,
-                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.executor = SingleThreadedExecutor(context=node.context)
-        self.executor.add_node(node)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
-
-    def _on_futures(self, msg) -> None:
-        with self._lock:
-            self.futures.append((time.time(), msg))
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.futures)
-
-    def wait_for(self, predicate, timeout: float, what: str, node_process: NodeProcess | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if node_process is not None and not node_process.alive():
-                pytest.fail(f"node exited while waiting for {what}:\n{node_process.log()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}" + (f":\n{node_process.log()}" if node_process else ""))
-            time.sleep(0.02)
-
-    def wait_until_connected(self, node_process: NodeProcess, timeout: float = 90.0) -> None:
-        """The node subscribes to the camera on activate, i.e. after the model has loaded."""
-        self.wait_for(lambda: self.node.count_subscribers("/camera/image_raw") > 0
-                      and self.node.count_publishers("/deltaworld/futures") > 0, timeout, "the node", node_process)
-        time.sleep(0.3)  # let both ends finish matching
-
-    def use_reliable_camera(self) -> dict:
-        """Publishes the camera reliably from now on (for tests that count every frame: best-effort
-        DDS may lose a ~0.5 MB frame on a loaded machine); returns the node parameter to match."""
-        self.camera = self.node.create_publisher(Image, "/camera/image_raw",
-                                                 QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
-        return {"input_reliability": "reliable"}
-
-    def send(self, rgb: np.ndarray, stamp: float, frame_id: str = "camera") -> None:
-        self.camera.publish(array_to_image_msg(rgb, "rgb8", Header(stamp=seconds_to_time(stamp), frame_id=frame_id)))
-
-    def send_raw(self, msg: Image) -> None:
-        self.camera.publish(msg)
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2)
-
-
 @pytest.fixture
 def harness(ros_node):
     harness = Harness(ros_node)
     yield harness
     harness.close()
-
-
-def diagnostic_values(harness: Harness) -> dict[str, str]:
-    statuses = [s for array in harness.diagnostics for s in array.status if "forecast_node" in s.name]
-    assert statuses, "no diagnostics from forecast_node"
-    return {kv.key: kv.value for kv in statuses[-1].values}
 
 
 def check_futures(msg, *, k: int, horizon: int, size: tuple[int, int], step_s: float, sent: dict[int, str]) -> None:
@@ -202,18 +79,18 @@ def test_node_forecasts_a_real_clip(tmp_path, ros_env, harness, clip):
             harness.send(rgb, stamp, frame_id=f"camera_{i % 2}")
             time.sleep(max(0.0, stamp + 0.1 - time.time()))
         last_ns = max(sent)
-        harness.wait_for(lambda: any(time_to_ns(m.header.stamp) == last_ns for _, m in harness.futures), 20,
+        harness.wait_for(lambda: any(time_to_ns(m.header.stamp) == last_ns for m in harness.futures), 20,
                          "the forecast of the last frame", node)
         time.sleep(1.0)  # a diagnostics period after the last forecast
         assert node.alive(), node.log()
-        futures = [m for _, m in harness.futures]
+        futures = list(harness.futures)
         # Frames 0..CONTEXT-2 only fill the context; a loaded CI machine may drop a few more.
         assert len(futures) >= (len(frames) - CONTEXT + 1) // 2, node.log()
         for msg in futures:
             check_futures(msg, k=k, horizon=horizon, size=size, step_s=step_s, sent=sent)
         stamps = [time_to_ns(m.header.stamp) for m in futures]
         assert stamps == sorted(set(stamps)), "futures out of order or duplicated"
-        values = diagnostic_values(harness)
+        values = harness.values()
         assert values["device"] == "cpu" and values["state"] == "active"
         assert int(values["frames_received"]) == len(frames)
         assert int(values["forecasts_published"]) == len(futures)
@@ -254,7 +131,7 @@ def test_node_survives_malformed_input_and_time_going_backwards(tmp_path, ros_en
                 while harness.count() == before and time.monotonic() < deadline:
                     time.sleep(0.01)
                 if harness.count() > before:
-                    assert time_to_ns(harness.futures[-1][1].header.stamp) == time_to_ns(seconds_to_time(stamp[0]))
+                    assert harness.last_stamp_ns() == time_to_ns(seconds_to_time(stamp[0]))
                     return n
             pytest.fail(f"no forecast after {max_frames} good frames:\n{node.log()}")
 
@@ -270,7 +147,7 @@ def test_node_survives_malformed_input_and_time_going_backwards(tmp_path, ros_en
         assert send_good_until_forecast(3) == 1
         time.sleep(1.0)
         assert node.alive()
-        values = diagnostic_values(harness)
+        values = harness.values()
         assert int(values["frames_malformed"]) == 2 * len(bad)
         assert int(values["resets"]) == 1
         log = node.log()
@@ -307,14 +184,14 @@ def test_burst_into_a_slower_model_keeps_latency_bounded(tmp_path, ros_env, harn
         # At least 4 s, and long enough for 6 forecasts however slow the loaded CPU makes a step.
         count, last_stamp = stream_at_30hz(harness, clip, node, time.time(), 0, lambda: harness.count() >= 6, 4.0)
         burst_end = time.time()
-        harness.wait_for(lambda: harness.count() and time_to_ns(harness.futures[-1][1].header.stamp) == last_stamp,
+        harness.wait_for(lambda: harness.count() and harness.last_stamp_ns() == last_stamp,
                          30, "the forecast of the last frame", node)
         time.sleep(1.5)
-        received = list(harness.futures)
-        latencies = [t - time_to_seconds(m.header.stamp) for t, m in received]
-        intervals = np.diff([t for t, _ in received])
+        received, received_at = list(harness.futures), list(harness.received_at)
+        latencies = [t - time_to_seconds(m.header.stamp) for t, m in zip(received_at, received)]
+        intervals = np.diff(received_at)
         step = float(np.median(intervals))  # ~ one model step
-        values = diagnostic_values(harness)
+        values = harness.values()
         report = f"{len(received)} forecasts, step {step * 1e3:.0f} ms, latencies {np.round(latencies, 3)}, {values}"
         assert step > 2 / 30, "the model is not slower than the camera; the test proves nothing: " + report
         # Best-effort DDS may lose frames on a loaded machine: the node's own count is the reference.
@@ -328,8 +205,8 @@ def test_burst_into_a_slower_model_keeps_latency_bounded(tmp_path, ros_env, harn
         half = len(latencies) // 2
         assert np.median(latencies[half:]) < 1.5 * np.median(latencies[:half]) + 0.1, "latency grows: " + report
         # Nothing queued: the last frame is the last forecast and it came within ~2 steps.
-        assert time_to_ns(received[-1][1].header.stamp) == last_stamp
-        assert received[-1][0] - burst_end < 2.5 * intervals.max() + 0.3, report
+        assert time_to_ns(received[-1].header.stamp) == last_stamp
+        assert received_at[-1] - burst_end < 2.5 * intervals.max() + 0.3, report
     finally:
         assert node.stop() == 0, node.log()
 
@@ -346,18 +223,18 @@ def test_a_model_step_slower_than_max_gap_s_keeps_forecasting(tmp_path, ros_env,
         harness.wait_until_connected(node)
         # Before the fix every processed frame reset the context (4 frames): no forecast ever came.
         sent, last = stream_at_30hz(harness, clip, node, time.time(), 0, lambda: harness.count() >= 3, 3.0)
-        harness.wait_for(lambda: time_to_ns(harness.futures[-1][1].header.stamp) == last,
+        harness.wait_for(lambda: harness.last_stamp_ns() == last,
                          30, "the forecast of the last frame before the pause", node)
-        before = [m for _, m in harness.futures]
-        step = float(np.median(np.diff([t for t, _ in harness.futures]))) if len(before) > 1 else float("nan")
+        before = list(harness.futures)
+        step = float(np.median(np.diff(harness.received_at))) if len(before) > 1 else float("nan")
         report = f"{len(before)} forecasts, step {step * 1e3:.0f} ms\n{node.log()}"
         assert step > max_gap_s, "the model is not slower than max_gap_s; the test proves nothing: " + report
         time.sleep(0.5)  # the camera pauses: a gap of 0.5 s > max_gap_s in the stream itself
         _, last = stream_at_30hz(harness, clip, node, time.time(), sent, lambda: harness.count() >= len(before) + 2, 2.0)
-        harness.wait_for(lambda: time_to_ns(harness.futures[-1][1].header.stamp) == last,
+        harness.wait_for(lambda: harness.last_stamp_ns() == last,
                          30, "the forecast of the last frame after the pause", node)
         time.sleep(1.0)
-        values = diagnostic_values(harness)
+        values = harness.values()
         assert int(values["resets"]) == 1, f"{values}\n{node.log()}"
         assert "camera stream gap" in node.log()
         assert harness.count() > len(before)
