@@ -20,6 +20,7 @@ import math
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -525,8 +526,13 @@ def main(args: list[str] | None = None) -> int:
         node = ForecastNode()
     except ParameterError as err:  # one line a user can act on, not a traceback
         rclpy.logging.get_logger("forecast_node").fatal(str(err))
-        rclpy.try_shutdown()
-        return 2
+        # Straight out: nothing was started, and the middleware's teardown of the half-built node
+        # can deadlock (Fast DDS, with other participants starting or stopping at the same time:
+        # seen on a loaded 2-core CI machine), which would leave a launch waiting on a node that
+        # never ran. Peers drop it from the graph when its lease runs out.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
     try:
         if node.param("autostart"):
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:

@@ -209,14 +209,18 @@ BAD_PARAMETERS = [  # (parameter, value, what the one line must say)
 def test_bad_parameters_exit_2_with_one_line(tmp_path, ros_env):
     """Item 5: every parameter is validated before anything starts (0 used to spin a core,
     -1 gave a traceback): one line naming the parameter and the rule, exit status 2. The
-    nodes start side by side (each exits at once)."""
+    nodes start side by side (each exits at once), each on a DDS domain of its own: 18
+    participants starting and stopping together on one domain can deadlock inside Fast DDS
+    itself (seen 1 in ~12 runs on 2 loaded cores, stuck creating rclpy's parameter services)."""
     runs = []
+    base = int(ros_env["ROS_DOMAIN_ID"])
     for i, (param, value, expected) in enumerate(BAD_PARAMETERS):
         params_file = tmp_path / f"params{i}.yaml"
         params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": {param: value}}}))
+        env = dict(ros_env, ROS_DOMAIN_ID=str((base + i) % 200 + 1))
         runs.append((param, value, expected, subprocess.Popen(
             [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "--params-file", str(params_file)],
-            cwd=REPO, env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     problems = []
     for param, value, expected, proc in runs:
         try:
