@@ -46,6 +46,16 @@ def ros_env():
 
 
 @pytest.fixture
+def harness(ros_node):
+    """A camera publisher and Futures/diagnostics collector on ``ros_node`` (test/ros_harness.py)."""
+    from ros_harness import Harness
+
+    harness = Harness(ros_node)
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
 def ros_node(ros_env, request):
     """An rclpy context and node in this process (publisher/subscriber side of a test)."""
     import rclpy

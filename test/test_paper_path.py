@@ -222,7 +222,7 @@ def test_node_runs_the_paper_config(paper_files, tmp_path, ros_env, ros_node):
     import yaml
 
     from deltaworld_ros.futures_msg import decode_futures, seconds_to_time, time_to_ns
-    from test_ros_node import Harness, NodeProcess
+    from ros_harness import Harness, NodeProcess
 
     cfg = load_config("paper", {**SMALL, "vfm.weights": str(paper_files["dinov3"]["hf"]),
                                 "heads.class_names": CITYSCAPES_CLASSES})
@@ -240,9 +240,9 @@ def test_node_runs_the_paper_config(paper_files, tmp_path, ros_env, ros_node):
             sent.append(time_to_ns(seconds_to_time(stamp)))
             harness.send(rgb, stamp)
             time.sleep(max(0.0, stamp + 0.2 - time.time()))
-        harness.wait_for(lambda: any(time_to_ns(m.header.stamp) == sent[-1] for _, m in harness.futures), 30,
+        harness.wait_for(lambda: any(time_to_ns(m.header.stamp) == sent[-1] for m in harness.futures), 30,
                          "the forecast of the last frame", node)
-        futures = [m for _, m in harness.futures]
+        futures = list(harness.futures)
         assert futures and all(time_to_ns(m.header.stamp) in sent[3:] for m in futures)
         for msg in futures:
             assert list(msg.class_names) == CITYSCAPES_CLASSES

@@ -26,7 +26,7 @@ pytest.importorskip("torch")
 from conftest import ros_test_domain_id  # noqa: E402
 from deltaworld_core.data.video import sample_video_paths  # noqa: E402
 from deltaworld_ros.ros_env import TRANSPORT_VARIABLES  # noqa: E402
-from test_ros_node import TINY, write_model_config  # noqa: E402
+from ros_harness import TINY, write_model_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = str(sample_video_paths()["bikes.mp4"])

@@ -75,7 +75,7 @@ else:
     from deltaworld_ros.futures_msg import seconds_to_time
     from deltaworld_ros.image_conversion import array_to_image_msg
     from deltaworld_ros.msg import Futures
-    from test_ros_node import TINY, write_model_config
+    from ros_harness import TINY, write_model_config
 
     NS = "launch_test"
 

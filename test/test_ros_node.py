@@ -30,13 +30,6 @@ def clip():
     return list(VideoReader(sample_video_paths()["bikes.mp4"]).read_all(max_frames=60)[0])
 
 
-@pytest.fixture
-def harness(ros_node):
-    harness = Harness(ros_node)
-    yield harness
-    harness.close()
-
-
 def check_futures(msg, *, k: int, horizon: int, size: tuple[int, int], step_s: float, sent: dict[int, str]) -> None:
     """Everything a planner relies on, checked for one Futures message."""
     stamp_ns = time_to_ns(msg.header.stamp)

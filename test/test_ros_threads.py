@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from test_ros_node import TINY, NodeProcess, diagnostic_values, harness, write_model_config  # noqa: E402,F401
+from ros_harness import TINY, NodeProcess, write_model_config  # noqa: E402
 
 
 def test_threads_parameter_is_validated():
@@ -29,7 +29,7 @@ def test_node_applies_and_reports_its_threads(tmp_path, ros_env, harness, thread
                                      if "forecast_node" in s.name and any(kv.key == "state" and kv.value == "active"
                                                                           for kv in s.values)),
                          20, "diagnostics of the active node", node)
-        assert diagnostic_values(harness)["threads"] == str(threads)
+        assert harness.values()["threads"] == str(threads)
         assert f"{threads} threads" in node.log()
     finally:
         assert node.stop() == 0

@@ -22,7 +22,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from deltaworld_ros.futures_msg import seconds_to_time, time_to_seconds  # noqa: E402
 from deltaworld_ros.image_conversion import array_to_image_msg, image_to_array  # noqa: E402
 from deltaworld_core.data.video import VideoReader, sample_video_paths  # noqa: E402
-from test_ros_node import TINY, write_model_config  # noqa: E402  (pytest puts test/ on sys.path)
+from ros_harness import TINY, write_model_config  # noqa: E402  (pytest puts test/ on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 
