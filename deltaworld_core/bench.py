@@ -101,8 +101,8 @@ def stage_flops(fc: Forecaster, image: np.ndarray) -> dict[str, int]:
             "predict": horizon * _flops(lambda: world.predict(queries, target, kv))
             + (horizon - 1) * _flops(lambda: world.context_kv(token.expand(k, 1, -1), target)),
             # per step at the decoder's pooled grid: the decode and the carry of its pooled input
-            "decode": horizon * _flops(lambda: coarse + tok.residual_carry(grid, coarse.device, coarse.dtype) @ tok.decode_residual(
-                token.expand(k, -1), coarse, grid)),
+            "decode": horizon * _flops(lambda: coarse + tok.residual_carry(grid, coarse.device, coarse.dtype)
+                                       @ tok.decode_residual(token.expand(k, -1), coarse, grid)),
             "heads": _flops(lambda: future_maps(fc.heads, tok, feats, residuals, grid, fc.output_size)),
         }
     out["total"] = sum(out.values())

@@ -78,7 +78,7 @@ stage bench_default 50 "$PY" -m deltaworld_core.bench --config default --device 
 # 3. The node on a replayed clip for 45 s (75 s with start-up).
 cat > "$TMP/node_run.py" <<'EOF'
 """The forecast node (or, without ROS there, the node's streaming loop) on a clip replayed at its
-native rate for 60 s; writes results/device_node.json."""
+native rate for DEVICE_CHECK_NODE_S seconds (45); writes results/device_node.json."""
 import json, os, signal, statistics, subprocess, sys, time
 from pathlib import Path
 
@@ -244,6 +244,7 @@ fi
 # 5. Summary against the issue's targets (paper config, one 512 px crop, one H200).
 "$PY" - <<'EOF'
 import json
+import os
 from pathlib import Path
 import torch
 
@@ -251,7 +252,6 @@ def load(name):
     p = Path("results") / name
     return json.loads(p.read_text()) if p.is_file() else None
 
-import os
 summary = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "vfm_weights_note": os.environ.get("DEVICE_CHECK_VFM_NOTE", ""), "runs": {}}
 for name in ("paper", "paper_bf16", "default"):
