@@ -97,6 +97,9 @@ class Accumulator:
     methods: tuple[str, ...]
     clips: int = 0
     mse: dict[str, np.ndarray] = field(default_factory=dict)
+    # per clip, each method's MSE over copy-last's [H] (clips where copy-last is exact left out):
+    # the median of these is a video's typical clip, which one dramatic event cannot dominate
+    clip_ratios: dict[str, list[np.ndarray]] = field(default_factory=dict)
     conf: dict[str, list[np.ndarray]] = field(default_factory=dict)
     rmse_sum: dict[str, np.ndarray] = field(default_factory=dict)
     rmse_n: dict[str, np.ndarray] = field(default_factory=dict)
@@ -114,6 +117,7 @@ class Accumulator:
     def __post_init__(self):
         h, c = self.horizon, self.num_classes
         self.mse = {m: np.zeros(h) for m in self.methods}
+        self.clip_ratios = {m: [] for m in self.methods}
         label_methods = ("present",) + self.methods
         self.conf = {m: [np.zeros((c, c), np.int64) for _ in range(h)] for m in label_methods}
         self.rmse_sum = {m: np.zeros(h) for m in label_methods}
@@ -180,8 +184,22 @@ class Accumulator:
         self.rmse_sum[method][step] += float(np.sqrt(np.mean(err.astype(np.float64) ** 2)))
         self.rmse_n[method][step] += 1
 
+    def add_clip_errors(self, errors: dict[str, np.ndarray]) -> None:
+        """One clip's feature MSE per method [H] (``copy_last`` among them): summed, and kept as
+        ratios to copy-last for the per-clip median."""
+        for m in self.methods:
+            self.mse[m] += errors[m]
+        copy = errors.get("copy_last")
+        if copy is not None and np.all(copy > 0):
+            for m in self.methods:
+                self.clip_ratios[m].append(errors[m] / copy)
+        self.clips += 1
+
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {"feature_mse": {m: _list(v / max(self.clips, 1)) for m, v in self.mse.items()}}
+        if any(self.clip_ratios.values()):
+            out["median_clip_ratio_to_copy_last"] = {m: _list(np.median(np.stack(r), axis=0))
+                                                     for m, r in self.clip_ratios.items() if r}
         if self.seg_frames.any():
             miou = {}
             for m, confs in self.conf.items():
@@ -501,11 +519,9 @@ class Evaluator:
             for target in (acc, self._video_acc(clip)):
                 if target is None:
                     continue
-                for m in acc.methods:
-                    target.mse[m] += errors[m][i]
+                target.add_clip_errors({m: errors[m][i] for m in acc.methods})
                 target.spread += spread[i]
                 target.mean_error += errors["mean"][i]
-                target.clips += 1
         self.index += len(clips)
         hc = self.cfg.heads
         for i, clip in enumerate(clips):
@@ -549,14 +565,16 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"{key:<23}{cells}")
     if result.get("videos"):
         lines.append("per video, feature MSE as a multiple of copy-last (tokenizer / best / mean at each step), "
-                     "spread-skill ratio:")
+                     "spread-skill ratio, and the median clip's best / mean at step 1:")
         rows = dict(result["videos"])
         rows["AVERAGE over videos"] = None
         for name, v in rows.items():
             if v is None:
                 avg = result["video_average"]
                 ratio, ssr = avg["ratio_to_copy_last"], avg["spread_skill_ratio"]
+                median = avg.get("median_clip_ratio_to_copy_last", {})
             else:
+                median = v.get("median_clip_ratio_to_copy_last", {})
                 cl = v["feature_mse"]["copy_last"]
                 ratio = {m: [x / c if x is not None and c else None for x, c in zip(v["feature_mse"][m], cl)]
                          for m in v["feature_mse"]}
@@ -565,7 +583,9 @@ def format_table(result: dict[str, Any]) -> str:
                                        for m in ("tokenizer", "best", "mean")) for i in range(h))
             spread = " ".join("-" if x is None else f"{x:.2f}" for x in ssr)
             clips = "" if v is None else f" ({v['clips']} clips)"
-            lines.append(f"  {name + clips:<36} {cells}   ssr {spread}")
+            typical = "/".join("-" if not median.get(m) or median[m][0] is None else f"{median[m][0]:.2f}"
+                               for m in ("best", "mean"))
+            lines.append(f"  {name + clips:<36} {cells}   ssr {spread}   median clip {typical}")
     lines.append("units: " + "; ".join(f"{metric} = {text}" for metric, text in METRIC_UNITS.items()
                                        if result.get(metric)))
     return "\n".join(lines)
@@ -768,7 +788,9 @@ def video_average(videos: dict[str, dict]) -> dict[str, Any]:
     """Every video weighs the same (a long or busy clip does not drown a short or calm one): each
     method's feature MSE as a multiple of copy-last's on the same video, averaged over videos
     (``ratio_to_copy_last``, the headline), the plain mean MSE, and the mean spread-skill ratio.
-    A video where copy-last is exact (no change at all) has no ratio and is left out of it."""
+    A video where copy-last is exact (no change at all) has no ratio and is left out of it. Where
+    the videos report it, ``median_clip_ratio_to_copy_last`` is averaged the same way: each video's
+    typical clip, robust to one event dominating a video's sums."""
     methods = list(next(iter(videos.values()))["feature_mse"].keys())
     nan = lambda r: [np.nan if x is None else x for x in r]  # noqa: E731
     mse = {m: np.mean([nan(v["feature_mse"][m]) for v in videos.values()], axis=0) for m in methods}
@@ -776,10 +798,15 @@ def video_average(videos: dict[str, dict]) -> dict[str, Any]:
                                     np.asarray(nan(v["feature_mse"]["copy_last"]), np.float64))
                              for v in videos.values()], axis=0) for m in methods}
     ssr = [nan(v["uncertainty"]["spread_skill_ratio"]) for v in videos.values()]
-    return {"videos": len(videos),
-            "feature_mse": {m: _list(a) for m, a in mse.items()},
-            "ratio_to_copy_last": {m: _list(a) for m, a in ratios.items()},
-            "spread_skill_ratio": _list(np.nanmean(ssr, axis=0))}
+    out = {"videos": len(videos),
+           "feature_mse": {m: _list(a) for m, a in mse.items()},
+           "ratio_to_copy_last": {m: _list(a) for m, a in ratios.items()},
+           "spread_skill_ratio": _list(np.nanmean(ssr, axis=0))}
+    medians = [v["median_clip_ratio_to_copy_last"] for v in videos.values() if "median_clip_ratio_to_copy_last" in v]
+    if medians:
+        out["median_clip_ratio_to_copy_last"] = {m: _list(np.nanmean([nan(v[m]) for v in medians if m in v], axis=0))
+                                                 for m in methods if any(m in v for v in medians)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

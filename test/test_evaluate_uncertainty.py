@@ -62,6 +62,24 @@ def test_video_average_weighs_videos_equally_and_divides_by_copy_last():
     assert avg["spread_skill_ratio"] == [pytest.approx(0.8), pytest.approx(0.8)]  # a missing value is skipped
 
 
+def test_median_clip_ratio_is_a_videos_typical_clip_not_its_one_event():
+    """Sums over clips follow one dramatic clip (a hand covering the view); the per-clip median does
+    not. Clips where copy-last is exact have no ratio."""
+    acc = Accumulator(horizon=1, num_classes=2, methods=("copy_last", "mean"))
+    for copy, mean in [(1.0, 0.9)] * 4 + [(100.0, 300.0), (0.0, 0.5)]:
+        acc.add_clip_errors({"copy_last": np.array([copy]), "mean": np.array([mean])})
+    out = acc.result()
+    assert acc.clips == 6
+    assert out["feature_mse"]["mean"][0] / out["feature_mse"]["copy_last"][0] == pytest.approx(304.1 / 104)
+    assert out["median_clip_ratio_to_copy_last"]["mean"] == [pytest.approx(0.9)]
+    assert out["median_clip_ratio_to_copy_last"]["copy_last"] == [1.0]
+    videos = {"a": {"clips": 6, **out, "uncertainty": {"spread_skill_ratio": [1.0]}},
+              "b": {"clips": 1, "feature_mse": {"copy_last": [1.0], "mean": [0.5]},
+                    "median_clip_ratio_to_copy_last": {"copy_last": [1.0], "mean": [0.5]},
+                    "uncertainty": {"spread_skill_ratio": [1.0]}}}
+    assert video_average(videos)["median_clip_ratio_to_copy_last"]["mean"] == [pytest.approx(0.7)]
+
+
 def test_held_out_split_names_known_sources_and_at_least_four_videos():
     from deltaworld_core.data.sources import split_name
 
