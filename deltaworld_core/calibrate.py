@@ -153,8 +153,8 @@ def write_config(path: Path, mean_scale: float, spread: float, change_growth: fl
 
 
 def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    from .data.sources import resolve_clips
-    from .evaluate import ClipSource, Evaluator, split_sources
+    from .data.sources import resolve_clips, split_sources
+    from .evaluate import ClipSource, Evaluator
     from .vfm import build_vfm, default_cache_dir
 
     overrides = parse_overrides(args.overrides)

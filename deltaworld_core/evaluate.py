@@ -770,17 +770,9 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.full_like(a, np.nan, dtype=np.float64), where=b > 0)
 
 
-def split_sources(group: str) -> list[str]:
-    """The ``group`` list (``train``, ``held_out``, ``calibration``) of ``configs/data_split.yaml``."""
-    import yaml
-
-    from .config import resolve_config_path
-
-    split = yaml.safe_load(resolve_config_path("data_split").read_text())
-    return list(split[group])
-
-
 def held_out_sources() -> list[str]:
+    from .data.sources import split_sources
+
     return split_sources("held_out")
 
 

@@ -198,11 +198,10 @@ def test_training_windows_from_named_sources_with_motion_and_static_down_weighti
 
 
 def test_training_configs_use_only_train_sources_of_the_split():
-    import yaml
-
+    from deltaworld_core.data.sources import split_sources
     from deltaworld_core.train import load_train_config
 
-    split = yaml.safe_load((ROOT / "deltaworld_core" / "configs" / "data_split.yaml").read_text())
+    split = {group: split_sources(group) for group in ("train", "held_out", "calibration")}
     held = {n.split("/")[0] for n in split["held_out"]}
     calibration = {n.split("/")[0] for n in split["calibration"]}
     train = {n.split("/")[0] for n in split["train"]}

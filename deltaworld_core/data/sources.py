@@ -120,6 +120,17 @@ def cache_root(cache: str | Path | None = None) -> Path:
     return Path(cache or os.environ.get("DELTAWORLD_DATA") or DEFAULT_CACHE).expanduser()
 
 
+def split_sources(group: str) -> list[str]:
+    """The ``group`` list (``train``, ``held_out``, ``calibration``) of ``configs/data_split.yaml``:
+    the committed whole-video split every stage, ``evaluate --held-out`` and ``calibrate`` follow."""
+    import yaml
+
+    from ..config import resolve_config_path
+
+    split = yaml.safe_load(resolve_config_path("data_split").read_text())
+    return list(split[group])
+
+
 def split_name(name: str) -> tuple[Source, list[Clip]]:
     """``"visp"`` -> all clips of visp; ``"visp/mire-2"`` -> that clip. Unknown names raise KeyError
     with the known ones listed."""
