@@ -1,0 +1,209 @@
+"""Sharded tar archives in the WebDataset layout, so a cluster reads a few large sequential files
+from shared storage instead of many small ones.
+
+A shard is a plain (uncompressed) tar; a sample is the run of members sharing a key (the file
+name up to its first dot). Two sample layouts are read:
+
+* frames (what :func:`write_shards` writes by default): ``KEY.000000.jpg``, ``KEY.000001.jpg``,
+  ... and ``KEY.json`` ``{"name": ..., "stamps": [seconds, one per frame]}`` (or ``"fps"``);
+  each frame is decoded straight from the tar (JPEGs at reduced scale when ``max_side`` allows);
+* a video file: ``KEY.mp4`` (or any video extension) with an optional ``KEY.json``; OpenCV
+  cannot read from memory, so the member is copied to a temporary file first.
+
+Measured per format in results/loader_cpu.json (docs/data-sources.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .media import VIDEO_EXTS, MediaError, MediaRef, decode_image, iter_frames, record_skip, video_fps
+
+FRAME_EXTS = (".jpg", ".jpeg", ".png")
+MAX_JSON_BYTES = 64 << 20  # a sample's stamps; anything larger is not ours
+
+
+def sample_key(member_name: str) -> str:
+    """WebDataset's key: the path up to the first dot of the file name (``dir/a.0001.jpg`` -> ``dir/a``)."""
+    head, _, base = member_name.rpartition("/")
+    return (head + "/" if head else "") + base.split(".", 1)[0]
+
+
+def _open(path: str | Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r:")
+    except (tarfile.TarError, OSError) as err:
+        raise MediaError(f"{path}: not a readable uncompressed tar shard ({err})") from err
+
+
+def shard_members(path: str | Path) -> list[str]:
+    """The sample keys of a shard in tar order, from its member headers (no member is read).
+    Samples without frames or a video are ignored; a shard with none raises MediaError."""
+    keys: dict[str, None] = {}
+    with _open(path) as tar:
+        try:
+            for member in tar:
+                if member.isfile() and member.name.lower().endswith(FRAME_EXTS + VIDEO_EXTS):
+                    keys.setdefault(sample_key(member.name), None)
+        except (tarfile.TarError, OSError) as err:
+            raise MediaError(f"{path}: damaged tar shard ({err})") from err
+    if not keys:
+        raise MediaError(f"{path}: a tar shard with no samples (KEY.NNNNNN.jpg frames or KEY.mp4 videos)")
+    return list(keys)
+
+
+def _sample_members(tar: tarfile.TarFile, ref: MediaRef) -> list[tarfile.TarInfo]:
+    """The members of ``ref.member``: contiguous in a WebDataset shard, so the header scan stops
+    at the first member of another key after them."""
+    found: list[tarfile.TarInfo] = []
+    try:
+        for member in tar:
+            if sample_key(member.name) == ref.member:
+                found.append(member)
+            elif found:
+                break
+    except (tarfile.TarError, OSError) as err:
+        if not found:
+            raise MediaError(f"{ref.name}: damaged tar shard ({err})") from err
+        record_skip(ref, f"the rest of the shard ({err})")
+    if not found:
+        raise MediaError(f"{ref.name}: no sample {ref.member!r} in {ref.path}")
+    return found
+
+
+def shard_frames(ref: MediaRef, max_side: int | None = None) -> Iterator[tuple[np.ndarray, float]]:
+    """RGB frames and stamps of one shard sample (see the module docstring for the layouts)."""
+    with _open(ref.path) as tar:
+        members = _sample_members(tar, ref)
+        meta = _sample_meta(tar, ref, members)
+        videos = [m for m in members if m.name.lower().endswith(VIDEO_EXTS)]
+        if videos:
+            yield from _video_member(tar, ref, videos[0], meta, max_side)
+            return
+        frames = sorted((m for m in members if m.name.lower().endswith(FRAME_EXTS)), key=lambda m: m.name)
+        stamps = meta.get("stamps")
+        if stamps is None:
+            if not meta.get("fps", 0) > 0:
+                raise MediaError(f"{ref.name}: frames without stamps: {ref.member}.json needs 'stamps' or 'fps'")
+            stamps = [i / float(meta["fps"]) for i in range(len(frames))]
+        if len(stamps) != len(frames):
+            raise MediaError(f"{ref.name}: {len(stamps)} stamps in {ref.member}.json for {len(frames)} frames")
+        for member, stamp in zip(frames, stamps):
+            try:
+                data = tar.extractfile(member).read()
+            except (tarfile.TarError, OSError, AttributeError) as err:
+                record_skip(ref, f"frame {member.name} (unreadable: {err})")
+                continue
+            rgb = decode_image(data, max_side) if data else None
+            if rgb is None:
+                record_skip(ref, f"frame {member.name} (does not decode)")
+                continue
+            yield rgb, float(stamp)
+
+
+def _sample_meta(tar: tarfile.TarFile, ref: MediaRef, members: list[tarfile.TarInfo]) -> dict:
+    metas = [m for m in members if m.name.lower().endswith(".json")]
+    if not metas:
+        return {}
+    if metas[0].size > MAX_JSON_BYTES:
+        raise MediaError(f"{ref.name}: {metas[0].name} is {metas[0].size} bytes (over {MAX_JSON_BYTES})")
+    try:
+        meta = json.loads(tar.extractfile(metas[0]).read())
+    except (tarfile.TarError, OSError, ValueError, AttributeError) as err:
+        raise MediaError(f"{ref.name}: unreadable {metas[0].name} ({err})") from err
+    if not isinstance(meta, dict):
+        raise MediaError(f"{ref.name}: {metas[0].name} must hold a JSON object")
+    return meta
+
+
+def _video_member(tar: tarfile.TarFile, ref: MediaRef, member: tarfile.TarInfo, meta: dict,
+                  max_side: int | None) -> Iterator[tuple[np.ndarray, float]]:
+    suffix = Path(member.name).suffix
+    with tempfile.TemporaryDirectory(prefix="deltaworld-shard-") as tmp:
+        video = Path(tmp) / f"sample{suffix}"
+        try:
+            with tar.extractfile(member) as src, open(video, "wb") as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+        except (tarfile.TarError, OSError, AttributeError) as err:
+            raise MediaError(f"{ref.name}: cannot copy {member.name} out of the shard ({err})") from err
+        inner = MediaRef(ref.name, str(video), "video")
+        stamps = meta.get("stamps")
+        for i, (rgb, t) in enumerate(iter_frames(inner, max_side)):
+            yield rgb, float(stamps[i]) if stamps is not None and i < len(stamps) else t
+
+
+# ------------------------------------------------------------------ writing
+def _key(index: int, name: str) -> str:
+    """A key unique in the shard set and free of dots (WebDataset splits keys at the first dot)."""
+    return f"{index:06d}_" + re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[-80:]
+
+
+def write_shards(refs: Sequence[MediaRef], out: str | Path, per_shard: int, *, fmt: str = "jpg",
+                 max_side: int | None = None, quality: int = 90) -> list[Path]:
+    """Writes ``refs`` (``per_shard`` samples a shard) as ``out/shard-000000.tar``, ... and
+    returns the shard paths. ``fmt`` "jpg": one JPEG per frame (``max_side`` shrinks them) and a
+    JSON of stamps; "mp4": video files copied as they are (only plain video refs). Each shard is
+    written under a temporary name and renamed when complete."""
+    import cv2
+
+    if per_shard < 1:
+        raise MediaError(f"per_shard must be >= 1, got {per_shard}")
+    if fmt not in ("jpg", "mp4"):
+        raise MediaError(f"shard format must be jpg or mp4, got {fmt!r}")
+    if not 1 <= quality <= 100:
+        raise MediaError(f"JPEG quality must be in [1, 100], got {quality}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for s in range(0, len(refs), per_shard):
+        path = out / f"shard-{s // per_shard:06d}.tar"
+        tmp = out / f".{path.name}.tmp"
+        try:
+            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+                for i, ref in enumerate(refs[s:s + per_shard], start=s):
+                    key = _key(i, ref.name)
+                    if fmt == "mp4":
+                        if ref.kind != "video":
+                            raise MediaError(f"{ref.name}: --format mp4 copies video files; a {ref.kind} needs jpg")
+                        tar.add(ref.path, f"{key}{Path(ref.path).suffix.lower()}", filter=_reproducible)
+                        meta = {"name": ref.name, "fps": video_fps(ref.path)}
+                    else:
+                        stamps = []
+                        for j, (rgb, stamp) in enumerate(iter_frames(ref, max_side)):
+                            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                                                    [cv2.IMWRITE_JPEG_QUALITY, quality])
+                            if not ok:
+                                raise MediaError(f"{ref.name}: JPEG encoding of frame {j} failed")
+                            _add_bytes(tar, f"{key}.{j:06d}.jpg", jpeg.tobytes())
+                            stamps.append(stamp)
+                        meta = {"name": ref.name, "stamps": stamps}
+                    _add_bytes(tar, f"{key}.json", json.dumps(meta).encode())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        paths.append(path)
+    return paths
+
+
+def _reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    return info
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    import io
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # shards are reproducible byte for byte from the same input
+    tar.addfile(info, io.BytesIO(data))
