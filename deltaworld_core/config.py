@@ -200,13 +200,44 @@ class ForecastConfig:
     # "int8": dynamic int8 linear layers in DeltaTok/DeltaWorld (CPU only); "bf16": DeltaTok in
     # bfloat16 (CPUs with AVX512-BF16/AMX, or GPUs), DeltaWorld and heads in the model dtype
     quantize: str = "none"
+    # How a camera frame becomes the VFM's input (deltaworld_core/geometry.py): "squash" (the whole
+    # frame resized to vfm.image_size, aspect not kept), "two_squares" (as the release trains and
+    # evaluates: short side to the model size, aspect kept, two overlapping windows of the model's
+    # shape for a wide frame, their maps blended back over the camera's full view at its aspect),
+    # "center_crop" (one window from the centre; the maps cover that region, Forecast.region)
+    geometry: str = "squash"
+    # "frames": the context is the newest `context` frames the forecaster was given, each encoded
+    # against the one before; "step": each new frame is encoded against the kept frame nearest
+    # step_s earlier, so the context is spaced step_s apart (as the release's models were trained
+    # and evaluated) whatever the camera rate, while a forecast still comes with every frame
+    context_spacing: str = "frames"
+    # Decode all K hypotheses (the summaries use all of them) but publish the maps of the first
+    # publish_k only (None = K): the heads' upsampling and the message shrink with it
+    publish_k: int | None = ranged(None, 1, 256)
+    # (h, w) the summaries (mode, agreement, depth mean/std over all K) are computed at before they
+    # are upsampled to the published size; None = the published size
+    summary_size: tuple[int, int] | None = ranged(None, 1, 2048)
+    # On CUDA only (the CPU keeps `quantize`): "bf16" runs as the release validates, the VFM under
+    # bfloat16 autocast, DeltaTok in bfloat16 and the remaining float32 matmuls in TF32; "fp32"
+    # keeps `quantize`'s choice
+    cuda_precision: str = "fp32"
+    # On CUDA only: the fixed-shape parts of a streaming step (predictor and decoder calls) compiled
+    # with torch.compile(mode="reduce-overhead"), i.e. replayed as CUDA graphs; ignored on CPU
+    cuda_graphs: bool = False
 
     def validate(self) -> None:
         _check_ranges("forecast", self)
         _choice("forecast.quantize", self.quantize, ("none", "int8", "bf16"))
         _choice("forecast.spread_from", self.spread_from, ("samples", "last_change"))
+        _choice("forecast.geometry", self.geometry, ("squash", "two_squares", "center_crop"))
+        _choice("forecast.context_spacing", self.context_spacing, ("frames", "step"))
+        _choice("forecast.cuda_precision", self.cuda_precision, ("fp32", "bf16"))
         if self.output_size is not None:
             _image_size("forecast.output_size", self.output_size, 1)
+        if self.summary_size is not None:
+            _image_size("forecast.summary_size", self.summary_size, 1)
+        if self.publish_k is not None and self.publish_k > self.k:
+            raise ConfigError(f"forecast.publish_k ({self.publish_k}) must be <= forecast.k ({self.k})")
 
 
 @dataclass

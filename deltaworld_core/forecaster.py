@@ -24,7 +24,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from . import geometry
 from .checkpoint import CheckpointNotFoundError, load_module
 from .config import ModelConfig, load_config
 from .deltatok import DeltaTok
@@ -32,7 +34,7 @@ from .heads import TaskHeads, recorded_class_names
 from .rollout import features_from_residuals, rollout_residuals, spread_reference
 from .threads import apply_threads
 from .vfm import build_vfm
-from .world import DeltaWorld
+from .world import KV, DeltaWorld
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +55,24 @@ class ForecastSummary:
 class Forecast:
     stamp: float  # seconds, the newest frame used
     stamps: np.ndarray  # [H] float64 seconds of the target frames
-    semantic: np.ndarray  # [K, H, h, w] uint8 class ids
+    semantic: np.ndarray  # [K, H, h, w] uint8 class ids (K = forecast.publish_k when set)
     depth: np.ndarray  # [K, H, h, w] float32 metres
     class_names: list[str]
     summary: ForecastSummary
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage
-    # The decoder's residuals [K, H, n, C] at its pooled grid, and how to build full features from them
+    # The decoder's residuals [K, H, n, C] at its pooled grid ([V, K, H, n, C] with V > 1 views),
+    # all K decoded hypotheses, and how to build full features from them
     residuals: torch.Tensor | None = field(default=None, repr=False)
     build_features: Callable[[], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    # (y0, x0, y1, x1) in camera pixels that the maps cover: the whole frame, or with
+    # forecast.geometry center_crop the crop
+    region: tuple[int, int, int, int] | None = None
 
     @cached_property
     def features(self) -> torch.Tensor:
-        """[K, H, N, C] predicted VFM features, built on first access: the maps above never need
-        them at full resolution, so a forecast does not pay for them unless asked."""
+        """[K, H, N, C] predicted VFM features ([V, K, H, N, C] with V > 1 views), built on first
+        access: the maps above never need them at full resolution, so a forecast does not pay for
+        them unless asked."""
         if self.build_features is None:
             raise ValueError("this forecast carries no features")
         return self.build_features()
@@ -79,8 +86,9 @@ class Forecast:
         return self.semantic.shape[1]
 
 
-def summarize(semantic: torch.Tensor, depth: torch.Tensor, num_classes: int) -> ForecastSummary:
-    """semantic [K, H, h, w] (int), depth [K, H, h, w] -> per-step mode/agreement/mean/std."""
+def summary_tensors(semantic: torch.Tensor, depth: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """semantic [K, H, h, w] (int), depth [K, H, h, w] -> per-step mode (uint8), agreement, depth
+    mean and std ([H, h, w] float32), on the maps' device (nothing waits for it)."""
     k = semantic.shape[0]
     counts = torch.zeros((num_classes, *semantic.shape[1:]), dtype=torch.int32, device=semantic.device)
     counts.scatter_add_(0, semantic.long(), torch.ones_like(semantic, dtype=torch.int32))
@@ -89,29 +97,86 @@ def summarize(semantic: torch.Tensor, depth: torch.Tensor, num_classes: int) -> 
     mean = depth.mean(0)
     # Spelled out: torch's std/var_mean over the leading dim took 30x longer here (bench).
     std = (depth - mean).square().mean(0).sqrt()
-    return ForecastSummary(
-        semantic_mode=mode.to(torch.uint8).cpu().numpy(),
-        agreement=(top.float() / k).cpu().numpy(),
-        depth_mean=mean.cpu().numpy(),
-        depth_std=std.cpu().numpy(),
-    )
+    return {"semantic_mode": mode.to(torch.uint8), "agreement": top.float() / k, "depth_mean": mean,
+            "depth_std": std}
+
+
+def summarize(semantic: torch.Tensor, depth: torch.Tensor, num_classes: int) -> ForecastSummary:
+    """semantic [K, H, h, w] (int), depth [K, H, h, w] -> per-step mode/agreement/mean/std."""
+    return ForecastSummary(**to_host(summary_tensors(semantic, depth, num_classes)))
+
+
+def to_host(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Device tensors -> numpy arrays with one transfer per dtype and one wait for the device per
+    call: on CUDA each dtype's tensors are packed on the device and copied into fresh pinned host
+    memory without blocking, then the host waits once (an event). The arrays own their memory
+    (the next forecast cannot overwrite them). CPU tensors are returned as they are (no copy)."""
+    if all(t.device.type == "cpu" for t in tensors.values()):
+        return {name: t.contiguous().numpy() for name, t in tensors.items()}
+    out: dict[str, np.ndarray] = {}
+    groups: dict[torch.dtype, list[str]] = {}
+    for name, t in tensors.items():
+        groups.setdefault(t.dtype, []).append(name)
+    hosts = []
+    for dtype, names in groups.items():
+        flat = torch.cat([tensors[n].reshape(-1) for n in names])
+        host = torch.empty(flat.shape, dtype=dtype, pin_memory=torch.cuda.is_available())
+        host.copy_(flat, non_blocking=True)
+        hosts.append((names, host))
+    torch.cuda.current_stream(next(iter(tensors.values())).device).synchronize()
+    for names, host in hosts:
+        offset = 0
+        for n in names:
+            size = tensors[n].numel()
+            out[n] = host[offset:offset + size].view(tensors[n].shape).numpy()
+            offset += size
+    return out
+
+
+def future_grid_maps(heads: TaskHeads, tokenizer: DeltaTok, last: torch.Tensor, residuals: torch.Tensor,
+                     grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads on K x H futures of V views given as decoder residuals, at the feature grid:
+    last features [V, N, C], residuals [V, K, H, n, C] -> (class logits [V, K*H, classes, gh, gw],
+    depth [V, K*H, gh, gw] metres).
+
+    The heads are linear up to their last step and the decoder adds upsampled residuals, so each
+    future's logits are the last frame's plus its residuals' logits, upsampled and summed along
+    the horizon: the heads read [V*K*H, n, C] at the decoder's grid instead of [V*K*H, N, C]."""
+    v, k, horizon = residuals.shape[:3]
+    affine = heads.affine()  # the BatchNorms folded once for both uses
+    change = heads.logits_change(residuals.flatten(0, 2), affine)  # [V*K*H, n, L]
+    change = tokenizer.upsample_residual(change, grid).unflatten(0, (v, k, horizon))  # [V, K, H, N, L]
+    logits = heads.logits(last, affine)[:, None, None] + change.cumsum(dim=2)  # [V, K, H, N, L]
+    seg, depth = heads.grid_maps(logits.flatten(0, 2), grid)
+    return seg.unflatten(0, (v, k * horizon)), depth.unflatten(0, (v, k * horizon))
 
 
 def future_maps(heads: TaskHeads, tokenizer: DeltaTok, last: torch.Tensor, residuals: torch.Tensor,
                 grid: tuple[int, int], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The heads on K x H futures given as decoder residuals: last features [1, N, C], residuals
-    [K, H, n, C] -> (class ids [K, H, h, w] uint8, depth [K, H, h, w] metres).
-
-    The heads are linear up to their last step and the decoder adds upsampled residuals, so each
-    future's logits are the last frame's plus its residuals' logits, upsampled and summed along
-    the horizon: the heads read [K*H, n, C] at the decoder's grid instead of [K*H, N, C]."""
+    """One view: last features [1, N, C], residuals [K, H, n, C] -> (class ids [K, H, h, w] uint8,
+    depth [K, H, h, w] metres) at ``size`` (:func:`future_grid_maps`, upsampled)."""
     k, horizon = residuals.shape[:2]
-    affine = heads.affine()  # the BatchNorms folded once for both uses
-    change = heads.logits_change(residuals.flatten(0, 1), affine)  # [K*H, n, L]
-    change = tokenizer.upsample_residual(change, grid).unflatten(0, (k, horizon))  # [K, H, N, L]
-    logits = heads.logits(last, affine)[:, None] + change.cumsum(dim=1)  # [K, H, N, L]
-    semantic, depth = heads.maps(logits.flatten(0, 1), grid, size)
+    seg, depth = future_grid_maps(heads, tokenizer, last, residuals[None], grid)
+    semantic, depth = geometry.upsample_views(seg, depth, geometry.layout("squash", size, size, size))
     return semantic.unflatten(0, (k, horizon)), depth.unflatten(0, (k, horizon))
+
+
+@dataclass(eq=False)
+class _Kept:
+    """One kept frame of the stream: its features and what was computed from them once."""
+
+    stamp: float
+    rel: float  # seconds since the stream's origin
+    features: torch.Tensor  # [V, N, C]
+    delta: torch.Tensor | None = None  # [V, Dt] against its predecessor in the context
+    delta_kv: KV | None = None  # per layer [V, heads, 1, d] at its time
+    whole: torch.Tensor | None = None  # [V, Dt] against black, once it is a context's oldest
+    whole_kv: KV | None = None
+
+
+# A frame's predecessor under context_spacing "step" lies at least this share of step_s earlier
+# (at 25 fps and step_s 0.2, 5 frames back; at 10 fps, 2).
+SPACING_TOLERANCE = 0.25
 
 
 class Forecaster:
@@ -127,8 +192,11 @@ class Forecaster:
             module.eval().requires_grad_(False)
         fc = cfg.forecast
         self.context, self.horizon, self.k, self.step_s = fc.context, fc.horizon, fc.k, fc.step_s
+        self.publish_k = fc.publish_k or fc.k
+        self.geometry, self.context_spacing = fc.geometry, fc.context_spacing
         self.max_gap_s = fc.max_gap_s
         self.output_size = tuple(fc.output_size or cfg.vfm.image_size)
+        self.summary_size = tuple(fc.summary_size) if fc.summary_size else None
         self.class_names = list(cfg.heads.class_names)
         self.grid = tuple(vfm.grid)
         self.generator = torch.Generator(device=self.device)
@@ -137,7 +205,33 @@ class Forecaster:
         self.sync_timings = self.device.type == "cuda"
         self.resets = 0
         self.last_reset_reason: str | None = None
+        self._layouts: dict[tuple, tuple[geometry.Layout, geometry.Layout | None]] = {}
+        self.captured = False
+        if fc.cuda_graphs:
+            if self.device.type == "cuda":
+                self._capture()
+            else:
+                log.info("forecast.cuda_graphs applies on CUDA only: %s runs eagerly", self.device)
         self.reset()
+
+    def _capture(self) -> None:
+        """The predictor's and the decoder's calls of a streaming step compiled with CUDA graphs
+        (torch.compile mode="reduce-overhead"): their shapes are fixed for a given config (the
+        predictor's context grows over the horizon: one graph per step). A graph replays into
+        the same output memory, so each output is cloned before the next replay reuses it."""
+        def capture(fn):
+            compiled = torch.compile(fn, mode="reduce-overhead", dynamic=False, fullgraph=False)
+
+            def run(*args, **kwargs):
+                torch.compiler.cudagraph_mark_step_begin()
+                out = compiled(*args, **kwargs)
+                return [(k.clone(), v.clone()) for k, v in out] if isinstance(out, list) else out.clone()
+            return run
+
+        self.world.predict = capture(self.world.predict)
+        self.world.context_kv = capture(self.world.context_kv)
+        self.tokenizer.decode_residual = capture(self.tokenizer.decode_residual)
+        self.captured = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -145,8 +239,7 @@ class Forecaster:
                     overrides: dict[str, Any] | None = None, weights: str | Path | None = None,
                     dtype: torch.dtype = torch.float32, threads: int | None = None) -> "Forecaster":
         """Builds from a named config (``deltaworld_core/configs/NAME.yaml``) or a YAML path.
-        ``weights`` (a folder of tokenizer/world/heads .safetensors) overrides the config's.
-        ``threads``: CPU threads of the process's torch and the VFM's ONNX Runtime session
+        ``threads``: CPU threads for the model's kernels in this process
         (None or 0 = :func:`deltaworld_core.threads.auto_threads`, half the cores, 1-4)."""
         apply_threads(threads)  # validated before the slow loading
         cfg = load_config(name_or_path, overrides)
@@ -159,21 +252,29 @@ class Forecaster:
                           dtype: torch.dtype = torch.float32, threads: int | None = None) -> "Forecaster":
         threads = apply_threads(threads)  # before the VFM: its ONNX Runtime session takes the count
         models = load_models(cfg, device=device, dtype=dtype)
+        cuda = torch.device(device).type == "cuda"
+        if cuda and cfg.forecast.cuda_precision == "bf16":
+            # The release validates with TF32 matmuls: the float32 parts (predictor, heads) use them.
+            # Process-wide, as torch has it.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         # On CUDA, forecast.quantize: bf16 also runs the VFM under bfloat16 autocast: measured on
         # CPU with the shipped default, mIoU -0.06% and depth RMSE +0.00% of fp32 (README, GPU).
-        amp = torch.bfloat16 if torch.device(device).type == "cuda" and cfg.forecast.quantize == "bf16" else None
+        amp = torch.bfloat16 if cuda and _bf16_tokenizer(cfg, device) else None
         vfm = build_vfm(cfg.vfm, device=device, dtype=dtype, autocast=amp)
         return cls(cfg, vfm, *models, device=device)
 
     # ------------------------------------------------------------------ streaming
     def reset(self, reason: str | None = None) -> None:
         """Clears the rolling buffer and re-seeds sampling (a run after reset is reproducible)."""
-        self._tokens: torch.Tensor | None = None  # [S, Dt]: whole-frame token, then S - 1 deltas
-        self._times: list[float] = []  # seconds relative to self._origin, one per kept frame
+        self._history: list[tuple[_Kept, tuple[_Kept, ...]]] = []  # recent frames and each one's context
+        self._chain: tuple[_Kept, ...] = ()  # the newest frame's context, oldest first
+        self._tokens: torch.Tensor | None = None  # [S, Dt] ([V, S, Dt] with V > 1 views): whole-frame token, deltas
+        self._context_tokens: torch.Tensor | None = None  # [V, S, Dt]
+        self._times: list[float] = []  # seconds relative to self._origin, one per context frame
         self._time_tensor: torch.Tensor | None = None  # [1, S] float64 on the device: the same times
-        self._kv = None  # per layer (keys, values) [1, heads, S, d]
-        self._frames: torch.Tensor | None = None  # [S, N, C] features of the kept frames, oldest first
-        self._features: torch.Tensor | None = None  # [1, N, C] newest frame
+        self._kv = None  # per layer (keys, values) [V, heads, S, d]
+        self._features: torch.Tensor | None = None  # [V, N, C] newest frame
         self._origin: float | None = None
         self._last_stamp: float | None = None
         self._image_shape: tuple[int, ...] | None = None
@@ -185,7 +286,22 @@ class Forecaster:
 
     @property
     def buffered(self) -> int:
+        """Frames in the newest frame's context (a forecast needs ``context``)."""
         return len(self._times)
+
+    def layout(self, shape: tuple[int, ...]) -> geometry.Layout:
+        """The views and published map for camera frames of ``shape`` (H, W[, 3])."""
+        return self._layout_pair(shape)[0]
+
+    def _layout_pair(self, shape) -> tuple[geometry.Layout, geometry.Layout | None]:
+        key = tuple(shape[:2])
+        if key not in self._layouts:
+            model = self.cfg.vfm.image_size
+            main = geometry.layout(self.geometry, key, model, self.output_size)
+            small = None if self.summary_size is None else geometry.layout(self.geometry, key, model,
+                                                                             self.summary_size)
+            self._layouts[key] = (main, small)
+        return self._layouts[key]
 
     def _check_input(self, image: Any, stamp: Any) -> float:
         if not isinstance(image, np.ndarray):
@@ -212,16 +328,23 @@ class Forecaster:
         elif stamp - self._last_stamp > self.max_gap_s:
             self.reset(f"gap {stamp - self._last_stamp:.3f} s exceeds max_gap_s {self.max_gap_s}")
 
+    def _views(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Frames [T] of one shape -> VFM features [T, V, N, C] of their views."""
+        lay = self.layout(images[0].shape)
+        cuts = [geometry.cut_views(image, lay) for image in images]
+        batch = cuts[0] if len(cuts) == 1 else np.concatenate(cuts)
+        return self.vfm(batch).unflatten(0, (len(images), lay.num_views))
+
     def step(self, image: np.ndarray, stamp: float) -> Forecast | None:
-        """Adds one frame (HxWx3 uint8 RGB, ``stamp`` seconds). Returns None until ``context``
-        frames are buffered, then a :class:`Forecast` from the newest ``context`` frames."""
+        """Adds one frame (HxWx3 uint8 RGB, ``stamp`` seconds). Returns None until the newest
+        frame's context holds ``context`` frames, then a :class:`Forecast` from that context."""
         stamp = self._check_input(image, stamp)
         self.last_reset_reason = None
         self._maybe_reset(image.shape, stamp)
         timings: dict[str, float] = {}
         with torch.inference_mode():
             t0 = self._tick()
-            features = self.vfm(image[None])  # [1, N, C]
+            features = self._views([image])[0]  # [V, N, C]
             t1 = self._tick()
             self._push(features, stamp, image.shape)  # encode(s) and the new tokens' K/V
             t2 = self._tick()
@@ -244,109 +367,196 @@ class Forecaster:
         stamps = [self._check_input(image, stamp) for image, stamp in zip(images, stamps)]
         if any(b <= a for a, b in zip(stamps, stamps[1:])):
             raise ValueError(f"stamps must increase, got {stamps}")
+        if any(image.shape != images[0].shape for image in images):
+            raise ValueError("forecast_window needs frames of one size")
         timings: dict[str, float] = {}
         with torch.inference_mode():
             t0 = self._tick()
-            features = self.vfm(np.stack(images))  # [context, N, C]
+            features = self._views(images)  # [context, V, N, C]
             t1 = self._tick()
-            prev = torch.cat((self.vfm.black_features(1), features[:-1]))
-            tokens = self.tokenizer.encode(prev, features, self.grid)  # [context, Dt]: whole, deltas
+            c, v = features.shape[:2]
+            prev = torch.cat((self.vfm.black_features(v)[None], features[:-1]))
+            tokens = self.tokenizer.encode(prev.flatten(0, 1), features.flatten(0, 1), self.grid)
+            tokens = tokens.unflatten(0, (c, v)).transpose(0, 1)  # [V, context, Dt]: whole, deltas
             self.reset()
             self._origin = stamps[0]
             rel = [s - stamps[0] for s in stamps]
-            times = torch.tensor([rel], dtype=torch.float64, device=self.device)
-            kv = self.world.context_kv(tokens[None], times)
+            times = torch.tensor([rel], dtype=torch.float64, device=self.device).expand(v, -1)
+            kv = self.world.context_kv(tokens, times)
             t2 = self._tick()
-            self._set_buffer(tokens, rel, times, kv, features, stamps[-1], images[-1].shape)
+            kept = []
+            for i, (stamp, r) in enumerate(zip(stamps, rel)):
+                frame = _Kept(stamp, r, features[i])
+                token_kv = [(k[:, :, i:i + 1], val[:, :, i:i + 1]) for k, val in kv]
+                if i == 0:
+                    frame.whole, frame.whole_kv = tokens[:, 0], token_kv
+                else:
+                    frame.delta, frame.delta_kv = tokens[:, i], token_kv
+                kept.append(frame)
+                self._history.append((frame, tuple(kept)))
+            self._prune(stamps[-1])
+            self._set_context(tuple(kept), stamps[-1], images[-1].shape)
             timings.update(vfm=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3)
             forecast = self._forecast(stamps[-1], timings)
         forecast.timings["total"] = (self._tick() - t0) * 1e3
         return forecast
 
+    def _predecessor(self, stamp: float) -> tuple[_Kept, tuple[_Kept, ...]] | None:
+        """The kept frame the new frame's delta is encoded against, with its context: the previous
+        frame (``context_spacing: frames``) or the kept frame whose distance back is nearest
+        ``step_s`` among those at least (1 - SPACING_TOLERANCE) x step_s back (``step``); None
+        when there is none (the frame starts a context of its own)."""
+        if not self._history or self.context == 1:
+            return None
+        if self.context_spacing == "frames":
+            return self._history[-1]
+        least = (1 - SPACING_TOLERANCE) * self.step_s
+        candidates = [entry for entry in self._history if stamp - entry[0].stamp >= least]
+        return min(candidates, key=lambda e: abs(stamp - e[0].stamp - self.step_s), default=None)
+
+    def _prune(self, stamp: float) -> None:
+        """Keeps the frames a later frame may still be encoded against (with their contexts)."""
+        if self.context_spacing == "frames":
+            del self._history[:-1]
+        else:  # a predecessor lies about step_s back: frames older than 2 steps never are one again
+            self._history = [e for e in self._history if stamp - e[0].stamp <= 2 * self.step_s][-512:]
+
     def _push(self, features: torch.Tensor, stamp: float, shape) -> None:
-        """Adds the newest frame's features [1, N, C] to the rolling buffer in the release's
-        layout. Only the new tokens are encoded and only their K/V computed; the rest is cached."""
+        """Adds the newest frame's features [V, N, C] in the release's layout: its context is its
+        predecessor's context plus itself (at most ``context`` frames, oldest first); only its
+        delta against the predecessor and, when the context's oldest frame has none yet, that
+        frame's whole-frame token are encoded (one encode call of at most two pairs per view),
+        and only their K/V computed; the rest is cached per frame."""
         if self._origin is None:
             self._origin = stamp
-        rel = stamp - self._origin
-        black = self.vfm.black_features(1)
-        # Filled on the device from a host scalar: no host-to-device copy, so no wait on the GPU.
-        times = torch.full((1, 1), rel, dtype=torch.float64, device=self.device)
-        if self._frames is None or self.context == 1:  # the only frame: its whole-frame token
-            token = self.tokenizer.encode(black, features, self.grid)  # [1, Dt]
-            self._set_buffer(token, [rel], times, self.world.context_kv(token[None], times), features, stamp, shape)
-            return
-        if self.buffered < self.context:  # the window grows: one more true delta
-            delta = self.tokenizer.encode(self._frames[-1:], features, self.grid)  # [1, Dt]
-            kv = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2))
-                  for (k, v), (nk, nv) in zip(self._kv, self.world.context_kv(delta[None], times))]
-            self._set_buffer(torch.cat((self._tokens, delta)), self._times + [rel],
-                             torch.cat((self._time_tensor, times), 1), kv, torch.cat((self._frames, features)),
-                             stamp, shape)
-            return
-        # The window slides: the oldest frame leaves, the next one becomes the first token and is
-        # re-encoded against black at its own time; its old delta token and K/V are replaced.
-        frames, kept_times = torch.cat((self._frames[1:], features)), self._times[1:] + [rel]
-        pair = self.tokenizer.encode(torch.cat((black, self._frames[-1:])), torch.cat((frames[:1], features)),
-                                     self.grid)  # [2, Dt]: whole-frame token of the new oldest, new delta
-        pair_times = torch.cat((self._time_tensor[:, 1:2], times), 1)  # [1, 2]: the new oldest's, the new
-        pair_kv = self.world.context_kv(pair[None], pair_times)  # per layer [1, heads, 2, d]
-        kv = [(torch.cat((nk[:, :, :1], k[:, :, 2:], nk[:, :, 1:]), 2),
-               torch.cat((nv[:, :, :1], v[:, :, 2:], nv[:, :, 1:]), 2))
-              for (k, v), (nk, nv) in zip(self._kv, pair_kv)]
-        tokens = torch.cat((pair[:1], self._tokens[2:], pair[1:]))
-        self._set_buffer(tokens, kept_times, torch.cat((self._time_tensor[:, 1:], times), 1), kv, frames, stamp,
-                         shape)
+        frame = _Kept(stamp, stamp - self._origin, features)
+        parent = self._predecessor(stamp)
+        chain = ((*parent[1], frame) if parent is not None else (frame,))[-self.context:]
+        v = features.shape[0]
+        prev, cur, slots = [], [], []
+        if chain[0].whole is None:  # the context's oldest frame as a whole-frame token, at its own time
+            prev.append(self.vfm.black_features(v))
+            cur.append(chain[0].features)
+            slots.append((chain[0], "whole"))
+        if len(chain) > 1:
+            prev.append(parent[0].features)
+            cur.append(features)
+            slots.append((frame, "delta"))
+        # Filled on the device from host scalars: no host-to-device copy, so no wait on the GPU.
+        times = torch.cat([torch.full((v, 1), owner.rel, dtype=torch.float64, device=self.device)
+                           for owner, _ in slots], 1)  # [V, pairs]
+        tokens = self.tokenizer.encode(torch.cat(prev), torch.cat(cur), self.grid).unflatten(0, (len(slots), v))
+        kv = self.world.context_kv(tokens.transpose(0, 1), times)  # per layer [V, heads, pairs, d]
+        for i, (owner, kind) in enumerate(slots):
+            setattr(owner, kind, tokens[i])
+            setattr(owner, f"{kind}_kv", [(k[:, :, i:i + 1], val[:, :, i:i + 1]) for k, val in kv])
+        self._history.append((frame, chain))
+        self._prune(stamp)
+        self._set_context(chain, stamp, shape)
 
-    def _set_buffer(self, tokens: torch.Tensor, times: list[float], time_tensor: torch.Tensor, kv,
-                    frames: torch.Tensor, stamp: float, shape) -> None:
-        """The rolling buffer, all fields together (at most ``context`` entries, oldest first):
-        tokens [S, Dt] (the oldest frame's whole-frame token, then deltas), their times (seconds
-        since the origin; as a list and as ``time_tensor`` [1, S] float64 on the device), the
-        predictor's K/V of them (per layer [1, heads, S, d]), the kept
-        frames' features [S, N, C], and the newest frame's stamp and image shape."""
-        if tokens.shape[0] > self.context or len(times) != tokens.shape[0] or frames.shape[0] != tokens.shape[0]:
-            raise AssertionError(f"rolling buffer out of step: {tokens.shape[0]} tokens, {len(times)} times, "
-                                 f"{frames.shape[0]} frames, context {self.context}")
-        self._tokens, self._times, self._time_tensor, self._kv = tokens, times, time_tensor, kv
-        self._frames, self._features = frames, frames[-1:]
+    def _set_context(self, chain: tuple[_Kept, ...], stamp: float, shape) -> None:
+        """The newest frame's context, all fields together (oldest first): tokens [V, S, Dt] (the
+        oldest frame's whole-frame token, then deltas; ``_tokens`` is [S, Dt] for one view), their
+        times (seconds since the origin; as a list and as ``_time_tensor`` [1, S] float64 on the
+        device), the predictor's K/V of them (per layer [V, heads, S, d]), the newest frame's
+        features, stamp and image shape."""
+        if len(chain) > self.context or chain[0].whole is None or any(f.delta is None for f in chain[1:]):
+            raise AssertionError(f"rolling buffer out of step: {len(chain)} frames, context {self.context}")
+        parts = [(chain[0].whole, chain[0].whole_kv)] + [(f.delta, f.delta_kv) for f in chain[1:]]
+        tokens = torch.stack([t for t, _ in parts], dim=1)  # [V, S, Dt]
+        self._kv = [(torch.cat([kv[layer][0] for _, kv in parts], 2), torch.cat([kv[layer][1] for _, kv in parts], 2))
+                    for layer in range(len(parts[0][1]))]
+        self._chain = chain
+        self._context_tokens = tokens
+        self._tokens = tokens[0] if tokens.shape[0] == 1 else tokens
+        self._times = [f.rel for f in chain]
+        self._time_tensor = torch.cat([torch.full((1, 1), f.rel, dtype=torch.float64, device=self.device)
+                                       for f in chain], 1)
+        self._features = chain[-1].features
         self._last_stamp, self._image_shape = stamp, shape
 
     def _forecast(self, stamp: float, timings: dict[str, float]) -> Forecast:
-        k, horizon = self.k, self.horizon
+        k, horizon, n = self.k, self.horizon, self.publish_k
         rel = stamp - self._origin
-        # Built on the device (no host-to-device copies inside a step)
-        target = torch.arange(1, horizon + 1, dtype=torch.float64, device=self.device)[None] * self.step_s + rel
-        times = self._time_tensor
         last, grid = self._features, self.grid
-        two = self._frames.shape[0] >= 2
-        reference = spread_reference(self.cfg.forecast, self._frames[-2:-1] if two else None, last,
+        v = last.shape[0]
+        # Built on the device (no host-to-device copies inside a step)
+        target = (torch.arange(1, horizon + 1, dtype=torch.float64, device=self.device)[None] * self.step_s
+                  + rel).expand(v, -1)
+        times = self._time_tensor.expand(v, -1)
+        two = len(self._chain) >= 2
+        reference = spread_reference(self.cfg.forecast, self._chain[-2].features if two else None, last,
                                      self._times[-1] - self._times[-2] if two else 0.0, self.step_s)
-        residuals = rollout_residuals(self.tokenizer, self.world, self._tokens[None], times, last, target, k,
+        residuals = rollout_residuals(self.tokenizer, self.world, self._context_tokens, times, last, target, k,
                                       self.generator, grid, kv=self._kv, timings=timings, tick=self._tick,
                                       spread=self.cfg.forecast.spread, mean_scale=self.cfg.forecast.mean_scale,
-                                      spread_reference=reference)[0]
+                                      spread_reference=reference)  # [V, K, H, n, C]
         t0 = self._tick()
-        semantic, depth = future_maps(self.heads, self.tokenizer, last, residuals, grid, self.output_size)
-        summary = summarize(semantic, depth, len(self.class_names))
-        semantic_np, depth_np = semantic.cpu().numpy(), depth.float().cpu().numpy()
+        arrays, region = self._maps(last, residuals)
         timings["heads"] = (self._tick() - t0) * 1e3
+        one = residuals[0] if v == 1 else residuals
         return Forecast(
             stamp=stamp,
             stamps=np.asarray([stamp + self.step_s * (h + 1) for h in range(horizon)], dtype=np.float64),
-            semantic=semantic_np,
-            depth=depth_np,
+            semantic=arrays.pop("semantic"),
+            depth=arrays.pop("depth"),
             class_names=list(self.class_names),
-            summary=summary,
+            summary=ForecastSummary(**arrays),
             timings=timings,
-            residuals=residuals,
-            build_features=lambda: features_from_residuals(self.tokenizer, last, residuals[None], grid)[0],
+            residuals=one,
+            build_features=lambda: self._features_of(last, residuals),
+            region=region,
         )
+
+    def _features_of(self, last: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
+        features = features_from_residuals(self.tokenizer, last, residuals, self.grid)  # [V, K, H, N, C]
+        return features[0] if features.shape[0] == 1 else features
+
+    def _maps(self, last: torch.Tensor, residuals: torch.Tensor) -> tuple[dict[str, np.ndarray], tuple]:
+        """The published maps of one forecast, made on the forecaster's device and copied to the
+        host once: the first ``publish_k`` hypotheses' class ids (uint8) and depth (float32) on the
+        layout's canvas, and the summaries over all K (at ``summary_size`` when set, then resized
+        to the canvas: the mode by nearest neighbour, the rest bilinearly)."""
+        k, horizon, n = self.k, self.horizon, self.publish_k
+        lay, small = self._layout_pair(self._image_shape)
+        seg, depth = future_grid_maps(self.heads, self.tokenizer, last, residuals, self.grid)  # [V, K*H, ...]
+        if small is None and n == k:
+            semantic, dep = geometry.upsample_views(seg, depth, lay)
+            maps = {"semantic": semantic.unflatten(0, (k, horizon)), "depth": dep.unflatten(0, (k, horizon))}
+            summary = summary_tensors(maps["semantic"], maps["depth"], len(self.class_names))
+        else:
+            semantic, dep = geometry.upsample_views(seg[:, :n * horizon], depth[:, :n * horizon], lay)
+            maps = {"semantic": semantic.unflatten(0, (n, horizon)), "depth": dep.unflatten(0, (n, horizon))}
+            all_sem, all_dep = geometry.upsample_views(seg, depth, small or lay)
+            summary = summary_tensors(all_sem.unflatten(0, (k, horizon)), all_dep.unflatten(0, (k, horizon)),
+                                      len(self.class_names))
+            if small is not None and small.canvas != lay.canvas:
+                summary = _resize_summary(summary, lay.canvas)
+        maps["depth"] = maps["depth"].float()
+        return to_host({**maps, **summary}), lay.region
 
     def _tick(self) -> float:
         if self.sync_timings and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+
+def _resize_summary(summary: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Summaries [H, h, w] -> [H, *size]: the mode (class ids) by nearest neighbour, the rest bilinearly."""
+    out = {}
+    for name, value in summary.items():
+        x = value[:, None].float()
+        if name == "semantic_mode":
+            out[name] = F.interpolate(x, size=size, mode="nearest")[:, 0].to(torch.uint8)
+        else:
+            out[name] = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[:, 0]
+    return out
+
+
+def _bf16_tokenizer(cfg: ModelConfig, device) -> bool:
+    """DeltaTok in bfloat16: ``forecast.quantize: bf16`` anywhere, ``cuda_precision: bf16`` on CUDA."""
+    return cfg.forecast.quantize == "bf16" or (torch.device(device).type == "cuda"
+                                                and cfg.forecast.cuda_precision == "bf16")
 
 
 def build_models(cfg: ModelConfig) -> tuple[DeltaTok, DeltaWorld, TaskHeads]:
@@ -381,7 +591,7 @@ def load_models(cfg: ModelConfig, device: str | torch.device = "cpu",
             from torch.ao.quantization import quantize_dynamic
 
             models[:2] = [quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8) for m in models[:2]]
-    elif cfg.forecast.quantize == "bf16":
+    elif _bf16_tokenizer(cfg, device):
         if torch.device(device).type == "cpu" and not _cpu_has_bf16():
             log.warning("forecast.quantize: bf16 on a CPU without native bfloat16 (AVX512-BF16/AMX) is emulated "
                         "and slow; int8 or none will be faster here")

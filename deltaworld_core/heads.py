@@ -118,6 +118,12 @@ class TaskHeads(nn.Module):
 
     def maps(self, logits: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]):
         """[B, N, classes + bins] logits -> (class ids [B, h, w] uint8, depth [B, h, w] float32)."""
+        return _upsample(*self.grid_maps(logits, grid), size)
+
+    def grid_maps(self, logits: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, N, classes + bins] logits -> (class logits [B, classes, gh, gw], a channels-last
+        view, and depth [B, gh, gw] float32 metres) at the feature grid: what :meth:`maps`
+        upsamples, for callers that place several views' maps into one before upsampling."""
         b, n = logits.shape[:2]
         if n != grid[0] * grid[1] or logits.shape[2] != self.num_outputs:
             raise ValueError(f"logits {tuple(logits.shape)} do not match grid {grid} and "
@@ -127,7 +133,7 @@ class TaskHeads(nn.Module):
         depth = expected_depth(logits[..., classes:], self.depth.bin_centres)  # [B, N]
         # [B, N, classes] is already a channels-last class map: a view, no copy.
         seg = logits[..., :classes].reshape(b, *grid, classes).permute(0, 3, 1, 2)
-        return _upsample(seg, depth.reshape(b, *grid), size)
+        return seg, depth.reshape(b, *grid)
 
 
 def recorded_class_names(heads_file: str | Path) -> list[str] | None:

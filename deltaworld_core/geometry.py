@@ -1,0 +1,147 @@
+"""Frame geometry: how a camera frame becomes the VFM's input views, and how the views' maps
+become one published map.
+
+``forecast.geometry`` names the rule:
+
+- ``squash``: the whole frame resized to the model's input size, aspect not kept (one view; the
+  embedded default was trained and calibrated this way). The maps cover the whole frame at
+  ``output_size``.
+- ``two_squares``: as the released models were trained and evaluated: the frame is scaled so that
+  its short side meets the model size with the aspect kept, and windows of the model's shape are
+  taken along the long side, two for a wide frame (overlapping when the aspect ratio is under 2;
+  ``ceil(aspect)`` evenly spaced ones above 2, so that the whole view is still covered), one for a
+  frame of the model's aspect. Each window is one view of the streaming forecast (the views run
+  as one batch). The views' logits and depth are blended back (averaged where they overlap) into
+  one map of the camera's whole view at the camera's aspect: its short side is ``output_size``'s.
+- ``center_crop``: one window of the model's shape from the frame's centre, the rest discarded.
+  The maps cover that region only (``Forecast.region`` gives it in camera pixels).
+
+Windows are cut from the camera frame at its own resolution and resized by the VFM: the same
+pixels as scaling first and cropping after, up to the rounding of one pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+GEOMETRIES = ("squash", "two_squares", "center_crop")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the views lie, for one camera frame size.
+
+    views: per view (y0, x0, y1, x1) in camera pixels (the window cut from the frame).
+    region: (y0, x0, y1, x1) in camera pixels that the published maps cover.
+    canvas: (h, w) of the published maps.
+    placements: per view (y0, x0) of its ``view_size`` map inside the canvas.
+    view_size: (h, w) of one view's map before it is placed.
+    """
+
+    views: tuple[tuple[int, int, int, int], ...]
+    region: tuple[int, int, int, int]
+    canvas: tuple[int, int]
+    placements: tuple[tuple[int, int], ...]
+    view_size: tuple[int, int]
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views)
+
+
+def _spread(length: float, window: float, count: int) -> list[float]:
+    """``count`` window starts spread evenly from 0 to ``length - window``."""
+    if count == 1:
+        return [0.0]
+    return [i * (length - window) / (count - 1) for i in range(count)]
+
+
+def layout(geometry: str, frame: tuple[int, int], model: tuple[int, int], output: tuple[int, int]) -> Layout:
+    """The views and the published map for a camera frame of ``frame`` (H, W) pixels, a model input
+    of ``model`` (h, w) and ``output`` (h, w) = ``forecast.output_size`` (see the module docstring
+    for each rule)."""
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry {geometry!r} is not one of {', '.join(GEOMETRIES)}")
+    fh, fw = (int(s) for s in frame)
+    mh, mw = (int(s) for s in model)
+    oh, ow = (int(s) for s in output)
+    full = (0, 0, fh, fw)
+    if geometry == "squash":
+        return Layout((full,), full, (oh, ow), ((0, 0),), (oh, ow))
+    # The window of the model's aspect that spans the frame's short side (relative to that aspect).
+    scale = max(mh / fh, mw / fw)  # model pixels per camera pixel
+    wh, ww = min(fh, mh / scale), min(fw, mw / scale)  # window in camera pixels (one side is the frame's)
+    along_x = fw - ww > 0.5  # the frame is wider than the model's aspect
+    along_y = fh - wh > 0.5
+    length, window = (fw, ww) if along_x else (fh, wh)
+    if geometry == "center_crop" or not (along_x or along_y):
+        count = 1
+        starts = [(length - window) / 2]
+    else:
+        count = max(2, math.ceil(length / window - 1e-6))
+        starts = _spread(length, window, count)
+    views = []
+    side = max(1, int(round(ww if along_x else wh)))  # every window the same size: one batch
+    for s in starts:
+        start = max(0, min(int(round(s)), length - side))
+        views.append((0, start, fh, start + side) if along_x else (start, 0, start + side, fw))
+    if geometry == "center_crop":
+        return Layout(tuple(views), views[0], (oh, ow), ((0, 0),), (oh, ow))
+    # The published canvas: the whole frame at the scale that maps one window onto output_size.
+    out_scale = oh / wh if along_x or not along_y else ow / ww
+    ch, cw = (oh, max(ow, int(round(fw * out_scale)))) if along_x else (max(oh, int(round(fh * out_scale))), ow)
+    placements = []
+    for i, s in enumerate(starts):
+        # The last view ends at the canvas edge exactly (rounding must not leave a column uncovered).
+        if along_x:
+            x = cw - ow if i == len(starts) - 1 else min(cw - ow, int(round(s * out_scale)))
+            placements.append((0, x))
+        else:
+            y = ch - oh if i == len(starts) - 1 else min(ch - oh, int(round(s * out_scale)))
+            placements.append((y, 0))
+    return Layout(tuple(views), full, (ch, cw), tuple(placements), (oh, ow))
+
+
+def cut_views(image, lay: Layout):
+    """HxWx3 uint8 frame -> [V, h, w, 3] windows (the VFM resizes them to the model input); one
+    view is a view of the frame, no copy."""
+    import numpy as np
+
+    crops = [image[y0:y1, x0:x1] for y0, x0, y1, x1 in lay.views]
+    return np.stack(crops) if len(crops) > 1 else crops[0][None]
+
+
+def blend(values: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """Per view maps [V, B, ch, vh, vw] (vh, vw = ``lay.view_size``; logits or depth, any
+    channels ``ch``) -> [B, ch, H, W] on ``lay.canvas``, averaged where views overlap. One view
+    returns its map unchanged (no copy)."""
+    if values.shape[0] != lay.num_views:
+        raise ValueError(f"{values.shape[0]} views for a layout of {lay.num_views}")
+    if lay.num_views == 1:
+        return values[0]
+    vh, vw = lay.view_size
+    out = values.new_zeros((*values.shape[1:3], *lay.canvas))
+    weight = values.new_zeros(lay.canvas)
+    for view, (y, x) in zip(values, lay.placements):
+        out[..., y:y + vh, x:x + vw] += view
+        weight[y:y + vh, x:x + vw] += 1
+    return out / weight
+
+
+def upsample_views(logits: torch.Tensor, depth: torch.Tensor, lay: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class logits [V, B, classes, gh, gw] and depth [V, B, gh, gw] at the feature grid -> class
+    ids [B, H, W] uint8 and depth [B, H, W] on ``lay.canvas``: each view upsampled bilinearly to
+    its place, blended (logits before the argmax, so overlaps vote with their confidence)."""
+    v, b = logits.shape[:2]
+    size = lay.view_size
+    # Channels-last: the upsampling and the per-pixel argmax over classes run along contiguous memory.
+    up = F.interpolate(logits.flatten(0, 1).float().contiguous(memory_format=torch.channels_last), size=size,
+                       mode="bilinear", align_corners=False)
+    up_depth = F.interpolate(depth.flatten(0, 1)[:, None].float(), size=size, mode="bilinear", align_corners=False)
+    seg = blend(up.unflatten(0, (v, b)), lay)
+    dep = blend(up_depth.unflatten(0, (v, b)), lay)[:, 0]
+    return seg.permute(0, 2, 3, 1).argmax(dim=-1).to(torch.uint8), dep
