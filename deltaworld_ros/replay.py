@@ -1,29 +1,25 @@
 """Replays a video file or a rosbag2 (MCAP) recording as a camera topic at its native rate.
 
     python -m deltaworld_ros.replay --video PATH [--topic /camera/image_raw] [--rate 1.0] [--loop]
-    python -m deltaworld_ros.replay --bag PATH.mcap --topic /camera/image_raw [--rate 1.0] [--loop]
+    python -m deltaworld_ros.replay --bag PATH(.mcap|.db3|folder) --topic /camera/image_raw [--rate 1.0] [--loop]
 
 Video frames are published as sensor_msgs/Image (rgb8 or bgr8) stamped with the wall clock, like
 a live camera. Bag messages (sensor_msgs/Image or CompressedImage on ``--topic``) are republished
 unchanged, with their recorded stamps unless ``--restamp``: a loop then sends time backwards,
-which the forecast node answers by restarting its context. Reading MCAP needs ``rosbag2_py``
-(a ROS 2 install) or the PyPI ``mcap`` package.
+which the forecast node answers by restarting its context. Bags are read by the project's own
+reader (:mod:`deltaworld_core.data.bags`, the one training and evaluation use): MCAP chunk CRCs are
+checked, and a corrupt chunk or message is skipped, counted and logged, never published; a bag
+with nothing valid to replay exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-IMAGE_TYPES = {"sensor_msgs/msg/Image": "Image", "sensor_msgs/msg/CompressedImage": "CompressedImage"}
-
-
-class BagReaderUnavailable(RuntimeError):
-    pass
-
 
 def video_messages(path: Path, encoding: str, frame_id: str) -> Iterator[tuple[float, object]]:
     """(seconds since start, Image) per frame of a video file."""
@@ -37,72 +33,44 @@ def video_messages(path: Path, encoding: str, frame_id: str) -> Iterator[tuple[f
         yield stamp, array_to_image_msg(pixels, encoding, Header(frame_id=frame_id))
 
 
-def bag_messages(path: Path, topic: str) -> Iterator[tuple[float, object]]:
-    """(seconds since the first message, message) for the image messages on ``topic``."""
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs import msg as sensor_msgs
+def bag_messages(path: Path, topic: str, log=None) -> Iterator[tuple[float, object]]:
+    """(seconds since the first message, Image or CompressedImage) for the image messages on
+    ``topic``, read by the project's one bag reader (:mod:`deltaworld_core.data.bags`: MCAP with
+    chunk CRCs checked, or sqlite3). A corrupt chunk, a message that is not valid CDR of its type
+    or an Image whose data is shorter than ``step x height`` is never published: it is skipped,
+    counted (``deltaworld_core.data.media.skipped``) and logged."""
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import Header
 
-    def decode(type_name: str, data: bytes):
-        if type_name not in IMAGE_TYPES:
-            raise ValueError(f"{topic} holds {type_name}, not an image type ({', '.join(IMAGE_TYPES)})")
-        return deserialize_message(data, getattr(sensor_msgs, IMAGE_TYPES[type_name]))
+    from deltaworld_core.data.bags import bag_images, bag_refs
+    from deltaworld_core.data.media import record_skip
 
+    ref = bag_refs(path, topic)[0]
     first = None
-    for log_time_ns, type_name, data in _read_bag(path, topic):
+    for log_time_ns, m in bag_images(ref):
+        header = Header(stamp=Time(sec=m.sec, nanosec=m.nanosec), frame_id=m.frame_id)
+        if m.format is not None:
+            msg = CompressedImage(header=header, format=m.format, data=bytes(m.data))
+        elif len(m.data) < m.step * m.height:
+            record_skip(ref, f"an Image logged at {log_time_ns} ns: data has {len(m.data)} bytes, "
+                             f"step x height = {m.step * m.height}")
+            continue
+        else:
+            msg = Image(header=header, height=m.height, width=m.width, encoding=m.encoding,
+                        is_bigendian=int(m.is_bigendian), step=m.step, data=bytes(m.data))
         first = log_time_ns if first is None else first
-        yield (log_time_ns - first) * 1e-9, decode(type_name, data)
+        yield (log_time_ns - first) * 1e-9, msg
 
 
-MCAP_MAGIC = b"\x89MCAP0\r\n"
+def check_bag(path: Path, topic: str) -> None:
+    """A ValueError naming what is wrong with the bag or its topic (checked before ROS starts,
+    from the bag's index: milliseconds)."""
+    from deltaworld_core.data.bags import bag_refs
 
-
-def mcap_file(path: Path) -> Path:
-    """The MCAP file of a bag given as the file or as its rosbag2 folder; a ValueError naming
-    what is wrong for anything else (checked before ROS starts, in milliseconds)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.mcap"))
-        if not files:
-            raise ValueError(f"{path}: a folder without .mcap files, not a rosbag2 MCAP recording")
-        path = files[0]
-    if not path.is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(f"no such bag: {path}")
-    with open(path, "rb") as stream:
-        if stream.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
-            raise ValueError(f"{path}: not an MCAP file (rosbag2 recordings must use the mcap storage)")
-    return path
-
-
-def _read_bag(path: Path, topic: str) -> Iterator[tuple[int, str, bytes]]:
-    try:
-        import rosbag2_py
-    except ImportError:
-        rosbag2_py = None
-    if rosbag2_py is not None:
-        reader = rosbag2_py.SequentialReader()
-        reader.open(rosbag2_py.StorageOptions(uri=str(path), storage_id="mcap"), rosbag2_py.ConverterOptions("", ""))
-        types = {t.name: t.type for t in reader.get_all_topics_and_types()}
-        reader.set_filter(rosbag2_py.StorageFilter(topics=[topic]))
-        while reader.has_next():
-            name, data, stamp_ns = reader.read_next()
-            yield stamp_ns, types[name], bytes(data)
-        return
-    try:
-        from mcap.reader import make_reader
-    except ImportError as err:
-        raise BagReaderUnavailable(
-            "reading rosbag2 MCAP needs rosbag2_py (a ROS 2 install) or the PyPI package 'mcap' "
-            "(pip install mcap)") from err
-    from mcap.exceptions import McapError
-
-    with open(mcap_file(path), "rb") as stream:
-        try:
-            for schema, channel, message in make_reader(stream).iter_messages(topics=[topic]):
-                if channel.message_encoding != "cdr":
-                    raise ValueError(f"{topic} is {channel.message_encoding}-encoded, not a ROS 2 (cdr) recording")
-                yield message.log_time, schema.name, bytes(message.data)
-        except McapError as err:  # truncated or corrupt: say so in one line
-            raise ValueError(f"{path}: unreadable MCAP ({type(err).__name__}: {err})") from err
+    bag_refs(path, topic)  # MediaError (a ValueError) for an unreadable bag or a missing topic
 
 
 NOBODY = ("nobody subscribes to {topic}: frames go nowhere (is the node running, active, on the same "
@@ -170,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deltaworld_ros.replay", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", type=Path, help="any video file OpenCV reads (mp4, avi, ...)")
-    source.add_argument("--bag", type=Path, help="a rosbag2 MCAP file")
+    source.add_argument("--bag", type=Path, help="a rosbag2 recording: .mcap, .db3 or its folder")
     parser.add_argument("--topic", default="/camera/image_raw",
                         help="topic to publish on (and, for --bag, the recorded image topic to read)")
     parser.add_argument("--rate", type=float, default=1.0, help="speed factor relative to the native rate")
@@ -204,27 +172,53 @@ def main(argv: list[str] | None = None) -> int:
             VideoReader(args.video)  # opens and checks it: a file OpenCV cannot decode fails here
             messages = lambda: video_messages(args.video, args.encoding, args.frame_id)  # noqa: E731
         else:
-            mcap_file(args.bag)
+            check_bag(args.bag, args.topic)
             messages = lambda: bag_messages(args.bag, args.topic)  # noqa: E731
     except (ValueError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     rclpy.init(args=["replay", *argv])
     node = rclpy.create_node("deltaworld_replay")
+    reader_log = _reader_log_to(node)
     try:
         sent = replay(node, messages, args.topic, rate=args.rate, loop=args.loop, restamp=args.restamp,
                       max_frames=args.max_frames, wait_for_subscriber=args.wait_for_subscriber,
                       log=node.get_logger().info, warn=node.get_logger().warning)
-        node.get_logger().info(f"replay: published {sent} frames on {args.topic}")
+        node.get_logger().info(f"replay: published {sent} frames on {args.topic}{_skips(args)}")
         return 0
-    except (BagReaderUnavailable, ValueError) as err:
-        node.get_logger().error(str(err))
+    except ValueError as err:
+        node.get_logger().error(f"{err}{_skips(args)}")
         return 2
     except KeyboardInterrupt:
         return 0
     finally:
+        logging.getLogger("deltaworld_core.data").removeHandler(reader_log)
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def _skips(args) -> str:
+    """``"; skipped N ..."`` for a bag some of whose chunks or messages could not be read."""
+    if args.bag is None:
+        return ""
+    from deltaworld_core.data.media import skipped_counts
+
+    n = sum(skipped_counts().values())
+    return f"; skipped {n} corrupt chunk(s)/message(s) of {args.bag}" if n else ""
+
+
+def _reader_log_to(node) -> logging.Handler:
+    """The bag reader's warnings (each skipped chunk or message) as the node's log lines."""
+
+    class ToNode(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            node.get_logger().warning("replay: " + record.getMessage())
+
+    handler = ToNode(logging.WARNING)
+    reader = logging.getLogger("deltaworld_core.data")
+    reader.addHandler(handler)
+    reader.propagate = False
+    return handler
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ def bag_files(path: str | Path) -> list[Path]:
         if not files:
             compressed = sorted(p.name for p in path.iterdir() if p.name.endswith((".zstd", ".zst")))
             hint = f" (file-compressed {compressed[0]}: decompress it first, e.g. zstd -d)" if compressed else ""
-            raise MediaError(f"{path}: a bag folder with no .mcap or .db3 file{hint}")
+            raise MediaError(f"{path}: a folder without .mcap files or .db3 files, not a rosbag2 recording{hint}")
         return sorted(files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
     if not path.is_file():
         raise MediaError(f"{path}: no such bag")
@@ -293,7 +293,7 @@ def _storage(path: Path) -> str:
         return "mcap"
     if head.startswith(SQLITE_MAGIC):
         return "sqlite3"
-    raise MediaError(f"{path}: neither an MCAP nor a sqlite3 rosbag2 file (starts {head[:8]!r})")
+    raise MediaError(f"{path}: not an MCAP file nor a sqlite3 rosbag2 file (starts {head[:8]!r})")
 
 
 def image_topics(path: str | Path) -> dict[str, str]:
@@ -305,6 +305,29 @@ def image_topics(path: str | Path) -> dict[str, str]:
         topics = _mcap_topics(f) if _storage(f) == "mcap" else _sqlite_topics(f)
         out.update({t: ty for t, ty in topics.items() if ty in IMAGE_TYPES})
     return out
+
+
+def bag_refs(path: str | Path, topics: str | list[str] | None, name: str | None = None) -> list[MediaRef]:
+    """One :class:`MediaRef` per image topic of the bag at ``path`` (a file or a rosbag2 folder):
+    ``topics`` None = the bag's only image topic. MediaError names the bag and lists its image
+    topics when a topic is missing or ambiguous."""
+    name = str(path) if name is None else name
+    topics = [topics] if isinstance(topics, str) else topics
+    available = image_topics(path)
+    if not available:
+        raise MediaError(f"{path}: a bag with no sensor_msgs/Image or CompressedImage topic")
+    if topics is None:
+        if len(available) > 1:
+            raise MediaError(f"{path}: several image topics ({', '.join(sorted(available))}): name one or more "
+                             "with data.videos.topic / --topic")
+        chosen = list(available)
+    else:
+        missing = [t for t in topics if t not in available]
+        if missing:
+            raise MediaError(f"{path}: no image topic {', '.join(missing)} (image topics in this bag: "
+                             f"{', '.join(sorted(available))})")
+        chosen = list(topics)
+    return [MediaRef(f"{name}#{t}", str(path), "bag", topic=t) for t in chosen]
 
 
 def _mcap_topics(path: Path) -> dict[str, str]:

@@ -197,23 +197,9 @@ def _frames_ref(path: Path, name: str) -> MediaRef:
 
 
 def _bag_refs(path: Path, name: str, topics: list[str] | None) -> list[MediaRef]:
-    from .bags import image_topics
+    from .bags import bag_refs
 
-    available = image_topics(path)  # {topic: message type}; MediaError if unreadable
-    if not available:
-        raise MediaError(f"{path}: a bag with no sensor_msgs/Image or CompressedImage topic")
-    if topics is None:
-        if len(available) > 1:
-            raise MediaError(f"{path}: several image topics ({', '.join(sorted(available))}): name one or more "
-                             "with data.videos.topic / --topic")
-        chosen = list(available)
-    else:
-        missing = [t for t in topics if t not in available]
-        if missing:
-            raise MediaError(f"{path}: no image topic {', '.join(missing)} (image topics in this bag: "
-                             f"{', '.join(sorted(available))})")
-        chosen = topics
-    return [MediaRef(f"{name}#{t}", str(path), "bag", topic=t) for t in chosen]
+    return bag_refs(path, topics, name)
 
 
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
