@@ -34,6 +34,7 @@ import torch
 
 from ..config import ConfigError
 from ..features import FeatureCache, file_identity
+from .stream import StreamConfig
 from .motion import MotionConfig, motion_energy, render, sample_trajectory
 from .transforms import CropParams, apply_crop, sample_crop
 from .video import open_video, sample_video_paths
@@ -102,12 +103,17 @@ class DataConfig:
     black_pair_prob: float = 0.1  # tokenizer: first-frame-vs-black pairs
     clip_frames: int = 8  # world clip length T (T-1 targets)
     step_s: tuple[float, float] = (0.16, 0.24)  # world/dense frame step (evaluation uses 0.2 s)
-    black_first_prob: float = 0.5  # world: clips whose first token is a whole-frame token
+    black_first_prob: float = 1.0  # world: clips whose first token is a whole-frame token (the release's rule: all)
     label_size: tuple[int, int] | None = None  # heads labels; None = model.forecast.output_size or VFM size
     cache_dir: str | None = None  # feature cache; None = $DELTAWORLD_CACHE/features
     media_cache: str | None = None  # fetched sources; None = $DELTAWORLD_DATA or ~/.cache/deltaworld/data
+    feature_cache: bool = True  # false: stream recordings (data/stream.py), VFM per batch on the training device, no shards
+    stream: StreamConfig = field(default_factory=StreamConfig)  # the streaming reader (feature_cache: false)
 
     def validate(self) -> None:
+        if not isinstance(self.feature_cache, bool):
+            raise ConfigError(f"data.feature_cache must be true or false, got {self.feature_cache!r}")
+        self.stream.validate()
         topic = self.videos.topic
         if not (topic is None or (isinstance(topic, str) and topic) or (
                 isinstance(topic, (list, tuple)) and topic and all(isinstance(t, str) and t for t in topic))):

@@ -30,6 +30,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 100  # linear warm-up, then constant
     grad_clip: float = 1.0  # max global grad norm; 0 disables
+    accumulate: int = 1  # micro-batches per step: each rank runs batch_size / (ranks x accumulate) samples at a time
 
 
 @dataclass
@@ -53,7 +54,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     pretrained: str | None = None  # folder with earlier stages' exports; None = ``out``
     steps: int = 1000
-    batch_size: int = 16  # global, split across ranks
+    batch_size: int = 16  # global (the effective batch of one optimizer step), split across ranks and optim.accumulate
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: str = "none"  # "none" | "bf16" (autocast; GPU)
@@ -81,6 +82,10 @@ class TrainConfig:
             raise ConfigError(f"loss.dense: {self.loss.dense!r} is not one of smooth_l1, mse")
         if self.loss.bom_k < 1 or self.loss.bom_beta <= 0:
             raise ConfigError("loss.bom_k must be >= 1 and loss.bom_beta > 0")
+        if not isinstance(self.optim.accumulate, int) or self.optim.accumulate < 1:
+            raise ConfigError(f"optim.accumulate must be an integer >= 1, got {self.optim.accumulate!r}")
+        if self.batch_size % self.optim.accumulate:
+            raise ConfigError(f"batch_size {self.batch_size} must be divisible by optim.accumulate {self.optim.accumulate}")
         if self.optim.lr <= 0 or self.optim.weight_decay < 0 or self.optim.warmup_steps < 0 or self.optim.grad_clip < 0:
             raise ConfigError("optim: lr must be > 0; weight_decay, warmup_steps, grad_clip >= 0")
         self.data.validate()

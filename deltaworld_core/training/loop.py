@@ -36,7 +36,9 @@ from ..features import FeatureCache
 from ..forecaster import WEIGHT_FILES, build_models
 from .checkpoints import Metrics, checkpoint_dir, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from ..data.stream import stream_refs
 from .dense import DenseStage
+from .streamed import StreamedBatches, clip_spec, pca_changes
 from .heads import HeadsStage
 from .tokenizer import TokenizerStage
 from .world import WorldStage
@@ -68,6 +70,58 @@ class Batches:
         batch = self.stage.finish({k: torch.stack([it[k] for it in items]) for k in items[0]}, g)
         lo = self.rank * self.local
         return {k: v[lo:lo + self.local] for k, v in batch.items()}
+
+
+def _micro_batches(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """This rank's batch cut into ``parts`` equal micro-batches along dim 0 (gradient accumulation)."""
+    n = next(iter(batch.values())).shape[0]
+    size = n // parts
+    return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(parts)]
+
+
+def streamed_pca(cfg: TrainConfig, net: nn.Module) -> bool:
+    """A streaming tokenizer run whose linear path wants its PCA init from the stream."""
+    return not cfg.data.feature_cache and cfg.stage == "tokenizer" and getattr(net, "linear_grid", None) is not None
+
+
+class Progress:
+    """Throughput between log lines: samples/s, the share of time spent waiting for data, and an ETA."""
+
+    def __init__(self, cfg: TrainConfig, step: int):
+        self.cfg, self.start = cfg, step
+        self.t_last, self.steps_since, self.wait_since = time.perf_counter(), 0, 0.0
+        self.t0 = self.t_last
+        self.stream_wait_last = 0.0
+
+    def step(self, waited: float | None) -> None:
+        self.steps_since += 1
+        if waited is not None:
+            self.wait_since += waited
+
+    def report(self, step: int, loss: float, stream_wait: float | None, skipped: tuple[int, int]) -> dict[str, float]:
+        """Logs the one-line progress; ``skipped``: (recordings, frames) skipped by the reader so far."""
+        now = time.perf_counter()
+        elapsed = max(now - self.t_last, 1e-9)
+        if stream_wait is not None:  # the stream counts its own waiting (the VFM's time is compute, not waiting)
+            self.wait_since, self.stream_wait_last = stream_wait - self.stream_wait_last, stream_wait
+        rate = {"steps_per_s": self.steps_since / elapsed,
+                "samples_per_s": self.steps_since * self.cfg.batch_size / elapsed,
+                "data_wait_share": min(1.0, self.wait_since / elapsed)}
+        overall = (step - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.cfg.steps - step) / overall if overall > 0 else float("inf")
+        log.info("%s step %d/%d (%.0f%%) loss %.4g | %.1f samples/s | data wait %.0f%% | ETA %s%s", self.cfg.stage, step,
+                 self.cfg.steps, 100.0 * step / self.cfg.steps, loss, rate["samples_per_s"],
+                 100 * rate["data_wait_share"], _duration(eta),
+                 f" | skipped {skipped[0]} recordings, {skipped[1]} frames" if any(skipped) else "")
+        self.t_last, self.steps_since, self.wait_since = now, 0, 0.0
+        return rate
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def _param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
@@ -108,59 +162,83 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if cfg.batch_size % world_size:
-        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world_size} processes")
+    accumulate = cfg.optim.accumulate
+    if cfg.batch_size % (world_size * accumulate):
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world_size} processes x "
+                          f"optim.accumulate {accumulate}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     mc = cfg.model_config
     out = Path(cfg.out)
     main = rank == 0
 
-    # ---- data: VFM features through the cache (rank 0 fills it, the others then read it)
-    from ..vfm import build_vfm, default_cache_dir
-
-    # Features are computed on the training device (a GPU extracts them many times faster than the
-    # host); the cache stores them on disk for every later run and rank either way.
-    vfm = build_vfm(mc.vfm, device=device)
-    cache = FeatureCache(cfg.data.cache_dir or default_cache_dir() / "features", vfm, mc.vfm)
-    grid = tuple(vfm.grid)
-    windows = None
-    for turn in ((0, 1) if distributed else (0,)):
-        if (rank == 0) == (turn == 0):
-            label_size = cfg.data.label_size or mc.forecast.output_size or mc.vfm.image_size
-            windows = build_windows(cfg.data, mc.vfm.image_size, label_size, cache, labels=cfg.stage == "heads")
-        if distributed:
-            dist.barrier()
-    black = cache.black()
-    del vfm
-    videos, synthetic = windows
-    if cfg.stage == "heads" and not synthetic:
-        raise ConfigError("stage heads needs labelled data: set data.synthetic.seeds")
-    sampler = Sampler(cfg.seed, videos, synthetic, cfg.data.synthetic_fraction, cfg.data.step_s)
-    if main:
-        motion = sum(w.name.startswith("motion") for w in videos)
-        log.info("data: %d real-video windows (%d of them camera motion), %d synthetic windows, cache %s "
-                 "(%d hits, %d computed)", len(videos), motion, len(synthetic), cache.root, cache.hits, cache.misses)
-
     # ---- models (seeded here, so the initial weights depend on the seed only)
     torch.manual_seed(cfg.seed)
     tokenizer, world, heads = build_models(mc)
-    t0 = time.perf_counter()
-    if cfg.stage == "tokenizer":
-        net: nn.Module = tokenizer
-        stage = TokenizerStage(cfg, sampler, black, grid)
-    elif cfg.stage == "world":
-        net = world
-        stage = WorldStage(cfg, sampler, black, grid, _load_frozen(cfg, "tokenizer", tokenizer), world, device)
+    after_models = torch.get_rng_state()  # building the VFM below must not move the training RNG
+    from ..vfm import build_vfm, default_cache_dir
+
+    streamed = None
+    if not cfg.data.feature_cache:
+        # ---- data: recordings streamed by DataLoader workers, the VFM per batch on this device
+        spec_error = clip_spec(cfg)  # noqa: F841 - raises for stages that cannot stream
+        refs = stream_refs(cfg.data)
+        on_gpu_bf16 = device.type == "cuda" and cfg.amp == "bf16"
+        vfm = build_vfm(mc.vfm, device=device, autocast=torch.bfloat16 if on_gpu_bf16 else None)
+        grid = tuple(vfm.grid)
+        black = vfm.black_features(1)[0].float().cpu()
         if main:
-            log.info("token tables of the frozen tokenizer: %.1f s", time.perf_counter() - t0)
-    elif cfg.stage == "heads":
-        net = heads
-        stage = HeadsStage(cfg, sampler, grid)
+            log.info("data: streaming %d recordings (%d DataLoader workers per rank, %d steps per round), "
+                     "VFM on %s, no feature cache", len(refs), cfg.data.stream.workers, cfg.data.stream.round_steps,
+                     device)
+        if cfg.stage == "tokenizer":
+            net: nn.Module = tokenizer
+            stage = TokenizerStage(cfg, None, black, grid)
+        else:
+            net = world
+            frozen = _load_frozen(cfg, "tokenizer", tokenizer).to(device)
+            stage = WorldStage.__new__(WorldStage)  # no token tables: tokens are encoded per batch
+            stage.cfg, stage.sampler, stage.world, stage.tables = cfg, None, world, None
     else:
-        net = DenseForesight(mc.vfm.embed_dim, cfg.dense)
-        stage = DenseStage(cfg, sampler, grid)
-    batches = Batches(stage, sampler, cfg.batch_size, rank, world_size)
+        # ---- data: VFM features through the cache (rank 0 fills it, the others then read it)
+        # Features are computed on the training device (a GPU extracts them many times faster than the
+        # host); the cache stores them on disk for every later run and rank either way.
+        vfm = build_vfm(mc.vfm, device=device)
+        cache = FeatureCache(cfg.data.cache_dir or default_cache_dir() / "features", vfm, mc.vfm)
+        grid = tuple(vfm.grid)
+        windows = None
+        for turn in ((0, 1) if distributed else (0,)):
+            if (rank == 0) == (turn == 0):
+                label_size = cfg.data.label_size or mc.forecast.output_size or mc.vfm.image_size
+                windows = build_windows(cfg.data, mc.vfm.image_size, label_size, cache, labels=cfg.stage == "heads")
+            if distributed:
+                dist.barrier()
+        black = cache.black()
+        del vfm
+        videos, synthetic = windows
+        if cfg.stage == "heads" and not synthetic:
+            raise ConfigError("stage heads needs labelled data: set data.synthetic.seeds")
+        sampler = Sampler(cfg.seed, videos, synthetic, cfg.data.synthetic_fraction, cfg.data.step_s)
+        if main:
+            motion = sum(w.name.startswith("motion") for w in videos)
+            log.info("data: %d real-video windows (%d of them camera motion), %d synthetic windows, cache %s "
+                     "(%d hits, %d computed)", len(videos), motion, len(synthetic), cache.root, cache.hits, cache.misses)
+        t0 = time.perf_counter()
+        if cfg.stage == "tokenizer":
+            net = tokenizer
+            stage = TokenizerStage(cfg, sampler, black, grid)
+        elif cfg.stage == "world":
+            net = world
+            stage = WorldStage(cfg, sampler, black, grid, _load_frozen(cfg, "tokenizer", tokenizer), world, device)
+            if main:
+                log.info("token tables of the frozen tokenizer: %.1f s", time.perf_counter() - t0)
+        elif cfg.stage == "heads":
+            net = heads
+            stage = HeadsStage(cfg, sampler, grid)
+        else:
+            net = DenseForesight(mc.vfm.embed_dim, cfg.dense)
+            stage = DenseStage(cfg, sampler, grid)
+    torch.set_rng_state(after_models)
     net = net.to(device).train()
     stage_model = StageModel(stage, net).to(device)
     opt = torch.optim.AdamW(_param_groups(net, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
@@ -176,12 +254,23 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
         raise CheckpointError(f"{checkpoint_dir(cfg)} already holds checkpoints: pass --resume to continue, "
                               f"or choose another out= folder")
     if hasattr(stage, "prepare"):  # e.g. the tokenizer's PCA init (same on every rank)
-        info = stage.prepare(net) if step == 0 else stage.freeze(net)
+        if step == 0 and streamed_pca(cfg, net):
+            info = net.init_linear_path(pca_changes(cfg, refs, vfm, net))
+            stage.freeze(net)
+        else:
+            info = stage.prepare(net) if step == 0 else stage.freeze(net)
         if info and main:
             log.info("linear path initialised by PCA: %s", info)
+    if cfg.data.feature_cache:
+        batches = Batches(stage, sampler, cfg.batch_size, rank, world_size)
+    else:
+        streamed = batches = StreamedBatches(cfg, refs, vfm, device, rank, world_size, step,
+                                             tokenizer=frozen if cfg.stage == "world" else None, world=world)
     model: nn.Module = stage_model
+    ddp = None
     if distributed:
-        model = nn.parallel.DistributedDataParallel(stage_model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = ddp = nn.parallel.DistributedDataParallel(stage_model,
+                                                          device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
 
@@ -210,30 +299,46 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
         except ImportError:
             pass
     interrupted = False
+    progress = Progress(cfg, step)
     try:
-        t_last, steps_since = time.perf_counter(), 0
         while step < cfg.steps:
-            batch = {k: v.to(device) for k, v in batches(step).items()}
-            with amp():
-                loss = model(batch)
+            t_wait = time.perf_counter()
+            local = batches(step)
+            waited = time.perf_counter() - t_wait if streamed is None else None
+            local = {k: v.to(device) for k, v in local.items()}
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total = torch.zeros((), device=device)
+            for m, micro in enumerate(_micro_batches(local, accumulate)):
+                # DDP averages gradients over ranks; the 1/accumulate makes the sum over micro-batches
+                # a mean too, so the step sees the gradient of the mean loss over the global batch.
+                sync = ddp is None or m == accumulate - 1
+                with (contextlib.nullcontext() if sync else ddp.no_sync()), amp():
+                    loss = model(micro) / accumulate
+                loss.backward()
+                total += loss.detach().float()
             params = [p for p in net.parameters() if p.grad is not None]
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip) if cfg.optim.grad_clip
                          else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
             opt.step()
             sched.step()
             step += 1
-            steps_since += 1
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-            if main and (step % cfg.log_every == 0 or step == cfg.steps):
-                now = time.perf_counter()
-                rate = steps_since / max(now - t_last, 1e-9)
-                t_last, steps_since = now, 0
-                metrics.write(step, loss.item(), sched.get_last_lr()[0], float(grad_norm), rate)
+            if not math.isfinite(total.item()):
+                raise FloatingPointError(f"loss is {total.item()} at step {step}")
+            log_now = step % cfg.log_every == 0 or step == cfg.steps
+            if log_now and distributed:  # the logged loss is the global batch's mean (as one process logs)
+                dist.all_reduce(total)
+                total /= world_size
+            progress.step(waited if streamed is None else None)
+            if main and log_now:
+                wait = streamed.wait_s if streamed is not None else None
+                rate = progress.report(step, total.item(), wait,
+                                       (streamed.skipped, streamed.frames_skipped) if streamed is not None else (0, 0))
+                metrics.write(step, total.item(), sched.get_last_lr()[0], float(grad_norm), rate["steps_per_s"])
+                if metrics.tb is not None:
+                    metrics.tb.add_scalar("samples_per_s", rate["samples_per_s"], step)
+                    metrics.tb.add_scalar("data_wait_share", rate["data_wait_share"], step)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{sched.get_last_lr()[0]:.2g}")
+                    bar.set_postfix(loss=f"{total.item():.4g}", lr=f"{sched.get_last_lr()[0]:.2g}")
             if bar is not None:
                 bar.update(1)
             flag = torch.tensor([1.0 if stop["signal"] is not None else 0.0])
@@ -246,6 +351,8 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
             if interrupted:
                 break
     finally:
+        if streamed is not None:
+            streamed.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if bar is not None:

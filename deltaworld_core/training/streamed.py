@@ -1,0 +1,140 @@
+"""Batches of the streaming reader (``data.feature_cache: false``) turned into stage batches on
+the training device: the frozen VFM runs over the whole local batch at once (bf16 autocast on CUDA
+when ``amp: bf16``), and for the world stage the frozen tokenizer encodes the clips' tokens. No
+feature is written to disk.
+
+The stage batches are what the cached path gives the stages (:mod:`.tokenizer`, :mod:`.world`):
+``{"prev", "cur"}`` features ``[b, N, C]``, or ``{"tokens" [b, T, Dt], "times" [b, T], "noise"}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import torch
+
+from ..config import ConfigError
+from ..data.stream import ClipSpec, ClipStream, steps
+from .config import TrainConfig
+
+log = logging.getLogger("deltaworld_core.train")
+
+STREAM_STAGES = ("tokenizer", "world")
+
+
+def clip_spec(cfg: TrainConfig) -> ClipSpec:
+    if cfg.stage not in STREAM_STAGES:
+        raise ConfigError(f"data.feature_cache: false streams for stages {', '.join(STREAM_STAGES)}; stage "
+                          f"{cfg.stage!r} trains on the feature cache (its data are the synthetic world's labels or "
+                          f"cached windows)")
+    return ClipSpec("pair", 2) if cfg.stage == "tokenizer" else ClipSpec("clip", cfg.data.clip_frames)
+
+
+def sample_noise(cfg: TrainConfig, step: int, first: int, count: int, shape: tuple[int, ...], std: float) -> torch.Tensor:
+    """Best-of-many noise of samples ``first .. first + count`` of the global batch of ``step``:
+    each sample's from a generator of (seed, step, sample), so it does not depend on the number of
+    ranks or on accumulation. -> ``[count, *shape]``."""
+    out = []
+    for j in range(first, first + count):
+        g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1_048_573 + j)
+        out.append(torch.randn(shape, generator=g))
+    return torch.stack(out) * std
+
+
+class StreamedBatches:
+    """Callable ``(step) -> stage batch`` (this rank's share, on ``device``), reading the stream in
+    order. ``wait_s`` accumulates the time spent waiting for the reader; ``skipped`` counts
+    recordings given up on (each named once in the log), ``frames_skipped`` frames/messages that
+    failed to decode inside used recordings (the workers log the first few of each)."""
+
+    def __init__(self, cfg: TrainConfig, refs, vfm, device: torch.device, rank: int, ranks: int, start_step: int,
+                 tokenizer=None, world=None):
+        self.cfg, self.vfm, self.device, self.tokenizer, self.world = cfg, vfm, device, tokenizer, world
+        self.grid = tuple(vfm.grid)
+        self.spec = clip_spec(cfg)
+        self.rank, self.local = rank, cfg.batch_size // ranks
+        stream = ClipStream(refs, self.spec, cfg.data, vfm.image_size, cfg.seed, cfg.batch_size, rank, ranks)
+        s = cfg.data.stream
+        self._it = steps(stream, start_step, s.workers, s.prefetch, on_skip=self._skipped)
+        self._next_step = start_step
+        self.wait_s = 0.0
+        self.skipped = self.frames_skipped = 0
+        self._named: set[str] = set()
+        self.black = vfm.black_features(1)[0].float()
+
+    def _skipped(self, items, frames: int) -> None:
+        self.skipped += len(items)
+        self.frames_skipped += frames
+        for name, reason in items:
+            if name not in self._named:
+                self._named.add(name)
+                log.warning("skipped %s: %s", name, reason)
+
+    def close(self) -> None:
+        self._it.close()  # ends the DataLoader's workers
+
+    def amp(self):
+        if self.cfg.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[M, h, w, 3]`` -> ``[M, N, C]`` float32 on the device, one VFM forward."""
+        return self.vfm(frames).float()
+
+    @torch.no_grad()
+    def previous(self, frames: torch.Tensor, black: torch.Tensor) -> torch.Tensor:
+        """Features of the ``previous`` frames ``[b, h, w, 3]``: black's where ``black`` (no VFM run)."""
+        out = self.black.to(self.device).expand(len(frames), -1, -1).clone()
+        if bool((~black).any()):
+            out[(~black).to(self.device)] = self.features(frames[~black])
+        return out
+
+    @torch.no_grad()
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        if step != self._next_step:
+            raise RuntimeError(f"the stream is at step {self._next_step}, asked for {step}")
+        t0 = time.perf_counter()
+        raw = next(self._it)
+        self.wait_s += time.perf_counter() - t0
+        self._next_step += 1
+        frames, black = raw["frames"], raw["black"]
+        if self.device.type == "cuda":
+            frames = frames.pin_memory().to(self.device, non_blocking=True)
+        b = frames.shape[0]
+        prev = self.previous(frames[:, 0], black)
+        if self.spec.kind == "pair":
+            return {"prev": prev, "cur": self.features(frames[:, 1])}
+        t = self.spec.frames
+        cur = self.features(frames[:, 1:].flatten(0, 1)).unflatten(0, (b, t))  # [b, T, N, C]
+        prevs = torch.cat([prev[:, None], cur[:, :-1]], 1)
+        with self.amp():
+            tokens = self.tokenizer.encode(prevs.flatten(0, 1), cur.flatten(0, 1), self.grid).float().unflatten(0, (b, t))
+        batch = {"tokens": tokens, "times": raw["times"].to(self.device)}
+        if not self.world.deterministic:
+            noise = sample_noise(self.cfg, step, self.rank * self.local, b, (t - 1, self.cfg.loss.bom_k, self.world.dim),
+                                 self.world.noise_std)
+            batch["noise"] = noise.to(self.device)
+        return batch
+
+
+@torch.no_grad()
+def pca_changes(cfg: TrainConfig, refs, vfm, tokenizer, chunk: int = 64) -> torch.Tensor:
+    """``data.stream.pca_pairs`` feature changes (``linear_change`` of non-black pairs) from a
+    stream of their own (seeded apart from training's), for the tokenizer's PCA init -> [M, n, C]."""
+    want = cfg.data.stream.pca_pairs
+    stream = ClipStream(refs, ClipSpec("pair", 2), cfg.data, vfm.image_size, cfg.seed + 0x9CA, cfg.batch_size)
+    grid = tuple(vfm.grid)
+    changes, q = [], 0
+    while sum(len(c) for c in changes) < want:
+        item = stream.round(q)
+        q += 1
+        pairs = item["frames"].flatten(0, 1)[~item["black"].flatten()]
+        pairs = pairs[: want - sum(len(c) for c in changes)]
+        for a in range(0, len(pairs), chunk):
+            p = pairs[a:a + chunk]
+            changes.append(tokenizer.linear_change(vfm(p[:, 0]).float().cpu(), vfm(p[:, 1]).float().cpu(), grid))
+    return torch.cat(changes)
