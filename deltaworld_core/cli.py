@@ -34,6 +34,9 @@ try:
 except ImportError:  # pragma: no cover - PyYAML is pinned
     pass
 
+# The longest error line a tool prints: a message that quotes a huge value is cut here.
+MAX_ERROR_CHARS = 2000
+
 OVERRIDES_HELP = ("config overrides, key.path=value (value parsed as YAML), e.g. forecast.k=16 "
                   "vfm.image_size=[224,224]; unknown keys are errors")
 
@@ -62,6 +65,8 @@ def parse_overrides(texts: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def one_line(err: BaseException) -> str:
     """The error as one line; the type is named unless it is one of the project's own errors."""
     text = " ".join(str(err).split()) or "(no message)"
+    if len(text) > MAX_ERROR_CHARS - 80:  # a backstop: the messages quote values through safe_yaml.quote
+        text = text[:MAX_ERROR_CHARS - 120] + f"... ({len(text):,} characters in all)"
     # "__main__": an error class of the module run with `python -m deltaworld_core.<tool>`
     own = type(err).__module__.startswith(("deltaworld_core", "deltaworld_ros", "__main__"))
     if own or (type(err) in (ValueError, FileNotFoundError, OSError, PermissionError) and str(err)):

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
+from .safe_yaml import MAX_CONFIG_BYTES, YAMLBoundsError, clip, load_yaml, quote, read_yaml_file  # noqa: F401 (MAX_CONFIG_BYTES: re-exported)
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-# A config is a few hundred bytes; anything this large is not one (and is not read into memory).
-MAX_CONFIG_BYTES = 1 << 20
 # K x horizon x output pixels: the forecast's maps (and the class logits upsampled to build them,
 # ~4 bytes per class per pixel) must fit in memory. The paper config uses 20 x 3 x 512 x 512 = 15.7M.
 MAX_MAP_PIXELS = 1 << 26
@@ -51,7 +51,7 @@ def _check_ranges(prefix: str, obj: Any) -> None:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
                 (v > low if low_open else v >= low) and v <= high)
             if not ok:
-                raise ConfigError(f"{prefix}.{f.name} must be in {_interval(low, high, low_open)}, got {value!r}")
+                raise ConfigError(f"{prefix}.{f.name} must be in {_interval(low, high, low_open)}, got {quote(value)}")
 
 
 def numeric_ranges() -> dict[str, str]:
@@ -274,12 +274,12 @@ class ModelConfig:
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+        raise ConfigError(f"{key}: {quote(value)} is not one of {', '.join(allowed)}")
 
 
 def _image_size(key: str, size: Any, multiple: int) -> None:
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ConfigError(f"{key} must be [height, width] of positive ints, got {size!r}")
+        raise ConfigError(f"{key} must be [height, width] of positive ints, got {quote(size)}")
     if any(s % multiple for s in size):
         raise ConfigError(f"{key} {list(size)} must be multiples of the patch size {multiple}")
 
@@ -295,27 +295,27 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return _coerce(key, value, inner[0])
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {quote(value)}")
         return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {quote(value)}")
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"{key}: expected true/false, got {quote(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {quote(value)}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {quote(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {quote(value)}")
         return value
     return value
 
@@ -326,9 +326,11 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known, key=str)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}")
+        shown = ", ".join(clip(prefix + str(k), 60) for k in unknown[:8])
+        more = f", ... ({len(unknown)} in all)" if len(unknown) > 8 else ""
+        raise ConfigError(f"unknown config key(s): {shown}{more}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -342,9 +344,14 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def parse_override(text: str) -> tuple[str, Any]:
     """``"forecast.k=16"`` -> ``("forecast.k", 16)``; the value is parsed as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.path=value")
+        raise ConfigError(f"override {quote(text)} must look like key.path=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), load_yaml(raw)
+    except YAMLBoundsError as err:
+        raise ConfigError(f"override {clip(key.strip(), 60)}: {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {clip(key.strip(), 60)}: invalid YAML: {_yaml_problem(err)}") from err
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -353,11 +360,11 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         node = data
         parts = dotted.split(".")
         if not all(parts):
-            raise ConfigError(f"override {dotted!r}: empty key part")
+            raise ConfigError(f"override {quote(dotted)}: empty key part")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {dotted}: {part} is not a section")
+                raise ConfigError(f"override {clip(dotted)}: {clip(part)} is not a section")
         node[parts[-1]] = value
     return data
 
@@ -371,30 +378,42 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     named = CONFIG_DIR / f"{name_or_path}.yaml"
     if not named.is_file():
         names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown config {name_or_path!r}; named configs: {', '.join(names)}")
+        raise ConfigError(f"unknown config {quote(str(name_or_path))}; named configs: {', '.join(names)}")
     return named
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """The YAML mapping in ``path`` ({} for an empty file); :class:`ConfigError` in one line for a
-    file too large to be a config, not UTF-8, not valid YAML, or whose top level is not a mapping."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: {size:,} bytes is too large for a config (at most {MAX_CONFIG_BYTES:,})")
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start})") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from err
+    file too large to be a config, not UTF-8, not valid YAML, whose aliases expand beyond a config's
+    size (:mod:`deltaworld_core.safe_yaml`), or whose top level is not a mapping."""
+    data = read_config_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (vfm:, tokenizer:, world:, heads:, "
                           f"forecast:, weights:), got a {type(data).__name__}")
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message in one line, bounded (it quotes the offending line)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def read_config_yaml(path: Path) -> Any:
+    """The YAML value of a config file through the bounded reader; every failure is one
+    :class:`ConfigError` naming the file."""
+    try:
+        return read_yaml_file(path)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start})") from err
+    except YAMLBoundsError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(err)}") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from err
 
 
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> ModelConfig:

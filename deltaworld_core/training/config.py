@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import ConfigError, ModelConfig, apply_overrides, from_dict, parse_override, resolve_config_path
+from ..config import (ConfigError, ModelConfig, apply_overrides, from_dict, parse_override, read_config_yaml,
+                      read_yaml_mapping, resolve_config_path)
+from ..safe_yaml import quote
 from ..data.windows import DataConfig
 from ..dense import DenseConfig
 
@@ -113,10 +113,8 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"train config not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: circular extends")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    data = read_config_yaml(path)  # bounded: size, alias expansion, nesting (deltaworld_core.safe_yaml)
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     parent = data.pop("extends", None)
@@ -144,7 +142,7 @@ def load_train_config(path: str | Path, overrides: list[str] | dict[str, Any] | 
     base: dict = {}
     if cfg.model_base:
         base_path = resolve_config_path(cfg.model_base)
-        base = yaml.safe_load(base_path.read_text()) or {}
+        base = read_yaml_mapping(base_path)
     model = _deep_merge(base, cfg.model or {})
     model["weights"] = None  # training builds parts from scratch / ``pretrained``
     model.setdefault("name", Path(str(cfg.model_base or "custom")).stem)
