@@ -1,0 +1,616 @@
+#!/usr/bin/env python3
+"""Regenerates every table of measured numbers in README.md and docs/*.md from results/*.json.
+
+A table lives between two markers in the markdown::
+
+    <!-- results:bench_cpu -->
+    ...generated, never edited by hand...
+    <!-- /results -->
+
+``bench_cpu`` names a renderer in :data:`RENDERERS` (a function ``results_dir -> markdown``).
+``python scripts/render_docs.py`` rewrites every block; ``--check`` rewrites nothing and exits 1
+listing the blocks that no longer match their JSON (and unknown renderer names), which
+``test/test_docs.py`` runs in CI.
+
+To add a table: write ``def render_mine(results: Path) -> str`` returning markdown, register it
+with ``@renderer("mine")``, put the two markers in a page and run this script. Renderers must be
+deterministic (no clock, no machine lookups): everything they print comes from the JSON files.
+Generic renderers pick up new files by themselves: every ``results/bench_*.json`` and
+``results/device_bench_*.json`` becomes a row of the performance tables, every
+``results/device_train*.json`` a row of the training-throughput table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+MARKER = re.compile(r"<!-- results:([A-Za-z0-9_.-]+) -->\n(.*?)<!-- /results -->", re.S)
+OPEN = re.compile(r"<!-- results:([A-Za-z0-9_.-]+) -->")
+
+Renderer = Callable[[Path], str]
+RENDERERS: dict[str, Renderer] = {}
+
+
+def renderer(name: str) -> Callable[[Renderer], Renderer]:
+    """Registers a table renderer under the name used in its page's marker."""
+    def register(fn: Renderer) -> Renderer:
+        if name in RENDERERS:
+            raise ValueError(f"renderer {name!r} registered twice")
+        RENDERERS[name] = fn
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------- helpers
+
+def load(results: Path, name: str) -> dict:
+    return json.loads((results / name).read_text())
+
+
+def fmt(value, digits: int = 2) -> str:
+    """A number as a table cell: fixed decimals, thousands separators, '-' for missing."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def steps(values, digits: int = 2) -> str:
+    """Per-horizon-step values as 'a / b / c'."""
+    if values is None:
+        return "-"
+    return " / ".join(fmt(v, digits) for v in values)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def producers(results: Path, name: str) -> list[str]:
+    """The scripts (scripts/*.sh, *.py beside results/) that name results/<name>: where a JSON
+    records no command, they say what wrote it."""
+    scripts = results.parent / "scripts"
+    found = []
+    for path in sorted([*scripts.glob("*.sh"), *scripts.glob("*.py")]):
+        if path.name != Path(__file__).name and f"results/{name}" in path.read_text(errors="replace"):
+            found.append(f"`scripts/{path.name}`")
+    return found
+
+
+def provenance(data: dict, results: Path | None = None, name: str = "") -> str:
+    """Date and command as the JSON records them; else the scripts that write the file."""
+    date = data.get("date") or "date not in the JSON"
+    command = data.get("command")
+    if command:
+        return f"{date}; `{command}`"
+    written_by = producers(results, name) if results is not None and name else []
+    if written_by:
+        return f"{date}; written by {', '.join(written_by)}"
+    return f"{date}; command not in the JSON"
+
+
+def source(name: str) -> str:
+    return f"`results/{name}`"
+
+
+def bench_files(results: Path) -> list[Path]:
+    return sorted([*results.glob("bench_*.json"), *results.glob("device_bench_*.json")])
+
+
+STAGES = ("vfm", "encode", "predict", "decode", "heads")
+
+
+def machine(data: dict) -> str:
+    m = data.get("machine", {})
+    cores = m.get("cores")
+    name = m.get("cpu") or m.get("device_name") or "?"
+    parts = [name]
+    if cores:
+        parts.append(f"{cores} cores")
+    if m.get("torch"):
+        parts.append(f"torch {m['torch']}")
+    return ", ".join(parts)
+
+
+def config_label(data: dict) -> str:
+    c = data.get("config", {})
+    res = c.get("resolution") or ["?"]
+    label = f"{c.get('name', '?')} ({c.get('vfm', '?')}, {res[0]} px, K={c.get('k', '?')}, {c.get('horizon', '?')} steps"
+    extras = [f"{key} {c[key]}" for key in ("quantize", "vfm_precision", "precision") if c.get(key) not in (None, "", "none")]
+    return label + (", " + ", ".join(extras) if extras else "") + ")"
+
+
+def bench_table(results: Path, gpu: bool) -> str:
+    rows, notes = [], []
+    for path in bench_files(results):
+        data = json.loads(path.read_text())
+        on_gpu = str(data.get("machine", {}).get("device", "cpu")).startswith("cuda")
+        if on_gpu != gpu:
+            continue
+        stage_ms = data.get("stage_ms", data)
+        threads = data.get("config", {}).get("threads")
+        memory = data.get("peak_gpu_mb") if gpu else data.get("peak_rss_mb")
+        flops = data.get("flops", {}).get("total")
+        rows.append([
+            f"`{path.name}`", config_label(data), *([] if gpu else [fmt(threads)]),
+            *(fmt(stage_ms.get(s), 1) for s in STAGES), f"**{fmt(stage_ms.get('total'), 1)}**",
+            fmt(data.get("total_hz"), 1), fmt(flops / 1e9 if flops else None, 1), fmt(memory, 0),
+        ])
+        notes.append(f"- `{path.name}`: {machine(data)}; {provenance(data, results, path.name)}")
+    if not rows:
+        return "_No results yet._"
+    header = ["result", "config", *([] if gpu else ["threads"]), *STAGES, "total ms", "forecasts/s",
+              "GFLOP", "peak GPU MB" if gpu else "peak RSS MB"]
+    return table(header, rows) + "\n\n" + "\n".join(notes)
+
+
+# ---------------------------------------------------------------- performance
+
+@renderer("bench_cpu")
+def render_bench_cpu(results: Path) -> str:
+    """Every CPU benchmark (results/bench_*.json, device_bench_*.json on a CPU): ms per stage."""
+    return bench_table(results, gpu=False)
+
+
+@renderer("bench_gpu")
+def render_bench_gpu(results: Path) -> str:
+    """Every GPU benchmark (machine.device cuda*): ms per stage."""
+    return bench_table(results, gpu=True)
+
+
+@renderer("bench_measures")
+def render_bench_measures(results: Path) -> str:
+    """Streaming vs recompute, dense baseline, node overhead, per benchmark file."""
+    rows = []
+    for path in bench_files(results):
+        d = json.loads(path.read_text())
+        dense = d.get("dense_ratio") or {}
+        overhead = d.get("node_overhead") or {}
+        rows.append([
+            f"`{path.name}`", fmt(d.get("recompute_ms"), 1), fmt(d.get("streaming_speedup"), 2) + "x",
+            fmt(dense.get("flops_ratio"), 0) + "x" if dense else "-",
+            fmt(dense.get("time_ratio"), 1) + "x" if dense else "-",
+            fmt(d.get("node_overhead_ms"), 2),
+            fmt(overhead.get("message_bytes") / 1e6, 1) if overhead.get("message_bytes") else "-",
+        ])
+    if not rows:
+        return "_No results yet._"
+    return table(["result", "recompute ms", "streaming speed-up", "dense/DeltaWorld predictor FLOPs",
+                  "dense/DeltaWorld predictor time", "node overhead ms", "Futures MB"], rows)
+
+
+@renderer("device_node")
+def render_device_node(results: Path) -> str:
+    """The node's loop on a GPU (results/device_node*.json)."""
+    rows = []
+    for path in sorted(results.glob("device_node*.json")):
+        d = json.loads(path.read_text())
+        rows.append([f"`{path.name}`", d.get("clip", "?"), fmt(d.get("device")), fmt(d.get("duration_s"), 0),
+                     fmt(d.get("frames_in")), fmt(d.get("forecasts")), fmt(d.get("forecasts_per_s"), 1),
+                     fmt(d.get("frames_dropped")), fmt(d.get("latency_ms_median"), 1),
+                     "ROS 2" if d.get("ros") else "streaming loop without rclpy"])
+    if not rows:
+        return "_No results yet._"
+    return table(["result", "clip", "device", "s", "frames in", "forecasts", "forecasts/s", "dropped",
+                  "median latency ms", "path"], rows)
+
+
+@renderer("device_train")
+def render_device_train(results: Path) -> str:
+    """Training throughput on a GPU (results/device_train*.json)."""
+    rows, notes = [], []
+    for path in sorted(results.glob("device_train*.json")):
+        d = json.loads(path.read_text())
+        for stage, s in d.get("stages", {}).items():
+            rows.append([f"`{path.name}`", d.get("gpu", "?"), stage, fmt(s.get("batch_size", "-")),
+                         fmt(s.get("amp", "-")), fmt(s.get("compile", "-")), fmt(s.get("steps")),
+                         f"**{fmt(s.get('steps_per_s_median'), 1)}**"])
+        what = d.get("what") or d.get("data") or ""
+        notes.append(f"- `{path.name}`: {what}; {provenance(d, results, path.name)}")
+    if not rows:
+        return "_No results yet._"
+    return table(["result", "GPU", "stage", "batch", "amp", "compile", "steps timed", "steps/s"], rows) \
+        + "\n\n" + "\n".join(notes)
+
+
+@renderer("device_tests")
+def render_device_tests(results: Path) -> str:
+    d = load(results, "device_tests.json")
+    return (f"`results/device_tests.json`: the `cuda` tests, {fmt(d.get('passed'))} passed, "
+            f"{fmt(d.get('deselected'))} deselected, exit status {d.get('exit_status')}.")
+
+
+@renderer("input_qos")
+def render_input_qos(results: Path) -> str:
+    """Camera frames that reached the node by size, transports and reliability (results/input_qos.json)."""
+    d = load(results, "input_qos.json")
+    cells: dict[tuple[str, str, str], list[str]] = {}
+    sizes: dict[str, float] = {}
+    columns: list[tuple[str, str]] = []
+    for r in d["results"]:
+        sizes[r["size"]] = r["mb_per_frame"]
+        column = (r.get("transports", "default"), r["reliability"])
+        if column not in columns:
+            columns.append(column)
+        cells.setdefault((r["size"], *column), []).append(str(r["received"]))
+    columns.sort(key=lambda c: (c[0] != "default", c[0], c[1]))
+    order = sorted(sizes, key=lambda s: sizes[s])
+    rows = [[s, fmt(sizes[s], 2), *(", ".join(cells.get((s, t, q), [])) for t, q in columns)] for s in order]
+    header = ["frame (rgb8)", "MB", *(f"{'ROS 2 default transports' if t == 'default' else t}, "
+                                      f"{q.replace('_', ' ')}" for t, q in columns)]
+    sent = {r["sent"] for r in d["results"]}
+    return (table(header, rows) + f"\n\nFrames received of {', '.join(map(str, sorted(sent)))} sent "
+            f"(one number per run). {d.get('conditions', '')}. {provenance(d, results, 'input_qos.json')}.")
+
+
+# ---------------------------------------------------------------- quality
+
+METHODS = [
+    ("copy_last", "copy last"),
+    ("tokenizer", "tokenizer (true tokens)"),
+    ("tokenizer_closed_loop", "tokenizer, closed loop"),
+    ("mean", "DeltaWorld mean of K"),
+    ("best", "DeltaWorld best of K"),
+    ("dense", "dense baseline"),
+]
+
+
+def eval_header(d: dict) -> str:
+    return (f"K={d.get('k')}, {d.get('horizon')} steps of {d.get('step_s')} s, context {d.get('context')}, "
+            f"config `{d.get('config')}`, seed {d.get('seed')}, {fmt(d.get('clips'))} clips")
+
+
+@renderer("eval_real")
+def render_eval_real(results: Path) -> str:
+    """Held-out whole videos, every video weighing the same (results/eval_real.json)."""
+    d = load(results, "eval_real.json")
+    avg = d["video_average"]
+    rows = []
+    for key, label in METHODS:
+        if key not in avg["ratio_to_copy_last"]:
+            continue
+        rows.append([label, steps(avg["ratio_to_copy_last"][key], 3),
+                     steps(avg.get("median_clip_ratio_to_copy_last", {}).get(key), 3),
+                     steps(avg["feature_mse"].get(key), 3)])
+    rows.append(["spread-skill ratio (1 = calibrated)", steps(avg.get("spread_skill_ratio")), "-", "-"])
+    return (table(["method", "x copy-last, step 1 / 2 / 3", "typical clip (median), x copy-last",
+                   "feature MSE"], rows)
+            + f"\n\n{avg.get('videos')} videos; {eval_header(d)}. Source: {source('eval_real.json')}, "
+              f"{provenance(d, results, 'eval_real.json')}.")
+
+
+@renderer("eval_real_videos")
+def render_eval_real_videos(results: Path) -> str:
+    """Per held-out video: ratios to copy-last at step 1 and spread-skill per step."""
+    d = load(results, "eval_real.json")
+    rows = []
+    for name, v in d["videos"].items():
+        mse = v["feature_mse"]
+        ratio = {k: mse[k][0] / mse["copy_last"][0] for k in ("tokenizer", "mean", "best", "dense") if k in mse}
+        rows.append([f"`{name}`", fmt(v.get("clips")), *(fmt(ratio.get(k)) for k in ("tokenizer", "mean", "best", "dense")),
+                     steps(v.get("uncertainty", {}).get("spread_skill_ratio"))])
+    return table(["video", "clips", "tokenizer", "mean of K", "best of K", "dense",
+                  "spread-skill 1 / 2 / 3"], rows) + "\n\nRatios: feature MSE x copy-last at step 1."
+
+
+@renderer("eval_synthetic")
+def render_eval_synthetic(results: Path) -> str:
+    """Held-out synthetic scenes with exact labels (results/eval_synthetic.json)."""
+    d = load(results, "eval_synthetic.json")
+    rows = [["present (upper bound)", "-", steps(d["miou"].get("present"), 1), steps(d["depth_rmse"].get("present"))]]
+    for key, label in METHODS:
+        if key not in d["feature_mse"]:
+            continue
+        rows.append([label, steps(d["feature_mse"][key], 3), steps(d["miou"].get(key), 1),
+                     steps(d["depth_rmse"].get(key))])
+    u = d.get("uncertainty", {})
+    extra = "; ".join(f"{label} {steps(u[key])}" for key, label in (
+        ("spread_skill_ratio", "spread-skill"), ("semantic_coverage", "semantic coverage"),
+        ("agreement_ece", "agreement ECE")) if key in u)
+    return (table(["method", "feature MSE 1 / 2 / 3", "mIoU % 1 / 2 / 3", "depth RMSE m 1 / 2 / 3"], rows)
+            + f"\n\nUncertainty: {extra}. {eval_header(d)}. Source: {source('eval_synthetic.json')}, "
+              f"{provenance(d, results, 'eval_synthetic.json')}.")
+
+
+@renderer("calibration")
+def render_calibration(results: Path) -> str:
+    """The calibration fit (results/calibration.json)."""
+    d = load(results, "calibration.json")
+    rows = []
+    for name, v in d["videos"].items():
+        rows.append([f"`{name}`", fmt(v.get("clips")), fmt(v.get("own_mean_scale")), fmt(v.get("own_change_growth")),
+                     steps(v["mean_ratio_to_copy_last"]["sampled"]), steps(v["spread_skill_ratio"]["sampled"]),
+                     steps(v["spread_skill_ratio"]["calibrated"])])
+    avg = d["video_average"]
+    rows.append(["**average**", "-", f"**{fmt(d['mean_scale'])}** (fit)", f"**{fmt(d['change_growth'])}** (fit)",
+                 steps(avg["mean_ratio_to_copy_last"]["sampled"]), steps(avg["spread_skill_ratio"]["sampled"]),
+                 steps(avg["spread_skill_ratio"]["calibrated"])])
+    return (f"Fitted: `mean_scale` {fmt(d['mean_scale'], 3)}, `spread` {fmt(d['spread'], 3)} "
+            f"(`spread_from: {d.get('spread_from')}`), `change_growth` {fmt(d['change_growth'], 3)}; "
+            f"sources {', '.join(d.get('sources', []))}; K={d.get('k')}, step {d.get('step_s')} s.\n\n"
+            + table(["video", "clips", "own mean scale", "own change growth", "mean as sampled, x copy-last",
+                     "spread-skill as sampled", "spread-skill calibrated"], rows)
+            + f"\n\nSource: {source('calibration.json')}, {provenance(d, results, 'calibration.json')}.")
+
+
+@renderer("predictability")
+def render_predictability(results: Path) -> str:
+    """How much of the next step simple predictors explain (results/predictability.json)."""
+    d = load(results, "predictability.json")
+    names = list(d["videos"])
+    every = [*(d["videos"][n] for n in names), d["video_average"]]
+
+    def row(label, get):
+        return [label, *(fmt(get(v)) for v in every)]
+
+    gains = sorted(d["video_average"].get("linear_extrapolation", {}), key=float)
+    codes = sorted(d["video_average"].get("pca_code", {}), key=int)
+    rows = [row(f"the last change continued, gain {g}", lambda v, g=g: v["linear_extrapolation"][g]) for g in gains]
+    rows.append(row("the last global motion continued", lambda v: v.get("motion_extrapolation")))
+    rows.append(row("the true global motion of the next frame (future)", lambda v: v.get("motion_oracle")))
+    rows.append(row("the true change at the 8x8 decoder grid (future)", lambda v: v.get("residual_8x8")))
+    rows += [row(f"its {c}-d linear code (future)", lambda v, c=c: v["pca_code"][c]) for c in codes]
+    return (table(["predictor", *(f"`{n}`" for n in names), "average"], rows)
+            + f"\n\nFeature MSE x copy-last at one step of {d.get('step_s')} s; rows marked future look at "
+              f"the next frame (they bound a codec, not a forecast); the linear code is fitted on "
+              f"{fmt(d.get('training_pairs'))} training-video pairs. Source: {source('predictability.json')}, "
+              f"{provenance(d, results, 'predictability.json')}.")
+
+
+# Targets of the shipped default (issues 10, 11): (text, value from the results, test).
+def _bench(results: Path, threads: int) -> dict | None:
+    for path in sorted(results.glob("bench_*.json")):
+        d = json.loads(path.read_text())
+        if d.get("config", {}).get("name") == "default" and d.get("config", {}).get("threads") == threads \
+                and not str(d.get("machine", {}).get("device", "cpu")).startswith("cuda"):
+            return d
+    return None
+
+
+@renderer("targets")
+def render_targets(results: Path) -> str:
+    """The shipped default's targets, met or missed, computed from the committed results."""
+    real = load(results, "eval_real.json")["video_average"]
+    synth = load(results, "eval_synthetic.json")
+    ratio = real["ratio_to_copy_last"]
+    ssr = real["spread_skill_ratio"]
+    per_video = [v["uncertainty"]["spread_skill_ratio"] for v in load(results, "eval_real.json")["videos"].values()]
+    inside = sum(all(0.7 <= s <= 1.3 for s in v) for v in per_video)
+    rows = [
+        ["codec (tokenizer) <= 0.5x copy-last at step 1", fmt(ratio["tokenizer"][0]), ratio["tokenizer"][0] <= 0.5],
+        ["mean of K <= 0.95x copy-last at step 1", fmt(ratio["mean"][0], 3), ratio["mean"][0] <= 0.95],
+        ["best of K <= 0.85x copy-last at step 1", fmt(ratio["best"][0]), ratio["best"][0] <= 0.85],
+        ["mean of K never above copy-last at steps 2 and 3", steps(ratio["mean"][1:], 3),
+         all(r <= 1.0 for r in ratio["mean"][1:])],
+        ["spread-skill within 0.7-1.3 at every step (average)", steps(ssr), all(0.7 <= s <= 1.3 for s in ssr)],
+        ["... and for every video", f"{inside} of {len(per_video)} videos", inside == len(per_video)],
+    ]
+    miou = synth["miou"]
+    rows.append(["synthetic step 3: best mIoU >= copy-last + 10 points",
+                 f"{miou['best'][-1] - miou['copy_last'][-1]:+.1f}", miou["best"][-1] >= miou["copy_last"][-1] + 10])
+    rows.append(["synthetic step 3: best mIoU >= dense + 5 points",
+                 f"{miou['best'][-1] - miou['dense'][-1]:+.1f}", miou["best"][-1] >= miou["dense"][-1] + 5])
+    for threads in (1, 2):
+        b = _bench(results, threads)
+        if b is not None:
+            hz, rss = b.get("total_hz"), b.get("peak_rss_mb")
+            rows.append([f"CPU, {threads} thread{'s' if threads > 1 else ''}: >= 8 forecasts/s, peak RSS <= 1,500 MB",
+                         f"{fmt(hz, 1)} Hz, {fmt(rss, 0)} MB", hz >= 8 and rss <= 1500])
+    out = [[text, value, "**met**" if ok else "missed"] for text, value, ok in rows]
+    return (table(["target (held-out whole videos unless said)", "measured", ""], out)
+            + f"\n\nFrom {source('eval_real.json')}, {source('eval_synthetic.json')} and `results/bench_*.json`.")
+
+
+@renderer("readme_quality")
+def render_readme_quality(results: Path) -> str:
+    """Three lines for the README: codec, forecast mean and spread on held-out video, CPU speed."""
+    d = load(results, "eval_real.json")
+    avg = d["video_average"]
+    ratio = avg["ratio_to_copy_last"]
+    mean1 = ratio["mean"][0]
+    verdict = ("no better than copying the last frame" if mean1 >= 0.99 else
+               f"{(1 - mean1) * 100:.0f}% below copying the last frame")
+    speeds, cores = [], "?"
+    for threads in (1, 2):
+        b = _bench(results, threads)
+        if b is not None:
+            cores = b.get("machine", {}).get("cores", cores)
+            speeds.append(f"{fmt(b['total_hz'], 1)} forecasts/s at {threads} thread{'s' if threads > 1 else ''}")
+    return "\n".join([
+        f"- **Codec**: on {avg['videos']} held-out videos ({fmt(d['clips'])} clips no stage trained on), DeltaTok's one "
+        f"token per frame leaves {fmt(ratio['tokenizer'][0])}x the feature error of copying the last frame "
+        f"({d['step_s']} s ahead).",
+        f"- **Forecast**: the mean of the K = {d['k']} futures is {fmt(mean1, 3)}x copy-last at {d['step_s']} s "
+        f"({verdict}); their spread matches the error (spread-skill "
+        f"{steps(avg['spread_skill_ratio'])} at the {d['horizon']} steps, 1 = calibrated).",
+        f"- **Speed** on a {cores}-core CPU: " + ", ".join(speeds) + " (`results/bench_cpu*.json`).",
+    ])
+
+
+@renderer("config_ranges")
+def render_config_ranges(results: Path) -> str:
+    """The accepted range of every numeric config key, from deltaworld_core.config.numeric_ranges()
+    (code, not results: the table cannot drift from the checks)."""
+    sys.path.insert(0, str(REPO))
+    from deltaworld_core.config import numeric_ranges
+
+    items = list(numeric_ranges().items())
+    per_row = 3
+    rows = []
+    for i in range(0, len(items), per_row):
+        row = []
+        for key, interval in items[i:i + per_row]:
+            row += [f"`{key}`", f"`{interval}`"]
+        rows.append(row + ["", ""] * (per_row - len(items[i:i + per_row])))
+    return table(["key", "range"] * per_row, rows)
+
+
+# ---------------------------------------------------------------- the ROS node (code, not results)
+
+def node_parameters(repo: Path = REPO) -> dict[str, tuple[object, str]]:
+    """forecast_node's PARAMETERS (name -> (default, description)), read from its source with ast,
+    so neither rclpy nor a build is needed and the tables follow the node."""
+    import ast
+
+    tree = ast.parse((repo / "deltaworld_ros" / "forecast_node.py").read_text())
+    for node in ast.walk(tree):
+        target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(target, ast.Name) and target.id == "PARAMETERS":
+            return ast.literal_eval(node.value)
+    raise KeyError("PARAMETERS not found in deltaworld_ros/forecast_node.py")
+
+
+def _default(value) -> str:
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, str):
+        return f"`{value}`" if value else '`""`'
+    return f"`{value}`"
+
+
+@renderer("node_parameters")
+def render_node_parameters(results: Path) -> str:
+    """Every forecast_node parameter with its default and description, from the node's source."""
+    rows = [[f"`{name}`", _default(default), description]
+            for name, (default, description) in node_parameters(results.parent if (results.parent / "deltaworld_ros").is_dir() else REPO).items()]
+    return table(["parameter", "default", "what it does"], rows)
+
+
+# The README's short list: name -> what people change it for (defaults come from the node).
+README_PARAMETERS = {
+    "image_topic": "the camera",
+    "use_compressed": "subscribe to `<image_topic>/compressed` (JPEG/PNG) instead",
+    "input_reliability": "camera QoS: `best_available`, `best_effort` or `reliable`",
+    "futures_topic": "the output",
+    "model_config": "a config name (`default`, `paper`) or a YAML path",
+    "weights": "a folder of `.safetensors` (e.g. the converted released weights); empty: the config's",
+    "device": "`auto` (CUDA if torch sees a GPU), `cpu`, `cuda`, `cuda:N`",
+    "threads": "CPU threads of the model; 0 = half the cores, 1 to 4",
+    "k": "futures per forecast (0 = the config's, 8 in `default`)",
+    "publish_debug_image": "publish the picture above for `rqt_image_view` / RViz",
+}
+
+
+@renderer("readme_parameters")
+def render_readme_parameters(results: Path) -> str:
+    """The ten parameters people change, defaults read from the node's source."""
+    params = node_parameters(results.parent if (results.parent / "deltaworld_ros").is_dir() else REPO)
+    rows = [[f"`{name}`", _default(params[name][0]), text] for name, text in README_PARAMETERS.items() if name in params]
+    return table(["parameter", "default", "what it does"], rows)
+
+
+# ---------------------------------------------------------------- the engine
+
+def pages(repo: Path) -> list[Path]:
+    return [p for p in [repo / "README.md", *sorted((repo / "docs").glob("**/*.md"))] if p.is_file()]
+
+
+def render_text(text: str, results: Path, where: str = "") -> tuple[str, list[str]]:
+    """The text with every block rendered, and the problems found (unknown renderer, unclosed block)."""
+    problems: list[str] = []
+    opened = [m.group(1) for m in OPEN.finditer(text)]
+    closed = [m.group(1) for m in MARKER.finditer(text)]
+    if len(opened) != len(closed):
+        problems.append(f"{where}: a `<!-- results:NAME -->` marker without its `<!-- /results -->`")
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        fn = RENDERERS.get(name)
+        if fn is None:
+            problems.append(f"{where}: unknown renderer {name!r} (known: {', '.join(sorted(RENDERERS))})")
+            return match.group(0)
+        try:
+            body = fn(results).strip("\n")
+        except (OSError, KeyError, ValueError, TypeError, IndexError, ZeroDivisionError) as error:
+            problems.append(f"{where}: renderer {name!r} failed: {type(error).__name__}: {error}")
+            return match.group(0)
+        return f"<!-- results:{name} -->\n{body}\n<!-- /results -->"
+
+    return MARKER.sub(replace, text), problems
+
+
+def run(repo: Path, results: Path, check: bool) -> tuple[list[str], list[str]]:
+    """(stale blocks, problems); writes the pages unless ``check``."""
+    stale: list[str] = []
+    problems: list[str] = []
+    for page in pages(repo):
+        text = page.read_text()
+        rel = page.relative_to(repo).as_posix()
+        new, found = render_text(text, results, rel)
+        problems += found
+        if new != text:
+            old_blocks = {m.start(): m.group(0) for m in MARKER.finditer(text)}
+            new_blocks = list(MARKER.finditer(new))
+            for (start, block), match in zip(sorted(old_blocks.items()), new_blocks):
+                if block != match.group(0):
+                    line = text.count("\n", 0, start) + 1
+                    stale.append(f"{rel}:{line}: block {match.group(1)!r} does not match its results")
+            if not check:
+                page.write_text(new)
+    return stale, problems
+
+
+def shrink_picture(src: Path, dst: Path, colours: int = 256) -> int:
+    """Writes a forecast grid of the demo as a small palette PNG (the class colours kept exact,
+    so the legend still matches); returns its size in bytes."""
+    from PIL import Image
+
+    from deltaworld_core.viz import palette
+
+    image = Image.open(src).convert("RGB")
+    fixed = palette(16)[:16].reshape(-1).tolist()
+    adaptive = image.quantize(colors=colours - 16, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    holder = Image.new("P", (1, 1))
+    holder.putpalette(fixed + adaptive.getpalette()[: 3 * (colours - 16)])
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    image.quantize(palette=holder, dither=Image.Dither.NONE).save(dst, optimize=True)
+    return dst.stat().st_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if any block is stale")
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="folder of the JSON results")
+    parser.add_argument("--repo", type=Path, default=REPO, help="repository root (README.md, docs/)")
+    parser.add_argument("--list", action="store_true", help="list the renderers and exit")
+    parser.add_argument("--picture", type=Path, metavar="FORECAST_PNG",
+                        help="shrink one of the demo's forecast_NNNN.png into docs/img/forecast.png and exit")
+    args = parser.parse_args(argv)
+    if args.picture:
+        size = shrink_picture(args.picture, args.repo / "docs" / "img" / "forecast.png")
+        print(f"wrote docs/img/forecast.png ({size // 1024} KB)")
+        return 0
+    if args.list:
+        for name, fn in sorted(RENDERERS.items()):
+            print(f"{name}: {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+        return 0
+    stale, problems = run(args.repo, args.results, args.check)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if args.check:
+        for line in stale:
+            print(f"stale: {line}", file=sys.stderr)
+        if stale:
+            print("run: python scripts/render_docs.py", file=sys.stderr)
+        return 1 if stale or problems else 0
+    for line in stale:
+        print(f"rewrote: {line.split(': block')[0]}: {line.split('block ')[1].split(' ')[0]}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

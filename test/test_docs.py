@@ -1,0 +1,119 @@
+"""The documentation: result tables match the committed results/*.json, relative links resolve.
+
+scripts/render_docs.py regenerates every table of measured numbers in README.md and docs/*.md; a
+page whose table no longer matches its JSON fails here (fix: ``python scripts/render_docs.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_renderer():
+    spec = importlib.util.spec_from_file_location("render_docs", REPO / "scripts" / "render_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render_docs = _load_renderer()
+
+
+def test_committed_pages_match_their_results():
+    stale, problems = render_docs.run(REPO, REPO / "results", check=True)
+    assert not problems, "\n".join(problems)
+    assert not stale, "run `python scripts/render_docs.py`:\n" + "\n".join(stale)
+
+
+def test_every_results_json_parses_and_every_renderer_runs():
+    for path in sorted((REPO / "results").glob("*.json")):
+        json.loads(path.read_text())
+    for name, fn in render_docs.RENDERERS.items():
+        out = fn(REPO / "results")
+        assert out.strip(), name
+
+
+def test_check_finds_a_stale_block_and_an_unknown_renderer(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "x.json").write_text(json.dumps({"v": 1}))
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "p.md"
+    page.write_text("# p\n<!-- results:_test_x -->\nold\n<!-- /results -->\n<!-- results:nope -->\n<!-- /results -->\n")
+    render_docs.RENDERERS["_test_x"] = lambda results: f"v = {json.loads((results / 'x.json').read_text())['v']}"
+    try:
+        stale, problems = render_docs.run(tmp_path, tmp_path / "results", check=True)
+        assert [s.split(":")[0:2] for s in stale] == [["docs/p.md", "2"]]
+        assert any("unknown renderer 'nope'" in p for p in problems)
+        assert "old" in page.read_text()  # --check writes nothing
+        render_docs.run(tmp_path, tmp_path / "results", check=False)
+        assert "<!-- results:_test_x -->\nv = 1\n<!-- /results -->" in page.read_text()
+        stale, _ = render_docs.run(tmp_path, tmp_path / "results", check=True)
+        assert stale == []
+        (tmp_path / "results" / "x.json").write_text(json.dumps({"v": 2}))  # a re-run changes the JSON
+        stale, _ = render_docs.run(tmp_path, tmp_path / "results", check=True)
+        assert len(stale) == 1
+    finally:
+        del render_docs.RENDERERS["_test_x"]
+
+
+def test_generic_bench_renderer_picks_up_a_new_file(tmp_path):
+    bench = json.loads((REPO / "results" / "bench_cpu.json").read_text())
+    bench["date"], bench["command"] = "2099-01-01", "python -m deltaworld_core.bench --json new.json"
+    (tmp_path / "bench_new.json").write_text(json.dumps(bench))
+    out = render_docs.RENDERERS["bench_cpu"](tmp_path)
+    assert "`bench_new.json`" in out and "2099-01-01" in out and "`python -m deltaworld_core.bench --json new.json`" in out
+
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    out = set()
+    for line in markdown.splitlines():
+        m = re.match(r"#{1,6}\s+(.*)", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            out.add(slug)
+    return out
+
+
+def _doc_pages():
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md"))]
+
+
+@pytest.mark.parametrize("page", _doc_pages(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_relative_links_resolve(page):
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold commands, not links
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        if not resolved.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved.read_text()):
+            broken.append(f"{target}: no heading with that anchor")
+    assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
+
+
+def test_readme_stays_short_and_keeps_the_quick_start():
+    readme = (REPO / "README.md").read_text()
+    assert readme.count("\n") <= 260
+    assert "./setup.sh && .venv/bin/python -m deltaworld_ros.demo --out out/demo" in readme
+    assert "./setup.sh && .venv/bin/python -m pytest -q" in readme
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "./setup.sh && .venv/bin/python -m pytest -q" in ci
+
+
+def test_committed_picture_is_small():
+    for picture in (REPO / "docs" / "img").glob("*.png"):
+        assert picture.stat().st_size < 200 * 1024, picture.name
