@@ -519,4 +519,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main: under ``python -m`` this file is also ``__main__``, whose
+    # MediaError class would not be the one the readers raise.
+    from deltaworld_core.data.media import main as _main
+
+    raise SystemExit(_main())
