@@ -27,6 +27,12 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The model file does not exist (also a FileNotFoundError, for callers that catch that)."""
 
 
+# The temporary name atomic_write gives a file before renaming it: ".NAME.XXXXXXXX.tmp", the X
+# drawn by tempfile.mkstemp from [a-z0-9_]. A process killed between the two (kill -9, power loss)
+# leaves one behind; remove_atomic_leftovers finds them by this name.
+_ATOMIC_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
 def atomic_write(path: str | Path, write) -> Path:
     """Calls ``write(tmp_path)`` then renames onto ``path``, so readers never see half a file."""
     path = Path(path)
@@ -42,6 +48,19 @@ def atomic_write(path: str | Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_atomic_leftovers(folder: str | Path) -> list[Path]:
+    """Deletes the temporary files that :func:`atomic_write` left in ``folder`` (not its subfolders)
+    when its process was killed mid-write; returns them. Only for a folder whose writer is not
+    running: a live write's temporary file looks the same."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = sorted(p for p in folder.iterdir() if _ATOMIC_TEMP.fullmatch(p.name) and p.is_file() and not p.is_symlink())
+    for tmp in gone:
+        tmp.unlink(missing_ok=True)
+    return gone
 
 
 def save_state(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None,

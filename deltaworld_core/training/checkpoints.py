@@ -4,7 +4,10 @@
 ``state.pt`` (optimizer, scheduler, RNG, step and the part's identity; read with
 ``weights_only=True``). A checkpoint is written into a temporary folder and renamed, then the
 ``latest`` pointer is replaced atomically, so a kill at any moment leaves the previous checkpoint
-intact; leftovers of a killed write (``.tmp_step_*``) are removed on the next save or resume.
+intact. What a killed write leaves (``.tmp_step_*`` folders, and the ``.NAME.XXXXXXXX.tmp`` files of
+:func:`~deltaworld_core.checkpoint.atomic_write`: ``.latest.*.tmp`` here, ``.metrics_<stage>.csv.*.tmp``
+or ``.<part>.safetensors.*.tmp`` in the run folder) is removed when a run starts or resumes and
+before each save.
 Resuming falls back from a damaged latest checkpoint to the newest intact one, with a warning.
 
 Metrics go to ``<out>/metrics_<stage>.csv`` (one row per logged step; rows past the resumed step
@@ -27,7 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_write, load_state_strict, read_state, save_state
+from ..checkpoint import (CheckpointError, atomic_write, load_state_strict, read_state, remove_atomic_leftovers,
+                          save_state)
 from .config import TrainConfig
 
 log = logging.getLogger("deltaworld_core.train")
@@ -48,11 +52,14 @@ def checkpoint_dir(cfg: TrainConfig) -> Path:
 
 
 def remove_leftovers(root: Path) -> list[Path]:
-    """Deletes ``.tmp_step_*`` folders of checkpoint writes that were killed; returns them."""
-    gone = sorted(root.glob(".tmp_step_*")) if root.is_dir() else []
-    for tmp in gone:
+    """Deletes what killed writes left in ``root`` (a stage's checkpoint folder or the run folder):
+    ``.tmp_step_*`` checkpoint folders and atomic_write's temporary files; returns them."""
+    folders = [p for p in sorted(root.glob(".tmp_step_*")) if p.is_dir()] if root.is_dir() else []
+    for tmp in folders:
         shutil.rmtree(tmp, ignore_errors=True)
-        log.info("removed the leftover of an interrupted checkpoint write: %s", tmp)
+    gone = folders + remove_atomic_leftovers(root)
+    for tmp in gone:
+        log.info("removed the leftover of an interrupted write: %s", tmp)
     return gone
 
 
@@ -158,6 +165,10 @@ class Metrics:
 
     def __init__(self, folder: Path, stage: str, start_step: int = 0):
         folder.mkdir(parents=True, exist_ok=True)
+        # rank 0 builds this once as a run starts or resumes, before it writes anything: the moment
+        # to clear what a killed run left (a resume also clears its checkpoint folder when loading)
+        remove_leftovers(folder)
+        remove_leftovers(folder / "checkpoints" / stage)
         path = folder / f"metrics_{stage}.csv"
         rows = _read_rows(path) if start_step else []
         kept = [r for r in rows if _step(r) is not None and _step(r) <= start_step]
