@@ -64,12 +64,15 @@ class MediaRef:
 
 # ------------------------------------------------------------------ skip counters
 _skipped: dict[str, int] = {}
+_skip_events: dict[str, int] = {}
 
 
-def record_skip(ref: MediaRef, what: str) -> None:
-    """Counts one frame/message/chunk of ``ref`` that could not be decoded and logs the first
-    few (one line each, naming the file); the stream goes on."""
-    n = _skipped[ref.name] = _skipped.get(ref.name, 0) + 1
+def record_skip(ref: MediaRef, what: str, count: int = 1) -> None:
+    """Counts ``count`` frames/messages/chunks of ``ref`` that could not be decoded and logs the
+    first few such events (one line each, naming the file); the stream goes on."""
+    events = _skip_events[ref.name] = _skip_events.get(ref.name, 0) + 1
+    _skipped[ref.name] = _skipped.get(ref.name, 0) + count
+    n = events
     if n <= LOGGED_SKIPS_PER_REF:
         log.warning("%s: skipped %s%s", ref.name, what,
                     " (further skips of this file are counted, not logged)" if n == LOGGED_SKIPS_PER_REF else "")
@@ -355,19 +358,23 @@ def _video_frames(ref: MediaRef, max_side: int | None) -> Iterator[tuple[np.ndar
         claimed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         if not (math.isfinite(fps) and fps > 0):
             raise MediaError(f"{ref.name}: the video has no valid frame rate ({fps})")
-        i = 0
+        position = decoded = 0  # frames the decoder went past / that decoded
+        # A frame that fails to decode mid-stream makes read() fail once, after which decoding
+        # goes on; at the end every read fails. So failures are retried up to the frame count the
+        # container declares (none declared: the first failure ends the stream).
         while True:
             ok, bgr = cap.read()
-            if not ok:
+            if ok:
+                yield shrink(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side), position / fps
+                decoded += 1
+            elif position >= claimed:
                 break
-            yield shrink(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side), i / fps
-            i += 1
-        if i == 0:
+            position += 1
+        if decoded == 0:
             raise MediaError(f"{ref.name}: no frame decodes (corrupt or unsupported video)")
-        # OpenCV stops at the first packet it cannot decode: the frames the container declares
-        # beyond that point are lost, and counted as such.
-        for _ in range(max(0, claimed - i)):
-            record_skip(ref, f"a frame: decoding stopped after {i} of the {claimed} frames the container declares")
+        if decoded < position:
+            record_skip(ref, f"{position - decoded} of the {position} frames the container declares (they do "
+                             "not decode: a corrupt or truncated video)", position - decoded)
     finally:
         cap.release()
 
