@@ -512,6 +512,32 @@ def render_readme_parameters(results: Path) -> str:
     return table(["parameter", "default", "what it does"], rows)
 
 
+def _summary(path: Path) -> str:
+    """A module's first docstring sentence (its first paragraph up to the first full stop)."""
+    import ast
+
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    paragraph = " ".join(doc.split("\n\n")[0].split())
+    match = re.search(r"^(.*?\.)(\s|$)", paragraph)
+    return (match.group(1) if match else paragraph).replace("|", "\\|")
+
+
+@renderer("modules")
+def render_modules(results: Path) -> str:
+    """Every Python module of the two packages with the first sentence of its docstring (the
+    docstrings are the library's reference; this table only points at them)."""
+    repo = results.parent if (results.parent / "deltaworld_core").is_dir() else REPO
+    rows = []
+    for package in ("deltaworld_core", "deltaworld_ros"):
+        for path in sorted((repo / package).rglob("*.py")):
+            rel = path.relative_to(repo).as_posix()
+            if "/weights/" in rel or (path.name == "__init__.py" and path.parent.name != package):
+                continue
+            module = rel[:-3].replace("/", ".").removesuffix(".__init__")
+            rows.append([f"[`{module}`](../{rel})", _summary(path) or "-"])
+    return table(["module", "what it is (its docstring says more)"], rows)
+
+
 # ---------------------------------------------------------------- the engine
 
 def pages(repo: Path) -> list[Path]:
