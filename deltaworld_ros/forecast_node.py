@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -41,19 +42,21 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from deltaworld_ros.futures_msg import check_header, forecast_to_msg, time_to_seconds
-from deltaworld_ros.image_conversion import ImageConversionError, array_to_image_msg, msg_to_rgb
+from deltaworld_ros.image_conversion import ImageConversionError, array_to_image_msg, cut, msg_to_rgb
 from deltaworld_ros.msg import Futures
 
 # name -> (default, description). Zero / empty values mean "keep the model config's value".
 PARAMETERS: dict[str, tuple[object, str]] = {
     "autostart": (True, "Configure and activate on start-up (false: wait for lifecycle transitions)."),
-    "image_topic": ("/camera/image_raw", "Camera topic (sensor_msgs/Image), subscribed with sensor-data QoS."),
-    "input_reliability": ("best_effort", "QoS reliability of the camera subscription: best_effort (sensor data; "
-                                         "matches any publisher) or reliable (needs a reliable publisher; large "
-                                         "raw images arrive only this way with Fast DDS)."),
+    "image_topic": ("camera/image_raw", "Camera topic (sensor_msgs/Image); relative names resolve in the node's "
+                                        "namespace (__ns:=/robot1 -> /robot1/camera/image_raw)."),
+    "input_reliability": ("best_available", "QoS reliability of the camera subscription: best_available (reliable "
+                                            "with reliable publishers, best effort with best-effort ones: matches "
+                                            "any camera and takes it the best way it offers), or force "
+                                            "best_effort or reliable (needs a reliable publisher)."),
     "input_depth": (5, "QoS history depth of the camera subscription (1-100): frames DDS may hold for the node."),
     "use_compressed": (False, "Subscribe to sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed."),
-    "futures_topic": ("/deltaworld/futures", "Output topic (deltaworld_ros/Futures)."),
+    "futures_topic": ("deltaworld/futures", "Output topic (deltaworld_ros/Futures); relative = in the node's namespace."),
     "model_config": ("default", "deltaworld_core config: a name (deltaworld_core/configs/NAME.yaml) or a YAML path."),
     "weights": ("", "Folder of tokenizer/world/heads .safetensors; empty = the config's weights."),
     "device": ("auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."),
@@ -68,13 +71,22 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "max_gap_s": (0.0, "A larger gap between the stamps of camera frames received (not between frames the model "
                           "processed) resets the context (0 = config value)."),
     "publish_debug_image": (False, "Publish a colour-coded grid of hypotheses x steps (sensor_msgs/Image rgb8)."),
-    "debug_image_topic": ("/deltaworld/debug_image", "Topic of the debug image."),
+    "debug_image_topic": ("deltaworld/debug_image", "Topic of the debug image; relative = in the node's namespace."),
     "diagnostics_period_s": (1.0, "Period of /diagnostics messages in seconds."),
     "malformed_log_period_s": (10.0, "Each kind of malformed input is logged at most once per this period."),
     "stall_timeout_s": (10.0, "/diagnostics reports ERROR 'forecasting stalled' when frames have waited this long "
                               "without a model step finishing."),
 }
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# input_reliability -> the subscription's policy. BEST_AVAILABLE is reliable towards reliable
+# publishers (ROS 2 default QoS, most camera drivers) and best effort towards best-effort ones:
+# measured with Fast DDS's default transports, a reliable 640x480 rgb8 camera at 30 Hz delivered
+# 0-2 of 90 frames to a best-effort subscription and 90 of 90 to this one (results/input_qos.json).
+RELIABILITY = {"best_available": ReliabilityPolicy.BEST_AVAILABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT,
+               "reliable": ReliabilityPolicy.RELIABLE}
+
+
+LOSS_WINDOW_S = 10.0  # /diagnostics warns while DDS reported lost camera frames this recently
 
 
 class ParameterError(ValueError):
@@ -112,8 +124,8 @@ def parameter_problem(name: str, value) -> str | None:
         return "must be seconds from 0 (log every one) to 86400"
     elif name == "stall_timeout_s" and not (_is_number(value) and 0.1 <= value <= 86400):
         return "must be seconds from 0.1 to 86400"
-    elif name == "input_reliability" and value not in ("best_effort", "reliable"):
-        return "must be best_effort or reliable"
+    elif name == "input_reliability" and value not in RELIABILITY:
+        return "must be best_available, best_effort or reliable"
     elif name == "input_depth" and not 1 <= value <= 100:
         return "must be a history depth from 1 to 100"
     return None
@@ -167,12 +179,14 @@ class ForecastNode(LifecycleNode):
         self._waiting_since: float | None = None  # monotonic time the mailbox last became non-empty
         self._step_started: float | None = None  # monotonic start of the model step in progress
         self._last_nonfinite: float | None = None
-        self._diagnostics_name = f"{self.get_name()}: DeltaWorld forecast"
+        # The full name (namespace included): two robots' nodes on one domain report apart.
+        self._diagnostics_name = f"{self.get_fully_qualified_name()}: DeltaWorld forecast"
         self._namesakes = 1  # nodes in the graph with this node's name and namespace, itself included
         self._latencies_ms: deque[float] = deque(maxlen=100)  # receipt -> publish
         self._model_ms: deque[float] = deque(maxlen=100)
         self._published_at: deque[float] = deque(maxlen=100)
         self._received_at: deque[float] = deque(maxlen=100)
+        self._lost_at: deque[tuple[float, int]] = deque(maxlen=1000)  # (monotonic, frames) of DDS loss events
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._max_gap_s = math.inf  # the model config's max_gap_s once configured
@@ -194,6 +208,7 @@ class ForecastNode(LifecycleNode):
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics)
         self.create_timer(1.0, self._check_namesakes)  # discovery needs a moment: checked from the first second
+        self.create_timer(1.0, self._match_camera_qos)
 
     def param(self, name: str):
         return self.get_parameter(name).value
@@ -203,7 +218,8 @@ class ForecastNode(LifecycleNode):
             if parameter.name in PARAMETERS:
                 problem = parameter_problem(parameter.name, parameter.value)
                 if problem:
-                    self._rejection = f"= {parameter.value!r}: {problem}"
+                    value = cut(parameter.value) if isinstance(parameter.value, str) else repr(parameter.value)
+                    self._rejection = f"= {value[:200]}: {problem}"
                     return SetParametersResult(successful=False, reason=self._rejection)
         return SetParametersResult(successful=True)
 
@@ -213,8 +229,8 @@ class ForecastNode(LifecycleNode):
         me = (self.get_name(), self.get_namespace())
         count = sum(1 for entry in self.get_node_names_and_namespaces() if tuple(entry) == me)
         if count > 1 and count != self._namesakes:
-            self._diagnostics_name = (f"{self.get_name()} (pid {os.getpid()} on {socket.gethostname()}): "
-                                      "DeltaWorld forecast")
+            self._diagnostics_name = (f"{self.get_fully_qualified_name()} (pid {os.getpid()} on "
+                                      f"{socket.gethostname()}): DeltaWorld forecast")
             self.get_logger().warning(
                 f"a node named {self.get_fully_qualified_name()} already exists ({count} in the graph): both publish "
                 f"on the same topics; give each a unique name (--ros-args -r __node:=NAME). "
@@ -280,9 +296,14 @@ class ForecastNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name="forecast_worker", daemon=True)
         self._worker.start()
         reliability = self.param("input_reliability")
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.param("input_depth"),
-                         reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
-                         else ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+        self._subscribe(topic, msg_type, RELIABILITY[reliability])
+        self.get_logger().info(f"forecasting {self._subscription.topic_name} ({msg_type.__name__}, {reliability}, "
+                               f"depth {self.param('input_depth')}) -> {self._futures_pub.topic_name}")
+        return super().on_activate(state)
+
+    def _subscribe(self, topic: str, msg_type, policy: ReliabilityPolicy) -> None:
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.param("input_depth"), reliability=policy,
+                         durability=DurabilityPolicy.VOLATILE)
         events = dict(incompatible_qos=self._on_incompatible_qos, message_lost=self._on_message_lost)
         try:
             self._subscription = self.create_subscription(msg_type, topic, self._on_image, qos,
@@ -291,9 +312,34 @@ class ForecastNode(LifecycleNode):
             events.pop("message_lost")
             self._subscription = self.create_subscription(msg_type, topic, self._on_image, qos,
                                                           event_callbacks=SubscriptionEventCallbacks(**events))
-        self.get_logger().info(f"forecasting {topic} ({msg_type.__name__}, {reliability}, depth "
-                               f"{self.param('input_depth')}) -> {self.param('futures_topic')}")
-        return super().on_activate(state)
+
+    def _match_camera_qos(self) -> None:
+        """Keeps best_available true to its name after start-up. The middleware resolves
+        BEST_AVAILABLE once, when the subscription is made, from the publishers it knows then: a
+        camera started after the node (or discovered late) made it reliable, and a best-effort
+        camera was then incompatible and sent nothing (seen); a best-effort camera replaced by a
+        reliable one would keep losing large frames. So every second: if the camera publishers now
+        call for another policy (best effort when any offers only that, else reliable), the
+        subscription is made again with it."""
+        subscription = self._subscription
+        if subscription is None or self.param("input_reliability") != "best_available":
+            return
+        topic = subscription.topic_name
+        offered = {info.qos_profile.reliability for info in self.get_publishers_info_by_topic(topic)}
+        if not offered:
+            return
+        wanted = ReliabilityPolicy.BEST_EFFORT if ReliabilityPolicy.BEST_EFFORT in offered else ReliabilityPolicy.RELIABLE
+        me = (self.get_name(), self.get_namespace())
+        actual = {info.qos_profile.reliability for info in self.get_subscriptions_info_by_topic(topic)
+                  if (info.node_name, info.node_namespace) == me}
+        if actual == {wanted}:
+            return
+        self.destroy_subscription(subscription)
+        self._subscription = None
+        self._subscribe(topic, subscription.msg_type, wanted)
+        offer = "best effort" if wanted == ReliabilityPolicy.BEST_EFFORT else "reliable"
+        self.get_logger().info(f"camera publishers on {topic} offer {offer} delivery: camera subscription re-made "
+                               "to match (input_reliability best_available)")
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
@@ -327,14 +373,39 @@ class ForecastNode(LifecycleNode):
 
     # ------------------------------------------------------------------ input
     def _on_incompatible_qos(self, info) -> None:
+        if self.param("input_reliability") == "best_available":
+            return  # _match_camera_qos re-makes the subscription within a second
         self._log_limited("incompatible_qos", f"a camera publisher's QoS is incompatible with input_reliability "
                                               f"'{self.param('input_reliability')}' (policy {info.last_policy_kind}): "
-                                              "its images never arrive; use best_effort or make the publisher reliable")
+                                              "its images never arrive; use input_reliability best_available (the "
+                                              "default) or make the publisher reliable")
 
     def _on_message_lost(self, info) -> None:
         self._counts["lost"] += info.total_count_change
-        self._log_limited("lost", f"DDS lost {info.total_count_change} camera message(s) before delivery "
-                                  "(large images over best-effort QoS: see input_reliability)")
+        self._lost_at.append((time.monotonic(), info.total_count_change))
+        self._log_limited("lost", f"camera frames are being lost: DDS dropped {info.total_count_change} before "
+                                  f"delivery ({self._counts['lost']} in all, {self._counts['received']} received). "
+                                  + self._loss_advice())
+
+    def _loss_advice(self) -> str:
+        """What to change so that camera frames stop being lost, from the QoS the camera's
+        publishers actually offer (docs/camera-input.md has the measurements behind it)."""
+        topic = self._subscription.topic_name if self._subscription is not None else self.param("image_topic")
+        try:
+            offered = {info.qos_profile.reliability for info in self.get_publishers_info_by_topic(topic)}
+        except Exception:  # noqa: BLE001 - the graph query is advisory: never let it break a callback
+            offered = set()
+        mode = self.param("input_reliability")
+        if ReliabilityPolicy.RELIABLE in offered and mode == "best_effort":
+            return ("The camera publishes reliably but input_reliability is best_effort: set it to best_available "
+                    "(the default).")
+        if ReliabilityPolicy.BEST_EFFORT in offered or mode == "best_effort":
+            return ("The camera publishes best effort, which loses raw frames over ~0.5 MB on ROS 2's default "
+                    "transports: make the driver publish reliably (ROS 2 default QoS; best_available follows), or "
+                    "use_compressed:=true with its compressed topic, or FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA for "
+                    "every process of the system (docs/camera-input.md).")
+        return ("Frames arrive faster than this process takes them: raise input_depth, lower the camera rate, "
+                "or give the node more CPU (docs/camera-input.md).")
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         received = time.monotonic()
@@ -506,6 +577,13 @@ class ForecastNode(LifecycleNode):
             level, message = DiagnosticStatus.WARN, "no camera images"
         else:
             level, message = DiagnosticStatus.OK, "forecasting"
+        lost_recently = sum(n for t, n in list(self._lost_at) if now - t <= LOSS_WINDOW_S)
+        values["frames_lost_recently"] = str(lost_recently)
+        if lost_recently and level in (DiagnosticStatus.OK, DiagnosticStatus.WARN) and state == "active":
+            # Said plainly, with the remedy: a node that silently sees 2 of 90 frames looks merely slow.
+            level, message = DiagnosticStatus.WARN, (
+                f"camera frames lost: {lost_recently} dropped by DDS in the last {LOSS_WINDOW_S:.0f} s. "
+                + self._loss_advice())
         if self._namesakes > 1 and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, f"forecasting, but {self._namesakes} nodes share this name"
         status = DiagnosticStatus(
@@ -514,38 +592,115 @@ class ForecastNode(LifecycleNode):
         self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                                       status=[status]))
 
+    def stop_quickly(self) -> None:
+        """At process exit: no more frames, the worker told to stop, waiting at most a moment for
+        it (a model step in progress has nobody left to publish to)."""
+        if self._subscription is not None:
+            try:
+                self.destroy_subscription(self._subscription)
+            except Exception:  # noqa: BLE001 - the context may be gone already; the process is leaving
+                pass
+            self._subscription = None
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=0.05)
+        logging.getLogger("deltaworld_core").removeHandler(self._log_handler)
+
     def destroy_node(self) -> None:
         self._stop_processing()
         logging.getLogger("deltaworld_core").removeHandler(self._log_handler)
         super().destroy_node()
 
 
+def usage() -> str:
+    """``forecast_node --help``: how to run it and every parameter with its default."""
+    lines = [__doc__.strip().splitlines()[0], "",
+             "usage: forecast_node [-h] [--ros-args [--params-file FILE] [-p NAME:=VALUE] [-r __ns:=/NAMESPACE] ...]",
+             "", "parameters (NAME (default): description):"]
+    lines += [f"  {name} ({default!r}): {description}" for name, (default, description) in PARAMETERS.items()]
+    lines += ["", "A parameter out of range is one line and exit status 2; a failed configure exits 1."]
+    return "\n".join(lines)
+
+
+def command_line_problem(argv: list[str]) -> str | None:
+    """Why the command line cannot start a node (a params file that is not a readable file,
+    an unknown argument), or None. Checked before rcl sees the arguments: rcl's own report of a
+    missing params file is a multi-line traceback, and launch_ros only warns about one."""
+    ros_args, index = False, 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--ros-args":
+            ros_args = True
+        elif arg == "--" and ros_args:
+            ros_args = False
+        elif ros_args and arg == "--params-file":
+            if index + 1 >= len(argv):
+                return "--params-file needs a file name"
+            path = argv[index + 1]
+            if not os.path.isfile(path):
+                return f"params file {cut(path)} does not exist (or is not a file)"
+            if not os.access(path, os.R_OK):
+                return f"params file {cut(path)} is not readable"
+            index += 1
+        elif not ros_args:
+            return f"unknown argument {cut(arg)} (node options go after --ros-args; see --help)"
+        index += 1
+    return None
+
+
+def _exit_now(status: int) -> None:
+    """Leaves at once with ``status``. Used where nothing is worth waiting for: Python's own
+    teardown of torch and of a worker thread still inside a model step took ~1 s (a plain rclpy
+    node leaves in under 0.2 s), and the middleware's teardown of a half-built node can deadlock
+    (Fast DDS, with other participants starting or stopping at the same time: seen on a loaded
+    2-core CI machine). Peers drop a node that left this way when its lease runs out."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
+    argv = sys.argv[1:] if args is None else list(args)
+    user_args = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
+    if "-h" in user_args or "--help" in user_args:
+        print(usage())
+        return 0
+    problem = command_line_problem(argv)
+    if problem:
+        print(f"forecast_node: {problem}", file=sys.stderr)
+        return 2
+    # A terminal's Ctrl-C reaches the node twice: from the terminal (the whole process group) and
+    # from ros2 launch, which forwards it. rclpy's handler takes the first (it shuts the context
+    # down, which ends spin) and hands each signal on to the handler it found; with Python's
+    # default there, the second became a KeyboardInterrupt inside the teardown and the process
+    # died by SIGINT (exit -2). This handler, found by rclpy and restored after it, ignores them.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    rclpy.init(args=["forecast_node", *argv])
     try:
         node = ForecastNode()
     except ParameterError as err:  # one line a user can act on, not a traceback
         rclpy.logging.get_logger("forecast_node").fatal(str(err))
-        # Straight out: nothing was started, and the middleware's teardown of the half-built node
-        # can deadlock (Fast DDS, with other participants starting or stopping at the same time:
-        # seen on a loaded 2-core CI machine), which would leave a launch waiting on a node that
-        # never ran. Peers drop it from the graph when its lease runs out.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(2)
+        _exit_now(2)
+    status = 0
     try:
         if node.param("autostart"):
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal("autostart: configure failed (the cause is logged above)")
-                return 1
-            node.trigger_activate()
-        rclpy.spin(node)
+                status = 1
+            else:
+                node.trigger_activate()
+        if status == 0:
+            rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.destroy_node()
+        # Stop taking frames and tell the worker to stop, but never wait for a model step: the
+        # forecast it would produce has nobody to go to.
+        node.stop_quickly()
         rclpy.try_shutdown()
-    return 0
+    _exit_now(status)
+    return status  # not reached (kept for callers that patch _exit_now)
 
 
 if __name__ == "__main__":

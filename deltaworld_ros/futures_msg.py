@@ -12,7 +12,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from std_msgs.msg import Header
 
-from deltaworld_ros.image_conversion import (FrameIdTooLongError, StampOutOfRangeError, array_to_image_msg,
+from deltaworld_ros.image_conversion import (FrameIdTooLongError, StampOutOfRangeError, array_to_image_msg, cut,
                                              image_to_array)
 from deltaworld_ros.msg import Futures, HorizonSummary, Hypothesis
 
@@ -113,7 +113,7 @@ class DecodedFutures:
 def _stack(images, encoding: str) -> np.ndarray:
     for image in images:
         if image.encoding != encoding:
-            raise ValueError(f"expected {encoding} images, got {image.encoding!r}")
+            raise ValueError(f"expected {encoding} images, got {cut(image.encoding)}")
     return np.stack([image_to_array(image) for image in images])
 
 

@@ -23,6 +23,22 @@ MAX_SIDE = 16384  # pixels; anything larger is a corrupt header, not a camera
 MAX_PIXELS = 1 << 25
 
 
+# Strings from a message (encoding, format, frame_id) end up in log lines and errors: a 10 MB
+# encoding made a 10 MB log line. Quoted strings are cut to this many characters.
+LOGGED_CHARS = 64
+
+
+def cut(text, limit: int = LOGGED_CHARS) -> str:
+    """``repr`` of a string from a message or a command line, cut to ``limit`` characters and
+    saying how long it really was (bytes are decoded for the purpose: never copied whole)."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text[:limit + 1]).decode("utf-8", "replace")
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 class ImageConversionError(ValueError):
     """An image message that cannot be converted; ``cause`` is a short stable key."""
 
@@ -84,7 +100,7 @@ def image_to_array(msg: Image) -> np.ndarray:
     The result is a fresh, contiguous array in native byte order (it does not alias ``msg``)."""
     if msg.encoding not in ENCODINGS:
         raise UnsupportedEncodingError(
-            f"unsupported encoding {msg.encoding!r} (supported: {', '.join(ENCODINGS)})")
+            f"unsupported encoding {cut(msg.encoding)} (supported: {', '.join(ENCODINGS)})")
     channels, dtype = ENCODINGS[msg.encoding]
     height, width, step = msg.height, msg.width, msg.step
     _check_size(height, width)
@@ -118,7 +134,7 @@ def image_msg_to_rgb(msg: Image) -> np.ndarray:
     """A camera image -> [h, w, 3] uint8 RGB (grey encodings repeated across channels)."""
     if msg.encoding not in INPUT_ENCODINGS:
         raise UnsupportedEncodingError(
-            f"unsupported camera encoding {msg.encoding!r} (supported: {', '.join(INPUT_ENCODINGS)})")
+            f"unsupported camera encoding {cut(msg.encoding)} (supported: {', '.join(INPUT_ENCODINGS)})")
     return _to_rgb(image_to_array(msg), msg.encoding)
 
 
@@ -183,7 +199,7 @@ def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
     spend seconds and gigabytes decoding."""
     fmt = msg.format.lower()
     if not any(name in fmt for name in COMPRESSED_FORMATS):
-        raise UnsupportedEncodingError(f"unsupported compressed format {msg.format!r} (supported: jpeg, png)")
+        raise UnsupportedEncodingError(f"unsupported compressed format {cut(msg.format)} (supported: jpeg, png)")
     if len(msg.data) == 0:
         raise EmptyImageError("compressed image has no data")
     data = bytes(msg.data)
@@ -194,7 +210,7 @@ def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
         raise ImageTooLargeError(f"{kind} header declares {err}") from None
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise CompressedDecodeError(f"{msg.format!r} data ({len(msg.data)} bytes) could not be decoded")
+        raise CompressedDecodeError(f"{cut(msg.format)} data ({len(msg.data)} bytes) could not be decoded")
     if bgr.shape[:2] != (height, width):  # a header that lies: never trust a size we did not check
         raise CompressedDecodeError(f"{kind} decoded to {bgr.shape[1]}x{bgr.shape[0]}, header said {width}x{height}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -200,7 +200,7 @@ BAD_PARAMETERS = [  # (parameter, value, what the one line must say)
     ("debug_image_topic", "/debug/", "debug_image_topic = '/debug/'"),
     ("device", "gpu", "device = 'gpu': must be auto, cpu, mps, cuda or cuda:N"),
     ("model_config", " ", "model_config = ' '"),
-    ("input_reliability", "sometimes", "input_reliability = 'sometimes': must be best_effort or reliable"),
+    ("input_reliability", "sometimes", "input_reliability = 'sometimes': must be best_available, best_effort or reliable"),
     ("input_depth", 0, "input_depth = 0: must be a history depth from 1 to 100"),
     ("autostart", "yes", "parameter autostart: Trying to set parameter 'autostart' to 'yes'"),
 ]
