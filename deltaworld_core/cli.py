@@ -15,6 +15,7 @@ import warnings
 from typing import Any, Callable
 
 from .config import ConfigError, parse_override
+from .devices import check_device
 from .threads import THREADS_HELP
 
 # What bad input raises: ConfigError / CheckpointError / ImageConversionError are ValueErrors; a
@@ -90,6 +91,8 @@ def run_cli(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace]
             # torch's safe unpickler remarks on the pickle protocol of any .pth it refuses or
             # reads; the loader's own one-line error says what matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            if isinstance(getattr(args, "device", None), str):
+                check_device(args.device)  # a device this machine lacks: one line now, not a traceback later
             return body(args)
     except USER_ERRORS as err:
         print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)

@@ -7,13 +7,21 @@ the same priority, 1 thread 786 ms per streaming step, 2 threads 4,132 ms (encod
 decode 84 -> 1,279 ms); with the machine only lightly used, 1 thread 203 ms, 2 threads 225 ms
 (on a fully idle machine 2 threads are faster: 104 ms in the README's Performance table). So the
 default leaves half the cores to the rest of the robot: ``auto`` = max(1, min(4, cores // 2)).
+
+More threads than cores only adds waiting at those barriers (measured in issue 21: 256 threads on
+2 cores ran 5.2x slower), so a count above the cores this process may use is lowered to them, with
+a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
+
+log = logging.getLogger(__name__)
+_warned: set[tuple[int, int]] = set()  # (asked, cores) pairs already warned about in this process
 
 MAX_AUTO_THREADS = 4  # beyond ~4 threads the small kernels of a streaming step stop scaling
 
@@ -21,19 +29,41 @@ THREADS_HELP = ("CPU threads for the model (torch and ONNX Runtime); 0 or unset 
                 "1 to 4, which keeps speed when other processes load the CPU")
 
 
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's or ``taskset``'s
+    share), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def auto_threads(cores: int | None = None) -> int:
-    """The default thread count for a machine with ``cores`` CPUs (default: this one's)."""
-    cores = cores if cores is not None else (os.cpu_count() or 1)
+    """The default thread count for a machine with ``cores`` CPUs (default: this process's)."""
+    cores = cores if cores is not None else available_cores()
     return max(1, min(MAX_AUTO_THREADS, cores // 2))
 
 
+def clamp_threads(threads: int, cores: int | None = None) -> int:
+    """``threads`` lowered to ``cores`` (default: :func:`available_cores`), warning once per value."""
+    cores = cores if cores is not None else available_cores()
+    if threads <= cores:
+        return threads
+    if (threads, cores) not in _warned:
+        _warned.add((threads, cores))
+        log.warning("threads=%d is more than the %d CPU cores this process can use: using %d (more threads "
+                    "than cores only wait on each other)", threads, cores, cores)
+    return cores
+
+
 def resolve_threads(threads: int | None) -> int:
-    """``None`` or 0 -> :func:`auto_threads`; a positive count as is; negative is a ValueError."""
+    """``None`` or 0 -> :func:`auto_threads`; a positive count as is, at most the available cores
+    (:func:`clamp_threads`); negative is a ValueError."""
     if threads is None or threads == 0:
         return auto_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ValueError(f"threads must be a positive integer or 0 (auto), got {threads!r}")
-    return threads
+    return clamp_threads(threads)
 
 
 def apply_threads(threads: int | None) -> int:

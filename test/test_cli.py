@@ -17,12 +17,13 @@ import pytest
 import torch
 import yaml
 
-from deltaworld_core import bench, evaluate, forecast, released
+from deltaworld_core import bench, calibrate, evaluate, forecast, released, train
 from deltaworld_core.checkpoint import CheckpointNotFoundError
 from deltaworld_core.cli import parse_overrides
 from deltaworld_core.config import ConfigError
 from deltaworld_core.forecaster import WEIGHT_FILES, Forecaster
-from deltaworld_core.threads import auto_threads, resolve_threads
+from deltaworld_core.devices import DeviceError, check_device
+from deltaworld_core.threads import auto_threads, available_cores, resolve_threads
 from deltaworld_core.viz import LEGEND_MIN_WIDTH, colorize_depth, forecast_grid, grid_tile_size, legend, palette
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def error_lines(err: str, prog: str) -> list[str]:
 # ----------------------------------------------------------------------------- threads
 def test_auto_threads_leaves_half_the_cores_to_the_rest_of_the_machine():
     assert [auto_threads(c) for c in (1, 2, 3, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4, 4]
-    assert resolve_threads(3) == 3 and resolve_threads(0) == resolve_threads(None) == auto_threads()
+    assert resolve_threads(1) == 1 and resolve_threads(0) == resolve_threads(None) == auto_threads()
     for bad in (-1, 1.5, "2", True):
         with pytest.raises(ValueError, match="threads"):
             resolve_threads(bad)
@@ -82,8 +83,9 @@ def test_auto_threads_leaves_half_the_cores_to_the_rest_of_the_machine():
 def test_forecaster_applies_its_thread_setting(tiny_config, keep_threads):
     fc = Forecaster.from_config(tiny_config, threads=1)
     assert fc.threads == 1 and torch.get_num_threads() == 1
+    two = min(2, available_cores())  # a 1-core machine gets 1 (more threads than cores are clamped)
     fc = Forecaster.from_config(tiny_config, threads=2)
-    assert fc.threads == 2 and torch.get_num_threads() == 2
+    assert fc.threads == two and torch.get_num_threads() == two
     fc = Forecaster.from_config(tiny_config)  # the default: auto
     assert fc.threads == auto_threads() == torch.get_num_threads()
     with pytest.raises(ValueError, match="threads"):
@@ -95,6 +97,57 @@ def test_forecast_cli_reports_and_applies_threads(tiny_config, tiny_video, tmp_p
                           "--threads", "1", "--max-frames", "4"]) == 0
     summary = yaml.safe_load(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["threads"] == 1 and torch.get_num_threads() == 1
+
+
+def test_threads_above_the_cores_are_clamped_with_one_warning(caplog, tmp_path):
+    cores = available_cores()
+    with caplog.at_level("WARNING", logger="deltaworld_core.threads"):
+        assert resolve_threads(cores + 254) == cores
+        assert resolve_threads(cores + 254) == cores
+        assert resolve_threads(cores) == cores
+    warnings = [r.getMessage() for r in caplog.records if r.name == "deltaworld_core.threads"]
+    assert len(warnings) == 1 and f"threads={cores + 254} is more than the {cores} CPU cores" in warnings[0]
+    path = tmp_path / "train.yaml"
+    path.write_text("stage: tokenizer\n")
+    assert train.load_train_config(path, [f"threads={cores + 254}"]).threads == cores
+    assert train.load_train_config(path, ["threads=0"]).threads == 0  # 0: torch's default, as documented
+    with pytest.raises(ConfigError, match="threads must be >= 0"):
+        train.load_train_config(path, ["threads=-1"])
+
+
+def missing_device() -> str:
+    """A CUDA device this machine lacks: any on a CPU-only torch, one past the last on a GPU machine."""
+    return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+def test_check_device_names_what_is_missing():
+    assert check_device("cpu") == torch.device("cpu")
+    assert check_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match="cuda") as err:
+        check_device(missing_device())
+    assert "\n" not in str(err.value)
+    with pytest.raises(DeviceError, match="is not a torch device"):
+        check_device("gpu0")
+
+
+@pytest.mark.parametrize("tool", ["train", "evaluate", "bench", "calibrate", "forecast"])
+def test_a_missing_device_is_one_line_and_exit_2_in_every_core_cli(tool, tiny_config, tiny_video, tmp_path, capsys):
+    device = missing_device()
+    argv = {
+        "train": ["--config", str(REPO / "deltaworld_core" / "configs" / "train_tokenizer.yaml"),
+                  f"out={tmp_path / 'run'}", f"device={device}"],
+        "evaluate": ["--config", str(tiny_config), "--synthetic", "0:1", "--no-cache", "--device", device],
+        "bench": ["--config", str(tiny_config), "--steps", "1", "--device", device],
+        "calibrate": ["--config", str(tiny_config), "--device", device],
+        "forecast": ["--video", str(tiny_video), "--out", str(tmp_path / "o"), "--config", str(tiny_config),
+                     "--device", device],
+    }[tool]
+    module = {"train": train, "evaluate": evaluate, "bench": bench, "calibrate": calibrate, "forecast": forecast}[tool]
+    assert module.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = error_lines(err, f"python -m deltaworld_core.{tool}")
+    assert len(lines) == 1 and f"device {device}" in lines[0], err[-800:]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "o").exists()  # nothing started
 
 
 def test_every_cli_has_a_threads_flag():

@@ -16,7 +16,9 @@ from typing import Any
 
 from ..config import (ConfigError, ModelConfig, apply_overrides, from_dict, parse_override, read_config_yaml,
                       read_yaml_mapping, resolve_config_path)
+from ..devices import DeviceError, check_device
 from ..safe_yaml import quote
+from ..threads import clamp_threads
 from ..data.windows import DataConfig
 from ..dense import DenseConfig
 
@@ -70,16 +72,23 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         if self.stage not in STAGES:
-            raise ConfigError(f"stage: {self.stage!r} is not one of {', '.join(STAGES)}")
+            raise ConfigError(f"stage: {quote(self.stage)} is not one of {', '.join(STAGES)}")
         for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
         if self.amp not in ("none", "bf16"):
-            raise ConfigError(f"amp: {self.amp!r} is not one of none, bf16")
+            raise ConfigError(f"amp: {quote(self.amp)} is not one of none, bf16")
         if self.export_dtype not in ("float32", "float16"):
-            raise ConfigError(f"export_dtype: {self.export_dtype!r} is not one of float32, float16")
+            raise ConfigError(f"export_dtype: {quote(self.export_dtype)} is not one of float32, float16")
         if self.loss.dense not in ("smooth_l1", "mse"):
-            raise ConfigError(f"loss.dense: {self.loss.dense!r} is not one of smooth_l1, mse")
+            raise ConfigError(f"loss.dense: {quote(self.loss.dense)} is not one of smooth_l1, mse")
+        try:  # a device this machine lacks: one line now, not torch's traceback after the data is read
+            check_device(self.device)
+        except DeviceError as err:
+            raise ConfigError(str(err)) from err
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+        self.threads = clamp_threads(self.threads) if self.threads else 0
         if self.loss.bom_k < 1 or self.loss.bom_beta <= 0:
             raise ConfigError("loss.bom_k must be >= 1 and loss.bom_beta > 0")
         if not isinstance(self.optim.accumulate, int) or self.optim.accumulate < 1:

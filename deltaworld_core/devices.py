@@ -1,0 +1,41 @@
+"""Which torch device a tool runs on, checked before any model is built.
+
+``--device cuda`` on a PyTorch built without CUDA used to end in torch's ``AssertionError: Torch not
+compiled with CUDA enabled`` traceback from deep inside model loading (issue 21, item 12). Every
+core tool now asks :func:`check_device` first (``run_cli`` does it for each ``--device`` flag,
+``train`` for its ``device:`` key): a device the machine does not have is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .safe_yaml import quote
+
+
+class DeviceError(ValueError):
+    """The requested device does not exist on this machine; the message says what to use."""
+
+
+def check_device(name: str) -> torch.device:
+    """The device ``name`` names (``auto``: CUDA if this machine has it, else the CPU), after
+    checking that it exists here. Raises :class:`DeviceError` in one line otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise DeviceError(f"device {quote(name)} is not a torch device (use auto, cpu, cuda or cuda:N)") from err
+    if device.type == "cuda":
+        if torch.version.cuda is None:
+            raise DeviceError(f"device {name}: this PyTorch ({torch.__version__}) is built without CUDA; "
+                              "use --device cpu (or device=cpu), or install a CUDA build of PyTorch")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise DeviceError(f"device {name}: no CUDA device is visible (driver missing, or CUDA_VISIBLE_DEVICES "
+                              "hides them); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {name}: Apple's MPS backend is not available here; use --device cpu")
+    return device
