@@ -176,6 +176,38 @@ def test_forecast_window_recomputes_what_streaming_caches(forecaster):
         forecaster.forecast_window(window, [0.0, 0.1, 0.1])
 
 
+def test_step_spacing_at_camera_rate_is_the_release_layout_at_step_s():
+    """context_spacing: step. A 25 fps stream with step_s 0.2 gives, at every frame once the
+    context is full, the tokens and futures of the release's layout fed frames 0.2 s apart
+    (frames i-15, i-10, i-5, i), a forecast with every frame, and constant work per frame (one VFM
+    frame, one encode call of at most two pairs)."""
+    torch.manual_seed(0)
+    fc = Forecaster.from_config("default", overrides={**DINOV2, "forecast.context": 4, "forecast.step_s": 0.2,
+                                                      "forecast.context_spacing": "step"})
+    images, stamps = frames(22), [1.0 + i / 25 for i in range(22)]
+    pairs = []
+    encode = fc.tokenizer.encode
+    fc.tokenizer.encode = lambda prev, cur, grid: pairs.append(prev.shape[0]) or encode(prev, cur, grid)
+    outs = [fc.step(img, t) for img, t in zip(images[:-1], stamps[:-1])]
+    fc.generator.manual_seed(3)
+    outs.append(fc.step(images[-1], stamps[-1]))
+    fc.tokenizer.encode = encode
+    assert max(pairs) <= 2 and len(pairs) == len(images)
+    first = next(i for i, o in enumerate(outs) if o is not None)
+    # Frame 4 (0.16 s) is within SPACING_TOLERANCE of step_s: the first context is 14, 9, 4, 0; then every frame
+    assert first == 14 and all(o is not None for o in outs[first:])
+    np.testing.assert_allclose(fc._times, [0.24 + 0.2 * j for j in range(4)], atol=1e-9)  # frames 6, 11, 16, 21
+    picked = [6, 11, 16, 21]
+    tokens, expected = release_layout_rollout(fc, [images[i] for i in picked], [stamps[i] for i in picked], seed=3)
+    torch.testing.assert_close(fc._tokens, tokens, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[-1].features, expected, atol=1e-4, rtol=1e-4)
+    # A camera slower than step_s: each frame against the one before (nothing closer to step_s)
+    fc.reset()
+    slow = [1.0 + 0.3 * i for i in range(4)]
+    run_out = [fc.step(img, t) for img, t in zip(images[:4], slow)]
+    assert run_out[-1] is not None and fc._times == pytest.approx([0.0, 0.3, 0.6, 0.9])
+
+
 def test_context_of_one_frame_is_its_whole_frame_token():
     torch.manual_seed(0)
     fc = Forecaster.from_config("default", overrides={**DINOV2, "forecast.context": 1})

@@ -28,7 +28,11 @@ from deltaworld_core.vfm import build_vfm
 REPO = Path(__file__).resolve().parents[1]
 # The paper config at CI size: every width as in the paper, one block per stack, a 4x4 patch grid.
 SMALL = {"vfm.depth": 1, "vfm.image_size": [64, 64], "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1,
-         "world.depth": 1, "forecast.k": 3, "forecast.output_size": [32, 32]}
+         "world.depth": 1, "forecast.k": 3, "forecast.publish_k": 2, "forecast.output_size": [32, 32]}
+# The paper config's geometry (two_squares) cuts a 90 x 120 frame into two 90 x 90 views; the maps
+# cover the frame at its 3:4 aspect, 32 x 43.
+VIEWS = (slice(0, 90), slice(30, 120))
+CANVAS = (32, 43)
 SEG_CLASSES, DEPTH_BINS = 19, 256  # seg-head-cityscapes, depth-head-kitti
 
 
@@ -185,15 +189,20 @@ def test_paper_forecasts(paper_files, forecasts):
     fc, outs = forecasts["meta"]
     assert outs[:3] == [None] * 3 and all(o is not None for o in outs[3:])  # context 4 frames
     last = outs[-1]
-    assert last.semantic.shape == last.depth.shape == (3, 3, 32, 32)
+    assert fc.geometry == "two_squares" and fc.context_spacing == "step" and fc.cfg.forecast.cuda_precision == "bf16"
+    # publish_k = 2 of K = 3 hypotheses published; the summaries over all 3
+    assert last.semantic.shape == last.depth.shape == (2, 3, *CANVAS) and last.region == (0, 0, 90, 120)
+    assert last.summary.depth_mean.shape == (3, *CANVAS)
     assert last.semantic.max() < SEG_CLASSES and np.isfinite(last.depth).all()
     lo, hi = fc.cfg.heads.min_depth, fc.cfg.heads.max_depth
     assert (last.depth >= lo).all() and (last.depth <= hi).all()
     np.testing.assert_allclose(last.stamps, 2.0 + 0.2 * 6 + 0.2 * np.arange(1, 4))
-    hypotheses = last.features.flatten(1)
-    assert not torch.allclose(hypotheses[0], hypotheses[1])  # K distinct futures
+    hypotheses = last.features.flatten(2)  # [V, K, ...]
+    assert last.features.shape[:3] == (2, 3, 3)
+    assert not torch.allclose(hypotheses[0, 0], hypotheses[0, 1])  # K distinct futures
 
-    # From scratch: the last 4 frames, the oldest against black, then true deltas; one rollout.
+    # From scratch, per view (the two squares cut here by hand): the last 4 frames, the oldest
+    # against black, then true deltas; one rollout of both views (view 0 draws its noise first).
     images, stamps = frames(7)[-4:], [2.0 + 0.2 * i for i in range(3, 7)]
     fc.reset()
     for img, t in zip(frames(7)[:-1], [2.0 + 0.2 * i for i in range(6)]):
@@ -201,12 +210,16 @@ def test_paper_forecasts(paper_files, forecasts):
     fc.generator.manual_seed(123)
     streamed = fc.step(frames(7)[-1], 2.0 + 0.2 * 6)
     with torch.no_grad():
-        feats = fc.vfm(np.stack(images))
-        tokens = fc.tokenizer.encode(torch.cat((fc.vfm.black_features(1), feats[:-1])), feats, fc.grid)
-        times = torch.tensor([[t - 2.0 for t in stamps]], dtype=torch.float64)
+        tokens, last_feats = [], []
+        for cols in VIEWS:
+            feats = fc.vfm(np.stack([np.ascontiguousarray(img[:, cols]) for img in images]))
+            tokens.append(fc.tokenizer.encode(torch.cat((fc.vfm.black_features(1), feats[:-1])), feats, fc.grid))
+            last_feats.append(feats[-1:])
+        times = torch.tensor([[t - 2.0 for t in stamps]] * 2, dtype=torch.float64)
         targets = times[:, -1:] + 0.2 * torch.arange(1, 4, dtype=torch.float64)[None]
-        expected = rollout(fc.tokenizer, fc.world, tokens[None], times, feats[-1:], targets, 3,
-                           torch.Generator().manual_seed(123), fc.grid)[0]
+        expected = rollout(fc.tokenizer, fc.world, torch.stack(tokens), times, torch.cat(last_feats), targets, 3,
+                           torch.Generator().manual_seed(123), fc.grid)
+    torch.testing.assert_close(fc._context_tokens, torch.stack(tokens), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(streamed.features, expected, atol=1e-4, rtol=1e-4)
 
     hf_outs = forecasts["hf"][1]
@@ -247,7 +260,7 @@ def test_node_runs_the_paper_config(paper_files, tmp_path, ros_env, ros_node):
         for msg in futures:
             assert list(msg.class_names) == CITYSCAPES_CLASSES
             decoded = decode_futures(msg)
-            assert decoded.semantic.shape == decoded.depth.shape == (3, 3, 32, 32)
+            assert decoded.semantic.shape == decoded.depth.shape == (2, 3, *CANVAS)
             assert decoded.semantic.max() < SEG_CLASSES and np.isfinite(decoded.depth).all()
     finally:
         harness.close()
