@@ -237,6 +237,8 @@ def render_device_tests(results: Path) -> str:
 def render_input_qos(results: Path) -> str:
     """Camera frames that reached the node by size, transports and reliability (results/input_qos.json)."""
     d = load(results, "input_qos.json")
+    if "setups" in d:
+        return _input_qos_setups(d, results)
     cells: dict[tuple[str, str, str], list[str]] = {}
     sizes: dict[str, float] = {}
     columns: list[tuple[str, str]] = []
@@ -254,6 +256,36 @@ def render_input_qos(results: Path) -> str:
     sent = {r["sent"] for r in d["results"]}
     return (table(header, rows) + f"\n\nFrames received of {', '.join(map(str, sorted(sent)))} sent "
             f"(one number per run). {d.get('conditions', '')}. {provenance(d, results, 'input_qos.json')}.")
+
+
+def _input_qos_setups(d: dict, results: Path) -> str:
+    """One row per set-up (camera QoS, node settings, transports), one column per frame size."""
+    sizes: dict[str, float] = {}
+    for setup in d["setups"]:
+        for r in setup["results"]:
+            sizes[r["size"]] = r["mb_per_frame"]
+    order = sorted(sizes, key=lambda k: sizes[k])
+    rows = []
+    for setup in d["setups"]:
+        by_size = {r["size"]: r for r in setup["results"]}
+        cells = []
+        for size in order:
+            r = by_size.get(size)
+            if r is None:
+                cells.append("")
+                continue
+            cell = f"{r['received']} of {r['sent']}"
+            if r.get("forecasts_published") is not None:
+                cell += f" ({r['forecasts_published']})"
+            cells.append(cell)
+        load = setup.get("load_average_1min")
+        rows.append([setup["setup"], *cells, steps(load, 1) if load else "-"])
+    header = ["set-up", *(f"{k} rgb8 ({fmt(sizes[k], 2)} MB)" for k in order), "load before / after"]
+    m = d.get("machine", {})
+    where = ", ".join(f"{m[k]} cores" if k == "cores" else str(m[k]) for k in ("cpu", "cores", "rmw") if m.get(k))
+    return (table(header, rows) + "\n\nCamera frames that reached the node's callback of those sent (in brackets: "
+            f"forecasts published). Conditions: {d.get('conditions', '')}. Machine: {where or 'not in the JSON'}. "
+            f"{provenance(d, results, 'input_qos.json')}.")
 
 
 # ---------------------------------------------------------------- quality
