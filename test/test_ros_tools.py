@@ -27,8 +27,10 @@ from ros_harness import TINY, write_model_config  # noqa: E402  (pytest puts tes
 REPO = Path(__file__).resolve().parents[1]
 
 
-def collect(ros_node, topic: str, command: list[str], env: dict, timeout: float = 60) -> tuple[list, int]:
-    """Runs ``command`` while collecting (receive time, Image) on ``topic``; returns them and the rc."""
+def collect(ros_node, topic: str, command: list[str], env: dict, timeout: float = 60,
+            output: list | None = None) -> tuple[list, int]:
+    """Runs ``command`` while collecting (receive time, Image) on ``topic``; returns them and the rc
+    (and appends the command's output to ``output``)."""
     received = []
     ros_node.create_subscription(Image, topic, lambda m: received.append((time.monotonic(), m)),
                                  qos_profile_sensor_data)
@@ -43,8 +45,10 @@ def collect(ros_node, topic: str, command: list[str], env: dict, timeout: float 
     if proc.poll() is None:
         proc.kill()
         pytest.fail("command did not finish: " + " ".join(command))
-    output = proc.stdout.read()
-    assert proc.returncode == 0, output
+    text = proc.stdout.read()
+    assert proc.returncode == 0, text
+    if output is not None:
+        output.append(text)
     return received, proc.returncode
 
 
@@ -89,6 +93,44 @@ def test_replay_reads_a_rosbag2_mcap(tmp_path, ros_env, ros_node):
         i = round((time_to_seconds(msg.header.stamp) - 1000.0) / 0.05)
         assert msg.encoding == "bgr8"
         np.testing.assert_array_equal(image_to_array(msg), frames[i])
+
+
+def test_replay_skips_a_corrupt_mcap_chunk_and_never_publishes_garbage(tmp_path, ros_env, ros_node):
+    """Issue 21 item 10: flipped bytes in one chunk of an MCAP. The chunk's CRC fails: its frame
+    is skipped with one log line naming the file; every frame published is one that was written;
+    a bag with nothing valid left exits 2."""
+    from deltaworld_core.data.bags import BagWriter, image_message
+
+    frames = [np.full((48, 64, 3), 10 + 20 * i, np.uint8) for i in range(8)]
+    good = tmp_path / "good.mcap"
+    with BagWriter(good, chunk_size=5_000) as writer:  # one 9 KB frame a chunk
+        for i, frame in enumerate(frames):
+            writer.write("/recorded/image", image_message(frame, 1000.0 + 0.05 * i))
+    data = bytearray(good.read_bytes())
+    at = data.index(frames[3].tobytes()[:2000])
+    data[at:at + 32] = bytes(b ^ 0xFF for b in data[at:at + 32])
+    bad = tmp_path / "corrupt.mcap"
+    bad.write_bytes(bytes(data))
+    output: list[str] = []
+    received, _ = collect(ros_node, "/recorded/image", [
+        sys.executable, "-m", "deltaworld_ros.replay", "--bag", str(bad), "--topic", "/recorded/image",
+        "--wait-for-subscriber", "20"], ros_env, output=output)
+    log = output[0]
+    assert "corrupt MCAP chunk" in log and "corrupt.mcap" in log and "skipped 1 corrupt chunk(s)" in log, log
+    assert 5 <= len(received) <= 7, log  # 7 valid frames; the 1 s wait after matching can cost the first
+    for _, msg in received:
+        i = round((time_to_seconds(msg.header.stamp) - 1000.0) / 0.05)
+        assert i != 3
+        np.testing.assert_array_equal(image_to_array(msg)[..., :3], frames[i])
+    # Every chunk damaged: nothing valid to replay, a non-zero exit.
+    for frame in frames:
+        at = data.index(frame.tobytes()[:2000])
+        data[at:at + 32] = bytes(b ^ 0xFF for b in data[at:at + 32])
+    bad.write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "deltaworld_ros.replay", "--bag", str(bad), "--topic", "/recorded/image"],
+                          cwd=REPO, env=ros_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no image messages to replay; skipped 8 corrupt chunk(s)" in proc.stdout + proc.stderr
 
 
 def test_demo_end_to_end_with_a_tiny_model(tmp_path, ros_env):
