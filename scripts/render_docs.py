@@ -492,17 +492,36 @@ def render_config_ranges(results: Path) -> str:
 
 # ---------------------------------------------------------------- the ROS node (code, not results)
 
-def node_parameters(repo: Path = REPO) -> dict[str, tuple[object, str]]:
-    """forecast_node's PARAMETERS (name -> (default, description)), read from its source with ast,
-    so neither rclpy nor a build is needed and the tables follow the node."""
+def _node_source_constants(repo: Path) -> dict[str, object]:
+    """Literal constants (dicts, sets, frozenset({...})) of the node's parameter module(s), read with
+    ast: neither rclpy nor a build is needed, and the tables follow the node's source."""
     import ast
 
-    tree = ast.parse((repo / "deltaworld_ros" / "forecast_node.py").read_text())
-    for node in ast.walk(tree):
-        target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(target, ast.Name) and target.id == "PARAMETERS":
-            return ast.literal_eval(node.value)
-    raise KeyError("PARAMETERS not found in deltaworld_ros/forecast_node.py")
+    found: dict[str, object] = {}
+    for name in ("forecast_node.py", "node_parameters.py"):  # the later file wins
+        path = repo / "deltaworld_ros" / name
+        if not path.is_file():
+            continue
+        for node in ast.parse(path.read_text()).body:
+            target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
+            if not (isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(target, ast.Name)):
+                continue
+            value = node.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "frozenset" and value.args:
+                value = value.args[0]
+            try:
+                found[target.id] = ast.literal_eval(value)
+            except (ValueError, TypeError, SyntaxError):
+                continue
+    return found
+
+
+def node_parameters(repo: Path = REPO) -> dict[str, tuple[object, str]]:
+    """forecast_node's PARAMETERS (name -> (default, description))."""
+    constants = _node_source_constants(repo)
+    if "PARAMETERS" not in constants:
+        raise KeyError("PARAMETERS not found in deltaworld_ros/node_parameters.py or forecast_node.py")
+    return constants["PARAMETERS"]
 
 
 def _default(value) -> str:
@@ -516,9 +535,18 @@ def _default(value) -> str:
 @renderer("node_parameters")
 def render_node_parameters(results: Path) -> str:
     """Every forecast_node parameter with its default and description, from the node's source."""
-    rows = [[f"`{name}`", _default(default), description]
-            for name, (default, description) in node_parameters(results.parent if (results.parent / "deltaworld_ros").is_dir() else REPO).items()]
-    return table(["parameter", "default", "what it does"], rows)
+    repo = results.parent if (results.parent / "deltaworld_ros").is_dir() else REPO
+    constants = _node_source_constants(repo)
+    effects = [("START_ONLY", "refused: start-up only"), ("RECONFIGURE", "re-configure"),
+               ("RESUBSCRIBE", "re-subscribe")]
+    known = [(constants[key], text) for key, text in effects if key in constants]
+
+    def effect(name: str) -> str:
+        return next((text for names, text in known if name in names), "at once")
+
+    rows = [[f"`{name}`", _default(default), *([effect(name)] if known else []), description]
+            for name, (default, description) in node_parameters(repo).items()]
+    return table(["parameter", "default", *(["on `ros2 param set`"] if known else []), "what it does"], rows)
 
 
 # The README's short list: name -> what people change it for (defaults come from the node).
