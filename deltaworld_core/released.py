@@ -10,21 +10,29 @@ What was verified, and how
 ---------------------------
 The loaders below were compared with the release's public model code (amazon-far/deltatok at its
 HEAD, every parameter random, paper sizes, fp32, eval): all three parts load strictly, and our
-modules agree with the release's (DeltaTok to 1e-6, the heads to 1e-5, the predictor to 5e-5 with
-frequencies built in float64, which differ from the release's float32 ones in the last bits; with
-float32 frequencies, as :func:`~deltaworld_core.layers.rope_time` now builds them, that difference
-is gone). Not verified against the real released files: they cannot be downloaded here.
+modules agree with the release's: DeltaTok to 1e-6, the heads to 1e-5, the predictor to about 3e-5
+in float32 (3.1e-5 in issue 19's comparison), not exactly. Both build the time RoPE's inverse
+frequencies in float32 (:func:`~deltaworld_core.layers.rope_time`), but the release forms the
+angles ``2*pi * t * inv_freq`` in float32 while we form them in the times' precision (float64 for
+streams), so the angles agree to float32 rounding only. Not verified against the real released
+files: they cannot be downloaded here.
 
 Files. The released ``pytorch_model.bin`` files hold model weights only (a flat state dict; the
-release's README says so). A checkpoint of the release's own training is a Lightning file whose
-``state_dict`` holds the same weights under ``network.`` (and ``_orig_mod.`` inside it when the
-network was compiled with ``torch.compile``). The release's ``training/base.py`` loads both through
-``load_sd``, which compares keys with ``network.`` and ``_orig_mod.`` removed (``_canonicalize``),
-and unwraps head files with ``_extract_head_sd`` (both read there at commits 24a12a6 and 1d7b20c).
-:func:`read_released` does the same: it takes the ``state_dict`` entry if there is one, removes
-those two wrappers, and drops the frozen parts a training checkpoint also carries (the DINOv3
-``backbone.*``, the recomputed ``rope_embeddings.*`` buffer, and inside a DeltaWorld file its
-frozen ``tokenizer.*``).
+release's README says so). What the release's loader does, read in ``training/base.py`` at its HEAD
+e1ec9b5: ``load_sd`` takes the ``state_dict`` entry of a checkpoint if there is one, then matches
+keys by name exactly as they are stored: a key the module lacks is skipped without a word, a shape
+mismatch or a trainable parameter left unfilled is an error; torch.compile's wrapper is unwrapped
+on the module (``getattr(module, "_orig_mod", module)``), not in the keys. Its ``on_save_checkpoint``
+stores the network's own names (no ``network.`` or ``_orig_mod.`` prefix) for the submodules that
+have trainable parameters. (Its first commits, 24a12a6 and 1d7b20c, compared keys with ``network.``
+and ``_orig_mod.`` removed (``_canonicalize``), unwrapped nested head files (``_extract_head_sd``)
+and loaded heads with ``allow_unmapped=True``; none of these exists at HEAD.)
+:func:`read_released` takes the ``state_dict`` (or ``model`` / ``module``) entry, of a file and of an
+in-memory dict alike, and removes ``network.`` and ``_orig_mod.`` wherever they occur. The release's
+files carry neither, so this changes nothing for them; it lets a state dict of a Lightning module or
+of a compiled network, saved by other code, load too. It also drops parts we never load from these
+files, should a file carry them (the DINOv3 ``backbone.*``, the recomputed ``rope_embeddings.*``
+buffer, and inside a DeltaWorld file the frozen ``tokenizer.*``).
 
 DeltaTok (``models/deltatok.py``, paper config ``configs/deltatok_vitb_dinov3_vitb_kinetics.yaml``):
 width D = the backbone width (768), blocks are Hugging Face ``DINOv3ViTLayer`` with SwiGLU
@@ -77,8 +85,9 @@ rounding. A warning is logged when the configured RoPE differs from the release'
 Task heads (``models/task_heads.py``): ``SegHead``/``DepthHead`` are ``bn`` (BatchNorm2d over D:
 weight, bias, running_mean, running_var, num_batches_tracked) and ``head`` (Conv2d 1x1: weight
 [C,D,1,1], bias [C]); C = 124 (VSPW), 19 (Cityscapes), 256 depth bins (KITTI, 1e-3..80 m). Our
-``conv`` is their ``head``. The release loads head files with ``allow_unmapped=True`` (extra keys
-ignored); we unwrap containers as it does but report extra keys unless ``extra_ok=True``. (Behaviour note: the release's depth head turns logits into weights with
+``conv`` is their ``head``. The release's ``load_sd`` skips keys a head lacks (at HEAD for every part;
+its first commits passed ``allow_unmapped=True`` for the heads); we unwrap containers as it does
+but report extra keys unless ``extra_ok=True``. (Behaviour note: the release's depth head turns logits into weights with
 ``relu(logits) + 0.1`` normalised to sum 1, not a softmax; our ``DepthHead`` does the same.)
 
 CLI::
@@ -113,7 +122,9 @@ from .config import ModelConfig, load_config
 
 log = logging.getLogger(__name__)
 
-# Removed wherever they occur, as the release's own loader does.
+# Removed wherever they occur. The release's files at its HEAD carry neither (its first commits'
+# loader removed both as well); a Lightning module's (network.) or a compiled network's (_orig_mod.)
+# state dict saved by other code does.
 _WRAPPERS = ("_orig_mod.", "network.")
 # Frozen or recomputed parts that the release may store and we never load from these files.
 _DROPPED_PREFIXES = ("backbone.", "rope_embeddings.")
@@ -151,11 +162,17 @@ def _extract_tensors(obj: Any) -> State | None:
     return None
 
 
-def read_released(source: str | Path | Mapping[str, torch.Tensor]) -> tuple[State, str]:
-    """Reads a released file (.bin/.pth with ``weights_only=True``, or .safetensors), or takes a state
-    dict as is. Returns the tensors with wrapper prefixes removed, and a name for messages."""
+def read_released(source: str | Path | Mapping[str, Any]) -> tuple[State, str]:
+    """Reads a released file (.bin/.pth with ``weights_only=True``, or .safetensors), or takes an
+    in-memory dict; either way a ``{"state_dict": ...}`` (``model``, ``module``) container is
+    unwrapped and entries that are not tensors are left out. Returns the tensors with wrapper
+    prefixes removed, and a name for messages."""
     if isinstance(source, Mapping):
-        state, name = dict(source), "state dict"
+        name = "state dict"
+        # unwrapped as a file's contents are (a dict loaded with torch.load is the same object)
+        state = _extract_tensors(dict(source))
+        if not state:
+            raise CheckpointError(f"{name}: no tensors found (expected {{name: tensor}} or {{'state_dict': {{...}}}})")
     else:
         name = str(source)
         try:

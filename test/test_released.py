@@ -167,6 +167,25 @@ def test_deltatok_accepts_the_compile_prefix_and_refuses_names_the_release_never
         load_released_deltatok(tokenizer, prerope)
 
 
+def test_an_in_memory_state_dict_container_is_unwrapped_as_a_file_is(tmp_path):
+    """{"state_dict": ...} (what the release's training saves, with its epoch and optimizer beside
+    it) loads the same from memory as from a file; before, only the file was unwrapped."""
+    small = paper_cfg(enc=1, dec=1)
+    state = random_state(deltatok_shapes(1, 1), seed=3)
+    checkpoint = {"state_dict": dict(state), "epoch": 7, "optimizer_states": [{"lr": 1e-4}]}
+    path = tmp_path / "last.ckpt.pth"
+    torch.save(checkpoint, path)
+    from_memory = DeltaTok.from_config(small.tokenizer, feature_dim=small.vfm.embed_dim)
+    from_file = DeltaTok.from_config(small.tokenizer, feature_dim=small.vfm.embed_dim)
+    load_released_deltatok(from_memory, checkpoint)
+    load_released_deltatok(from_file, path)
+    for (name, a), b in zip(from_memory.state_dict().items(), from_file.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(from_memory.z_embed.weight, state["z_embed.weight"])
+    with pytest.raises(CheckpointError, match="no tensors found"):
+        load_released_deltatok(from_memory, {"state_dict": {"epoch": 7}})
+
+
 def test_time_rope_is_the_release_convention():
     """Frequencies 1 / 10 ** linspace(-2, 2, 30) in float32, angle 2*pi*t*f, rotate-half pairs over
     the first 60 of 64 dims: identical to that formula written out here in float32."""
