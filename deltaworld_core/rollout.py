@@ -185,6 +185,10 @@ def last_change_rms(previous: torch.Tensor, last: torch.Tensor, interval_s: torc
     change grows with the gap (x (step / interval) ** growth; 0.5 = a random walk,
     ``forecast.change_growth``) -> [B]."""
     rms = (last.float() - previous.float()).square().mean(dim=(1, 2)).sqrt()
+    if not isinstance(interval_s, torch.Tensor) and not isinstance(step_s, torch.Tensor):
+        # Host numbers (the streaming forecaster's): formed on the host, so nothing is copied to
+        # the device inside a step.
+        return rms * float((float(step_s) / max(float(interval_s), 1e-6)) ** growth)
     interval = torch.as_tensor(interval_s, dtype=torch.float64, device=rms.device).clamp_min(1e-6)
     ratio = (torch.as_tensor(step_s, dtype=torch.float64, device=rms.device) / interval) ** growth
     return rms * ratio.to(rms.dtype)

@@ -19,6 +19,12 @@ from test_forecaster import DINOV3, frames, release_layout_rollout
 # code paths are the same).
 HAS_EMBEDDED_VFM = embedded_available()
 DEFAULT = {} if HAS_EMBEDDED_VFM else {"vfm.weights": "random"}
+# The paper config's way of running (two views of a wide frame, context step_s apart, 2 of K
+# published, summaries at a smaller size) on the default's architecture
+AS_TRAINED = {"vfm.weights": "random", "forecast.geometry": "two_squares", "forecast.context_spacing": "step",
+              "forecast.publish_k": 4, "forecast.summary_size": [56, 56]}
+AS_TRAINED_TINY = {**DINOV3, "vfm.image_size": [32, 32], "forecast.geometry": "two_squares",
+                   "forecast.context_spacing": "step", "forecast.publish_k": 2, "forecast.summary_size": [10, 10]}
 
 
 # ------------------------------------------------------------------------- choices, checked on CPU
@@ -57,6 +63,21 @@ def test_cpu_forecaster_keeps_fp32_vfm_and_unsynchronised_ticks():
     assert fc.vfm.autocast is None  # bf16 autocast of the VFM is the CUDA path's
     assert fc.tokenizer.dtype == torch.bfloat16
     assert fc.sync_timings is False
+
+
+def test_cuda_only_switches_leave_the_cpu_path_as_it_is(monkeypatch):
+    """cuda_precision: bf16 and cuda_graphs change nothing on a CPU: same dtypes, no TF32 switch,
+    nothing compiled, the same futures."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    base = {**DINOV3, "forecast.quantize": "none"}
+    plain = Forecaster.from_config("default", overrides=base)
+    cuda_only = Forecaster.from_config("default", overrides={**base, "forecast.cuda_precision": "bf16",
+                                                             "forecast.cuda_graphs": True})
+    assert not cuda_only.captured and cuda_only.tokenizer.dtype == torch.float32
+    assert cuda_only.vfm.autocast is None and not torch.backends.cuda.matmul.allow_tf32
+    for i, img in enumerate(frames(4)):
+        a, b = plain.step(img, 0.1 * i), cuda_only.step(img, 0.1 * i)
+    assert torch.equal(a.features, b.features)
 
 
 # ------------------------------------------------------------------------- on a GPU
@@ -139,30 +160,92 @@ def test_cuda_bf16_vfm_keeps_task_quality_within_one_percent():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_step_has_no_host_round_trip_before_the_published_maps():
-    """VFM, encode, K/V, predict, decode and the heads' maps run without the host waiting for the
-    device; only copying the maps out does (torch's sync debug mode raises on any wait)."""
-    from deltaworld_core.forecaster import future_maps
-    from deltaworld_core.rollout import rollout_residuals
+@pytest.mark.parametrize("overrides", [{"vfm.weights": "random"}, AS_TRAINED], ids=["default", "as_trained"])
+def test_cuda_step_has_no_host_round_trip_before_the_published_maps(monkeypatch, overrides):
+    """A whole step (VFM, encode, K/V, predict, decode, the heads' maps and the summaries, with
+    two views, step spacing, publish_k and summary_size in the as-trained variant) runs without
+    the host waiting for the device; only the one copy of the published maps does (torch's sync
+    debug mode raises on any wait; the copy is stubbed here and checked separately)."""
+    from deltaworld_core import forecaster as fmod
 
-    fc = Forecaster.from_config("default", device="cuda", overrides={"vfm.weights": "random"})
+    fc = Forecaster.from_config("default", device="cuda", overrides=overrides)
     fc.sync_timings = False
-    images = frames(8, h=240, w=320)
-    for i, img in enumerate(images[:-1]):  # warm-up: caches (black frame, RoPE tables) filled
+    images = frames(20, h=240, w=320)  # 0.76 s at 25 fps: the as-trained context (4 x 0.2 s) is full
+    for i, img in enumerate(images[:-1]):  # warm-up: caches (black frame, RoPE tables, layouts) filled
         fc.step(img, 0.04 * i)
     torch.cuda.synchronize()
+    copied = {}
+
+    def no_copy(tensors):
+        copied.update(tensors)
+        return {name: np.zeros(t.shape, dtype=np.uint8 if t.dtype == torch.uint8 else np.float32)
+                for name, t in tensors.items()}
+
+    monkeypatch.setattr(fmod, "to_host", no_copy)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        with torch.inference_mode():
-            features = fc.vfm(images[-1][None])
-            fc._push(features, 0.04 * 7, images[-1].shape)
-            target = torch.arange(1, fc.horizon + 1, dtype=torch.float64, device="cuda")[None] * fc.step_s + 0.28
-            residuals = rollout_residuals(fc.tokenizer, fc.world, fc._tokens[None], fc._time_tensor, fc._features,
-                                          target, fc.k, fc.generator, fc.grid, kv=fc._kv)[0]
-            semantic, depth = future_maps(fc.heads, fc.tokenizer, fc._features, residuals, fc.grid, fc.output_size)
+        out = fc.step(images[-1], 0.04 * 19)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert semantic.device.type == "cuda" and semantic.cpu().shape[:2] == (fc.k, fc.horizon)
+    assert out is not None and copied["semantic"].device.type == "cuda"
+    assert copied["semantic"].dtype == torch.uint8 and copied["depth"].dtype == torch.float32
+    monkeypatch.undo()
+    host = fmod.to_host({name: t.clone() for name, t in copied.items()})  # the one copy: pinned, one wait
+    for name, t in copied.items():
+        np.testing.assert_array_equal(host[name], t.cpu().numpy())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_as_trained_two_views_match_cpu(monkeypatch):
+    """Two views, step spacing: the GPU's futures are the CPU's (float32, no TF32)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    over = {**AS_TRAINED_TINY, "forecast.quantize": "none"}
+    gpu = Forecaster.from_config("default", device="cuda", overrides=over)
+    cpu = Forecaster.from_config("default", overrides=over)
+    images = frames(14, h=36, w=64)
+    for i, img in enumerate(images):
+        a, b = gpu.step(img, 0.04 * i), cpu.step(img, 0.04 * i)
+    assert gpu.layout(images[0].shape).num_views == 2
+    torch.testing.assert_close(a.features.cpu(), b.features, atol=1e-4, rtol=1e-4)
+    assert (a.semantic == b.semantic).mean() > 0.99 and a.semantic.shape == b.semantic.shape
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_bf16_precision_stays_close_to_fp32(monkeypatch):
+    """cuda_precision: bf16 (VFM autocast, DeltaTok bf16, TF32) against float32 without TF32: the
+    futures' features within 3% relative RMS, the class maps mostly the same."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    fp32 = Forecaster.from_config("default", device="cuda", overrides={**DINOV3, "forecast.quantize": "none"})
+    bf16 = Forecaster.from_config("default", device="cuda", overrides={**DINOV3, "forecast.quantize": "none",
+                                                                        "forecast.cuda_precision": "bf16"})
+    assert torch.backends.cuda.matmul.allow_tf32 and bf16.tokenizer.dtype == torch.bfloat16
+    assert bf16.vfm.autocast is torch.bfloat16 and fp32.vfm.autocast is None
+    images = frames(5)
+    for i, img in enumerate(images):
+        a, b = fp32.step(img, 0.1 * i), bf16.step(img, 0.1 * i)
+    assert b.features.dtype == torch.float32
+    assert ((b.features - a.features).norm() / a.features.norm()) < 0.03
+    assert (a.semantic == b.semantic).mean() > 0.9
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graphs_give_the_eager_futures(monkeypatch):
+    """forecast.cuda_graphs: the predictor's and decoder's calls replayed as CUDA graphs give the
+    eager step's futures, step after step (each replay's outputs are copied out before the next)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    over = {**DINOV3, "forecast.quantize": "none"}
+    eager = Forecaster.from_config("default", device="cuda", overrides=over)
+    graphs = Forecaster.from_config("default", device="cuda", overrides={**over, "forecast.cuda_graphs": True})
+    assert graphs.captured and not eager.captured
+    for i, img in enumerate(frames(7)):
+        a, b = eager.step(img, 0.1 * i), graphs.step(img, 0.1 * i)
+        if a is not None:
+            torch.testing.assert_close(b.features, a.features, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.cuda

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 
 import numpy as np
@@ -536,3 +537,59 @@ def test_bf16_tokenizer_stays_close_to_fp32_and_keeps_float32_interfaces():
     assert b.features.dtype == torch.float32 and half._tokens.dtype == torch.float32
     err = (a.features - b.features).norm() / a.features.norm()
     assert err < 0.02, err
+
+
+def test_publish_k_and_summary_size_cut_the_published_maps_only():
+    """publish_k: all K decoded and summarised, the first publish_k published; summary_size: the
+    summaries over all K at a smaller size, resized to the published one."""
+    base = {**DINOV3, "forecast.k": 6}
+    full = Forecaster.from_config("default", overrides=base)
+    cut = Forecaster.from_config("default", overrides={**base, "forecast.publish_k": 2})
+    small = Forecaster.from_config("default", overrides={**base, "forecast.publish_k": 2,
+                                                         "forecast.summary_size": [10, 12]})
+    images = frames(4, h=32, w=48)
+    a, b, c = (run(fc, images)[-1] for fc in (full, cut, small))
+    assert a.k == 6 and b.k == c.k == 2 and b.semantic.shape == (2, 2, 20, 24)
+    np.testing.assert_array_equal(b.semantic, a.semantic[:2])
+    np.testing.assert_array_equal(b.depth, a.depth[:2])
+    for name in ("semantic_mode", "agreement", "depth_mean", "depth_std"):
+        np.testing.assert_array_equal(getattr(b.summary, name), getattr(a.summary, name))  # over all K
+        assert getattr(c.summary, name).shape == (2, 20, 24)
+    assert torch.equal(b.residuals, a.residuals) and b.features.shape[0] == 6  # all K decoded
+    assert (c.summary.semantic_mode == a.summary.semantic_mode).mean() > 0.7
+    np.testing.assert_allclose(c.summary.depth_mean, a.summary.depth_mean, rtol=0.1)
+    assert c.summary.semantic_mode.dtype == np.uint8 and c.summary.depth_std.dtype == np.float32
+
+
+def test_fused_attention_matches_the_explicit_softmax():
+    """Every transformer here runs torch's fused scaled_dot_product_attention (flash / memory-
+    efficient kernels on a GPU): it computes the explicit softmax(q k^T / sqrt(d)) v, with the
+    boolean mask, RoPE, QK-norm and the sigmoid gate around it."""
+    from deltaworld_core.layers import Attention, apply_rope, rope_2d
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, qk_norm=True, gated=True).eval()
+    x, ctx = torch.randn(3, 5, 32), torch.randn(3, 7, 32)
+    rope = rope_2d((2, 2), 8, 100.0)
+    mask = torch.rand(5, 7) > 0.3
+    mask[:, 0] = True  # every query sees something
+
+    def explicit(x, kv, mask, rope):
+        q = attn._heads(attn.q_proj(x))
+        if rope is not None:
+            q = apply_rope(q, *rope)
+        q = attn.q_norm(q)
+        scores = q @ kv[0].transpose(-1, -2) / math.sqrt(attn.head_dim)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        out = scores.softmax(-1) @ kv[1]
+        out = out * attn.attn_gate(x).transpose(-1, -2).unsqueeze(-1).sigmoid()
+        return attn.o_proj(out.transpose(-3, -2).flatten(-2))
+
+    with torch.no_grad():
+        kv = attn.project_kv(ctx)
+        torch.testing.assert_close(attn(x, kv=kv, mask=mask), explicit(x, kv, mask, None), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(attn(x, rope=rope), explicit(x, attn.project_kv(x, rope), None, rope),
+            atol=1e-6, rtol=1e-5)
+    assert set(attn.state_dict()) == {f"{p}.{w}" for p in ("q_proj", "v_proj", "o_proj", "attn_gate", "q_norm", "k_norm")
+                                      for w in ("weight", "bias")} | {"k_proj.weight"}
