@@ -110,6 +110,7 @@ def test_readme_stays_short_and_keeps_the_quick_start():
     assert readme.count("\n") <= 260
     assert "./setup.sh && .venv/bin/python -m deltaworld_ros.demo --out out/demo" in readme
     assert "./setup.sh && .venv/bin/python -m pytest -q" in readme
+    assert not re.search(r"\d+ (passed|skipped|failed)", readme), "test counts go stale: the README names none"
     ci = (REPO / ".ci" / "run").read_text()
     assert "./setup.sh && .venv/bin/python -m pytest -q" in ci
 
