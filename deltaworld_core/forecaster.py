@@ -1,14 +1,19 @@
 """Streaming forecaster: camera frames in, K plausible futures of semantics and depth out.
 
 The context is laid out as the released predictor was trained and evaluated: for the newest
-``context`` frames, the oldest one's *whole-frame token* (that frame encoded against an all-black
-frame, at that frame's time) followed by the true delta tokens of the others (each frame encoded
-against the one before it). Per new frame the work is constant: one VFM forward and one DeltaTok
-encode call of at most two pairs (the new frame against its predecessor and, once the window is
-full, the new oldest frame against black), and the predictor's keys/values of those two tokens.
-The kept frames' features, the tokens, their times and the predictor's per-layer keys/values live
-in a rolling buffer on the forecaster's device, so nothing else about the past is recomputed. A
-forecast is :func:`deltaworld_core.rollout.rollout` (shared with evaluation) over that context.
+frame's ``context`` frames, the oldest one's *whole-frame token* (that frame encoded against an
+all-black frame, at that frame's time) followed by the true delta tokens of the others (each frame
+encoded against its predecessor in the context). The predecessor is the frame before
+(``forecast.context_spacing: frames``) or the kept frame about ``step_s`` earlier (``step``: the
+release's spacing at any camera rate, a forecast still with every frame). Per new frame the work
+is constant: one VFM forward (per view), one DeltaTok encode call of at most two pairs per view
+(the new frame against its predecessor and, when the context's oldest frame has none yet, that
+frame against black), and the predictor's keys/values of those tokens. Each kept frame's
+features, tokens and keys/values are cached on the forecaster's device, so nothing else about the
+past is recomputed. ``forecast.geometry`` decides how a frame becomes views
+(:mod:`deltaworld_core.geometry`); the views run as one batch. A forecast is
+:func:`deltaworld_core.rollout.rollout_residuals` (shared with evaluation) over that context; its
+maps and summaries are made on the device and copied to the host once.
 """
 
 from __future__ import annotations
