@@ -480,7 +480,7 @@ def render_config_ranges(results: Path) -> str:
     from deltaworld_core.config import numeric_ranges
 
     items = list(numeric_ranges().items())
-    per_row = 3
+    per_row = 4
     rows = []
     for i in range(0, len(items), per_row):
         row = []
