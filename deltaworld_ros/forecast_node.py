@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import signal
 import socket
 import sys
@@ -37,98 +36,23 @@ from rclpy.exceptions import InvalidParameterValueException, ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.validate_topic_name import validate_topic_name
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from deltaworld_ros.futures_msg import check_header, forecast_to_msg, time_to_seconds
 from deltaworld_ros.image_conversion import ImageConversionError, array_to_image_msg, cut, msg_to_rgb
 from deltaworld_ros.msg import Futures
+from deltaworld_ros.node_parameters import (CONFIG_KEYS, PARAMETERS, RECONFIGURE, RESUBSCRIBE, START_ONLY,  # noqa: F401
+                                            ParameterError, clamped_threads, config_overrides, config_problem,
+                                            device_problem, parameter_problem, weights_problem)
 
-# name -> (default, description). Zero / empty values mean "keep the model config's value".
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "autostart": (True, "Configure and activate on start-up (false: wait for lifecycle transitions)."),
-    "image_topic": ("camera/image_raw", "Camera topic (sensor_msgs/Image); relative names resolve in the node's "
-                                        "namespace (__ns:=/robot1 -> /robot1/camera/image_raw)."),
-    "input_reliability": ("best_available", "QoS reliability of the camera subscription: best_available (reliable "
-                                            "with reliable publishers, best effort with best-effort ones: matches "
-                                            "any camera and takes it the best way it offers), or force "
-                                            "best_effort or reliable (needs a reliable publisher)."),
-    "input_depth": (5, "QoS history depth of the camera subscription (1-100): frames DDS may hold for the node."),
-    "use_compressed": (False, "Subscribe to sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed."),
-    "futures_topic": ("deltaworld/futures", "Output topic (deltaworld_ros/Futures); relative = in the node's namespace."),
-    "model_config": ("default", "deltaworld_core config: a name (deltaworld_core/configs/NAME.yaml) or a YAML path."),
-    "weights": ("", "Folder of tokenizer/world/heads .safetensors; empty = the config's weights."),
-    "device": ("auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."),
-    "threads": (0, "CPU threads of the model (torch and ONNX Runtime), 0-256; 0 = auto: half the cores, 1 to 4, "
-                   "which keeps its speed when other processes load the CPU."),
-    "k": (0, "Hypotheses sampled per forecast (0 = config value)."),
-    "horizon": (0, "Future steps per hypothesis (0 = config value)."),
-    "step_s": (0.0, "Seconds between future steps (0 = config value)."),
-    "input_size": ([0, 0], "[height, width] the camera frame is resized to for the VFM, multiples of "
-                           "the patch size ([0, 0] = config value)."),
-    "output_size": ([0, 0], "[height, width] of the output semantic/depth images ([0, 0] = config value)."),
-    "max_gap_s": (0.0, "A larger gap between the stamps of camera frames received (not between frames the model "
-                          "processed) resets the context (0 = config value)."),
-    "publish_debug_image": (False, "Publish a colour-coded grid of hypotheses x steps (sensor_msgs/Image rgb8)."),
-    "debug_image_topic": ("deltaworld/debug_image", "Topic of the debug image; relative = in the node's namespace."),
-    "diagnostics_period_s": (1.0, "Period of /diagnostics messages in seconds."),
-    "malformed_log_period_s": (10.0, "Each kind of malformed input is logged at most once per this period."),
-    "stall_timeout_s": (10.0, "/diagnostics reports ERROR 'forecasting stalled' when frames have waited this long "
-                              "without a model step finishing."),
-}
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # input_reliability -> the subscription's policy. BEST_AVAILABLE is reliable towards reliable
 # publishers (ROS 2 default QoS, most camera drivers) and best effort towards best-effort ones:
 # measured with Fast DDS's default transports, a reliable 640x480 rgb8 camera at 30 Hz delivered
 # 0-2 of 90 frames to a best-effort subscription and 90 of 90 to this one (results/input_qos.json).
 RELIABILITY = {"best_available": ReliabilityPolicy.BEST_AVAILABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT,
                "reliable": ReliabilityPolicy.RELIABLE}
-
-
 LOSS_WINDOW_S = 10.0  # /diagnostics warns while DDS reported lost camera frames this recently
-
-
-class ParameterError(ValueError):
-    """A node parameter with a bad value; the message is one line naming the parameter."""
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def parameter_problem(name: str, value) -> str | None:
-    """Why ``value`` is not acceptable for parameter ``name``, or None when it is. Types are
-    enforced by rclpy (the declared default's type); this checks values."""
-    if name in ("image_topic", "futures_topic", "debug_image_topic"):
-        try:
-            validate_topic_name(value)
-        except Exception as err:  # noqa: BLE001 - rclpy's InvalidTopicNameException, message spans lines
-            return f"not a valid ROS topic name ({str(err).splitlines()[0]})"
-    elif name == "model_config" and not value.strip():
-        return "must name a config (e.g. default) or a YAML path"
-    elif name == "device" and not _DEVICE.fullmatch(value):
-        return "must be auto, cpu, mps, cuda or cuda:N"
-    elif name == "threads" and not 0 <= value <= 256:
-        return "must be 0 (auto: half the cores, 1-4) or a thread count from 1 to 256"
-    elif name in ("k", "horizon") and value < 0:
-        return "must be >= 0 (0 = the model config's value)"
-    elif name in ("step_s", "max_gap_s") and not (_is_number(value) and value >= 0):
-        return "must be a finite number >= 0 (0 = the model config's value)"
-    elif name in ("input_size", "output_size") and (len(value) != 2 or any(v < 0 for v in value)
-                                                    or (0 in value and any(value))):
-        return "must be [height, width] of two positive integers, or [0, 0] for the model config's value"
-    elif name == "diagnostics_period_s" and not (_is_number(value) and 0.05 <= value <= 3600):
-        return "must be a period in seconds from 0.05 to 3600"
-    elif name == "malformed_log_period_s" and not (_is_number(value) and 0 <= value <= 86400):
-        return "must be seconds from 0 (log every one) to 86400"
-    elif name == "stall_timeout_s" and not (_is_number(value) and 0.1 <= value <= 86400):
-        return "must be seconds from 0.1 to 86400"
-    elif name == "input_reliability" and value not in RELIABILITY:
-        return "must be best_available, best_effort or reliable"
-    elif name == "input_depth" and not 1 <= value <= 100:
-        return "must be a history depth from 1 to 100"
-    return None
 
 
 @dataclass
@@ -190,11 +114,14 @@ class ForecastNode(LifecycleNode):
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._max_gap_s = math.inf  # the model config's max_gap_s once configured
+        self._model_size: tuple[int, int] | None = None  # the VFM input (h, w) once configured
         self._last_stream_stamp: float | None = None  # newest camera stamp received (not processed)
         self._rejection = ""  # why the last parameter value was refused
         self._log_handler = _RosLogHandler(self.get_logger())
+        self._running = False  # True once every parameter is declared: later sets are `ros2 param set`
         # Validates declared values (params file, --ros-args -p) and later `ros2 param set`.
         self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
         for name, (default, description) in PARAMETERS.items():
             try:
                 self.declare_parameter(name, default, ParameterDescriptor(description=description))
@@ -203,10 +130,16 @@ class ForecastNode(LifecycleNode):
             except ParameterException as err:  # a type mismatch: rclpy's text names both types
                 text = " ".join(str(err).split()).removesuffix(f": {name}")
                 raise ParameterError(f"parameter {name}: {text}") from None
+        # The checks that need several values (the model config with every override) once all are
+        # declared: one line and exit 2 at start-up rather than a traceback from configure.
+        problem = self._combined_problem({})
+        if problem:
+            raise ParameterError(problem)
+        self._running = True
         logging.getLogger("deltaworld_core").addHandler(self._log_handler)
         logging.getLogger("deltaworld_core").setLevel(logging.INFO)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics)
+        self._diagnostics_timer = self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics)
         self.create_timer(1.0, self._check_namesakes)  # discovery needs a moment: checked from the first second
         self.create_timer(1.0, self._match_camera_qos)
 
@@ -214,14 +147,84 @@ class ForecastNode(LifecycleNode):
         return self.get_parameter(name).value
 
     def _validate_parameters(self, parameters) -> SetParametersResult:
-        for parameter in parameters:
-            if parameter.name in PARAMETERS:
-                problem = parameter_problem(parameter.name, parameter.value)
+        """Refuses a value that breaks a rule, at start-up and under `ros2 param set` alike; a
+        value accepted at run time says in the result's reason when it takes effect."""
+        changed = {p.name: p.value for p in parameters if p.name in PARAMETERS}
+        for name, value in changed.items():
+            problem = parameter_problem(name, value)
+            if problem is None and name == "weights":
+                problem = weights_problem(value)
+            if problem is None and name == "device":
+                problem = device_problem(value)
+            if problem is None and self._running and name in START_ONLY:
+                problem = "read only at start-up (restart the node to change it)"
+            if problem:
+                shown = cut(value) if isinstance(value, str) else repr(value)
+                self._rejection = f"= {shown[:200]}: {problem}"
+                return SetParametersResult(successful=False, reason=f"{name} {self._rejection}")
+        if not self._running:
+            return SetParametersResult(successful=True)
+        problem = self._combined_problem(changed)
+        if problem:
+            return SetParametersResult(successful=False, reason=problem)
+        return SetParametersResult(successful=True, reason=self._when_applied(changed))
+
+    def _combined_problem(self, changed: dict) -> str | None:
+        """Why the model config would not load with the current parameters updated by
+        ``changed`` (the check configure makes, made before anything loads), or None."""
+        values = {name: self.param(name) for name in PARAMETERS}
+        values.update(changed)
+        config_changed = set(changed) & {"model_config", *CONFIG_KEYS} if changed else {"model_config", *CONFIG_KEYS}
+        if not config_changed:
+            return None
+        for name in ("model_config", *CONFIG_KEYS):  # one at a time first: the message names the culprit
+            if name in config_changed and values[name] != PARAMETERS[name][0]:
+                only = {"model_config": values["model_config"], name: values[name]}
+                problem = config_problem(only)
                 if problem:
-                    value = cut(parameter.value) if isinstance(parameter.value, str) else repr(parameter.value)
-                    self._rejection = f"= {value[:200]}: {problem}"
-                    return SetParametersResult(successful=False, reason=self._rejection)
-        return SetParametersResult(successful=True)
+                    shown = cut(values[name]) if isinstance(values[name], str) else repr(values[name])
+                    return f"parameter {name} = {shown}: {problem}"
+        problem = config_problem(values)
+        if problem:
+            given = ", ".join(f"{n} = {values[n]!r}" for n in CONFIG_KEYS if values[n] != PARAMETERS[n][0])
+            return f"parameters {given} together: {problem}"
+        return None
+
+    def _when_applied(self, changed: dict) -> str:
+        state = self._state_machine.current_state[1]
+        notes = []
+        later = sorted(set(changed) & RECONFIGURE)
+        if later:
+            notes.append(f"{', '.join(later)}: applied at the next configure" + (
+                " (now: deactivate, cleanup, configure, activate)" if state in ("inactive", "active") else ""))
+        if "threads" in changed:
+            threads, warning = clamped_threads(changed["threads"])
+            if warning:
+                notes.append(warning)
+        now = sorted(set(changed) & RESUBSCRIBE)
+        if now:
+            notes.append(f"{', '.join(now)}: " + ("camera subscription remade now" if state == "active"
+                                                  else "applied at the next activate"))
+        if "diagnostics_period_s" in changed:
+            notes.append("diagnostics_period_s: applied now")
+        return "; ".join(notes)
+
+    def _apply_parameters(self, parameters) -> None:
+        """After a run-time set: what takes effect at once is applied here (the on-set callback
+        runs before the values are stored)."""
+        if not self._running:
+            return
+        names = {p.name for p in parameters}
+        if "diagnostics_period_s" in names:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics)
+        if names & RESUBSCRIBE and self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+            topic, msg_type = self._input_topic()
+            self._subscribe(topic, msg_type, RELIABILITY[self.param("input_reliability")])
+            self.get_logger().info(f"camera input is now {self._subscription.topic_name} ({msg_type.__name__}, "
+                                   f"{self.param('input_reliability')}, depth {self.param('input_depth')})")
 
     def _check_namesakes(self) -> None:
         """Two nodes with one name both publish and would share one diagnostics name: warn, and
@@ -257,24 +260,20 @@ class ForecastNode(LifecycleNode):
     def _configure(self) -> None:
         from deltaworld_core import Forecaster  # here, not at the top: its failure is a configure failure
 
-        overrides = {}
-        for name, key in (("k", "forecast.k"), ("horizon", "forecast.horizon"), ("step_s", "forecast.step_s"),
-                          ("max_gap_s", "forecast.max_gap_s")):
-            if self.param(name):
-                overrides[key] = self.param(name)
-        for name, key in (("input_size", "vfm.image_size"), ("output_size", "forecast.output_size")):
-            size = [int(v) for v in self.param(name)]
-            if any(size):
-                overrides[key] = size
+        overrides = config_overrides({name: self.param(name) for name in CONFIG_KEYS})
         self.device = resolve_device(self.param("device"))
+        threads, warning = clamped_threads(self.param("threads"))
+        if warning:
+            self.get_logger().warning(warning)
         started = time.perf_counter()
         self.forecaster = fc = Forecaster.from_config(
             self.param("model_config"), device=self.device, overrides=overrides, weights=self.param("weights") or None,
-            threads=self.param("threads"))
+            threads=threads)
         # max_gap_s is a gap in the camera stream (checked on receipt, _stream_gap), not between the
         # frames the model happens to process: a model step slower than max_gap_s must not reset
         # the context on every frame. The forecaster's own check therefore never fires here.
         self._max_gap_s, fc.max_gap_s = fc.max_gap_s, math.inf
+        self._model_size = tuple(fc.cfg.vfm.image_size)
         self.get_logger().info(
             f"model '{self.param('model_config')}' on {self.device} in {time.perf_counter() - started:.1f} s: "
             f"K={fc.k}, horizon={fc.horizon} x {fc.step_s} s, output {fc.output_size}, {len(fc.class_names)} classes, "
@@ -287,9 +286,7 @@ class ForecastNode(LifecycleNode):
             self._debug_pub = self.create_lifecycle_publisher(Image, self.param("debug_image_topic"), futures_qos)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        topic, msg_type = self.param("image_topic"), Image
-        if self.param("use_compressed"):
-            topic, msg_type = topic.rstrip("/") + "/compressed", CompressedImage
+        topic, msg_type = self._input_topic()
         self.forecaster.reset()
         self._last_stream_stamp = None
         self._stop.clear()
@@ -300,6 +297,11 @@ class ForecastNode(LifecycleNode):
         self.get_logger().info(f"forecasting {self._subscription.topic_name} ({msg_type.__name__}, {reliability}, "
                                f"depth {self.param('input_depth')}) -> {self._futures_pub.topic_name}")
         return super().on_activate(state)
+
+    def _input_topic(self) -> tuple[str, type]:
+        if self.param("use_compressed"):
+            return self.param("image_topic").rstrip("/") + "/compressed", CompressedImage
+        return self.param("image_topic"), Image
 
     def _subscribe(self, topic: str, msg_type, policy: ReliabilityPolicy) -> None:
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.param("input_depth"), reliability=policy,
@@ -415,7 +417,7 @@ class ForecastNode(LifecycleNode):
             # The header first (cheap): a 1 MB frame_id or a stamp whose targets pass 2038 is
             # rejected before any pixel is converted or anything is copied.
             check_header(msg.header, self._horizon_s())
-            rgb = msg_to_rgb(msg)
+            rgb = msg_to_rgb(msg, self._model_size)  # no larger than the model needs: bounded memory
         except ImageConversionError as err:
             self._counts["malformed"] += 1
             self._log_limited(err.cause, f"skipping malformed image ({err.cause}): {err}")

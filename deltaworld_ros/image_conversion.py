@@ -130,12 +130,46 @@ def _to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
     return cv2.cvtColor(pixels, _TO_RGB[encoding])  # SIMD; a numpy channel flip is ~10x slower
 
 
-def image_msg_to_rgb(msg: Image) -> np.ndarray:
-    """A camera image -> [h, w, 3] uint8 RGB (grey encodings repeated across channels)."""
+# Frames are shrunk to no less than this many camera pixels per model pixel (a side of the model
+# input): the model's own antialiased resize from there matches a resize from full size closely,
+# while a 32 Mpx frame never reaches it (the model converts its input to float32 before resizing:
+# 400 MB for 8192x4096; the node went from 312 to 1,088 MB under a flood of such PNGs).
+KEEP_PIXELS_PER_MODEL_PIXEL = 2
+REDUCTIONS = (8, 4, 2)  # the factors OpenCV's reduced decoding offers (IMREAD_REDUCED_COLOR_2/4/8)
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def reduction(height: int, width: int, model_size: tuple[int, int] | None) -> int:
+    """The largest factor of REDUCTIONS (else 1) that leaves a ``height`` x ``width`` frame at
+    least KEEP_PIXELS_PER_MODEL_PIXEL camera pixels per model pixel for a model input of
+    ``model_size`` (h, w); the model's views span the frame's short side relative to its aspect,
+    hence the smaller of the two ratios. 640x480 for a 224x224 model: 1 (frames as they are)."""
+    if model_size is None:
+        return 1
+    ratio = min(height / model_size[0], width / model_size[1])
+    return next((f for f in REDUCTIONS if ratio / f >= KEEP_PIXELS_PER_MODEL_PIXEL), 1)
+
+
+def shrink(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """``pixels`` averaged over ``factor`` x ``factor`` blocks (uint8 in, uint8 out)."""
+    if factor == 1:
+        return pixels
+    height, width = pixels.shape[:2]
+    size = (max(1, -(-width // factor)), max(1, -(-height // factor)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def image_msg_to_rgb(msg: Image, model_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A camera image -> [h, w, 3] uint8 RGB (grey encodings repeated across channels), shrunk
+    (see :func:`reduction`) when ``model_size`` is given and the frame is much larger."""
     if msg.encoding not in INPUT_ENCODINGS:
         raise UnsupportedEncodingError(
             f"unsupported camera encoding {cut(msg.encoding)} (supported: {', '.join(INPUT_ENCODINGS)})")
-    return _to_rgb(image_to_array(msg), msg.encoding)
+    pixels = image_to_array(msg)
+    if pixels.dtype == np.uint8:  # shrink first: the colour conversion then touches 1/f^2 of the pixels
+        pixels = shrink(pixels, reduction(msg.height, msg.width, model_size))
+    rgb = _to_rgb(pixels, msg.encoding)
+    return shrink(rgb, reduction(msg.height, msg.width, model_size)) if pixels.dtype != np.uint8 else rgb
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -191,12 +225,14 @@ def compressed_image_size(data: bytes) -> tuple[str, int, int]:
     return kind, *size
 
 
-def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
+def compressed_msg_to_rgb(msg: CompressedImage, model_size: tuple[int, int] | None = None) -> np.ndarray:
     """A jpeg/png CompressedImage -> [h, w, 3] uint8 RGB.
 
     The size is read from the PNG/JPEG header and checked against MAX_SIDE / MAX_PIXELS before
     decoding: a few-KB file can declare 30000x30000 px, which OpenCV (limit 2^30 px) would
-    spend seconds and gigabytes decoding."""
+    spend seconds and gigabytes decoding. With ``model_size``, a frame much larger than the model
+    needs is decoded at 1/2, 1/4 or 1/8 size (:func:`reduction`): JPEG's decoder then never
+    builds the full-size image at all."""
     fmt = msg.format.lower()
     if not any(name in fmt for name in COMPRESSED_FORMATS):
         raise UnsupportedEncodingError(f"unsupported compressed format {cut(msg.format)} (supported: jpeg, png)")
@@ -208,17 +244,24 @@ def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
         _check_size(height, width)
     except ImageTooLargeError as err:
         raise ImageTooLargeError(f"{kind} header declares {err}") from None
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    factor = reduction(height, width, model_size)
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR))
     if bgr is None:
         raise CompressedDecodeError(f"{cut(msg.format)} data ({len(msg.data)} bytes) could not be decoded")
-    if bgr.shape[:2] != (height, width):  # a header that lies: never trust a size we did not check
-        raise CompressedDecodeError(f"{kind} decoded to {bgr.shape[1]}x{bgr.shape[0]}, header said {width}x{height}")
+    expected = (-(-height // factor), -(-width // factor))
+    if any(abs(got - want) > (factor > 1) for got, want in zip(bgr.shape[:2], expected)):
+        # a header that lies: never trust a size we did not check (reduced sizes may round either way)
+        raise CompressedDecodeError(f"{kind} decoded to {bgr.shape[1]}x{bgr.shape[0]}, header said {width}x{height}"
+                                    + (f" (decoded at 1/{factor})" if factor > 1 else ""))
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
-    """Either camera message type -> [h, w, 3] uint8 RGB."""
-    return compressed_msg_to_rgb(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
+def msg_to_rgb(msg: Image | CompressedImage, model_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Either camera message type -> [h, w, 3] uint8 RGB, no larger than ``model_size`` (h, w)
+    needs (see :func:`reduction`; None = full size)."""
+    if isinstance(msg, CompressedImage):
+        return compressed_msg_to_rgb(msg, model_size)
+    return image_msg_to_rgb(msg, model_size)
 
 
 _ARRAY_ENCODINGS = {("mono8", 2): np.uint8, ("32FC1", 2): np.float32, ("rgb8", 3): np.uint8, ("bgr8", 3): np.uint8}

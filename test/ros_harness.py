@@ -57,20 +57,31 @@ def smooth_frame(h: int = 60, w: int = 80) -> np.ndarray:
 class NodeProcess:
     """``python -m deltaworld_ros.forecast_node`` in its own process, with a params file."""
 
-    def __init__(self, tmp_path: Path, env: dict, name: str = "node", cwd: Path = REPO, **params):
+    def __init__(self, tmp_path: Path, env: dict, name: str = "node", cwd: Path = REPO, ros_args: tuple = (),
+                 own_session: bool = False, **params):
+        """``params`` go to a params file; ``ros_args`` (e.g. ``("-r", "__ns:=/robot1")``) follow it;
+        ``own_session`` starts the node in a process group of its own, as a terminal would (a
+        terminal's Ctrl-C reaches the whole group)."""
         params_file = tmp_path / f"{name}_params.yaml"
         params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
         self.log_path = tmp_path / f"{name}.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "--params-file", str(params_file)],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "--params-file", str(params_file),
+             *ros_args], cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=own_session)
 
     def log(self) -> str:
         return self.log_path.read_text()
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def rss_mb(self) -> float:
+        """VmRSS: the resident memory now."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS in /proc")
 
     def peak_rss_mb(self) -> float:
         """VmHWM: the most resident memory the node ever had."""

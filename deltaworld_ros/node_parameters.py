@@ -1,0 +1,175 @@
+"""forecast_node's parameters: names, defaults, descriptions, and every rule a value must meet.
+
+The same rules apply to the values the node starts with (params file, ``-p``) and to
+``ros2 param set`` while it runs, so a value refused at start-up is refused later too. Values
+that feed the model config (model_config, k, horizon, ...) are checked by loading the config with
+them, exactly as configure will: a value configure would fail on is refused when it is set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+from rclpy.validate_topic_name import validate_topic_name
+
+from deltaworld_ros.image_conversion import cut
+
+# name -> (default, description). Zero / empty values mean "keep the model config's value".
+PARAMETERS: dict[str, tuple[object, str]] = {
+    "autostart": (True, "Configure and activate on start-up (false: wait for lifecycle transitions)."),
+    "image_topic": ("camera/image_raw", "Camera topic (sensor_msgs/Image); relative names resolve in the node's "
+                                        "namespace (__ns:=/robot1 -> /robot1/camera/image_raw)."),
+    "input_reliability": ("best_available", "QoS reliability of the camera subscription: best_available (reliable "
+                                            "with reliable publishers, best effort with best-effort ones: matches "
+                                            "any camera and takes it the best way it offers), or force "
+                                            "best_effort or reliable (needs a reliable publisher)."),
+    "input_depth": (5, "QoS history depth of the camera subscription (1-100): frames DDS may hold for the node."),
+    "use_compressed": (False, "Subscribe to sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed."),
+    "futures_topic": ("deltaworld/futures", "Output topic (deltaworld_ros/Futures); relative = in the node's namespace."),
+    "model_config": ("default", "deltaworld_core config: a name (deltaworld_core/configs/NAME.yaml) or a YAML path."),
+    "weights": ("", "Folder of tokenizer/world/heads .safetensors; empty = the config's weights."),
+    "device": ("auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."),
+    "threads": (0, "CPU threads of the model (torch and ONNX Runtime), 0-256; 0 = auto: half the cores, 1 to 4, "
+                   "which keeps its speed when other processes load the CPU."),
+    "k": (0, "Hypotheses sampled per forecast (0 = config value)."),
+    "horizon": (0, "Future steps per hypothesis (0 = config value)."),
+    "step_s": (0.0, "Seconds between future steps (0 = config value)."),
+    "input_size": ([0, 0], "[height, width] the camera frame is resized to for the VFM, multiples of "
+                           "the patch size ([0, 0] = config value)."),
+    "output_size": ([0, 0], "[height, width] of the output semantic/depth images ([0, 0] = config value)."),
+    "max_gap_s": (0.0, "A larger gap between the stamps of camera frames received (not between frames the model "
+                          "processed) resets the context (0 = config value)."),
+    "publish_debug_image": (False, "Publish a colour-coded grid of hypotheses x steps (sensor_msgs/Image rgb8)."),
+    "debug_image_topic": ("deltaworld/debug_image", "Topic of the debug image; relative = in the node's namespace."),
+    "diagnostics_period_s": (1.0, "Period of /diagnostics messages in seconds."),
+    "malformed_log_period_s": (10.0, "Each kind of malformed input is logged at most once per this period."),
+    "stall_timeout_s": (10.0, "/diagnostics reports ERROR 'forecasting stalled' when frames have waited this long "
+                              "without a model step finishing."),
+}
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+RELIABILITY_CHOICES = ("best_available", "best_effort", "reliable")
+
+# How a changed value takes effect on a running node (``ros2 param set``):
+START_ONLY = frozenset({"autostart"})  # read once at start-up: refused later
+RECONFIGURE = frozenset({"model_config", "weights", "device", "threads", "k", "horizon", "step_s", "input_size",
+                         "output_size", "max_gap_s", "publish_debug_image", "futures_topic", "debug_image_topic"})
+RESUBSCRIBE = frozenset({"image_topic", "use_compressed", "input_reliability", "input_depth"})  # at once, if active
+# diagnostics_period_s: the timer is remade at once; malformed_log_period_s, stall_timeout_s: read on use.
+
+# node parameter -> model config key it overrides (0 / [0, 0] = keep the config's value)
+CONFIG_KEYS = {"k": "forecast.k", "horizon": "forecast.horizon", "step_s": "forecast.step_s",
+               "max_gap_s": "forecast.max_gap_s", "input_size": "vfm.image_size", "output_size": "forecast.output_size"}
+
+
+class ParameterError(ValueError):
+    """A node parameter with a bad value; the message is one line naming the parameter."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parameter_problem(name: str, value) -> str | None:
+    """Why ``value`` is not acceptable for parameter ``name``, or None when it is. Types are
+    enforced by rclpy (the declared default's type); this checks values."""
+    if name in ("image_topic", "futures_topic", "debug_image_topic"):
+        try:
+            validate_topic_name(value)
+        except Exception as err:  # noqa: BLE001 - rclpy's InvalidTopicNameException, message spans lines
+            return f"not a valid ROS topic name ({str(err).splitlines()[0]})"
+    elif name == "model_config" and not value.strip():
+        return "must name a config (e.g. default) or a YAML path"
+    elif name == "device" and not _DEVICE.fullmatch(value):
+        return "must be auto, cpu, mps, cuda or cuda:N"
+    elif name == "threads" and not 0 <= value <= 256:
+        return "must be 0 (auto: half the cores, 1-4) or a thread count from 1 to 256"
+    elif name in ("k", "horizon") and value < 0:
+        return "must be >= 0 (0 = the model config's value)"
+    elif name in ("step_s", "max_gap_s") and not (_is_number(value) and value >= 0):
+        return "must be a finite number >= 0 (0 = the model config's value)"
+    elif name in ("input_size", "output_size") and (len(value) != 2 or any(v < 0 for v in value)
+                                                    or (0 in value and any(value))):
+        return "must be [height, width] of two positive integers, or [0, 0] for the model config's value"
+    elif name == "diagnostics_period_s" and not (_is_number(value) and 0.05 <= value <= 3600):
+        return "must be a period in seconds from 0.05 to 3600"
+    elif name == "malformed_log_period_s" and not (_is_number(value) and 0 <= value <= 86400):
+        return "must be seconds from 0 (log every one) to 86400"
+    elif name == "stall_timeout_s" and not (_is_number(value) and 0.1 <= value <= 86400):
+        return "must be seconds from 0.1 to 86400"
+    elif name == "input_reliability" and value not in RELIABILITY_CHOICES:
+        return "must be best_available, best_effort or reliable"
+    elif name == "input_depth" and not 1 <= value <= 100:
+        return "must be a history depth from 1 to 100"
+    return None
+
+
+def config_overrides(values: dict) -> dict:
+    """The model config overrides given by node parameter ``values`` (zeros keep the config's)."""
+    overrides = {}
+    for name, key in CONFIG_KEYS.items():
+        value = values.get(name, PARAMETERS[name][0])
+        if not isinstance(value, (bool, int, float, str)):  # a list (or array) of sizes
+            value = [int(v) for v in value]
+        if (any(value) if isinstance(value, list) else value):
+            overrides[key] = value
+    return overrides
+
+
+def config_problem(values: dict) -> str | None:
+    """Why the model config named by ``values['model_config']`` does not load with the overrides
+    of ``values`` (range of each key, k x horizon x output pixels, a file that is no config), or
+    None. None too when deltaworld_core itself cannot be imported: configure then reports that,
+    with its traceback."""
+    try:
+        from deltaworld_core.config import load_config
+    except Exception:  # noqa: BLE001 - reported by configure
+        return None
+    try:
+        load_config(values.get("model_config", PARAMETERS["model_config"][0]), config_overrides(values))
+    except Exception as err:  # noqa: BLE001 - any reason the config will not load is a refusal
+        text = " ".join(str(err).split())
+        return text if len(text) <= 300 else text[:300] + "..."
+    return None
+
+
+def weights_problem(value: str) -> str | None:
+    if value and not os.path.isdir(value):
+        return "must be a folder of .safetensors weights, or empty for the config's weights"
+    return None
+
+
+def device_problem(value: str) -> str | None:
+    """Why torch cannot use ``value`` on this machine (checked before anything loads: a CUDA
+    device on a CPU-only torch used to end in a traceback), or None."""
+    if not value.startswith(("cuda", "mps")):
+        return None
+    import torch
+
+    if value == "mps":
+        return None if torch.backends.mps.is_available() else "MPS is not available on this machine: use cpu or auto"
+    if not torch.cuda.is_available():
+        return ("CUDA is not available to this torch (a CPU-only build, or no GPU or driver): use cpu or auto")
+    index = int(value.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        return f"no such GPU: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)"
+    return None
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def clamped_threads(threads: int) -> tuple[int, str | None]:
+    """``threads`` lowered to the cores this process may use, and the warning to give if it was:
+    more threads than cores only wait on each other (256 on 2 cores ran 5.2x slower)."""
+    cores = available_cores()
+    if threads <= cores:
+        return threads, None
+    return cores, (f"threads = {threads} is more than the {cores} CPU cores this process can use: using {cores} "
+                   "(more threads than cores only wait on each other)")
