@@ -47,6 +47,7 @@ def test_a_bag_yields_exactly_the_frames_and_stamps_written(tmp_path, clip, suff
     assert len(frames) == len(STAMPS)
     for (rgb, stamp), want, want_stamp in zip(frames, clip, STAMPS):
         np.testing.assert_array_equal(rgb, want)
+        assert rgb.flags.writeable  # a frame of its own, not a view of the message buffer
         assert stamp == pytest.approx(want_stamp, abs=1e-6)  # header stamps, to the nanosecond
     # The node's rules: the 0.6 s gap and the stamp going backwards each start a new run.
     runs = list(monotonic_runs(frames, max_gap_s=0.5))

@@ -214,8 +214,9 @@ def image_to_rgb(msg: ImageMessage, max_side: int | None = None) -> np.ndarray:
     pixels = pixels.reshape(msg.height, msg.width, channels) if channels > 1 else pixels.reshape(msg.height, msg.width)
     if dtype.itemsize == 2:  # full 16-bit range -> 0..255, as the node does
         pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    rgb = np.ascontiguousarray(pixels) if conversion is None else cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
-    return shrink(rgb, max_side)
+    rgb = shrink(pixels if conversion is None else cv2.cvtColor(np.ascontiguousarray(pixels), conversion), max_side)
+    # rgb8 unshrunk is still a view of the (read-only) message buffer: hand out a frame of its own
+    return rgb if rgb.flags.writeable and rgb.flags.c_contiguous else np.array(rgb, order="C")
 
 
 def _check_size(height: int, width: int) -> None:
