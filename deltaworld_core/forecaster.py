@@ -525,10 +525,11 @@ class Forecaster:
         k, horizon, n = self.k, self.horizon, self.publish_k
         lay, small = self._layout_pair(self._image_shape)
         seg, depth = future_grid_maps(self.heads, self.tokenizer, last, residuals, self.grid)  # [V, K*H, ...]
-        if small is None and n == k:
+        if small is None:  # the summaries need all K maps at the published size: publish a slice of them
             semantic, dep = geometry.upsample_views(seg, depth, lay)
-            maps = {"semantic": semantic.unflatten(0, (k, horizon)), "depth": dep.unflatten(0, (k, horizon))}
-            summary = summary_tensors(maps["semantic"], maps["depth"], len(self.class_names))
+            semantic, dep = semantic.unflatten(0, (k, horizon)), dep.unflatten(0, (k, horizon))
+            summary = summary_tensors(semantic, dep, len(self.class_names))
+            maps = {"semantic": semantic[:n], "depth": dep[:n]}
         else:
             semantic, dep = geometry.upsample_views(seg[:, :n * horizon], depth[:, :n * horizon], lay)
             maps = {"semantic": semantic.unflatten(0, (n, horizon)), "depth": dep.unflatten(0, (n, horizon))}
