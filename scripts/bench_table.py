@@ -1,7 +1,7 @@
 """The planning table: ``deltaworld_core.bench`` over K x input size in one process.
 
     python scripts/bench_table.py --config paper --device cuda --k 4 8 20 --px 256 512 --steps 8 \\
-        --json results/device_bench_table.json [key.path=value ...]
+        --json results/device_table_paper.json [key.path=value ...]
 
 Each cell is one ``bench.run`` (the same keys as ``python -m deltaworld_core.bench --json``: ``total``,
 ``stage_ms``, ``flops``, ``config.k`` ...) with ``forecast.k=K`` and ``vfm.image_size=[px, px]`` on top

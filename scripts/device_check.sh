@@ -2,14 +2,14 @@
 # The GPU check of issues 11 and 19, one script for a CUDA machine, under 10 minutes (each stage has its
 # own time limit; their sum is 8.9 min by default). Writes, in results/:
 #   device_tests.json        the `cuda`-marked tests (pytest -m cuda test/test_cuda.py)
-#   device_bench_table.json  issue 19's planning table: python scripts/bench_table.py --config paper over
+#   device_table_paper.json  issue 19's planning table: python scripts/bench_table.py --config paper over
 #                            K in {4, 8, 20} x input 256 / 512 px (one view, the paper config's defaults:
 #                            bf16 + TF32, output 256, publish_k 4; random weights: timing only), ms and Hz per
 #                            stage, GFLOP per stage, utilisation, peak GPU memory
 #   device_bench_paper_bf16.json  its K = 20, 512 px cell (the bench JSON of that run)
 #   device_bench_paper.json  the same cell in float32 without TF32 (forecast.cuda_precision=fp32)
 #   device_bench_paper_graphs.json  the same cell with forecast.cuda_graphs=true (CUDA graphs)
-#   device_bench_outputs.json  python scripts/bench_outputs.py --device cuda: the heads stage and the
+#   device_outputs.json      python scripts/bench_outputs.py --device cuda: the heads stage and the
 #                            Futures message's size per publishing setting (geometry, output_size,
 #                            publish_k, summary_size)
 #   device_bench_default.json     --config default --device cuda
@@ -87,11 +87,11 @@ fi
 ONE_VIEW=(forecast.geometry=squash forecast.context_spacing=frames)
 if wanted table; then
   stage table 150 "$PY" scripts/bench_table.py --config paper --device cuda --k 4 8 20 --px 256 512 --steps 6 \
-    --json results/device_bench_table.json "${ONE_VIEW[@]}"
+    --json results/device_table_paper.json "${ONE_VIEW[@]}"
   "$PY" - <<'EOF'
 import json
 from pathlib import Path
-table = json.loads(Path("results/device_bench_table.json").read_text())
+table = json.loads(Path("results/device_table_paper.json").read_text())
 cell = [c for c in table["cells"] if c["config"]["k"] == 20 and c["config"]["resolution"] == [512, 512]]
 if cell:
     Path("results/device_bench_paper_bf16.json").write_text(json.dumps(cell[0], indent=2))
@@ -106,7 +106,7 @@ if wanted graphs; then
     --json results/device_bench_paper_graphs.json "${ONE_VIEW[@]}" forecast.cuda_graphs=true
 fi
 if wanted outputs; then
-  stage outputs 30 "$PY" scripts/bench_outputs.py --device cuda --repeats 5 --json results/device_bench_outputs.json
+  stage outputs 30 "$PY" scripts/bench_outputs.py --device cuda --repeats 5 --json results/device_outputs.json
 fi
 if wanted default; then
   stage bench_default 35 "$PY" -m deltaworld_core.bench --config default --device cuda --steps 15 \
@@ -309,10 +309,10 @@ if best is not None:
     summary["targets"] = {"forecast_ms<=35": best["forecast_ms"] <= 35, "forecast_ms<=50": best["forecast_ms"] <= 50,
                           "forecasts_per_s>=28": best["forecasts_per_s"] >= 28,
                           "peak_gpu_gb<=8": (best["peak_gpu_mb"] or 0) / 1024 <= 8, "measured_with": best_name}
-table = load("device_bench_table.json")
+table = load("device_table_paper.json")
 summary["table"] = [{k: row[k] for k in ("k", "input_px", "total_ms", "total_hz", "stage_ms", "gflop", "peak_gpu_mb")}
                     for row in table["table"]] if table else None
-outputs = load("device_bench_outputs.json")
+outputs = load("device_outputs.json")
 summary["outputs"] = [{k: row[k] for k in ("setting", "canvas", "published_k", "heads_ms", "message_mb")}
                       for row in outputs["rows"]] if outputs else None
 summary["train"] = (load("device_train.json") or {}).get("stages")
