@@ -33,7 +33,8 @@ def write_video(path: Path, seed: int, fourcc: str = "MJPG", frames: int = FRAME
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
-    """root/b/x.avi, root/a/y.avi, root/a/cam/ (a frame folder with timestamps), root/notes.md."""
+    """root/b/x.avi, root/a/y.avi, root/a/cam/ (a frame folder with timestamps), root/notes.md,
+    root/b/thumbs/cover.png."""
     root = tmp_path_factory.mktemp("library")
     write_video(root / "b" / "x.avi", 1)
     write_video(root / "a" / "y.avi", 2)
@@ -43,11 +44,15 @@ def library(tmp_path_factory) -> Path:
         cv2.imwrite(str(root / "a" / "cam" / f"{i:04d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     (root / "a" / "cam" / "timestamps.txt").write_text("10.0\n10.1\n10.2\n10.5\n")
     (root / "notes.md").write_text("not media")
+    (root / "b" / "thumbs").mkdir()  # images without timestamps.txt: not a frame folder
+    cv2.imwrite(str(root / "b" / "thumbs" / "cover.png"), np.zeros((4, 4, 3), np.uint8))
     return root
 
 
-def test_a_folder_expands_recursively_in_sorted_order(library):
-    refs = expand_media([library])
+def test_a_folder_expands_recursively_in_sorted_order(library, caplog):
+    with caplog.at_level(logging.WARNING):
+        refs = expand_media([library])
+    assert f"1 folder(s) of images without timestamps.txt not read (first: {library}/b/thumbs)" in caplog.text
     assert [(r.kind, r.name) for r in refs] == [("frames", f"{library}/a/cam"), ("video", f"{library}/a/y.avi"),
                                                 ("video", f"{library}/b/x.avi")]
     assert expand_media([str(library)]) == refs  # deterministic

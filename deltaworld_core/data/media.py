@@ -118,8 +118,8 @@ def _expand_entry(entry: str, topics: list[str] | None, depth: int, name: str | 
     if path.is_dir():
         if (path / "metadata.yaml").is_file():
             return _bag_refs(path, name, topics)
-        if _image_files(path):
-            return [_frames_ref(path, name)]
+        if (path / "timestamps.txt").is_file() and _image_files(path):
+            return [MediaRef(name, str(path), "frames")]
         return _expand_folder(path, name, topics, depth)
     if not path.is_file():
         sample = _sample_clip(entry)
@@ -157,14 +157,20 @@ def _sample_clip(entry: str) -> Path | None:
 
 
 def _expand_folder(root: Path, name: str, topics: list[str] | None, depth: int) -> list[MediaRef]:
-    """A folder searched recursively (sorted, symlinked folders not followed); bag folders and
-    frame folders are leaves. Lists inside a folder are not followed (they usually describe the
-    folder's own videos, which would then count twice)."""
+    """A folder searched recursively (sorted, symlinked folders not followed); bag folders
+    (``metadata.yaml``) and frame folders (``timestamps.txt`` + images) are leaves, found with
+    one stat per folder. Lists inside a folder are not followed (they usually describe the
+    folder's own videos, which would then count twice). Folders of images without
+    ``timestamps.txt`` cannot be read: an error if nothing else is found, else one warning."""
     refs: list[MediaRef] = []
+    unstamped: list[Path] = []  # folders of images without timestamps.txt
     for here, dirs, files in os.walk(root):
         here_path = Path(here)
         dirs.sort()
-        leaves = [d for d in dirs if (here_path / d / "metadata.yaml").is_file() or _image_files(here_path / d)]
+        if here_path != root and any(f.lower().endswith(IMAGE_EXTS) for f in files):
+            unstamped.append(here_path)
+        leaves = [d for d in dirs if (here_path / d / "metadata.yaml").is_file()
+                  or (here_path / d / "timestamps.txt").is_file()]
         dirs[:] = [d for d in dirs if d not in leaves]
         items = sorted([(d, True) for d in leaves] + [(f, False) for f in files])
         for item, is_dir in items:
@@ -180,8 +186,16 @@ def _expand_folder(root: Path, name: str, topics: list[str] | None, depth: int) 
                 refs += _bag_refs(p, rel, topics)
             elif suffix in SHARD_EXTS:
                 refs += _expand_entry(str(p), topics, depth, rel)
+    if any(f.suffix.lower() in IMAGE_EXTS for f in root.iterdir() if f.is_file()):
+        unstamped.insert(0, root)
+    if not refs and unstamped:
+        raise MediaError(f"{unstamped[0]}: a frame folder needs timestamps.txt (one time in seconds per frame, "
+                         "in file-name order) to say when each frame was taken")
     if not refs:
         raise MediaError(f"{root}: a folder with no videos, frame folders, bags or tar shards in it")
+    if unstamped:
+        log.warning("%s: %d folder(s) of images without timestamps.txt not read (first: %s)", root, len(unstamped),
+                    unstamped[0])
     return refs
 
 
@@ -193,9 +207,8 @@ def _image_files(path: Path) -> list[Path]:
 
 
 def _frames_ref(path: Path, name: str) -> MediaRef:
-    if not (path / "timestamps.txt").is_file():
-        raise MediaError(f"{path}: a frame folder needs timestamps.txt (one time in seconds per frame, "
-                         "in file-name order) to say when each frame was taken")
+    if not _image_files(path):
+        raise MediaError(f"{path}: has timestamps.txt but no png/jpg frames")
     return MediaRef(name, str(path), "frames")
 
 
