@@ -641,9 +641,9 @@ def command_line_problem(argv: list[str]) -> str | None:
                 return "--params-file needs a file name"
             path = argv[index + 1]
             if not os.path.isfile(path):
-                return f"params file {cut(path)} does not exist (or is not a file)"
+                return f"params file {cut(path, 300)} does not exist (or is not a file)"
             if not os.access(path, os.R_OK):
-                return f"params file {cut(path)} is not readable"
+                return f"params file {cut(path, 300)} is not readable"
             index += 1
         elif not ros_args:
             return f"unknown argument {cut(arg)} (node options go after --ros-args; see --help)"
