@@ -582,16 +582,31 @@ def _summary(path: Path) -> str:
     return (match.group(1) if match else paragraph).replace("|", "\\|")
 
 
+def _tracked(repo: Path) -> set[str] | None:
+    """Paths git tracks in ``repo`` (None outside a git checkout): the module table lists committed
+    code only, so a file someone has not committed yet never reaches a committed page."""
+    import subprocess
+
+    if not (repo / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "ls-files"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return set(out.stdout.splitlines())
+
+
 @renderer("modules")
 def render_modules(results: Path) -> str:
     """Every Python module of the two packages with the first sentence of its docstring (the
     docstrings are the library's reference; this table only points at them)."""
     repo = results.parent if (results.parent / "deltaworld_core").is_dir() else REPO
     rows = []
+    tracked = _tracked(repo)
     for package in ("deltaworld_core", "deltaworld_ros"):
         for path in sorted((repo / package).rglob("*.py")):
             rel = path.relative_to(repo).as_posix()
-            if "/weights/" in rel or (path.name == "__init__.py" and path.parent.name != package):
+            if (tracked is not None and rel not in tracked) or "/weights/" in rel or (path.name == "__init__.py" and path.parent.name != package):
                 continue
             module = rel[:-3].replace("/", ".").removesuffix(".__init__")
             rows.append([f"[`{module}`](../{rel})", _summary(path) or "-"])
