@@ -192,6 +192,31 @@ def render_bench_measures(results: Path) -> str:
                   "dense/DeltaWorld predictor time", "node overhead ms", "Futures MB"], rows)
 
 
+@renderer("device_table")
+def render_device_table(results: Path) -> str:
+    """The planning tables of scripts/bench_table.py (results/device_table*.json, or table*.json on a
+    CPU): ms and Hz per stage, GFLOP and peak memory for each K and input size."""
+    blocks = []
+    for path in sorted([*results.glob("device_table*.json"), *results.glob("table_*.json")]):
+        d = json.loads(path.read_text())
+        rows = []
+        for r in d.get("table", []):
+            stage_ms = r.get("stage_ms", {})
+            gflop = r.get("gflop", {})
+            memory = r.get("peak_gpu_mb") if r.get("peak_gpu_mb") is not None else r.get("peak_rss_mb")
+            rows.append([fmt(r.get("k")), fmt(r.get("input_px")), *(fmt(stage_ms.get(s), 1) for s in STAGES),
+                         f"**{fmt(r.get('total_ms'), 1)}**", fmt(r.get("total_hz"), 1),
+                         fmt(gflop.get("total"), 0), fmt(memory, 0)])
+        overrides = " ".join(f"{k}={v}" for k, v in (d.get("overrides") or {}).items())
+        cell = (d.get("cells") or [{}])[0]
+        blocks.append(
+            f"`{path.name}`: config `{d.get('config', '?')}` on {d.get('device_name') or d.get('device', '?')}"
+            + (f", overrides `{overrides}`" if overrides else "") + f", {d.get('steps', '?')} steps a cell; "
+            f"{machine(cell) if cell else '?'}; {provenance(d, results, path.name)}.\n\n"
+            + table(["K", "input px", *STAGES, "total ms", "forecasts/s", "GFLOP", "peak MB"], rows))
+    return "\n\n".join(blocks) if blocks else "_No results yet._"
+
+
 @renderer("device_node")
 def render_device_node(results: Path) -> str:
     """The node's loop on a GPU (results/device_node*.json)."""
