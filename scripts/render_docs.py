@@ -129,7 +129,8 @@ def config_label(data: dict) -> str:
     c = data.get("config", {})
     res = c.get("resolution") or ["?"]
     label = f"{c.get('name', '?')} ({c.get('vfm', '?')}, {res[0]} px, K={c.get('k', '?')}, {c.get('horizon', '?')} steps"
-    extras = [f"{key} {c[key]}" for key in ("quantize", "vfm_precision", "precision") if c.get(key) not in (None, "", "none")]
+    extras = [f"{key} {c[key]}" for key in ("quantize", "vfm_precision", "precision", "cuda_precision", "cuda_graphs",
+                                            "geometry", "publish_k") if c.get(key) not in (None, "", "none", False)]
     return label + (", " + ", ".join(extras) if extras else "") + ")"
 
 
