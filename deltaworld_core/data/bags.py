@@ -659,7 +659,7 @@ def write_frames(out: str | Path, topic: str, frames: Iterable[tuple[np.ndarray,
 
 
 def write_bag(video: str | Path, out: str | Path, topic: str = "/camera/image_raw", *, compressed: bool = False,
-              frame_id: str = "camera", start: float | None = 0.0, max_frames: int | None = None) -> int:
+              frame_id: str = "camera", start: float | None = None, max_frames: int | None = None) -> int:
     """A video (any entry :func:`expand_media` reads as one stream) as a rosbag2 bag on
     ``topic``: frame ``i`` stamped ``start + i / fps`` (``start`` None: now). Returns the frame count."""
     from itertools import islice

@@ -513,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default="/camera/image_raw")
     p.add_argument("--compressed", action="store_true", help="sensor_msgs/CompressedImage (jpeg) instead of Image rgb8")
     p.add_argument("--frame-id", default="camera")
-    p.add_argument("--start", type=float, default=0.0, help="stamp of the first frame (seconds since the epoch)")
+    p.add_argument("--start", type=float, default=None,
+                   help="stamp of the first frame, seconds since the epoch (default: now, as a live camera; "
+                        "a zero stamp means 'unstamped' to ROS tools)")
     p.add_argument("--max-frames", type=int, default=None)
     return parser
 
