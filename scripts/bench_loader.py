@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,7 +73,8 @@ def build_inputs(video: Path, tmp: Path) -> dict[str, list[str]]:
         stdout, sys.stdout = sys.stdout, quiet
         try:
             media_main(["shard", "--out", str(tmp / "shard_jpg"), "--per-shard", "4", str(video)])
-            media_main(["shard", "--out", str(tmp / "shard_jpg256"), "--per-shard", "4", "--max-side", "256", str(video)])
+            media_main(["shard", "--out", str(tmp / "shard_jpg256"), "--per-shard", "4", "--max-side", "256",
+                        str(video)])
             media_main(["shard", "--out", str(tmp / "shard_mp4"), "--per-shard", "4", "--format", "mp4", str(video)])
         finally:
             sys.stdout = stdout
@@ -120,7 +120,8 @@ def cdr_decode_us() -> tuple[dict, bytes]:
     blob = bags.encode_image_message(bags.image_message(rgb, 1.0))
     out = {"message_bytes": len(blob), "timing": "fastest of 7 batches of 300 calls"}
     out["deltaworld_cdr_us"] = best_us(lambda: bags.decode_image_message(bags.IMAGE_TYPE, blob))
-    out["deltaworld_cdr_plus_rgb_us"] = best_us(lambda: bags.image_to_rgb(bags.decode_image_message(bags.IMAGE_TYPE, blob)))
+    out["deltaworld_cdr_plus_rgb_us"] = best_us(
+        lambda: bags.image_to_rgb(bags.decode_image_message(bags.IMAGE_TYPE, blob)))
     try:
         from rclpy.serialization import deserialize_message
         from sensor_msgs.msg import Image

@@ -123,7 +123,8 @@ def test_cdr_matches_rclpy_both_ways(clip):
         (1700000000, 123456789, "cam_x", "bgr8", 63, msg.step)
     np.testing.assert_array_equal(bags.image_to_rgb(ours), clip[1][:, :63, ::-1])  # its bytes, read as BGR
     back = deserialize_message(bags.encode_image_message(image_message(clip[2], 5.25, "f", encoding="mono8")), Image)
-    assert (back.header.stamp.sec, back.header.stamp.nanosec, back.header.frame_id, back.encoding) == (5, 250000000, "f", "mono8")
+    assert (back.header.stamp.sec, back.header.stamp.nanosec, back.header.frame_id, back.encoding) == \
+        (5, 250000000, "f", "mono8")
     np.testing.assert_array_equal(image_to_array(back), cv2.cvtColor(clip[2], cv2.COLOR_RGB2GRAY))
     jpeg = deserialize_message(bags.encode_image_message(image_message(clip[2], 5.0, compressed=True)), CompressedImage)
     assert jpeg.format == "jpeg" and bytes(jpeg.data[:3]) == b"\xff\xd8\xff"

@@ -66,15 +66,16 @@ def test_a_folder_expands_recursively_in_sorted_order(library, caplog):
 
 def test_lists_plain_csv_and_kinetics(library, tmp_path, caplog):
     (library / "train.txt").write_text("# training videos\nb/x.avi\n\na/y.avi\n")
-    assert [r.path for r in expand_media([library / "train.txt"])] == [str(library / "b/x.avi"), str(library / "a/y.avi")]
+    listed = [r.path for r in expand_media([library / "train.txt"])]
+    assert listed == [str(library / "b/x.avi"), str(library / "a/y.avi")]
     (library / "paths.csv").write_text(f"label,path\nstreet,{library}/a/y.avi\nstreet,a/cam\n")
     assert [r.kind for r in expand_media([library / "paths.csv"])] == ["video", "frames"]
     # Kinetics: label,youtube_id,time_start,time_end,split -> <id>_<start:06d>_<end:06d>.<ext> under the list's folder
     kin = tmp_path / "kinetics"
     write_video(kin / "train" / "abseiling" / "AbC-dEf_ghi_000012_000022.avi", 4)
     write_video(kin / "train" / "zumba" / "zzz_000000_000010.avi", 5)
-    (kin / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n"
-                                   "zumba,zzz,0,10,train\nabseiling,AbC-dEf_ghi,12,22,train\nabseiling,gone,3,13,train\n")
+    (kin / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n" "zumba,zzz,0,10,train\n"
+                                   "abseiling,AbC-dEf_ghi,12,22,train\n" "abseiling,gone,3,13,train\n")
     with caplog.at_level(logging.WARNING):
         refs = expand_media([kin / "train.csv"])
     assert [Path(r.path).name for r in refs] == ["zzz_000000_000010.avi", "AbC-dEf_ghi_000012_000022.avi"]

@@ -586,7 +586,8 @@ class BagWriter:
             self._db.executescript(
                 "CREATE TABLE schema(schema_version INTEGER PRIMARY KEY, ros_distro TEXT NOT NULL);"
                 "INSERT INTO schema VALUES (4, 'kilted');"
-                "CREATE TABLE metadata(id INTEGER PRIMARY KEY, metadata_version INTEGER NOT NULL, metadata TEXT NOT NULL);"
+                "CREATE TABLE metadata(id INTEGER PRIMARY KEY, metadata_version INTEGER NOT NULL, "
+                "metadata TEXT NOT NULL);"
                 "CREATE TABLE topics(id INTEGER PRIMARY KEY, name TEXT NOT NULL, type TEXT NOT NULL, "
                 "serialization_format TEXT NOT NULL, offered_qos_profiles TEXT NOT NULL, "
                 "type_description_hash TEXT NOT NULL);"
