@@ -80,11 +80,16 @@ class VFMConfig:
     ffn: str = "mlp"  # "mlp" | "swiglu"
     image_size: tuple[int, int] = ranged((224, 224), 1, 2048)  # (h, w) the camera frame is resized to
     backend: str = "torch"  # "torch" | "onnxruntime"
+    # "auto" | "fp32" | "bf16" | "int8" (deltaworld_core/vfm_runtime.py, docs/vfm-precision.md): auto =
+    # bf16 on CPUs with AVX512-BF16/AMX, else fp32; fp32 = the float32 backbone on any device.
+    # fp32 by default: a config opts in (the embedded default does), so none changes unasked.
+    precision: str = "fp32"
 
     def validate(self) -> None:
         _choice("vfm.family", self.family, ("dinov2", "dinov3"))
         _choice("vfm.ffn", self.ffn, ("mlp", "swiglu"))
         _choice("vfm.backend", self.backend, ("torch", "onnxruntime"))
+        _choice("vfm.precision", self.precision, ("auto", "fp32", "bf16", "int8"))
         _check_ranges("vfm", self)
         if self.embed_dim % self.num_heads:
             raise ConfigError("vfm.embed_dim must be divisible by vfm.num_heads")

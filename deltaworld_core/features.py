@@ -86,6 +86,11 @@ class FeatureCache:
         self.root = Path(root)
         self.vfm = vfm
         self.fingerprint = vfm_fingerprint(vfm_cfg, seed)
+        # The precision the VFM really runs in (vfm.precision: auto differs from one CPU to the
+        # next); fp32 adds no key, so the caches written before the setting existed stay valid.
+        self.fingerprint["arch"].pop("precision", None)
+        if getattr(vfm, "precision", "fp32") != "fp32":
+            self.fingerprint["arch"]["precision"] = vfm.precision
         self.dtype = dtype
         self.batch_size = batch_size
         self.hits = self.misses = 0

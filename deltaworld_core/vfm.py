@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import apply_rope, rope_2d
+from .vfm_runtime import INT8_SETTINGS, Bf16Backbone, int8_onnx, resolve_precision
 
 # One direction only: vfm_weights reads and converts files and never imports this module.
 from .vfm_weights import default_cache_dir, embedded_dinov2_small, load_checkpoint
@@ -325,7 +326,10 @@ class FrozenVFM(nn.Module):
     """
 
     def __init__(self, backbone: VisionTransformer, image_size: tuple[int, int], ort: OrtBackbone | None = None,
-                 autocast: torch.dtype | None = None):
+                 autocast: torch.dtype | None = None, runtime: nn.Module | None = None, precision: str = "fp32"):
+        """``runtime``: a module that replaces ``backbone`` for inference (e.g. a
+        :class:`~deltaworld_core.vfm_runtime.Bf16Backbone`); ``precision``: what the features are
+        computed in, for reports (``fp32``, ``bf16``, ``int8``; see :mod:`deltaworld_core.vfm_runtime`)."""
         super().__init__()
         h, w = (int(s) for s in image_size)
         p = backbone.patch_size
@@ -337,6 +341,8 @@ class FrozenVFM(nn.Module):
         self.embed_dim, self.patch_size = backbone.embed_dim, p
         self.num_tokens = self.grid[0] * self.grid[1]
         self._ort = ort
+        self.runtime = runtime
+        self.precision = precision
         # Mixed precision of the torch backbone (e.g. bfloat16 on CUDA): matmuls in that dtype,
         # norms and softmax in float32 (torch.autocast's rules), features returned in float32.
         self.autocast = autocast
@@ -390,6 +396,8 @@ class FrozenVFM(nn.Module):
             raise ValueError(f"pixels must be {self.image_size}, got {tuple(pixels.shape[-2:])}")
         if self._ort is not None:
             return self._ort(pixels).to(device=self._ref.device, dtype=self._ref.dtype)
+        if self.runtime is not None:
+            return self.runtime(pixels).to(self._ref.dtype)
         if self.autocast is not None:
             with torch.autocast(self._ref.device.type, dtype=self.autocast):
                 return self.backbone(pixels).to(self._ref.dtype)
@@ -415,7 +423,7 @@ def _arch_kwargs(cfg) -> dict:
 
 
 def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int = 0,
-              autocast: torch.dtype | None = None) -> FrozenVFM:
+              autocast: torch.dtype | None = None, precision: str | None = None) -> FrozenVFM:
     """Build the frozen VFM described by ``cfg``.
 
     ``cfg`` needs ``family, weights, patch_size, embed_dim, depth, num_heads, mlp_ratio,
@@ -427,6 +435,13 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
     falls back to torch. On a CUDA device the VFM always runs in torch (ONNX Runtime is this
     package's CPU backend), so one config serves both. ``autocast``: a dtype (e.g.
     ``torch.bfloat16``) to run the torch backbone under ``torch.autocast`` (see :class:`FrozenVFM`).
+    ``precision`` (default ``cfg.precision``, else ``fp32``): ``auto|fp32|bf16|int8``, resolved for
+    ``device`` by :func:`~deltaworld_core.vfm_runtime.resolve_precision`. On the CPU in float32,
+    ``bf16`` wraps the backbone in a :class:`~deltaworld_core.vfm_runtime.Bf16Backbone` (whatever
+    ``backend``: ONNX Runtime has no bf16 CPU kernels) and ``int8`` runs an int8 ONNX Runtime model
+    quantised from the export (cached beside it; torch float32 with a warning if that fails). On
+    CUDA ``bf16`` means ``autocast=torch.bfloat16`` and ``fp32`` no autocast; ``auto`` keeps the
+    caller's ``autocast``.
     """
     kwargs = _arch_kwargs(cfg)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -449,21 +464,47 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
 
     ort = None
     backend = getattr(cfg, "backend", "torch")
-    if backend == "onnxruntime" and torch.device(device).type == "cuda":
+    if backend not in ("torch", "onnxruntime"):
+        raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+    precision = resolve_precision(precision or getattr(cfg, "precision", "fp32"), device)
+    kind = torch.device(device).type
+    if kind == "cuda" and backend == "onnxruntime":
         log.info("VFM on %s: torch backend (ONNX Runtime is the CPU backend)", device)
         backend = "torch"
-    if backend == "onnxruntime":
-        if torch.device(device).type != "cpu" or dtype != torch.float32:
+    if kind != "cpu":  # torch on the device; bf16 is autocast there
+        autocast = {"fp32": None, "bf16": torch.bfloat16}.get(precision, autocast)
+        precision = "bf16" if autocast is torch.bfloat16 else "fp32"
+    elif dtype != torch.float32:
+        # a model already in a reduced dtype is what the caller asked for: nothing to lower further
+        if precision in ("bf16", "int8"):
+            log.info("VFM in %s: vfm.precision=%s not applied", dtype, precision)
+        precision = str(dtype).replace("torch.", "")
+    image_size = tuple(cfg.image_size)
+    if kind == "cpu" and dtype == torch.float32 and precision == "bf16":
+        runtime = Bf16Backbone(backbone, image_size)
+        return FrozenVFM(backbone, image_size, runtime=runtime, precision="bf16")
+    if backend == "onnxruntime" or precision == "int8":
+        if kind != "cpu" or dtype != torch.float32:
             raise ValueError("backend='onnxruntime' runs on CPU in float32 only")
         key = json.dumps({**kwargs, "image_size": list(cfg.image_size), "weights": identity,
                           "torch": torch.__version__}, sort_keys=True)
         onnx_path = cache_dir / f"vfm_{cfg.family}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
         try:
             if not onnx_path.exists():
-                export_onnx(backbone, tuple(cfg.image_size), onnx_path)
+                export_onnx(backbone, image_size, onnx_path)
+            if precision == "int8":
+                import onnxruntime
+
+                # keyed by the float export it came from, the quantiser's settings and its version
+                qkey = json.dumps({"fp32": onnx_path.name, **INT8_SETTINGS, "ort": onnxruntime.__version__},
+                                  sort_keys=True)
+                int8_path = onnx_path.with_name(f"{onnx_path.stem}_int8_{hashlib.sha256(qkey.encode()).hexdigest()[:12]}.onnx")
+                if not int8_path.exists():
+                    int8_onnx(onnx_path, int8_path)
+                onnx_path = int8_path
             ort = OrtBackbone(onnx_path)
         except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure: stay usable
-            warnings.warn(f"ONNX Runtime backend unavailable ({exc!r}); using torch", RuntimeWarning)
-    elif backend != "torch":
-        raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-    return FrozenVFM(backbone, tuple(cfg.image_size), ort, autocast=None if ort is not None else autocast)
+            warnings.warn(f"ONNX Runtime backend unavailable ({exc!r}); using torch float32", RuntimeWarning)
+            precision = "fp32"
+    return FrozenVFM(backbone, image_size, ort, autocast=None if ort is not None else autocast,
+                     precision=precision)
