@@ -122,6 +122,10 @@ def machine(data: dict) -> str:
         parts.append(f"{cores} cores")
     if m.get("torch"):
         parts.append(f"torch {m['torch']}")
+    if m.get("native_bf16") is not None and not str(m.get("device", "cpu")).startswith("cuda"):
+        parts.append("native bf16" if m["native_bf16"] else "no native bf16")
+    if m.get("load_avg_1min") is not None:
+        parts.append(f"load average {fmt(m['load_avg_1min'], 1)}")
     return ", ".join(parts)
 
 
