@@ -119,6 +119,7 @@ class ForecastNode(LifecycleNode):
         self._rejection = ""  # why the last parameter value was refused
         self._log_handler = _RosLogHandler(self.get_logger())
         self._running = False  # True once every parameter is declared: later sets are `ros2 param set`
+        self._accepted = ""  # when the run-time values just accepted take effect (the result's reason)
         # Validates declared values (params file, --ros-args -p) and later `ros2 param set`.
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -167,7 +168,19 @@ class ForecastNode(LifecycleNode):
         problem = self._combined_problem(changed)
         if problem:
             return SetParametersResult(successful=False, reason=problem)
-        return SetParametersResult(successful=True, reason=self._when_applied(changed))
+        self._accepted = self._when_applied(changed)
+        return SetParametersResult(successful=True, reason=self._accepted)
+
+    def set_parameters_atomically(self, parameter_list):
+        """As rclpy's, which `ros2 param set` reaches through the parameter service, but an
+        accepted value keeps the reason saying when it takes effect (rclpy replaces the result of
+        a successful on-set callback with a bare success)."""
+        self._accepted = ""
+        result = super().set_parameters_atomically(parameter_list)
+        if result.successful and self._accepted:
+            result.reason = self._accepted
+            self.get_logger().info(f"parameters set: {self._accepted}")
+        return result
 
     def _combined_problem(self, changed: dict) -> str | None:
         """Why the model config would not load with the current parameters updated by
