@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .checkpoint import atomic_write
 from .cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
 from .forecaster import Forecaster, future_maps, load_models
+from .vfm_runtime import cpu_has_native_bf16
 
 STAGES = ("vfm", "encode", "predict", "decode", "heads", "total")
 QUANTIZE_NOTE = {"int8": " + int8 linears", "bf16": " + bfloat16 DeltaTok"}
@@ -205,6 +206,9 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
             "resolution": list(fc.cfg.vfm.image_size),
             "vfm": f"{fc.cfg.vfm.family} d{fc.cfg.vfm.embed_dim}x{fc.cfg.vfm.depth} p{fc.cfg.vfm.patch_size}",
             "vfm_backend": fc.vfm.backend,
+            # what vfm.precision resolved to on this machine (auto: bf16 with AVX512-BF16/AMX, else fp32)
+            "vfm_precision": getattr(fc.vfm, "precision", "fp32"),
+            "vfm_precision_setting": fc.cfg.vfm.precision,
             "k": fc.k, "horizon": fc.horizon, "step_s": fc.step_s, "context": fc.context,
             "output_size": list(fc.output_size),
             "tokenizer": {"dim": fc.cfg.tokenizer.dim, "encoder_depth": fc.cfg.tokenizer.encoder_depth,
@@ -218,7 +222,11 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
         },
         "machine": {"cores": os.cpu_count(), "torch": torch.__version__, "device": str(dev),
                     "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
-                    "matmul_gflops": peak},
+                    "matmul_gflops": peak,
+                    # the CPU's bfloat16 support decides vfm.precision: auto; the load average says
+                    # whether other work shared the cores while this ran (1-minute, at the end)
+                    "native_bf16": dev.type == "cpu" and cpu_has_native_bf16(),
+                    "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "stage_ms": stage_ms,
         **{s: stage_ms[s] for s in STAGES},
         "total_hz": 1e3 / stage_ms["total"],
@@ -238,7 +246,7 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
 def format_table(r: dict) -> str:
     c = r["config"]
     lines = [
-        f"DeltaWorld benchmark: config {c['name']} ({c['vfm']}, {c['vfm_backend']}), "
+        f"DeltaWorld benchmark: config {c['name']} ({c['vfm']}, {c['vfm_backend']}, {c.get('vfm_precision', 'fp32')}), "
         f"{c['resolution'][0]}x{c['resolution'][1]} px, K={c['k']}, {c['horizon']} steps, {c['dtype']}"
         f"{QUANTIZE_NOTE.get(c['quantize'], '')}, "
         f"{c['threads']} threads, {r['machine']['device']} ({r['machine']['device_name']})",
@@ -283,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         overrides = parse_overrides(args.overrides)
         result = run(args.config, overrides, args.steps, args.device, args.threads, args.weights, args.dense)
+        result["command"] = " ".join(["python -m deltaworld_core.bench", *(sys.argv[1:] if argv is None else argv)])
         print(format_table(result))
         if args.json:
             text = json.dumps(result, indent=2)

@@ -479,8 +479,13 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
         if precision in ("bf16", "int8"):
             log.info("VFM in %s: vfm.precision=%s not applied", dtype, precision)
         precision = str(dtype).replace("torch.", "")
+    elif autocast is not None:  # the caller's own mixed precision of the torch backbone
+        if precision == "fp32":
+            autocast = None
+        elif precision in ("auto", "bf16"):
+            precision = "bf16" if autocast is torch.bfloat16 else str(autocast).replace("torch.", "")
     image_size = tuple(cfg.image_size)
-    if kind == "cpu" and dtype == torch.float32 and precision == "bf16":
+    if kind == "cpu" and dtype == torch.float32 and precision == "bf16" and autocast is None:
         runtime = Bf16Backbone(backbone, image_size)
         return FrozenVFM(backbone, image_size, runtime=runtime, precision="bf16")
     if backend == "onnxruntime" or precision == "int8":
@@ -503,6 +508,7 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
                     int8_onnx(onnx_path, int8_path)
                 onnx_path = int8_path
             ort = OrtBackbone(onnx_path)
+            precision = "int8" if precision == "int8" else "fp32"  # the export is float32
         except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure: stay usable
             warnings.warn(f"ONNX Runtime backend unavailable ({exc!r}); using torch float32", RuntimeWarning)
             precision = "fp32"
