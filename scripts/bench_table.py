@@ -7,6 +7,11 @@ Each cell is one ``bench.run`` (the same keys as ``python -m deltaworld_core.ben
 ``stage_ms``, ``flops``, ``config.k`` ...) with ``forecast.k=K`` and ``vfm.image_size=[px, px]`` on top
 of the given overrides; the JSON holds every cell's result plus a compact ``table`` (ms and Hz per
 stage, GFLOP per stage, peak GPU memory). One process: the models of a cell are freed before the next.
+
+``--meta-flops`` times nothing: it counts each cell's FLOPs per stage (``bench.stage_flops``, torch's
+flop counter) with the models on the meta device (shapes only, no memory, any machine), for users
+who scale the table to their GPU: ``python scripts/bench_table.py --meta-flops --json results/flops_paper_table.json
+forecast.geometry=squash``.
 """
 
 from __future__ import annotations
@@ -16,14 +21,30 @@ import gc
 import json
 import sys
 import time
+import types
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deltaworld_core import bench  # noqa: E402
+from deltaworld_core import bench, load_config  # noqa: E402
 from deltaworld_core.config import parse_override  # noqa: E402
+from deltaworld_core.forecaster import build_models  # noqa: E402
+from deltaworld_core.vfm import build_vfm  # noqa: E402
+
+
+def meta_flops(config: str, overrides: dict) -> dict:
+    """FLOPs per stage of one streaming step of ``config`` (one view), counted on the meta device."""
+    cfg = load_config(config, overrides)
+    tok, world, heads = (m.to("meta").eval() for m in build_models(cfg))
+    vfm = build_vfm(cfg.vfm, device="meta")
+    fc = types.SimpleNamespace(vfm=vfm, tokenizer=tok, world=world, heads=heads, k=cfg.forecast.k,
+                               horizon=cfg.forecast.horizon, context=cfg.forecast.context, device=torch.device("meta"),
+                               grid=tuple(vfm.grid), output_size=tuple(cfg.forecast.output_size or cfg.vfm.image_size))
+    with torch.inference_mode():
+        return bench.stage_flops(fc, np.zeros((272, 640, 3), np.uint8))
 
 
 def main() -> int:
@@ -35,6 +56,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", required=True)
+    parser.add_argument("--meta-flops", action="store_true", help="count FLOPs per cell on the meta device, time nothing")
     parser.add_argument("overrides", nargs="*", help="key.path=value applied to every cell")
     args = parser.parse_args()
     base = dict(parse_override(o) for o in args.overrides)
@@ -46,6 +68,16 @@ def main() -> int:
                 over["forecast.publish_k"] = None
             elif "forecast.publish_k" not in base:
                 over["forecast.publish_k"] = min(4, k)  # the paper config's, never above K
+            if args.meta_flops:
+                flops = meta_flops(args.config, over)
+                table.append({"k": k, "input_px": px, "gflop": {s: v / 1e9 for s, v in flops.items()}})
+                print(f"K={k:3d} {px:4d} px: " + ", ".join(f"{s} {v / 1e9:.1f}" for s, v in flops.items()) + " GFLOP",
+                      flush=True)
+                Path(args.json).write_text(json.dumps({"config": args.config, "device": "meta", "overrides": base,
+                                                       "counted_by": "torch.utils.flop_counter (matmuls, convs, "
+                                                       "attention; not upsampling or argmax)", "table": table},
+                                                      indent=1))
+                continue
             t0 = time.perf_counter()
             result = bench.run(args.config, over, steps=args.steps, device=args.device, threads=args.threads)
             result["overrides"] = over
