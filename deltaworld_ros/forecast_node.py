@@ -33,7 +33,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.exceptions import InvalidParameterValueException, ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -140,7 +141,12 @@ class ForecastNode(LifecycleNode):
         logging.getLogger("deltaworld_core").addHandler(self._log_handler)
         logging.getLogger("deltaworld_core").setLevel(logging.INFO)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diagnostics_timer = self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics)
+        # /diagnostics runs in a callback group of its own (main spins two threads), so a frame
+        # that takes long to decode never delays it: a flood of 32 Mpx PNGs (0.7 s each) starved
+        # it. Everything that touches the subscription stays in the default group, one at a time.
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_timer = self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics,
+                                                    callback_group=self._diagnostics_group)
         self.create_timer(1.0, self._check_namesakes)  # discovery needs a moment: checked from the first second
         self.create_timer(1.0, self._match_camera_qos)
 
@@ -230,7 +236,8 @@ class ForecastNode(LifecycleNode):
         names = {p.name for p in parameters}
         if "diagnostics_period_s" in names:
             self.destroy_timer(self._diagnostics_timer)
-            self._diagnostics_timer = self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics)
+            self._diagnostics_timer = self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics,
+                                                        callback_group=self._diagnostics_group)
         if names & RESUBSCRIBE and self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
@@ -545,30 +552,31 @@ class ForecastNode(LifecycleNode):
     # ------------------------------------------------------------------ diagnostics
     @staticmethod
     def _rate(times: deque[float], now: float, window: float = 5.0) -> float:
-        recent = [t for t in times if now - t <= window]
+        recent = [t for t in list(times) if now - t <= window]  # list(): one atomic copy (other threads append)
         return 0.0 if len(recent) < 2 else (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
         state = self._state_machine.current_state[1]
         latencies = list(self._latencies_ms)
+        fc = self.forecaster  # once: configure and cleanup may change it meanwhile (another thread)
         values = {
             "state": state,
             "device": self.device,
-            "threads": str(self.forecaster.threads) if self.forecaster is not None else "unconfigured",
+            "threads": str(fc.threads) if fc is not None else "unconfigured",
             "input_rate_hz": f"{self._rate(self._received_at, now):.2f}",
             "forecast_rate_hz": f"{self._rate(self._published_at, now):.2f}",
             "latency_ms_last": f"{latencies[-1]:.1f}" if latencies else "nan",
             "latency_ms_median": f"{np.median(latencies):.1f}" if latencies else "nan",
             "latency_ms_max": f"{max(latencies):.1f}" if latencies else "nan",
-            "model_ms_median": f"{np.median(self._model_ms):.1f}" if self._model_ms else "nan",
+            "model_ms_median": f"{np.median(list(self._model_ms)):.1f}" if self._model_ms else "nan",
             "frames_received": str(self._counts["received"]),
             "frames_processed": str(self._counts["processed"]),
             "frames_dropped": str(self._counts["dropped"]),
             "frames_malformed": str(self._counts["malformed"]),
             "model_errors": str(self._counts["model_errors"]),
             "forecasts_published": str(self._counts["published"]),
-            "resets": str(self.forecaster.resets if self.forecaster is not None else 0),
+            "resets": str(fc.resets if fc is not None else 0),
             "forecasts_nonfinite": str(self._counts["nonfinite"]),
             "frames_lost_by_dds": str(self._counts["lost"]),
             "nodes_with_this_name": str(self._namesakes),
@@ -706,7 +714,7 @@ def main(args: list[str] | None = None) -> int:
             else:
                 node.trigger_activate()
         if status == 0:
-            rclpy.spin(node)
+            rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=2))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

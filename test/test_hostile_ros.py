@@ -183,6 +183,65 @@ def test_compressed_bombs_are_rejected_before_decoding(tmp_path, ros_env, harnes
         assert node.stop() == 0, node.log()
 
 
+def test_a_flood_of_legal_32_megapixel_pngs_keeps_memory_and_diagnostics(tmp_path, ros_env, harness_factory,
+                                                                          tiny_config):
+    """Issue 21 item 8: a ~100 KB PNG declaring 8192x4096 (2^25 px, inside the size limit) is a
+    legal frame. Five a second took the node from 312 to 1,088 MB and delayed /diagnostics: the
+    full-size frame went to the model, which converts it to float32 (400 MB) before shrinking it.
+    Now it is decoded at the size the model needs (1/8: 1024x512)."""
+    big = np.zeros((4096, 8192, 3), np.uint8)
+    big[::64] = 255  # stripes: a real image, not one colour
+    png = cv2.imencode(".png", big)[1].tobytes()
+    del big
+    assert len(png) < 400_000
+    harness = harness_factory(compressed=True)
+    node = NodeProcess(tmp_path, ros_env, model_config=str(tiny_config), use_compressed=True, k=2, horizon=1,
+                       output_size=list(OUTPUT), diagnostics_period_s=0.25)
+    try:
+        harness.wait_until_connected(node)
+        assert harness.send_until_forecast(node, 20) >= CONTEXT
+        before_mb = node.rss_mb()
+        received = int(harness.values()["frames_received"])
+        mark, start = len(harness.statuses()), time.monotonic()
+        sent = 20
+        for _ in range(sent):  # 5 a second for 4 s
+            harness.camera.publish(CompressedImage(header=harness.next_header(), format="png", data=png))
+            time.sleep(0.2)
+        flood_s = time.monotonic() - start
+        time.sleep(3.0)  # frames still being decoded (0.7 s each: DDS's keep-last queue drops the rest)
+        assert int(harness.values()["frames_received"]) - received >= 3, harness.values()
+        grown = node.peak_rss_mb() - before_mb
+        # One full-size decode is 100 MB (BGR) + 100 MB (RGB) and the model's float32 copy 400 MB more.
+        assert grown < 150, f"peak memory grew {grown:.0f} MB under the flood"
+        assert int(harness.values()["frames_malformed"]) == 0
+        assert harness.send_until_forecast(node, CONTEXT + 5) >= 1, "no forecast after the flood"
+        periods = flood_s / 0.25
+        assert len(harness.statuses()) - mark >= periods / 2, "diagnostics starved during the flood"
+    finally:
+        assert node.stop() == 0, node.log()
+
+
+def test_long_strings_in_messages_are_cut_in_the_log(tmp_path, ros_env, harness_factory, tiny_config):
+    """Issue 21 item 9: a 10 MB encoding made a 10 MB log line (frame_id was cut, encoding and
+    format were not)."""
+    raw = harness_factory(reliable_camera=True)  # a 10 MB message survives only reliable delivery
+    node = NodeProcess(tmp_path, ros_env, model_config=str(tiny_config), k=2, horizon=1, output_size=list(OUTPUT),
+                       diagnostics_period_s=0.3, malformed_log_period_s=0.0)
+    try:
+        raw.wait_until_connected(node)
+        assert raw.send_until_forecast(node, 20) >= CONTEXT
+        long_text = "x" * 10_000_000
+        bad = array_to_image_msg(smooth_frame(), "rgb8", raw.next_header())
+        bad.encoding = long_text
+        raw.camera.publish(bad)
+        raw.wait_for(lambda: int(raw.values()["frames_malformed"]) == 1, 30, "the long encoding rejected", node)
+        log = node.log()
+        assert "unsupported camera encoding 'xxxx" in log and "(10000000 characters)" in log, log[-2000:]
+        assert max(len(line) for line in log.splitlines()) < 2000, "a log line carries the whole string"
+    finally:
+        assert node.stop() == 0, node.log()
+
+
 # ---------------------------------------------------------------- parameters
 BAD_PARAMETERS = [  # (parameter, value, what the one line must say)
     ("diagnostics_period_s", 0.0, "diagnostics_period_s = 0.0: must be a period in seconds"),
