@@ -8,6 +8,11 @@ line. The node runs on the DDS defaults of the environment, like any other ROS 2
 drivers and planners started without special variables talk to it; for the faster LARGE_DATA
 transports set FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA for every process of the system (README).
 
+A params file that does not exist stops the launch with one error (launch_ros only warned and the
+node ran on built-in defaults), and so does the node failing (a bad parameter, a failed
+configure): the launch then ends with a non-zero status instead of 0. ``namespace`` moves every
+topic of the node (its default topic names are relative), e.g. /robot1/camera/image_raw.
+
 The launch imports sit inside generate_launch_description so that the argument logic below can be
 tested where the launch stack is not installed.
 """
@@ -41,10 +46,33 @@ def parameter_overrides(arguments: dict[str, str]) -> dict[str, object]:
     return parameters
 
 
+def params_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be the node's params file, or None."""
+    if not os.path.isfile(path):
+        return f"params_file {path!r} does not exist (or is not a file)"
+    if not os.access(path, os.R_OK):
+        return f"params_file {path!r} is not readable"
+    return None
+
+
+def exit_problem(returncode: int | None) -> str | None:
+    """What to report when forecast_node exits with ``returncode`` (None: nothing, it succeeded)."""
+    if returncode == 0:
+        return None
+    why = {1: "its configure failed", 2: "a parameter or the command line is invalid"}.get(returncode, "it failed")
+    return f"forecast_node exited with status {returncode} ({why}; its log above says why): launch stops"
+
+
+class LaunchError(RuntimeError):
+    """Raised from a launch action: ros2 launch reports it in one line and exits non-zero."""
+
+
 def generate_launch_description():
     from ament_index_python.packages import get_package_share_directory
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+    from launch.event_handlers import OnProcessExit
+    from launch.events import Shutdown
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import LifecycleNode
 
@@ -61,17 +89,31 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
     ]
 
+    def on_node_exit(context):
+        # An exception in a launch action is the way to end `ros2 launch` with a non-zero status
+        # (Shutdown alone exits 0): LaunchService logs it in one line and returns 1.
+        problem = exit_problem(context.locals.event.returncode)
+        if problem:
+            raise LaunchError(problem)
+        return [EmitEvent(event=Shutdown(reason="forecast_node exited"))]
+
     def forecast_node(context):
         given = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDES}
         overrides = parameter_overrides(given)
-        return [LifecycleNode(
+        params_file = LaunchConfiguration("params_file").perform(context)
+        problem = params_file_problem(params_file)
+        if problem:
+            raise LaunchError(problem)
+        node = LifecycleNode(
             package="deltaworld_ros",
             executable="forecast_node",
             name="forecast_node",
             namespace=LaunchConfiguration("namespace"),
             # Later entries win: the file first, then only what was given on the command line.
-            parameters=[LaunchConfiguration("params_file"), *([overrides] if overrides else [])],
+            parameters=[params_file, *([overrides] if overrides else [])],
             output="screen",
-        )]
+        )
+        return [node, RegisterEventHandler(OnProcessExit(target_action=node,
+                                                         on_exit=[OpaqueFunction(function=on_node_exit)]))]
 
     return LaunchDescription([*arguments, OpaqueFunction(function=forecast_node)])

@@ -39,17 +39,49 @@ def test_launch_arguments_override_the_params_file_only_when_given():
         overrides({"autostart": "maybe"})
 
 
+def test_launch_helpers_refuse_a_missing_params_file_and_a_failed_node(tmp_path):
+    launch_file = load_launch_file()
+    assert "does not exist" in launch_file.params_file_problem(str(tmp_path / "missing.yaml"))
+    assert launch_file.params_file_problem(str(tmp_path)) is not None  # a folder
+    (tmp_path / "p.yaml").write_text("{}")
+    assert launch_file.params_file_problem(str(tmp_path / "p.yaml")) is None
+    assert launch_file.exit_problem(0) is None
+    assert "status 2" in launch_file.exit_problem(2) and "status 1" in launch_file.exit_problem(1)
+    assert "status -9" in launch_file.exit_problem(-9)
+
+
+def _package_problem() -> str | None:
+    """Why the installed deltaworld_ros cannot be found through the ament index, or None.
+    ament_index_python raises OSError (EnvironmentError) when AMENT_PREFIX_PATH is unset: that
+    used to stop collection of this file where launch is installed but no workspace is sourced."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return "ament_index_python is not installed"
+    try:
+        get_package_share_directory("deltaworld_ros")
+    except PackageNotFoundError:
+        return "deltaworld_ros is not installed in a sourced ROS 2 workspace (colcon build, source install/setup.bash)"
+    except (OSError, ValueError) as err:
+        return f"no sourced ROS 2 workspace ({err}): source install/setup.bash (sets AMENT_PREFIX_PATH)"
+    return None
+
+
+def test_the_skip_guard_survives_an_unset_ament_prefix_path(monkeypatch):
+    """Issue 21 item 4: with launch installed and AMENT_PREFIX_PATH unset, the guard raised OSError."""
+    pytest.importorskip("ament_index_python")
+    monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
+    assert "AMENT_PREFIX_PATH" in _package_problem()
+
+
 def _launch_stack() -> str | None:
     """Why the launch tests cannot run here, or None when they can."""
     for module in ("launch", "launch_ros", "launch_pytest", "rclpy"):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed (launch tests need a sourced ROS 2 installation)"
-    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-    try:
-        get_package_share_directory("deltaworld_ros")
-    except PackageNotFoundError:
-        return "deltaworld_ros is not installed in a sourced ROS 2 workspace (colcon build, source install/setup.bash)"
+    problem = _package_problem()
+    if problem:
+        return problem
     if importlib.util.find_spec("launch.substitutions") is None:  # a namespace folder, not the launch package
         return "launch is not the ROS 2 launch package"
     return None
@@ -149,7 +181,7 @@ else:
         probe.wait_for_state("active")
         assert probe.node.count_subscribers(f"/{NS}/image") == 1
         futures = []
-        probe.node.create_subscription(Futures, "/deltaworld/futures", futures.append,
+        probe.node.create_subscription(Futures, f"/{NS}/deltaworld/futures", futures.append,
                                        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         camera = probe.node.create_publisher(Image, f"/{NS}/image", 10)
         executor = rclpy.executors.SingleThreadedExecutor(context=probe.context)
@@ -184,6 +216,35 @@ else:
         time.sleep(5.0)  # autostart would have configured the tiny model by now
         assert probe.state() == "unconfigured"
         assert probe.parameters("autostart")[0].bool_value is False
+
+    def run_launch(tmp_path: Path, ros_env: dict, **arguments) -> tuple[int, str]:
+        """``ros2 launch``'s own way of running a launch file (LaunchService.run) in a child
+        process; returns its exit status and output."""
+        import subprocess
+        import sys
+
+        script = (
+            "import sys\n"
+            "from launch import LaunchDescription, LaunchService\n"
+            "from launch.actions import IncludeLaunchDescription\n"
+            "from launch.launch_description_sources import PythonLaunchDescriptionSource\n"
+            "service = LaunchService()\n"
+            "service.include_launch_description(LaunchDescription([IncludeLaunchDescription(\n"
+            f"    PythonLaunchDescriptionSource({str(LAUNCH_FILE)!r}), launch_arguments={arguments!r}.items())]))\n"
+            "sys.exit(service.run())\n")
+        result = subprocess.run([sys.executable, "-c", script], env=ros_env, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=300)
+        return result.returncode, result.stdout + result.stderr
+
+    def test_a_missing_params_file_stops_the_launch_with_an_error(tmp_path, ros_env):
+        status, output = run_launch(tmp_path, ros_env, params_file=str(tmp_path / "missing.yaml"))
+        assert status != 0 and "does not exist" in output, output
+
+    def test_a_failing_node_ends_the_launch_with_a_non_zero_status(tmp_path, ros_env):
+        params_file = tmp_path / "params.yaml"
+        params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"model_config": "no_such_config"}}}))
+        status, output = run_launch(tmp_path, ros_env, params_file=str(params_file), device="cpu")
+        assert status != 0 and "forecast_node exited with status 2" in output, output
 
     @pytest.fixture(scope="module")
     def clip_frames():
