@@ -354,7 +354,7 @@ class ForecastNode(LifecycleNode):
         me = (self.get_name(), self.get_namespace())
         actual = {info.qos_profile.reliability for info in self.get_subscriptions_info_by_topic(topic)
                   if (info.node_name, info.node_namespace) == me}
-        if actual == {wanted}:
+        if not actual or actual == {wanted}:  # not listed yet (discovery), or matching already
             return
         self.destroy_subscription(subscription)
         self._subscription = None
