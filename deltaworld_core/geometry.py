@@ -117,19 +117,32 @@ def cut_views(image, lay: Layout):
 
 def blend(values: torch.Tensor, lay: Layout) -> torch.Tensor:
     """Per view maps [V, B, ch, vh, vw] (vh, vw = ``lay.view_size``; logits or depth, any
-    channels ``ch``) -> [B, ch, H, W] on ``lay.canvas``, averaged where views overlap. One view
-    returns its map unchanged (no copy)."""
+    channels ``ch``) -> [B, ch, H, W] on ``lay.canvas``, averaged where views overlap (views lie
+    along one axis, as :func:`layout` places them). One view returns its map unchanged (no copy)."""
     if values.shape[0] != lay.num_views:
         raise ValueError(f"{values.shape[0]} views for a layout of {lay.num_views}")
     if lay.num_views == 1:
         return values[0]
     vh, vw = lay.view_size
-    out = values.new_zeros((*values.shape[1:3], *lay.canvas))
-    weight = values.new_zeros(lay.canvas)
+    # In the views' memory layout: channels-last class logits stay channels-last, so the copies
+    # below and the argmax over classes after run along contiguous memory (an NCHW canvas made
+    # both strided).
+    fmt = torch.channels_last if values.ndim == 5 and values[0].is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+    out = torch.empty((*values.shape[1:3], *lay.canvas), dtype=values.dtype, device=values.device,
+                      memory_format=fmt)
+    # Each view copied to its place (a later one over an earlier one), then each overlap set to the
+    # two views' mean: consecutive windows are at least half a window apart, so no pixel lies in
+    # three views, and nothing outside an overlap is touched twice.
     for view, (y, x) in zip(values, lay.placements):
-        out[..., y:y + vh, x:x + vw] += view
-        weight[y:y + vh, x:x + vw] += 1
-    return out / weight
+        out[..., y:y + vh, x:x + vw].copy_(view)
+    for i in range(1, lay.num_views):
+        (y0, x0), (y1, x1) = lay.placements[i - 1], lay.placements[i]
+        if x1 > x0 and x1 < x0 + vw:
+            out[..., :, x1:x0 + vw].add_(values[i - 1][..., :, x1 - x0:]).mul_(0.5)
+        elif y1 > y0 and y1 < y0 + vh:
+            out[..., y1:y0 + vh, :].add_(values[i - 1][..., y1 - y0:, :]).mul_(0.5)
+    return out
 
 
 def upsample_views(logits: torch.Tensor, depth: torch.Tensor, lay: Layout) -> tuple[torch.Tensor, torch.Tensor]:
