@@ -70,6 +70,7 @@ class StreamConfig:
     max_side: int | None = None  # decode-time downscale of the longer side (None = 2 x the VFM size)
     max_attempts: int = 8  # recordings a read tries before the stream fails
     pca_pairs: int = 1024  # tokenizer with a linear path: pairs (from a stream of their own) for its PCA init
+    timeout_s: float = 600.0  # a worker that delivers no round for this long fails the run (never a silent hang)
 
     def validate(self) -> None:
         if self.round_steps < 1 or self.workers < 0 or self.prefetch < 1 or self.max_attempts < 1:
@@ -78,6 +79,8 @@ class StreamConfig:
             raise ConfigError(f"data.stream.max_gap_s must be > 0, got {self.max_gap_s}")
         if self.max_side is not None and self.max_side < 16:
             raise ConfigError(f"data.stream.max_side must be >= 16 or null, got {self.max_side}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"data.stream.timeout_s must be > 0, got {self.timeout_s}")
         if self.pca_pairs < 2:
             raise ConfigError("data.stream.pca_pairs must be >= 2")
 
@@ -294,10 +297,15 @@ class ClipStream(torch.utils.data.IterableDataset):
 
 
 def loader(stream: ClipStream, workers: int, prefetch: int) -> torch.utils.data.DataLoader:
-    """The DataLoader over rounds (one round per item, delivered in round order)."""
+    """The DataLoader over rounds (one round per item, delivered in round order).
+
+    Workers are spawned, not forked: a child forked from a process whose OpenMP/BLAS threads have
+    already run can deadlock in its first torch/OpenCV call (it did here, in a test process that
+    had trained before). A worker that hangs anyway fails the run after ``stream.timeout_s``."""
     kwargs = dict(num_workers=workers, batch_size=None)
     if workers:
-        kwargs.update(prefetch_factor=prefetch, persistent_workers=False)
+        kwargs.update(prefetch_factor=prefetch, persistent_workers=False, multiprocessing_context="spawn",
+                      timeout=stream.s.timeout_s)
     return torch.utils.data.DataLoader(stream, **kwargs)
 
 
