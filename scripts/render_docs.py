@@ -106,8 +106,33 @@ def source(name: str) -> str:
     return f"`results/{name}`"
 
 
+def _tracked(repo: Path) -> set[str] | None:
+    """Paths git tracks in ``repo`` (None outside a git checkout): the module table lists committed
+    code only, so a file someone has not committed yet never reaches a committed page."""
+    import subprocess
+
+    if not (repo / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "ls-files"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return set(out.stdout.splitlines())
+
+
+def result_files(results: Path, *patterns: str) -> list[Path]:
+    """The results matching ``patterns``; in a git checkout only those git tracks, so a file someone
+    has written but not committed yet never reaches a committed page (``git add`` a new result,
+    then render)."""
+    found = sorted({p for pattern in patterns for p in results.glob(pattern)})
+    tracked = _tracked(results.parent)
+    if tracked is None:
+        return found
+    return [p for p in found if p.relative_to(results.parent).as_posix() in tracked]
+
+
 def bench_files(results: Path) -> list[Path]:
-    return sorted([*results.glob("bench_*.json"), *results.glob("device_bench_*.json")])
+    return result_files(results, "bench_*.json", "device_bench_*.json")
 
 
 STAGES = ("vfm", "encode", "predict", "decode", "heads")
@@ -202,7 +227,7 @@ def render_device_table(results: Path) -> str:
     """The planning tables of scripts/bench_table.py (results/device_table*.json, or table*.json on a
     CPU): ms and Hz per stage, GFLOP and peak memory for each K and input size."""
     blocks = []
-    for path in sorted([*results.glob("device_table*.json"), *results.glob("table_*.json")]):
+    for path in result_files(results, "device_table*.json", "table_*.json"):
         d = json.loads(path.read_text())
         rows = []
         for r in d.get("table", []):
@@ -222,11 +247,26 @@ def render_device_table(results: Path) -> str:
     return "\n\n".join(blocks) if blocks else "_No results yet._"
 
 
+@renderer("flops_table")
+def render_flops_table(results: Path) -> str:
+    """FLOPs per stage by K and input size (results/flops_*.json): what a forecast costs on any GPU."""
+    blocks = []
+    for path in result_files(results, "flops_*.json"):
+        d = json.loads(path.read_text())
+        rows = [[fmt(r.get("k")), fmt(r.get("input_px")), *(fmt(r["gflop"].get(s), 1) for s in STAGES),
+                 f"**{fmt(r['gflop'].get('total'), 1)}**"] for r in d.get("table", [])]
+        overrides = " ".join(f"{k}={v}" for k, v in (d.get("overrides") or {}).items())
+        blocks.append(f"`{path.name}`: config `{d.get('config', '?')}`" + (f", `{overrides}`" if overrides else "")
+                      + f"; counted by {d.get('counted_by', '?')}; {provenance(d, results, path.name)}.\n\n"
+                      + table(["K", "input px", *(f"{s} GFLOP" for s in STAGES), "total GFLOP"], rows))
+    return "\n\n".join(blocks) if blocks else "_No results yet._"
+
+
 @renderer("device_node")
 def render_device_node(results: Path) -> str:
     """The node's loop on a GPU (results/device_node*.json)."""
     rows = []
-    for path in sorted(results.glob("device_node*.json")):
+    for path in result_files(results, "device_node*.json"):
         d = json.loads(path.read_text())
         rows.append([f"`{path.name}`", d.get("clip", "?"), fmt(d.get("device")), fmt(d.get("duration_s"), 0),
                      fmt(d.get("frames_in")), fmt(d.get("forecasts")), fmt(d.get("forecasts_per_s"), 1),
@@ -242,7 +282,7 @@ def render_device_node(results: Path) -> str:
 def render_device_train(results: Path) -> str:
     """Training throughput on a GPU (results/device_train*.json)."""
     rows, notes = [], []
-    for path in sorted(results.glob("device_train*.json")):
+    for path in result_files(results, "device_train*.json"):
         d = json.loads(path.read_text())
         for stage, s in d.get("stages", {}).items():
             rows.append([f"`{path.name}`", d.get("gpu", "?"), stage, fmt(s.get("batch_size", "-")),
@@ -460,7 +500,7 @@ def render_predictability(results: Path) -> str:
 
 # Targets of the shipped default (issues 10, 11): (text, value from the results, test).
 def _bench(results: Path, threads: int) -> dict | None:
-    for path in sorted(results.glob("bench_*.json")):
+    for path in result_files(results, "bench_*.json"):
         d = json.loads(path.read_text())
         if d.get("config", {}).get("name") == "default" and d.get("config", {}).get("threads") == threads \
                 and not str(d.get("machine", {}).get("device", "cpu")).startswith("cuda"):
@@ -636,20 +676,6 @@ def _summary(path: Path) -> str:
     paragraph = " ".join(doc.split("\n\n")[0].split())
     match = re.search(r"^(.*?\.)(\s|$)", paragraph)
     return (match.group(1) if match else paragraph).replace("|", "\\|")
-
-
-def _tracked(repo: Path) -> set[str] | None:
-    """Paths git tracks in ``repo`` (None outside a git checkout): the module table lists committed
-    code only, so a file someone has not committed yet never reaches a committed page."""
-    import subprocess
-
-    if not (repo / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "ls-files"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return set(out.stdout.splitlines())
 
 
 @renderer("modules")
