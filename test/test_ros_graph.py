@@ -120,30 +120,43 @@ def test_a_missing_params_file_is_one_line_and_exit_2(tmp_path, ros_env):
 
 
 OUT_OF_RANGE = [
-    ("k:=1000000", "parameter k = 1000000: forecast.k must be in [1, 256]"),
-    ("horizon:=10000", "parameter horizon = 10000: forecast.horizon must be in [1, 64]"),
-    ("output_size:=[16384,16384]", "parameter output_size = [16384, 16384]: forecast.output_size must be in"),
-    ("step_s:=1e308", "parameter step_s = 1e+308: forecast.step_s must be in (0, 60]"),
-    ("model_config:=/etc/passwd", "parameter model_config = '/etc/passwd': /etc/passwd: the top level must be"),
-    ("weights:=/nonexistent/weights", "weights = '/nonexistent/weights': must be a folder"),
+    ("k", 1000000, "parameter k = 1000000: forecast.k must be in [1, 256]"),
+    ("horizon", 10000, "parameter horizon = 10000: forecast.horizon must be in [1, 64]"),
+    ("output_size", [16384, 16384], "parameter output_size = [16384, 16384]: forecast.output_size must be in"),
+    ("step_s", 1e308, "parameter step_s = 1e+308: forecast.step_s must be in (0, 60]"),
+    ("model_config", "/etc/passwd", "parameter model_config = '/etc/passwd': /etc/passwd: the top level must be"),
+    ("weights", "/nonexistent/weights", "weights = '/nonexistent/weights': must be a folder"),
 ]
 
 
-def test_start_up_values_out_of_range_are_one_line_and_exit_2(ros_env):
-    """They used to exit 1 after a 17-34-line traceback from configure. Started side by side,
-    each on a DDS domain of its own (each exits at once)."""
-    base = int(ros_env["ROS_DOMAIN_ID"])
+def test_start_up_values_out_of_range_are_refused_with_one_line(ros_node):
+    """They used to pass declaration and fail in configure with a 17-34-line traceback. Checked
+    in this process (the command-line path of the same check is the test below)."""
+    import torch
+    from rclpy.parameter import Parameter
+
+    from deltaworld_ros.forecast_node import ForecastNode, ParameterError
+
     cases = list(OUT_OF_RANGE)
+    if not torch.cuda.is_available():  # a CPU-only torch: any CUDA device is one clear line
+        cases += [("device", "cuda:99", "parameter device = 'cuda:99': CUDA is not available to this torch")]
+    for name, value, expected in cases:
+        with pytest.raises(ParameterError) as raised:
+            ForecastNode(context=ros_node.context, parameter_overrides=[Parameter(name, value=value)])
+        assert expected in str(raised.value) and "\n" not in str(raised.value), (name, str(raised.value))
+
+
+def test_start_up_values_out_of_range_exit_2_with_one_line(ros_env):
+    """As started from a shell or by launch: one line, exit 2, no traceback."""
     import torch
 
-    if not torch.cuda.is_available():  # a CPU-only torch: any CUDA device is one clear line
-        cases += [("device:=cuda", "parameter device = 'cuda': CUDA is not available to this torch"),
-                  ("device:=cuda:99", "parameter device = 'cuda:99': CUDA is not available to this torch")]
-    else:
-        cases += [("device:=cuda:99", "parameter device = 'cuda:99': no such GPU")]
+    cases = [("k:=1000000", OUT_OF_RANGE[0][2])]
+    if not torch.cuda.is_available():
+        cases.append(("device:=cuda", "parameter device = 'cuda': CUDA is not available to this torch"))
+    base = int(ros_env["ROS_DOMAIN_ID"])
     runs = []
     for i, (argument, expected) in enumerate(cases):
-        env = dict(ros_env, ROS_DOMAIN_ID=str((base + 40 + i) % 200 + 1))
+        env = dict(ros_env, ROS_DOMAIN_ID=str((base + 40 + i) % 200 + 1))  # each on a domain of its own
         runs.append((argument, expected, subprocess.Popen(
             [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "-p", argument], cwd=REPO,
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
