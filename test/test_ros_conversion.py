@@ -261,3 +261,53 @@ def test_headers_that_cannot_be_copied_into_futures_are_rejected():
     with pytest.raises(StampOutOfRangeError):
         ns_to_time(2**31 * 1_000_000_000)
     assert ns_to_time(2**31 * 1_000_000_000 - 1).sec == 2**31 - 1
+
+
+# ---------------------------------------------------------------- issue 21: reduced decoding, cut strings
+def test_reduction_keeps_two_camera_pixels_per_model_pixel():
+    from deltaworld_ros.image_conversion import reduction
+
+    assert reduction(480, 640, (224, 224)) == 1  # ordinary cameras are used as they are
+    assert reduction(720, 1280, (224, 224)) == 1
+    assert reduction(1080, 1920, (224, 224)) == 2
+    assert reduction(4096, 8192, (224, 224)) == 8
+    assert reduction(4096, 8192, None) == 1  # no model size: full size
+    assert reduction(4096, 8192, (1024, 1024)) == 2
+
+
+def test_large_frames_are_decoded_and_converted_at_the_reduced_size():
+    """A 32 Mpx PNG decodes at 1/8 (1024x512), never as a full-size array for the model; JPEG
+    and raw frames shrink the same way, and stay close to a full-size decode shrunk after."""
+    stripes = np.zeros((4096, 8192, 3), np.uint8)
+    stripes[::64] = 255
+    png = CompressedImage(format="png", data=cv2.imencode(".png", stripes)[1].tobytes())
+    assert msg_to_rgb(png, (224, 224)).shape == (512, 1024, 3)
+    assert msg_to_rgb(png).shape == (4096, 8192, 3)
+    rng = np.random.default_rng(0)
+    smooth = cv2.resize(rng.integers(0, 256, (9, 16, 3), dtype=np.uint8), (1920, 1080),
+                        interpolation=cv2.INTER_LINEAR)
+    jpeg = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", cv2.cvtColor(smooth, cv2.COLOR_RGB2BGR))[1]
+                           .tobytes())
+    reduced = msg_to_rgb(jpeg, (224, 224))
+    assert reduced.shape == (540, 960, 3)
+    full_then_shrunk = cv2.resize(msg_to_rgb(jpeg), (960, 540), interpolation=cv2.INTER_AREA)
+    assert np.abs(reduced.astype(int) - full_then_shrunk).mean() < 3
+    raw = array_to_image_msg(smooth, "rgb8")
+    shrunk = msg_to_rgb(raw, (224, 224))
+    assert shrunk.shape == (540, 960, 3)
+    np.testing.assert_array_equal(shrunk, cv2.resize(smooth, (960, 540), interpolation=cv2.INTER_AREA))
+    bgr = array_to_image_msg(smooth[..., ::-1], "bgr8")
+    np.testing.assert_array_equal(msg_to_rgb(bgr, (224, 224)), shrunk)
+
+
+def test_strings_from_messages_are_cut_in_errors():
+    from deltaworld_ros.image_conversion import cut
+
+    long_text = "e" * 10_000_000
+    assert cut(long_text) == f"{'e' * 64!r}... (10000000 characters)"
+    assert cut("rgb8") == "'rgb8'"
+    for msg in (Image(height=1, width=1, step=3, encoding=long_text, data=b"\0\0\0"),
+                CompressedImage(format=long_text, data=b"\x89PNG\r\n\x1a\n")):
+        with pytest.raises(ImageConversionError) as raised:
+            msg_to_rgb(msg)
+        assert len(str(raised.value)) < 300 and "10000000 characters" in str(raised.value)
