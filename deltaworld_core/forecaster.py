@@ -224,10 +224,14 @@ class Forecaster:
         (torch.compile mode="reduce-overhead"): their shapes are fixed for a given config (the
         predictor's context grows over the horizon: one graph per step). A graph replays into
         the same output memory, so each output is cloned before the next replay reuses it."""
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
         def capture(fn):
             compiled = torch.compile(fn, mode="reduce-overhead", dynamic=False, fullgraph=False)
 
             def run(*args, **kwargs):
+                if _get_current_dispatch_mode() is not None:  # e.g. bench's FLOP counter: count the eager ops
+                    return fn(*args, **kwargs)
                 torch.compiler.cudagraph_mark_step_begin()
                 out = compiled(*args, **kwargs)
                 return [(k.clone(), v.clone()) for k, v in out] if isinstance(out, list) else out.clone()

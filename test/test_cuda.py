@@ -257,3 +257,29 @@ def test_cuda_bench_reports_synchronised_stages_and_peak_memory():
     assert result["machine"]["device"] == "cuda" and result["machine"]["device_name"]
     assert result["peak_gpu_mb"] > 0 and result["config"]["vfm_backend"] == "torch"
     assert all(result["stage_ms"][s] > 0 for s in bench.STAGES)
+
+
+def test_capture_wrappers_copy_outputs_and_leave_flop_counting_eager(monkeypatch):
+    """The CUDA-graph wrappers on CPU with torch.compile stood in by the identity: same futures,
+    every output a copy (a replayed graph overwrites its outputs), and under a dispatch mode (the
+    bench's FLOP counter) the eager function runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(kw) or fn)
+    over = {**DINOV3, "forecast.quantize": "none"}
+    eager = Forecaster.from_config("default", overrides=over)
+    captured = Forecaster.from_config("default", overrides=over)
+    captured._capture()
+    assert captured.captured and len(compiled) == 3 and compiled[0]["mode"] == "reduce-overhead"
+    for i, img in enumerate(frames(5)):
+        a, b = eager.step(img, 0.1 * i), captured.step(img, 0.1 * i)
+    torch.testing.assert_close(b.features, a.features)
+    tokens = torch.randn(1, 2, captured.world.token_dim)
+    times = torch.zeros(1, 2, dtype=torch.float64)
+    kv = captured.world.context_kv(tokens, times)
+    again = captured.world.context_kv(tokens, times)
+    assert kv[0][0] is not again[0][0] and torch.equal(kv[0][0], again[0][0])
+    with FlopCounterMode(display=False) as counter:
+        captured.world.context_kv(tokens, times)
+    assert counter.get_total_flops() > 0
