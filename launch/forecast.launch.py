@@ -95,6 +95,8 @@ def generate_launch_description():
         problem = exit_problem(context.locals.event.returncode)
         if problem:
             raise LaunchError(problem)
+        if context.is_shutdown:  # Ctrl-C: launch is stopping already (a second Shutdown fails in launch_ros)
+            return None
         return [EmitEvent(event=Shutdown(reason="forecast_node exited"))]
 
     def forecast_node(context):
