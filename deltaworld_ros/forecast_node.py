@@ -350,7 +350,8 @@ class ForecastNode(LifecycleNode):
         offered = {info.qos_profile.reliability for info in self.get_publishers_info_by_topic(topic)}
         if not offered:
             return
-        wanted = ReliabilityPolicy.BEST_EFFORT if ReliabilityPolicy.BEST_EFFORT in offered else ReliabilityPolicy.RELIABLE
+        best_effort = ReliabilityPolicy.BEST_EFFORT in offered
+        wanted = ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE
         me = (self.get_name(), self.get_namespace())
         actual = {info.qos_profile.reliability for info in self.get_subscriptions_info_by_topic(topic)
                   if (info.node_name, info.node_namespace) == me}

@@ -14,8 +14,6 @@ import re
 
 from rclpy.validate_topic_name import validate_topic_name
 
-from deltaworld_ros.image_conversion import cut
-
 # name -> (default, description). Zero / empty values mean "keep the model config's value".
 PARAMETERS: dict[str, tuple[object, str]] = {
     "autostart": (True, "Configure and activate on start-up (false: wait for lifecycle transitions)."),
@@ -27,7 +25,8 @@ PARAMETERS: dict[str, tuple[object, str]] = {
                                             "best_effort or reliable (needs a reliable publisher)."),
     "input_depth": (5, "QoS history depth of the camera subscription (1-100): frames DDS may hold for the node."),
     "use_compressed": (False, "Subscribe to sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed."),
-    "futures_topic": ("deltaworld/futures", "Output topic (deltaworld_ros/Futures); relative = in the node's namespace."),
+    "futures_topic": ("deltaworld/futures", "Output topic (deltaworld_ros/Futures); relative = in the node's "
+                                            "namespace."),
     "model_config": ("default", "deltaworld_core config: a name (deltaworld_core/configs/NAME.yaml) or a YAML path."),
     "weights": ("", "Folder of tokenizer/world/heads .safetensors; empty = the config's weights."),
     "device": ("auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."),
