@@ -262,3 +262,44 @@ def test_a_recording_that_fails_mid_run_is_skipped_and_counted(media, tmp_path, 
     assert "broken.avi" in caplog.text and "skipped" in caplog.text
     assert re.search(r"\| skipped [1-9]\d* recordings", caplog.text)  # counted in the progress line
     assert len(_losses(tmp_path / "run")) == 4
+
+
+def test_finetune_from_the_release_with_frozen_parts(media, tmp_path):
+    """The recipe of docs/training.md at tiny size: the authors' DeltaTok and DeltaWorld files
+    (release layout, random values), the predictor fine-tuned on a bag with some parts frozen."""
+    from deltaworld_core.forecaster import load_weights
+    from deltaworld_core.released import load_released_deltaworld, released_key_shapes
+    from deltaworld_core.world import DeltaWorld
+
+    bag = tmp_path / "robot.mcap"
+    _synthetic_bag(bag)
+    model = {"vfm": {"embed_dim": 32, "depth": 1, "num_heads": 2, "num_registers": 0, "image_size": [64, 64]},
+             "tokenizer": {"dim": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "mlp_hidden": 64},
+             "world": {"dim": 32, "depth": 1, "num_heads": 2}, "forecast": {"output_size": [32, 32], "geometry": "squash"}}
+    path = tmp_path / "paper_tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "model_base": "paper", "model": model}))
+    out = tmp_path / "mine"
+    cfg = load_train_config(path, {"out": str(out), "data.videos.paths": [str(bag)], "stage": "world", "steps": 3})
+    g = torch.Generator().manual_seed(0)
+    files = {}
+    for part in ("deltatok", "deltaworld"):
+        files[part] = tmp_path / part / "pytorch_model.bin"
+        files[part].parent.mkdir()
+        torch.save({k: torch.randn(s, generator=g) * 0.05 for k, s in released_key_shapes(cfg.model_config, part).items()},
+                   files[part])
+    frozen = ["norm", "blocks.0.norm1"]
+    run(load_train_config(path, {"out": str(out), "data.videos.paths": [str(bag)], "stage": "world", "steps": 3,
+                                 "pretrained": str(files["deltatok"]), "init": str(files["deltaworld"]),
+                                 "freeze": frozen}))
+    released = load_released_deltaworld(DeltaWorld.from_config(cfg.model_config.world,
+                                                                token_dim=cfg.model_config.tokenizer.dim),
+                                        files["deltaworld"]).state_dict()
+    tuned = read_state(out / "world.safetensors")
+    assert set(tuned) == set(released)
+    kept = [k for k in tuned if k.startswith(("norm.", "blocks.0.norm1."))]
+    assert kept and all(torch.equal(tuned[k], released[k]) for k in kept)
+    assert any(not torch.equal(tuned[k], released[k]) for k in tuned if k not in kept)  # the rest trained
+    load_weights(out, world=DeltaWorld.from_config(cfg.model_config.world, token_dim=cfg.model_config.tokenizer.dim))
+    with pytest.raises(ConfigError, match="names no parameter"):
+        run(load_train_config(path, {"out": str(tmp_path / "x"), "data.videos.paths": [str(bag)], "stage": "world",
+                                     "pretrained": str(files["deltatok"]), "freeze": ["no_such_part"]}))

@@ -54,7 +54,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    pretrained: str | None = None  # folder with earlier stages' exports; None = ``out``
+    pretrained: str | None = None  # folder with earlier stages' exports (or a released DeltaTok file); None = ``out``
+    init: str | None = None  # fine-tuning: the trained part starts from this folder/.safetensors/released file (training/init.py)
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes of the trained part kept fixed
     steps: int = 1000
     batch_size: int = 16  # global (the effective batch of one optimizer step), split across ranks and optim.accumulate
     seed: int = 0

@@ -36,6 +36,7 @@ from ..features import FeatureCache
 from ..forecaster import WEIGHT_FILES, build_models
 from .checkpoints import Metrics, checkpoint_dir, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .init import freeze, is_released_file, load_part
 from ..data.stream import stream_refs
 from .dense import DenseStage
 from .streamed import StreamedBatches, clip_spec, pca_changes
@@ -142,11 +143,14 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 
 def _load_frozen(cfg: TrainConfig, part: str, module: nn.Module) -> nn.Module:
-    folder = Path(cfg.pretrained or cfg.out)
-    path = folder / WEIGHT_FILES[part]
+    source = Path(cfg.pretrained or cfg.out)
+    if is_released_file(source):  # the authors' DeltaTok file
+        load_part(part, module, source)
+        return module.eval().requires_grad_(False)
+    path = source / WEIGHT_FILES[part]
     if not path.is_file():
         raise CheckpointError(f"stage {cfg.stage!r} needs a trained {part}: {path} not found "
-                              f"(run stage {part} first, or set pretrained=FOLDER)")
+                              f"(run stage {part} first, or set pretrained=FOLDER or a released DeltaTok file)")
     load_state_strict(module, read_state(path), source=str(path))
     return module.eval().requires_grad_(False)
 
@@ -253,7 +257,15 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
     elif not resume and (checkpoint_dir(cfg) / "latest").is_file():
         raise CheckpointError(f"{checkpoint_dir(cfg)} already holds checkpoints: pass --resume to continue, "
                               f"or choose another out= folder")
-    if hasattr(stage, "prepare"):  # e.g. the tokenizer's PCA init (same on every rank)
+    if cfg.init is not None and step == 0:
+        # fine-tuning: the start is the given weights (a linear path keeps its trained PCA code)
+        if main:
+            log.info("%s starts from %s", cfg.stage, load_part(cfg.stage, net, cfg.init))
+        else:
+            load_part(cfg.stage, net, cfg.init)
+        if hasattr(stage, "freeze"):
+            stage.freeze(net)
+    elif hasattr(stage, "prepare"):  # e.g. the tokenizer's PCA init (same on every rank)
         if step == 0 and streamed_pca(cfg, net):
             info = net.init_linear_path(pca_changes(cfg, refs, vfm, net))
             stage.freeze(net)
@@ -266,6 +278,10 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
     else:
         streamed = batches = StreamedBatches(cfg, refs, vfm, device, rank, world_size, step,
                                              tokenizer=frozen if cfg.stage == "world" else None, world=world)
+    if cfg.freeze:
+        fixed = freeze(net, cfg.freeze)
+        if main:
+            log.info("frozen: %s (%d of %d values)", ", ".join(cfg.freeze), fixed, sum(p.numel() for p in net.parameters()))
     model: nn.Module = stage_model
     ddp = None
     if distributed:
