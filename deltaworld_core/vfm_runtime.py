@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import os
@@ -148,7 +147,10 @@ class Bf16Backbone(nn.Module):
 
     def __init__(self, backbone: nn.Module, image_size: tuple[int, int]):
         super().__init__()
-        backbone = copy.deepcopy(backbone).float().eval()
+        if any(t.dtype != torch.float32 for t in backbone.parameters()):
+            raise ValueError("Bf16Backbone wraps a float32 backbone")
+        # The float32 parts (patch embedding, norms, tokens) are the backbone's own modules, shared
+        # and not copied: both are frozen, and a copy would hold a second float32 model in memory.
         self.patch_embed, self.norm = backbone.patch_embed, backbone.norm
         self.cls_token, self.register_tokens = backbone.cls_token, backbone.register_tokens
         self.num_prefix = 1 + backbone.num_registers

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from deltaworld_core import vfm_runtime
+from deltaworld_core import vfm_runtime, vfm_weights
 from deltaworld_core.config import ConfigError, load_config, parse_override
 from deltaworld_core.features import FeatureCache
 from deltaworld_core.vfm import VisionTransformer, build_vfm
@@ -158,6 +158,8 @@ def _errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 def test_bf16_embedded_features_and_changes_within_bound(embedded):
     cache, pixels, ref = embedded
     vfm = build_vfm(SimpleNamespace(**EMBEDDED), cache_dir=cache, precision="bf16")
+    # the bf16 model shares the float32 parts and holds no second float32 copy of the weights
+    assert sum(p.numel() for p in vfm.parameters()) == vfm_weights.EMBEDDED_PARAMS
     feat, delta = _errors(vfm.encode_pixels(pixels), ref)
     # docs/vfm-precision.md: 0.7% / 2.1% over 7 held-out videos; this clip ~0.6% / ~1.6%
     assert feat < 0.015 and delta < 0.04, (feat, delta)
