@@ -28,7 +28,10 @@ import numpy as np
 
 SETTINGS = {
     "embedded_default_112_k8": (8, 3, 112, 112),
+    "paper_192_pub4_4x3": (4, 3, 192, 256),
+    "paper_192_pub4_16x9": (4, 3, 192, 341),
     "paper_256_pub4_square": (4, 3, 256, 256),
+    "paper_256_pub1_16x9": (1, 3, 256, 455),
     "paper_256_pub4_16x9": (4, 3, 256, 455),
     "paper_256_k20_square": (20, 3, 256, 256),
     "paper_512_k20_square": (20, 3, 512, 512),
@@ -86,6 +89,7 @@ def publish(setting: tuple[int, int, int, int], rate: float, seconds: float, top
     while pub.get_subscription_count() < 1 and time.time() < deadline:
         rclpy.spin_once(node, timeout_sec=0.05)
     sent, convert_ms, publish_ms = 0, [], []
+    load_before = os.getloadavg()[0]
     start = time.time()
     while time.time() - start < seconds:
         due = start + sent / rate
@@ -110,7 +114,8 @@ def publish(setting: tuple[int, int, int, int], rate: float, seconds: float, top
             "sent_hz": sent / elapsed, "received": len(got), "received_share": len(got) / max(sent, 1),
             "latency_ms_median": statistics.median(lat) if lat else None,
             "latency_ms_p90": float(np.percentile(lat, 90)) if lat else None,
-            "convert_ms_median": statistics.median(convert_ms), "publish_ms_median": statistics.median(publish_ms)}
+            "convert_ms_median": statistics.median(convert_ms), "publish_ms_median": statistics.median(publish_ms),
+            "load_avg_1min": [load_before, os.getloadavg()[0]]}
 
 
 def main() -> int:
