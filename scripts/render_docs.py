@@ -131,8 +131,34 @@ def result_files(results: Path, *patterns: str) -> list[Path]:
     return [p for p in found if p.relative_to(results.parent).as_posix() in tracked]
 
 
+def _json_or_none(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def bench_files(results: Path) -> list[Path]:
-    return result_files(results, "bench_*.json", "device_bench_*.json")
+    """Every result written by ``deltaworld_core.bench --json`` (a ``stage_ms`` dict and a
+    ``config`` with a name), whatever its file name: bench_*, device_bench_*, table_cpu_* ..."""
+    found = []
+    for path in result_files(results, "*.json"):
+        d = _json_or_none(path)
+        if isinstance(d, dict) and isinstance(d.get("stage_ms"), dict) and isinstance(d.get("config"), dict) \
+                and "name" in d["config"]:
+            found.append(path)
+    return found
+
+
+def table_files(results: Path, key: str) -> list[Path]:
+    """Results of scripts/bench_table.py-style runs: a ``table`` list whose rows have ``key``."""
+    found = []
+    for path in result_files(results, "*.json"):
+        d = _json_or_none(path)
+        rows = d.get("table") if isinstance(d, dict) else None
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict) and key in rows[0]:
+            found.append(path)
+    return found
 
 
 STAGES = ("vfm", "encode", "predict", "decode", "heads")
@@ -191,7 +217,7 @@ def bench_table(results: Path, gpu: bool) -> str:
 
 @renderer("bench_cpu")
 def render_bench_cpu(results: Path) -> str:
-    """Every CPU benchmark (results/bench_*.json, device_bench_*.json on a CPU): ms per stage."""
+    """Every CPU benchmark (any results/*.json written by ``bench --json`` on a CPU): ms per stage."""
     return bench_table(results, gpu=False)
 
 
@@ -227,7 +253,7 @@ def render_device_table(results: Path) -> str:
     """The planning tables of scripts/bench_table.py (results/device_table*.json, or table*.json on a
     CPU): ms and Hz per stage, GFLOP and peak memory for each K and input size."""
     blocks = []
-    for path in result_files(results, "device_table*.json", "table_*.json"):
+    for path in table_files(results, "total_ms"):
         d = json.loads(path.read_text())
         rows = []
         for r in d.get("table", []):
@@ -251,7 +277,7 @@ def render_device_table(results: Path) -> str:
 def render_flops_table(results: Path) -> str:
     """FLOPs per stage by K and input size (results/flops_*.json): what a forecast costs on any GPU."""
     blocks = []
-    for path in result_files(results, "flops_*.json"):
+    for path in [p for p in table_files(results, "gflop") if p not in table_files(results, "total_ms")]:
         d = json.loads(path.read_text())
         rows = [[fmt(r.get("k")), fmt(r.get("input_px")), *(fmt(r["gflop"].get(s), 1) for s in STAGES),
                  f"**{fmt(r['gflop'].get('total'), 1)}**"] for r in d.get("table", [])]
@@ -259,6 +285,52 @@ def render_flops_table(results: Path) -> str:
         blocks.append(f"`{path.name}`: config `{d.get('config', '?')}`" + (f", `{overrides}`" if overrides else "")
                       + f"; counted by {d.get('counted_by', '?')}; {provenance(d, results, path.name)}.\n\n"
                       + table(["K", "input px", *(f"{s} GFLOP" for s in STAGES), "total GFLOP"], rows))
+    return "\n\n".join(blocks) if blocks else "_No results yet._"
+
+
+@renderer("outputs")
+def render_outputs(results: Path) -> str:
+    """The heads stage and the Futures message per publishing setting (scripts/bench_outputs.py:
+    results/outputs_*.json, device_outputs*.json)."""
+    blocks = []
+    for path in result_files(results, "outputs_*.json", "device_outputs*.json"):
+        d = json.loads(path.read_text())
+        rows = []
+        for r in d.get("rows", []):
+            o = r.get("overrides", {})
+            canvas = r.get("canvas") or ["?", "?"]
+            rows.append([f"`{r.get('setting')}`", fmt(o.get("geometry")), fmt(r.get("views")),
+                         f"{canvas[0]} x {canvas[1]}", f"{r.get('published_k')} / {r.get('k')}",
+                         fmt(o.get("summary_size") and "x".join(map(str, o["summary_size"]))),
+                         fmt(r.get("heads_ms"), 0), fmt(r.get("message_mb"), 1), fmt(r.get("mb_per_s_at_25hz"), 0)])
+        frame = d.get("frame") or ["?", "?"]
+        blocks.append(
+            f"`{path.name}`: {d.get('device_name', d.get('device', '?'))}, {d.get('threads', '?')} threads, "
+            f"torch {d.get('torch', '?')}; camera {frame[1]} x {frame[0]}, {d.get('image_size', '?')} px input; "
+            f"{provenance(d, results, path.name)}.\n\n"
+            + table(["setting", "geometry", "views", "published map", "published / K", "summary size",
+                     "heads ms", "message MB", "MB/s at 25 Hz"], rows))
+    return "\n\n".join(blocks) if blocks else "_No results yet._"
+
+
+@renderer("futures_dds")
+def render_futures_dds(results: Path) -> str:
+    """Futures messages through DDS between two processes per setting (results/futures_dds*.json)."""
+    blocks = []
+    for path in result_files(results, "futures_dds*.json"):
+        d = json.loads(path.read_text())
+        rows = []
+        for r in d.get("rows", []):
+            canvas = r.get("canvas") or ["?", "?"]
+            rows.append([f"`{r.get('setting')}`", f"{r.get('k')} x {r.get('horizon')}", f"{canvas[0]} x {canvas[1]}",
+                         fmt(r.get("message_mb"), 1), fmt(r.get("transport")),
+                         f"{r.get('received')} of {r.get('sent')}", fmt(r.get("latency_ms_median"), 1),
+                         fmt(r.get("latency_ms_p90"), 1), steps(r.get("load_avg_1min"), 1)])
+        blocks.append(
+            f"`{path.name}`: published at {fmt(d.get('rate_hz'), 0)} Hz for {fmt(d.get('seconds'), 0)} s, "
+            f"{d.get('cores', '?')} cores; {provenance(d, results, path.name)}.\n\n"
+            + table(["setting", "published K x steps", "map", "message MB", "transport", "received",
+                     "latency ms median", "p90", "load before / after"], rows))
     return "\n\n".join(blocks) if blocks else "_No results yet._"
 
 
@@ -500,7 +572,7 @@ def render_predictability(results: Path) -> str:
 
 # Targets of the shipped default (issues 10, 11): (text, value from the results, test).
 def _bench(results: Path, threads: int) -> dict | None:
-    for path in result_files(results, "bench_*.json"):
+    for path in [p for p in bench_files(results) if p.name.startswith("bench_")]:
         d = json.loads(path.read_text())
         if d.get("config", {}).get("name") == "default" and d.get("config", {}).get("threads") == threads \
                 and not str(d.get("machine", {}).get("device", "cpu")).startswith("cuda"):
