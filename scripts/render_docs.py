@@ -705,8 +705,8 @@ def render_node_parameters(results: Path) -> str:
     """Every forecast_node parameter with its default and description, from the node's source."""
     repo = results.parent if (results.parent / "deltaworld_ros").is_dir() else REPO
     constants = _node_source_constants(repo)
-    effects = [("START_ONLY", "refused: start-up only"), ("RECONFIGURE", "re-configure"),
-               ("RESUBSCRIBE", "re-subscribe")]
+    effects = [("START_ONLY", "refused: start-up only"), ("RECONFIGURE", "at the next configure"),
+               ("RESUBSCRIBE", "at once (the camera subscription is remade)")]
     known = [(constants[key], text) for key, text in effects if key in constants]
 
     def effect(name: str) -> str:
