@@ -217,7 +217,8 @@ class ForecastConfig:
     # and evaluated) whatever the camera rate, while a forecast still comes with every frame
     context_spacing: str = "frames"
     # Decode all K hypotheses (the summaries use all of them) but publish the maps of the first
-    # publish_k only (None = K): the heads' upsampling and the message shrink with it
+    # publish_k only (None = K; more than K publishes K, so a node's `k` below it stays valid):
+    # the message shrinks with it
     publish_k: int | None = ranged(None, 1, 256)
     # (h, w) the summaries (mode, agreement, depth mean/std over all K) are computed at before they
     # are upsampled to the published size; None = the published size
@@ -241,8 +242,6 @@ class ForecastConfig:
             _image_size("forecast.output_size", self.output_size, 1)
         if self.summary_size is not None:
             _image_size("forecast.summary_size", self.summary_size, 1)
-        if self.publish_k is not None and self.publish_k > self.k:
-            raise ConfigError(f"forecast.publish_k ({self.publish_k}) must be <= forecast.k ({self.k})")
 
 
 @dataclass

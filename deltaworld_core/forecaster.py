@@ -197,7 +197,7 @@ class Forecaster:
             module.eval().requires_grad_(False)
         fc = cfg.forecast
         self.context, self.horizon, self.k, self.step_s = fc.context, fc.horizon, fc.k, fc.step_s
-        self.publish_k = fc.publish_k or fc.k
+        self.publish_k = min(fc.publish_k or fc.k, fc.k)  # at most K
         self.geometry, self.context_spacing = fc.geometry, fc.context_spacing
         self.max_gap_s = fc.max_gap_s
         self.output_size = tuple(fc.output_size or cfg.vfm.image_size)

@@ -85,7 +85,10 @@ def test_geometry_and_spacing_are_validated():
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config("default", {key: value})
     with pytest.raises(ConfigError, match="publish_k"):
-        load_config("default", {"forecast.k": 4, "forecast.publish_k": 5})
+        load_config("default", {"forecast.publish_k": 0})
+    # publish_k above K publishes K (a node's smaller `k` with the paper config's publish_k 4 stays valid)
+    fc = Forecaster.from_config("default", overrides={**DINOV3, "forecast.k": 2, "forecast.publish_k": 4})
+    assert fc.publish_k == 2
 
 
 def test_two_squares_forecast_covers_the_full_view_and_each_view_is_a_forecast_of_its_square():
