@@ -280,6 +280,17 @@ print(json.dumps(result, indent=1))
 EOF
 fi
 
+# Issue 18: streaming training throughput (scripts/bench_train_stream.py): the paper-size tokenizer
+# stage (256 px, batch 128, bf16, compiled) from real video through the streaming loader with the VFM
+# on the fly, the same stage fed random tensors, and the world stage at K = 256, batch 32:
+# results/device_train_stream.json (samples/s, ratio, MFU per stage). Off by default (about 5 min):
+# DEVICE_CHECK_TRAIN_STREAM=1 runs it (with DEVICE_CHECK_SKIP naming the other stages to run it alone).
+train_stream_stage() {
+  [ "${DEVICE_CHECK_TRAIN_STREAM:-0}" = 1 ] || return 0
+  stage train_stream 330 "$PY" scripts/bench_train_stream.py --out results/device_train_stream.json
+}
+train_stream_stage
+
 # 5. Summary against the issues' targets (paper config, one 512 px view, one H200).
 "$PY" - <<'EOF'
 import json

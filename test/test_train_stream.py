@@ -303,3 +303,21 @@ def test_finetune_from_the_release_with_frozen_parts(media, tmp_path):
     with pytest.raises(ConfigError, match="names no parameter"):
         run(load_train_config(path, {"out": str(tmp_path / "x"), "data.videos.paths": [str(bag)], "stage": "world",
                                      "pretrained": str(files["deltatok"]), "freeze": ["no_such_part"]}))
+
+
+def test_the_gpu_throughput_script_runs_at_tiny_size_on_cpu(media, tmp_path):
+    """scripts/bench_train_stream.py (device_check.sh's train_stream stage) at tiny sizes: every
+    stage runs and the JSON has its keys, so a lent GPU does not find it broken."""
+    out = tmp_path / "device_train_stream.json"
+    env = {**_env(), "DELTAWORLD_TRAIN_STREAM_TINY": "1"}
+    res = subprocess.run([sys.executable, "scripts/bench_train_stream.py", "--out", str(out), "--steps", "1",
+                          "--videos", *[str(p) for p in sorted(media.videos.iterdir())]],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["tiny"] and set(result["stages"]) == {"tokenizer_stream", "tokenizer_random", "world_stream"}
+    for stage in result["stages"].values():
+        assert stage["samples_per_s"] > 0 and stage["flops_per_step"] > 0 and math.isfinite(stage["loss"])
+    assert result["stream_over_random"] > 0 and "command" in result and "date" in result
