@@ -156,8 +156,11 @@ class Harness:
             time.sleep(0.02)
 
     def wait_until_connected(self, node: NodeProcess, timeout: float = 90.0) -> None:
-        """The node subscribes to the camera on activate, i.e. after the model has loaded."""
-        self.wait_for(lambda: self.node.count_subscribers(self.camera_topic) > 0
+        """The node subscribes to the camera on activate, i.e. after the model has loaded. Waits
+        for the camera publisher to be *matched* (compatible QoS), not merely for a subscription
+        in the graph: with best_available, a subscription made before the node discovered this
+        best-effort camera is reliable until the node re-makes it (within a second)."""
+        self.wait_for(lambda: self.camera.get_subscription_count() > 0
                       and self.node.count_publishers("/deltaworld/futures") > 0, timeout, "the node", node)
         time.sleep(0.3)  # let both ends finish matching
 

@@ -397,7 +397,7 @@ def test_a_stalled_model_step_is_reported_and_forecasting_resumes(ros_env, ros_n
     try:
         node.trigger_configure()
         node.trigger_activate()
-        harness.wait_for(lambda: harness.node.count_subscribers("/camera/image_raw") > 0, 30, "the node")
+        harness.wait_for(lambda: harness.camera.get_subscription_count() > 0, 30, "the node")
         time.sleep(0.3)
         assert harness.send_until_forecast(None, 20) >= CONTEXT
         release, held = threading.Event(), threading.Event()
