@@ -27,6 +27,12 @@ The code lives in :mod:`deltaworld_core.training` (config, loop, checkpoints, on
 stage); this module is the command line.
 The global batch of step s is drawn from a generator seeded by (seed, s), and split across
 ranks, so data order does not depend on restarts or on the number of processes.
+``data.feature_cache: false`` streams instead (stages tokenizer and world): DataLoader workers
+decode bags, videos, folders, lists or tar shards as training goes (:mod:`deltaworld_core.data.stream`,
+seeded and resumable, no pass before step 0) and the frozen VFM runs on each batch on the training
+device; nothing is cached. ``optim.accumulate`` reaches an effective ``batch_size`` in micro-batches;
+``init``/``pretrained``/``freeze`` fine-tune from a run folder or the authors' release. How to choose
+and the commands: docs/training.md.
 
 Checkpoints ``<out>/checkpoints/<stage>/step_N/`` (weights as safetensors + optimizer, scheduler,
 RNG and step via ``torch.save``, loaded with ``weights_only=True``) are written atomically every

@@ -119,14 +119,17 @@ def main(argv=None) -> int:
     cfg = load_train_config(args.config, {"data.feature_cache": False, "data.motion.windows": 0,
                                           "data.synthetic.seeds": [0, 0], "data.videos.sources": []})
     loader_small = bench_loader(cfg, refs, args.workers, args.rounds)
-    many = [dataclasses.replace(refs[i % len(refs)], name=f"copy{i}/{refs[i % len(refs)].name}") for i in range(args.many)]
+    many = [dataclasses.replace(refs[i % len(refs)], name=f"copy{i}/{refs[i % len(refs)].name}")
+            for i in range(args.many)]
     loader_many = bench_loader(cfg, many, args.workers, args.rounds)
     consumption = bench_consumption(cfg, args.threads, args.steps)
     ratio = loader_small["clips_per_s"] / consumption["clips_per_s"]
     result = {
-        "command": " ".join([".venv/bin/python", "scripts/bench_train_loader.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join([".venv/bin/python", "scripts/bench_train_loader.py",
+                             *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+        "machine": {"cpu": next((line.split(":", 1)[1].strip()
+                                 for line in Path("/proc/cpuinfo").read_text().splitlines()
                                  if line.startswith("model name")), platform.processor()),
                     "cores": os.cpu_count(), "load_avg_1min_at_start": os.getloadavg()[0], "torch": torch.__version__},
         "config": {"batch_size": cfg.batch_size, "round_steps": cfg.data.stream.round_steps,

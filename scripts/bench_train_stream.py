@@ -178,7 +178,8 @@ def main(argv=None) -> int:
     expand_media(videos)  # one clear error for a bad entry before any model is built
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_train_stream_{os.getpid()}"
     stages = {}
-    for kind, stage in (("tokenizer_stream", "tokenizer"), ("tokenizer_random", "tokenizer"), ("world_stream", "world")):
+    kinds = (("tokenizer_stream", "tokenizer"), ("tokenizer_random", "tokenizer"), ("world_stream", "world"))
+    for kind, stage in kinds:
         cfg = _config(stage, sizes, tiny, videos, device, workers, scratch / kind)
         stages[kind] = bench_stage(cfg, kind, steps, warmup, peak)
         print(kind, json.dumps(stages[kind]), flush=True)

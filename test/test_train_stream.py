@@ -275,7 +275,8 @@ def test_finetune_from_the_release_with_frozen_parts(media, tmp_path):
     _synthetic_bag(bag)
     model = {"vfm": {"embed_dim": 32, "depth": 1, "num_heads": 2, "num_registers": 0, "image_size": [64, 64]},
              "tokenizer": {"dim": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "mlp_hidden": 64},
-             "world": {"dim": 32, "depth": 1, "num_heads": 2}, "forecast": {"output_size": [32, 32], "geometry": "squash"}}
+             "world": {"dim": 32, "depth": 1, "num_heads": 2},
+             "forecast": {"output_size": [32, 32], "geometry": "squash"}}
     path = tmp_path / "paper_tiny.yaml"
     path.write_text(yaml.safe_dump({**TINY, "model_base": "paper", "model": model}))
     out = tmp_path / "mine"
@@ -285,8 +286,8 @@ def test_finetune_from_the_release_with_frozen_parts(media, tmp_path):
     for part in ("deltatok", "deltaworld"):
         files[part] = tmp_path / part / "pytorch_model.bin"
         files[part].parent.mkdir()
-        torch.save({k: torch.randn(s, generator=g) * 0.05 for k, s in released_key_shapes(cfg.model_config, part).items()},
-                   files[part])
+        shapes = released_key_shapes(cfg.model_config, part)
+        torch.save({k: torch.randn(s, generator=g) * 0.05 for k, s in shapes.items()}, files[part])
     frozen = ["norm", "blocks.0.norm1"]
     run(load_train_config(path, {"out": str(out), "data.videos.paths": [str(bag)], "stage": "world", "steps": 3,
                                  "pretrained": str(files["deltatok"]), "init": str(files["deltaworld"]),

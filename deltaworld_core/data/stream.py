@@ -63,7 +63,8 @@ __all__ = ["ClipStream", "MediaError", "StreamConfig", "expand_media", "stream_r
 class StreamConfig:
     """``data.stream``: the streaming reader (used when ``data.feature_cache: false``)."""
 
-    round_steps: int = 8  # steps drawn together: each read gives one clip to each (decode cost / clip = 1/round_steps of a recording)
+    # steps drawn together: each read gives one clip to each (a clip costs 1/round_steps of a recording's decoding)
+    round_steps: int = 8
     workers: int = 2  # DataLoader worker processes per rank (0 = read in the training process)
     prefetch: int = 2  # rounds queued per worker
     max_gap_s: float = 1.0  # a larger jump between stamps splits a recording (clips never span it)
@@ -104,13 +105,13 @@ def stream_refs(d) -> list:
         raise ConfigError(f"data.videos.paths: {err}") from err
     if d.videos.sources:
         refs += [MediaRef(f.name, str(f.path), "frames" if f.path.is_dir() else "video")
-                 for f in video_files(dataclass_replace_paths(d.videos), d.media_cache)]
+                 for f in video_files(_without_paths(d.videos), d.media_cache)]
     if not refs:
         raise ConfigError("no training data: data.feature_cache: false needs data.videos.paths or data.videos.sources")
     return refs
 
 
-def dataclass_replace_paths(videos):
+def _without_paths(videos):
     """``videos`` without ``paths`` (the streaming reader expands those itself)."""
     import dataclasses
 
@@ -139,7 +140,8 @@ class ClipStream(torch.utils.data.IterableDataset):
 
     Item: ``{"frames": uint8 [G, b, F, h, w, 3], "black": bool [G, b], "times": float64 [G, b, T],
     "round": int, "skipped": list of (name, reason) of recordings given up on, "frames_skipped": frames or messages
-    that failed to decode inside recordings that were used (:func:`~deltaworld_core.data.media.skipped`)}`` with G = round_steps, b = batch_size / ranks;
+    that failed to decode inside recordings that were used (:func:`~deltaworld_core.data.media.skipped`)}``
+    with G = round_steps, b = batch_size / ranks;
     F = 2 for pairs (previous, current; previous is black where ``black``), T + 1 for clips (the frame
     before the clip, black where ``black``, then the T clip frames); T = 2 for pairs (times 0 and the gap).
     """
@@ -218,8 +220,9 @@ class ClipStream(torch.utils.data.IterableDataset):
             if len(clips) == need:
                 return clips
         names = sorted({name for name, _ in skipped})
-        raise MediaError(f"read {n}: no usable clip after {self.s.max_attempts} recordings "
-                         f"({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}): {skipped[-1][1] if skipped else ''}")
+        listed = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        raise MediaError(f"read {n}: no usable clip after {self.s.max_attempts} recordings ({listed}): "
+                         f"{skipped[-1][1] if skipped else ''}")
 
     # ---- one recording -> k clips, uniformly over its valid positions
     def _reservoir(self, ref, k: int, rng: np.random.Generator) -> list:
@@ -286,7 +289,7 @@ class ClipStream(torch.utils.data.IterableDataset):
         hw = ring[-1][0].shape[:2]
         crop = sample_crop(hw, hw, rng, d.crop_scale, d.crop_ratio, 0.5 if d.flip else 0.0)
         stack = np.stack([ring[i][0] for i in idx])
-        if stack.shape[1:3] != hw:  # a recording whose frame size changes mid-run: this clip's frames resized to the last
+        if stack.shape[1:3] != hw:  # the frame size changed inside the clip: resized to the last frame's
             stack = np.stack([cv2.resize(f, (hw[1], hw[0]), interpolation=cv2.INTER_AREA) for f in stack])
         frames = apply_crop(stack, crop, self.size)
         if black:

@@ -55,7 +55,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     pretrained: str | None = None  # folder with earlier stages' exports (or a released DeltaTok file); None = ``out``
-    init: str | None = None  # fine-tuning: the trained part starts from this folder/.safetensors/released file (training/init.py)
+    init: str | None = None  # fine-tuning: the trained part starts here (folder/.safetensors/released file; init.py)
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes of the trained part kept fixed
     steps: int = 1000
     batch_size: int = 16  # global (the effective batch of one optimizer step), split across ranks and optim.accumulate
@@ -96,7 +96,8 @@ class TrainConfig:
         if not isinstance(self.optim.accumulate, int) or self.optim.accumulate < 1:
             raise ConfigError(f"optim.accumulate must be an integer >= 1, got {self.optim.accumulate!r}")
         if self.batch_size % self.optim.accumulate:
-            raise ConfigError(f"batch_size {self.batch_size} must be divisible by optim.accumulate {self.optim.accumulate}")
+            raise ConfigError(f"batch_size {self.batch_size} must be divisible by optim.accumulate "
+                              f"{self.optim.accumulate}")
         if self.optim.lr <= 0 or self.optim.weight_decay < 0 or self.optim.warmup_steps < 0 or self.optim.grad_clip < 0:
             raise ConfigError("optim: lr must be > 0; weight_decay, warmup_steps, grad_clip >= 0")
         self.data.validate()

@@ -59,7 +59,8 @@ def freeze(net: nn.Module, prefixes: list[str]) -> int:
         hits = [n for n in names if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
         if not hits:
             tops = sorted({n.split(".")[0] for n in names})
-            raise ConfigError(f"freeze: {prefix!r} names no parameter of the trained part (its parts: {', '.join(tops)})")
+            raise ConfigError(f"freeze: {prefix!r} names no parameter of the trained part "
+                              f"(its parts: {', '.join(tops)})")
     for name, p in net.named_parameters():
         if any(name == pre or name.startswith(pre.rstrip(".") + ".") for pre in prefixes):
             p.requires_grad_(False)

@@ -4,9 +4,14 @@ seeded global batches split across ranks, AdamW with warm-up, gradient clipping,
 autocast and ``torch.compile``, atomic checkpoints (:mod:`.checkpoints`), SIGINT/SIGTERM saving at
 a step boundary, and the export of ``<out>/<part>.safetensors`` + ``model.yaml``.
 
-``torchrun --nproc_per_node=N -m deltaworld_core.train ...`` runs DistributedDataParallel: rank 0
-fills the feature cache, the others read it; every rank draws the same global batch and keeps
-its slice, so data order does not depend on restarts or on the number of processes.
+``torchrun --nproc_per_node=N -m deltaworld_core.train ...`` runs DistributedDataParallel (NCCL on
+CUDA, gloo on CPU). With the feature cache (``data.feature_cache: true``) rank 0 fills it, the others
+read it, and every rank draws the same global batch and keeps its slice; streaming
+(``data.feature_cache: false``, :mod:`.streamed`) each rank reads its own recordings in DataLoader
+workers and the frozen VFM runs on each batch on the training device. Either way the global batch of
+a step depends neither on restarts nor on the number of processes. ``optim.accumulate`` cuts each
+rank's share into micro-batches (one gradient synchronisation a step). ``init``/``freeze``
+(:mod:`.init`) fine-tune from a run folder or the authors' release.
 """
 
 from __future__ import annotations
@@ -110,7 +115,8 @@ class Progress:
                 "data_wait_share": min(1.0, self.wait_since / elapsed)}
         overall = (step - self.start) / max(now - self.t0, 1e-9)
         eta = (self.cfg.steps - step) / overall if overall > 0 else float("inf")
-        log.info("%s step %d/%d (%.0f%%) loss %.4g | %.1f samples/s | data wait %.0f%% | ETA %s%s", self.cfg.stage, step,
+        log.info("%s step %d/%d (%.0f%%) loss %.4g | %.1f samples/s | data wait %.0f%% | ETA %s%s",
+                 self.cfg.stage, step,
                  self.cfg.steps, 100.0 * step / self.cfg.steps, loss, rate["samples_per_s"],
                  100 * rate["data_wait_share"], _duration(eta),
                  f" | skipped {skipped[0]} recordings, {skipped[1]} frames" if any(skipped) else "")
@@ -226,7 +232,8 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
         if main:
             motion = sum(w.name.startswith("motion") for w in videos)
             log.info("data: %d real-video windows (%d of them camera motion), %d synthetic windows, cache %s "
-                     "(%d hits, %d computed)", len(videos), motion, len(synthetic), cache.root, cache.hits, cache.misses)
+                     "(%d hits, %d computed)", len(videos), motion, len(synthetic), cache.root, cache.hits,
+                     cache.misses)
         t0 = time.perf_counter()
         if cfg.stage == "tokenizer":
             net = tokenizer
@@ -281,7 +288,8 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
     if cfg.freeze:
         fixed = freeze(net, cfg.freeze)
         if main:
-            log.info("frozen: %s (%d of %d values)", ", ".join(cfg.freeze), fixed, sum(p.numel() for p in net.parameters()))
+            log.info("frozen: %s (%d of %d values)", ", ".join(cfg.freeze), fixed,
+                     sum(p.numel() for p in net.parameters()))
     model: nn.Module = stage_model
     ddp = None
     if distributed:
