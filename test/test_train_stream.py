@@ -264,6 +264,19 @@ def test_a_recording_that_fails_mid_run_is_skipped_and_counted(media, tmp_path, 
     assert len(_losses(tmp_path / "run")) == 4
 
 
+def test_a_set_where_nothing_decodes_stops_with_one_line(media, tmp_path, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"broken{i}.avi").write_bytes(b"RIFF" + os.urandom(4000))
+    for workers in (0, 2):
+        assert main(["--config", str(media.path), f"out={tmp_path / f'run{workers}'}", f"data.videos.paths=[{folder}]",
+                     f"data.stream.workers={workers}", "data.stream.max_attempts=3"]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # (tqdm's bar aside)
+        assert len(errors) == 1 and "no usable clip after 3 recordings" in errors[0], errors
+        assert "broken" in errors[0] and "Traceback" not in errors[0]
+
+
 def test_finetune_from_the_release_with_frozen_parts(media, tmp_path):
     """The recipe of docs/training.md at tiny size: the authors' DeltaTok and DeltaWorld files
     (release layout, random values), the predictor fine-tuned on a bag with some parts frozen."""

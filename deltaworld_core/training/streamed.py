@@ -16,6 +16,7 @@ import time
 import torch
 
 from ..config import ConfigError
+from ..data.media import MediaError
 from ..data.stream import ClipSpec, ClipStream, steps
 from .config import TrainConfig
 
@@ -101,7 +102,10 @@ class StreamedBatches:
         if step != self._next_step:
             raise RuntimeError(f"the stream is at step {self._next_step}, asked for {step}")
         t0 = time.perf_counter()
-        raw = next(self._it)
+        try:
+            raw = next(self._it)
+        except MediaError as err:  # from a worker, its message ends with the original one: keep that line
+            raise MediaError(str(err).strip().splitlines()[-1]) from None
         self.wait_s += time.perf_counter() - t0
         self._next_step += 1
         frames, black = raw["frames"], raw["black"].to(self.device)
