@@ -118,3 +118,20 @@ def test_readme_stays_short_and_keeps_the_quick_start():
 def test_committed_picture_is_small():
     for picture in (REPO / "docs" / "img").glob("*.png"):
         assert picture.stat().st_size < 200 * 1024, picture.name
+
+
+def test_ros_interface_names_every_diagnostics_key_and_launch_argument():
+    """The hand-written tables of docs/ros-interface.md keep up with the node and the launch file."""
+    page = (REPO / "docs" / "ros-interface.md").read_text()
+    node = (REPO / "deltaworld_ros" / "forecast_node.py").read_text()
+    body = node[node.index("def _publish_diagnostics"):]
+    body = body[:body.index("DiagnosticStatus(\n") if "DiagnosticStatus(\n" in body else len(body)]
+    keys = set(re.findall(r'^\s+"([a-z_]+)": ', body, flags=re.M)) | set(re.findall(r'values\["([a-z_]+)"\]', body))
+    assert keys, "no diagnostics keys found in forecast_node.py"
+    missing = sorted(k for k in keys if f"`{k}`" not in page)
+    assert not missing, f"docs/ros-interface.md lacks diagnostics keys: {missing}"
+    launch = (REPO / "launch" / "forecast.launch.py").read_text()
+    arguments = re.findall(r'DeclareLaunchArgument\(\s*"([a-z_]+)"', launch)
+    assert arguments
+    missing = sorted(a for a in arguments if f"`{a}`" not in page)
+    assert not missing, f"docs/ros-interface.md lacks launch arguments: {missing}"
