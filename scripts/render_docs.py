@@ -860,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in stale:
             print(f"stale: {line}", file=sys.stderr)
         if stale:
-            print("run: python scripts/render_docs.py", file=sys.stderr)
+            print("run: .venv/bin/python scripts/render_docs.py", file=sys.stderr)
         return 1 if stale or problems else 0
     for line in stale:
         print(f"rewrote: {line.split(': block')[0]}: {line.split('block ')[1].split(' ')[0]}")

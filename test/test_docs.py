@@ -29,7 +29,7 @@ render_docs = _load_renderer()
 def test_committed_pages_match_their_results():
     stale, problems = render_docs.run(REPO, REPO / "results", check=True)
     assert not problems, "\n".join(problems)
-    assert not stale, "run `python scripts/render_docs.py`:\n" + "\n".join(stale)
+    assert not stale, "run `.venv/bin/python scripts/render_docs.py`:\n" + "\n".join(stale)
 
 
 def test_every_results_json_parses_and_every_renderer_runs():
