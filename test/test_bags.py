@@ -15,8 +15,8 @@ import pytest
 
 from deltaworld_core.data import bags
 from deltaworld_core.data.bags import BagWriter, ImageMessage, image_message
-from deltaworld_core.data.media import (MediaError, context_break, expand_media, iter_frames, monotonic_runs,
-                                        run_starts, skipped)
+from deltaworld_core.data.media import (MediaError, context_break, duration_s, expand_media, iter_frames,
+                                        monotonic_runs, run_starts, skipped)
 from deltaworld_core.data.synthetic import SyntheticWorld
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,3 +251,50 @@ def test_reading_memory_does_not_grow_with_the_recording(tmp_path, clip, suffix)
 
     short, long = peak(40), peak(160)
     assert 9216 < short and long < 1.3 * short + 50_000, (short, long)  # at least one frame was traced
+
+
+@pytest.mark.parametrize("suffix", [".mcap", ".db3"])
+def test_a_window_reads_only_its_chunks_or_rows_and_exactly_its_frames(tmp_path, clip, suffix):
+    """Windows and durations are on the log (receive) time, the clock a bag indexes: here 1.00 s,
+    1.04 s, ... while the header stamps the frames carry are 1.7e9 s."""
+    bag = write(tmp_path / f"cam{suffix}", clip, chunk_size=5_000)  # MCAP: one frame (9 KB) a chunk
+    (ref,) = expand_media([bag])
+    log_s = [1.0 + 0.04 * i for i in range(len(STAMPS))]
+    assert bags.bag_duration(ref) == pytest.approx((log_s[0], log_s[-1]), abs=1e-9)
+    assert duration_s(ref) == bags.bag_duration(ref)
+    before = bags.read_counts()
+    whole = list(iter_frames(ref))
+    mid = bags.read_counts()
+    got = list(iter_frames(ref, start_s=1.1, stop_s=1.25))
+    after = bags.read_counts()
+    inside = [i for i, t in enumerate(log_s) if 1.1 <= t < 1.25]
+    assert inside == [3, 4, 5, 6]
+    assert [t for _, t in got] == [whole[i][1] for i in inside]  # the header stamps, as an unwindowed read
+    assert all(np.array_equal(a, whole[i][0]) for (a, _), i in zip(got, inside))
+    unit = "chunks" if suffix == ".mcap" else "rows"
+    assert (mid[unit] - before[unit], after[unit] - mid[unit]) == (10, 4)
+    assert skipped(ref) == 0
+    assert not list(iter_frames(ref, start_s=5.0))
+
+
+def test_window_and_duration_over_split_files_and_without_a_summary(tmp_path, clip):
+    folder = tmp_path / "rosbag2"
+    folder.mkdir()
+    (folder / "metadata.yaml").write_text("rosbag2_bagfile_information:\n  storage_identifier: mcap\n")
+    for part, (lo, hi) in enumerate([(0, 4), (4, 10)]):
+        with BagWriter(folder / f"rosbag2_{part}.mcap") as writer:
+            for i in range(lo, hi):
+                writer.write("/cam", image_message(clip[i], STAMPS[i]))  # logged at the header stamp
+    (ref,) = expand_media([folder])
+    assert duration_s(ref) == pytest.approx((STAMPS[0], STAMPS[-1]), abs=1e-6)
+    lo, hi = 1700000000.1, 1700000000.75  # across the split; frame 5 (.76) is out, frame 6 (.74) in
+    got = [t for _, t in iter_frames(ref, start_s=lo, stop_s=hi)]
+    assert got == pytest.approx([t for t in STAMPS if lo <= t < hi], abs=1e-6) and len(got) == 3
+    # a killed recorder's file: no index, so no duration; a window still yields exactly its frames
+    bag = write(tmp_path / "cam.mcap", clip, chunk_size=5_000)
+    cut = tmp_path / "killed.mcap"
+    cut.write_bytes(bag.read_bytes()[:int(bag.stat().st_size * 0.55)])
+    (killed,) = expand_media([cut])
+    assert duration_s(killed) is None
+    assert len(list(iter_frames(killed))) >= 4
+    assert [t for _, t in iter_frames(killed, start_s=1.05, stop_s=1.13)] == pytest.approx(STAMPS[2:4], abs=1e-6)

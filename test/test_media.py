@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from deltaworld_core.config import ConfigError
-from deltaworld_core.data.media import MediaError, expand_media, iter_frames, main, skipped
+from deltaworld_core.data.media import MediaError, duration_s, expand_media, iter_frames, main, skipped
+
 from deltaworld_core.data.synthetic import SyntheticWorld
 
 FPS = 25.0
@@ -182,3 +183,54 @@ def test_data_videos_paths_and_topic_in_a_training_config(library, tmp_path):
         video_files(from_dict(DataConfig, {"videos": {"paths": [str(tmp_path / "empty")]}}).videos, None)
     with pytest.raises(ConfigError, match="data.videos.topic must be a topic name"):
         from_dict(DataConfig, {"videos": {"topic": 3}}).validate()
+
+
+def _in(t: float, lo: float, hi: float) -> bool:
+    return lo <= t < hi
+
+
+@pytest.mark.parametrize("fourcc,ext", [("MJPG", ".avi"), ("mp4v", ".mp4")])
+def test_a_video_window_is_exactly_the_frames_stamped_in_it(tmp_path, fourcc, ext):
+    """mp4v has keyframes every few frames: the seek must still land on the exact frame."""
+    video = tmp_path / f"v{ext}"
+    write_video(video, 4, fourcc, frames=40)
+    (ref,) = expand_media([video])
+    whole = list(iter_frames(ref))
+    assert duration_s(ref) == pytest.approx((0.0, 39 / FPS))
+    for lo, hi in ((0.5, 0.9), (0.0, 0.13), (1.3, 5.0)):
+        got = list(iter_frames(ref, start_s=lo, stop_s=hi))
+        want = [(f, t) for f, t in whole if _in(t, lo, hi)]
+        assert [t for _, t in got] == [t for _, t in want] and got
+        assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got, want))
+    assert [t for _, t in iter_frames(ref, start_s=1.0)] == [t for _, t in whole if t >= 1.0]
+    assert not list(iter_frames(ref, start_s=2.0, stop_s=3.0))  # past the end: nothing, not an error
+    assert skipped(ref) == 0
+    for bad in ({"start_s": 1.0, "stop_s": 1.0}, {"start_s": float("nan")}):
+        with pytest.raises(ValueError, match="start_s"):
+            next(iter_frames(ref, **bad))
+
+
+def test_frame_folder_and_jpeg_shard_windows_skip_files_outside(library, tmp_path):
+    """A frame outside the window is never read: a broken one there is not even noticed."""
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for f in (library / "a" / "cam").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "0000.png").write_bytes(b"broken")
+    (ref,) = expand_media([folder])
+    assert duration_s(ref) == (10.0, 10.5)
+    assert [t for _, t in iter_frames(ref, start_s=10.05, stop_s=10.3)] == [10.1, 10.2] and skipped(ref) == 0
+    assert [t for _, t in iter_frames(ref, stop_s=10.15)] == [10.1] and skipped(ref) == 1  # frame 0 in: read
+
+    from deltaworld_core.data.shards import write_shards
+
+    for fmt in ("jpg", "mp4"):
+        shard = write_shards(expand_media([library / "a" / "y.avi"]), tmp_path / fmt, 1, fmt=fmt)[0]
+        (sample,) = expand_media([shard])
+        whole = list(iter_frames(sample))
+        got = list(iter_frames(sample, start_s=0.1, stop_s=0.3))
+        want = [(f, t) for f, t in whole if _in(t, 0.1, 0.3)]
+        assert [t for _, t in got] == [t for _, t in want] == pytest.approx([0.12, 0.16, 0.2, 0.24, 0.28])
+        assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got, want))
+        # jpg: the JSON's stamps; mp4: only an fps (the frame count needs the video copied out)
+        assert duration_s(sample) == (pytest.approx((0.0, (FRAMES - 1) / FPS)) if fmt == "jpg" else None)

@@ -335,3 +335,72 @@ def test_the_gpu_throughput_script_runs_at_tiny_size_on_cpu(media, tmp_path):
     for stage in result["stages"].values():
         assert stage["samples_per_s"] > 0 and stage["flops_per_step"] > 0 and math.isfinite(stage["loss"])
     assert result["stream_over_random"] > 0 and "command" in result and "date" in result
+
+
+@pytest.fixture(scope="module")
+def long_bag(tmp_path_factory) -> Path:
+    """A 60-s bag at 10 fps (600 frames of 48x64 rgb8, a 40-frame synthetic clip looped), 64 KB
+    MCAP chunks (~7 frames each)."""
+    from deltaworld_core.data.bags import BagWriter, image_message
+    from deltaworld_core.data.synthetic import SyntheticWorld
+
+    clip = SyntheticWorld(4, (48, 64), num_cars=3, num_people=2).render_clip(40, 10.0)["frames"]
+    bag = tmp_path_factory.mktemp("long") / "long.mcap"
+    with BagWriter(bag, chunk_size=64_000) as writer:
+        for i in range(600):
+            writer.write("/camera/image_raw", image_message(clip[i % 40], 500.0 + i / 10))
+    return bag
+
+
+def test_a_long_bag_streams_in_windows_that_read_far_fewer_chunks(media, long_bag, monkeypatch):
+    from deltaworld_core.data import bags, stream as stream_module
+    from deltaworld_core.data.media import iter_frames
+
+    (ref,) = expand_media([str(long_bag)])
+    yielded = []
+
+    def counting(*args, **kwargs):  # the frames each read decodes
+        yielded.append(0)
+        for item in iter_frames(*args, **kwargs):
+            yielded[-1] += 1
+            yield item
+
+    monkeypatch.setattr(stream_module, "iter_frames", counting)
+    cost = {}
+    for window in (None, 4.0):
+        cfg = media(Path("unused"), [long_bag], **{"data.stream.window_s": window})
+        clip_stream = ClipStream([ref], ClipSpec("pair", 2), cfg.data, (56, 56), seed=5, batch_size=4)
+        yielded.clear()
+        before = bags.read_counts()
+        item = clip_stream.round(0)
+        after = bags.read_counts()
+        assert item["frames"].shape == (2, 4, 2, 56, 56, 3) and not item["skipped"]
+        cost[window] = (after["chunks"] - before["chunks"], after["chunk_bytes"] - before["chunk_bytes"], list(yielded))
+        if window is not None:  # 4 reads, each of its own window inside the bag's 59.9 s
+            windows = [clip_stream.window_of(ref, n) for n in range(4)]
+            assert len(set(windows)) == 4 and all(500.0 <= a and b == pytest.approx(a + 4.0) and b <= 559.9 + 1e-6
+                                                  for a, b in windows)
+            assert windows == [clip_stream.window_of(ref, n) for n in range(4)]  # a function of (seed, read)
+    whole, windowed = cost[None], cost[4.0]
+    assert whole[2] == [600] * 4 and all(39 <= n <= 41 for n in windowed[2])  # 4 s at 10 fps
+    assert windowed[0] * 8 < whole[0] and windowed[1] * 8 < whole[1], (whole[:2], windowed[:2])
+    with pytest.raises(ConfigError, match="window_s"):
+        media(Path("unused"), [long_bag], **{"data.stream.window_s": -1})
+    with pytest.raises(ConfigError, match="too short"):
+        ClipStream([ref], ClipSpec("pair", 2), media(Path("unused"), [long_bag], **{"data.stream.window_s": 1.0}).data,
+                   (56, 56), seed=5, batch_size=4)
+
+
+def test_windowed_stream_is_worker_independent_and_resumes_mid_round(media, long_bag):
+    cfg = media(Path("unused"), [long_bag], **{"data.stream.window_s": 3.0, "data.stream.round_steps": 3})
+
+    def batches(start, workers, n):
+        clip_stream = ClipStream(expand_media([str(long_bag)]), ClipSpec("pair", 2), cfg.data, (56, 56), seed=5,
+                                 batch_size=4)
+        return _take(steps(clip_stream, start, workers, 2), n)
+
+    plain = batches(0, 0, 5)
+    resumed = batches(1, 2, 4)  # two workers, started mid-round
+    for a, b in zip(plain[1:], resumed, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(plain[0]["frames"], plain[3]["frames"])  # rounds read other windows

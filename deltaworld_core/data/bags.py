@@ -57,6 +57,17 @@ ENCODINGS: dict[str, tuple[int, np.dtype, int | None]] = {
 }
 
 
+# What the readers pulled from disk in this process: MCAP chunks and their bytes, sqlite3 rows and
+# their bytes (process-local, like the skip counters; tests and benchmarks measure windows with it).
+_reads = {"chunks": 0, "chunk_bytes": 0, "rows": 0, "row_bytes": 0}
+
+
+def read_counts() -> dict[str, int]:
+    """MCAP ``chunks``/``chunk_bytes`` and sqlite3 ``rows``/``row_bytes`` read so far in this
+    process (a copy)."""
+    return dict(_reads)
+
+
 class CdrError(ValueError):
     """A message whose bytes are not the CDR of the type it claims."""
 
@@ -376,39 +387,68 @@ def _sqlite_topics(path: Path) -> dict[str, str]:
         db.close()
 
 
-def bag_messages(ref: MediaRef) -> Iterator[tuple[int, str, memoryview]]:
+def bag_messages(ref: MediaRef, *, start_s: float | None = None, stop_s: float | None = None
+                 ) -> Iterator[tuple[int, str, memoryview]]:
     """``(log time ns, message type, CDR bytes)`` of ``ref.topic`` in recording order. Corrupt
     MCAP chunks (CRC mismatch, undecompressable) and unreadable sqlite3 rows are skipped and
-    counted on ``ref``; a bag that cannot be opened raises MediaError."""
+    counted on ``ref``; a bag that cannot be opened raises MediaError. ``start_s``/``stop_s``:
+    only messages logged in ``[start_s, stop_s)`` (to the nanosecond); MCAP reads only the chunks
+    whose time range overlaps it, sqlite3 only its rows (``timestamp`` is indexed)."""
+    start_ns = None if start_s is None else round(start_s * 1e9)
+    stop_ns = None if stop_s is None else round(stop_s * 1e9)
     for f in bag_files(ref.path):
         if _storage(f) == "mcap":
-            yield from _mcap_messages(f, ref)
+            yield from _mcap_messages(f, ref, start_ns, stop_ns)
         else:
-            yield from _sqlite_messages(f, ref)
+            yield from _sqlite_messages(f, ref, start_ns, stop_ns)
 
 
-def _mcap_messages(path: Path, ref: MediaRef) -> Iterator[tuple[int, str, memoryview]]:
-    from mcap.data_stream import ReadDataStream
+def _logged_in(log_time: int, start_ns: int | None, stop_ns: int | None) -> bool:
+    return (start_ns is None or log_time >= start_ns) and (stop_ns is None or log_time < stop_ns)
+
+
+def _mcap_summary(stream):
     from mcap.reader import SeekingReader
+
+    try:
+        return SeekingReader(stream).get_summary()
+    except Exception:  # noqa: BLE001 - damaged summary: the caller reads the file from the start instead
+        return None
+
+
+def _topic_chunks(summary, topic: str) -> tuple[dict[int, str], list]:
+    """``({channel id: type}, chunk indexes that may hold the topic, by file offset)``."""
+    channels = {c.id: summary.schemas[c.schema_id].name if c.schema_id in summary.schemas else ""
+                for c in summary.channels.values() if c.topic == topic}
+    chunks = [index for index in sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset)
+              # a chunk without message indexes may hold anything
+              if not index.message_index_offsets or set(index.message_index_offsets) & set(channels)]
+    return channels, chunks
+
+
+def _mcap_messages(path: Path, ref: MediaRef, start_ns: int | None = None,
+                   stop_ns: int | None = None) -> Iterator[tuple[int, str, memoryview]]:
+    from mcap.data_stream import ReadDataStream
     from mcap.records import Chunk, Message
     from mcap.stream_reader import breakup_chunk
 
     with open(path, "rb") as stream:
-        try:
-            summary = SeekingReader(stream).get_summary()
-        except Exception:  # noqa: BLE001 - damaged summary: read the file from the start instead
-            summary = None
+        summary = _mcap_summary(stream)
         if summary is None or not summary.chunk_indexes:
-            yield from _walk_messages(path, ref)
+            for message in _walk_messages(path, ref):
+                if _logged_in(message[0], start_ns, stop_ns):
+                    yield message
             return
-        channels = {c.id: summary.schemas[c.schema_id].name if c.schema_id in summary.schemas else ""
-                    for c in summary.channels.values() if c.topic == ref.topic}
+        channels, chunks = _topic_chunks(summary, ref.topic)
         # The summary's chunk offsets let a damaged chunk be skipped whatever its bytes say.
-        for index in sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset):
-            if index.message_index_offsets and not set(index.message_index_offsets) & set(channels):
-                continue  # no message of this topic in the chunk
+        for index in chunks:
+            if (start_ns is not None and index.message_end_time < start_ns
+                    or stop_ns is not None and index.message_start_time >= stop_ns):
+                continue  # the chunk's messages all lie outside the window: never read
             try:
                 stream.seek(index.chunk_start_offset + 1 + 8)
+                _reads["chunks"] += 1
+                _reads["chunk_bytes"] += index.chunk_length
                 chunk = Chunk.read(ReadDataStream(stream))
                 records = breakup_chunk(chunk, validate_crc=True)
             except Exception as err:  # noqa: BLE001 - CRC, decompression or structure: the chunk is lost
@@ -416,8 +456,49 @@ def _mcap_messages(path: Path, ref: MediaRef) -> Iterator[tuple[int, str, memory
                                  f"({type(err).__name__}: {str(err)[:200]})")
                 continue
             for record in records:
-                if isinstance(record, Message) and record.channel_id in channels:
+                if (isinstance(record, Message) and record.channel_id in channels
+                        and _logged_in(record.log_time, start_ns, stop_ns)):
                     yield record.log_time, channels[record.channel_id], memoryview(record.data)
+
+
+def bag_duration(ref: MediaRef) -> tuple[float, float] | None:
+    """First and last log time (s) of ``ref.topic`` over the bag's files, from the MCAP chunk
+    index or sqlite3's ``timestamp`` index (no message is read; see
+    :func:`~deltaworld_core.data.media.duration_s`); None if a file has no usable MCAP summary
+    or the topic has no message."""
+    lo = hi = None
+    for f in bag_files(ref.path):
+        if _storage(f) == "mcap":
+            with open(f, "rb") as stream:
+                summary = _mcap_summary(stream)
+            if summary is None or not summary.chunk_indexes:
+                return None
+            chunks = _topic_chunks(summary, ref.topic)[1]
+            span = (min(c.message_start_time for c in chunks), max(c.message_end_time for c in chunks)) if chunks \
+                else None
+        else:
+            span = _sqlite_span(f, ref)
+        if span is not None:
+            lo = span[0] if lo is None else min(lo, span[0])
+            hi = span[1] if hi is None else max(hi, span[1])
+    return None if lo is None else (lo * 1e-9, hi * 1e-9)
+
+
+def _sqlite_span(path: Path, ref: MediaRef) -> tuple[int, int] | None:
+    db = _sqlite_connect(path)
+    try:
+        row = db.execute("SELECT id FROM topics WHERE name = ?", (ref.topic,)).fetchone()
+        if row is None:
+            return None
+        # ORDER BY ... LIMIT 1 walks the timestamp index from one end and stops at the topic's
+        # first row (MIN/MAX with a WHERE on another column would scan the table).
+        first, last = (db.execute(f"SELECT timestamp FROM messages WHERE topic_id = ? ORDER BY timestamp {order} "
+                                  "LIMIT 1", (row[0],)).fetchone() for order in ("ASC", "DESC"))
+        return None if first is None else (int(first[0]), int(last[0]))
+    except sqlite3.Error as err:
+        raise MediaError(f"{path}: unreadable sqlite3 bag ({err})") from err
+    finally:
+        db.close()
 
 
 def _walk_mcap(path: Path, ref: MediaRef | None, stop_at_first_message: bool = False):
@@ -453,6 +534,8 @@ def _walk_mcap(path: Path, ref: MediaRef | None, stop_at_first_message: bool = F
                 elif opcode == 0x05:
                     yield "message", Message.read(ReadDataStream(io.BytesIO(body)), length)
                 elif opcode == 0x06:
+                    _reads["chunks"] += 1
+                    _reads["chunk_bytes"] += length
                     for record in breakup_chunk(Chunk.read(ReadDataStream(io.BytesIO(body))), validate_crc=True):
                         kind = {Schema: "schema", Channel: "channel", Message: "message"}.get(type(record))
                         if kind:
@@ -475,7 +558,8 @@ def _walk_messages(path: Path, ref: MediaRef) -> Iterator[tuple[int, str, memory
             yield record.log_time, channels[record.channel_id], memoryview(record.data)
 
 
-def _sqlite_messages(path: Path, ref: MediaRef) -> Iterator[tuple[int, str, memoryview]]:
+def _sqlite_messages(path: Path, ref: MediaRef, start_ns: int | None = None,
+                     stop_ns: int | None = None) -> Iterator[tuple[int, str, memoryview]]:
     db = _sqlite_connect(path)
     try:
         topics = db.execute("SELECT id, type FROM topics WHERE name = ?", (ref.topic,)).fetchall()
@@ -483,8 +567,10 @@ def _sqlite_messages(path: Path, ref: MediaRef) -> Iterator[tuple[int, str, memo
             return
         (topic_id, type_name), = topics
         # rosbag2's own reader returns messages by timestamp, then insertion order.
-        cursor = db.execute("SELECT timestamp, data FROM messages WHERE topic_id = ? ORDER BY timestamp, id",
-                            (topic_id,))
+        window = ("" if start_ns is None else " AND timestamp >= :start") + \
+                 ("" if stop_ns is None else " AND timestamp < :stop")
+        cursor = db.execute(f"SELECT timestamp, data FROM messages WHERE topic_id = :topic{window} "
+                            "ORDER BY timestamp, id", {"topic": topic_id, "start": start_ns, "stop": stop_ns})
         while True:
             try:
                 row = cursor.fetchone()
@@ -493,6 +579,8 @@ def _sqlite_messages(path: Path, ref: MediaRef) -> Iterator[tuple[int, str, memo
                 return
             if row is None:
                 return
+            _reads["rows"] += 1
+            _reads["row_bytes"] += len(row[1])
             yield int(row[0]), type_name, memoryview(row[1])
     except sqlite3.Error as err:
         raise MediaError(f"{path}: unreadable sqlite3 bag ({err})") from err
@@ -500,20 +588,23 @@ def _sqlite_messages(path: Path, ref: MediaRef) -> Iterator[tuple[int, str, memo
         db.close()
 
 
-def bag_images(ref: MediaRef) -> Iterator[tuple[int, ImageMessage]]:
-    """``(log time ns, decoded message)`` of ``ref``; messages that do not decode as CDR are
-    skipped and counted."""
-    for log_time, type_name, data in bag_messages(ref):
+def bag_images(ref: MediaRef, *, start_s: float | None = None, stop_s: float | None = None
+               ) -> Iterator[tuple[int, ImageMessage]]:
+    """``(log time ns, decoded message)`` of ``ref`` (logged in ``[start_s, stop_s)``, as
+    :func:`bag_messages`); messages that do not decode as CDR are skipped and counted."""
+    for log_time, type_name, data in bag_messages(ref, start_s=start_s, stop_s=stop_s):
         try:
             yield log_time, decode_image_message(type_name, data)
         except CdrError as err:
             record_skip(ref, f"a {type_name or 'untyped'} message logged at {log_time} ns ({err})")
 
 
-def bag_frames(ref: MediaRef, max_side: int | None = None) -> Iterator[tuple[np.ndarray, float]]:
+def bag_frames(ref: MediaRef, max_side: int | None = None, *, start_s: float | None = None,
+               stop_s: float | None = None) -> Iterator[tuple[np.ndarray, float]]:
     """RGB frames of a bag topic with their header stamps (the log time where the header stamp
-    is zero, as the node falls back to its clock for an unstamped camera)."""
-    for log_time, msg in bag_images(ref):
+    is zero, as the node falls back to its clock for an unstamped camera). ``start_s``/``stop_s``
+    select by log time, the clock the bag indexes (:func:`bag_messages`)."""
+    for log_time, msg in bag_images(ref, start_s=start_s, stop_s=stop_s):
         try:
             rgb = image_to_rgb(msg, max_side)
         except ValueError as err:

@@ -4,9 +4,11 @@ stream of ``(RGB frame, stamp)``.
 * :func:`expand_media` turns the entries of ``data.videos.paths`` (video files, frame folders,
   folders of videos, ``.txt``/``.csv`` lists, rosbag2 recordings, tar shards) into
   :class:`MediaRef` s, cheaply: it lists files and reads bag/tar indexes, never a frame.
-* :func:`iter_frames` streams one ref's frames (a whole video is never held in memory). A frame
-  or message that fails to decode mid-stream is skipped, counted (:func:`skipped`) and logged; a
-  container that cannot be opened raises :class:`MediaError`.
+* :func:`iter_frames` streams one ref's frames (a whole video is never held in memory), or only
+  those of a time window (``start_s``/``stop_s``: the rest are never decoded). A frame or message
+  that fails to decode mid-stream is skipped, counted (:func:`skipped`) and logged; a container
+  that cannot be opened raises :class:`MediaError`.
+* :func:`duration_s` gives a ref's first and last stamp without decoding a frame.
 * :func:`monotonic_runs` cuts a stream where the forecast node restarts its context.
 
 Bags are read by :mod:`deltaworld_core.data.bags` (no ROS installation needed), tar shards by
@@ -309,28 +311,89 @@ def _kinetics_rows(path: Path, lines: list[str], header: list[str]) -> list[str]
 
 
 # ------------------------------------------------------------------ frames
-def iter_frames(ref: MediaRef, max_side: int | None = None) -> Iterator[tuple[np.ndarray, float]]:
+def iter_frames(ref: MediaRef, max_side: int | None = None, *, start_s: float | None = None,
+                stop_s: float | None = None) -> Iterator[tuple[np.ndarray, float]]:
     """RGB uint8 ``[H, W, 3]`` frames of ``ref`` with stamps in seconds, in the order recorded:
     header stamps for bags (the log time where a header stamp is zero, as for an unstamped
     camera), ``index / fps`` for videos, ``timestamps.txt`` for frame folders. ``max_side``:
     frames whose longer side exceeds it are shrunk to it (JPEG at decode time). Undecodable frames
-    are skipped and counted (:func:`skipped`); an unopenable container raises MediaError."""
+    are skipped and counted (:func:`skipped`); an unopenable container raises MediaError.
+
+    ``start_s``/``stop_s`` (either may be None = open): only the frames whose *window clock*
+    lies in ``[start_s, stop_s)``, and the frames outside are never decoded (bags read only the
+    MCAP chunks / sqlite3 rows of the window, videos seek, frame folders and shards skip files).
+    The window clock is the stamp yielded, except for bags: there it is the log (receive) time,
+    the clock the bag indexes (see :func:`duration_s`). Without a window the stream is as before."""
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
+    _check_window(start_s, stop_s)
     if ref.kind == "video":
-        yield from _video_frames(ref, max_side)
+        yield from _video_frames(ref, max_side, start_s, stop_s)
     elif ref.kind == "frames":
-        yield from _folder_frames(ref, max_side)
+        yield from _folder_frames(ref, max_side, start_s, stop_s)
     elif ref.kind == "bag":
         from .bags import bag_frames
 
-        yield from bag_frames(ref, max_side)
+        yield from bag_frames(ref, max_side, start_s=start_s, stop_s=stop_s)
     elif ref.kind == "shard":
         from .shards import shard_frames
 
-        yield from shard_frames(ref, max_side)
+        yield from shard_frames(ref, max_side, start_s=start_s, stop_s=stop_s)
     else:
         raise MediaError(f"{ref.name}: unknown media kind {ref.kind!r} (one of {', '.join(KINDS)})")
+
+
+def _check_window(start_s: float | None, stop_s: float | None) -> None:
+    for key, value in (("start_s", start_s), ("stop_s", stop_s)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ValueError(f"{key} must be a finite number of seconds or None, got {value!r}")
+    if start_s is not None and stop_s is not None and not start_s < stop_s:
+        raise ValueError(f"a frame window needs start_s < stop_s, got [{start_s}, {stop_s})")
+
+
+def in_window(t: float, start_s: float | None, stop_s: float | None) -> bool:
+    """Whether ``t`` lies in the half-open window ``[start_s, stop_s)`` (None = open)."""
+    return (start_s is None or t >= start_s) and (stop_s is None or t < stop_s)
+
+
+def duration_s(ref: MediaRef) -> tuple[float, float] | None:
+    """``(earliest, latest)`` stamp of ``ref`` on its window clock (:func:`iter_frames`), read
+    cheaply, without decoding a frame; None where that is not cheaply knowable.
+
+    * bag: the first and last **log (receive) time** of the topic, from the MCAP chunk index
+      (the span of the chunks holding the topic: in a multi-topic bag it may start/end up to a
+      chunk's span wider) or sqlite3's indexed ``timestamp`` column. Header stamps would need a
+      message read (and are not ordered: a late frame is stored after later stamps), while receive
+      time is what both formats index, so windows are drawn and cut on it; the yielded header
+      stamps differ from it by the transport latency (milliseconds, live), or by a fixed offset for
+      a camera on a clock of its own. An MCAP without a usable summary (a killed recorder) gives None.
+    * video: ``0`` and ``(frame count - 1) / fps`` from the container (None if it declares no count);
+    * frame folder: the min and max of ``timestamps.txt``;
+    * shard: the min and max of ``KEY.json``'s stamps (or ``fps`` and the frame count); a video
+      member without stamps gives None (its frame count needs the file copied out).
+
+    Raises MediaError where the recording cannot be opened."""
+    if ref.kind == "video":
+        cap = _open_capture(ref.path, ref.name)
+        try:
+            fps, count = float(cap.get(cv2.CAP_PROP_FPS)), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        finally:
+            cap.release()
+        if not (math.isfinite(fps) and fps > 0) or count < 1:
+            return None
+        return 0.0, (count - 1) / fps
+    if ref.kind == "frames":
+        stamps = _folder_stamps(ref, len(_image_files(Path(ref.path))))
+        return float(stamps.min()), float(stamps.max())
+    if ref.kind == "bag":
+        from .bags import bag_duration
+
+        return bag_duration(ref)
+    if ref.kind == "shard":
+        from .shards import shard_duration
+
+        return shard_duration(ref)
+    raise MediaError(f"{ref.name}: unknown media kind {ref.kind!r} (one of {', '.join(KINDS)})")
 
 
 def shrink(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
@@ -373,30 +436,50 @@ def decode_image(data: bytes | np.ndarray, max_side: int | None = None) -> np.nd
     return shrink(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side)
 
 
-def _video_frames(ref: MediaRef, max_side: int | None) -> Iterator[tuple[np.ndarray, float]]:
+def _video_frames(ref: MediaRef, max_side: int | None, start_s: float | None = None,
+                  stop_s: float | None = None) -> Iterator[tuple[np.ndarray, float]]:
     cap = _open_capture(ref.path, ref.name)
     try:
         fps = float(cap.get(cv2.CAP_PROP_FPS))
         claimed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         if not (math.isfinite(fps) and fps > 0):
             raise MediaError(f"{ref.name}: the video has no valid frame rate ({fps})")
-        position = decoded = 0  # frames the decoder went past / that decoded
+        position = first = 0  # the frame the decoder is at / the first frame of the window
+        if start_s is not None and start_s > 0:
+            first = max(0, math.floor(start_s * fps))  # at or before the window (the stamp check decides)
+        if first and first >= claimed >= 1:
+            return  # the window starts after the declared end
+        if first:
+            # OpenCV's FFmpeg seek goes to the keyframe before and decodes forward to the exact
+            # frame; one that cannot seek (or lands elsewhere) is reopened and walked with grab():
+            # no colour conversion, but every frame is still decoded.
+            cap.set(cv2.CAP_PROP_POS_FRAMES, first)
+            if int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) == first:
+                position = first
+            else:
+                cap.release()
+                cap = _open_capture(ref.path, ref.name)
+                while position < first and cap.grab():
+                    position += 1
+        start_position, decoded = position, 0  # frames the decoder went past from here / that decoded
         # A frame that fails to decode mid-stream makes read() fail once, after which decoding
         # goes on; at the end every read fails. So failures are retried up to the frame count the
         # container declares (none declared: the first failure ends the stream).
-        while True:
+        while stop_s is None or position / fps < stop_s:
             ok, bgr = cap.read()
             if ok:
-                yield shrink(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side), position / fps
+                if in_window(position / fps, start_s, stop_s):
+                    yield shrink(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side), position / fps
                 decoded += 1
             elif position >= claimed:
                 break
             position += 1
-        if decoded == 0:
+        tried = position - start_position
+        if decoded == 0 and start_position == 0:  # (a window that starts later may lie past the end)
             raise MediaError(f"{ref.name}: no frame decodes (corrupt or unsupported video)")
-        if decoded < position:
-            record_skip(ref, f"{position - decoded} of the {position} frames the container declares (they do "
-                             "not decode: a corrupt or truncated video)", position - decoded)
+        if decoded < tried:
+            record_skip(ref, f"{tried - decoded} of the {tried} frames the container declares (they do "
+                             "not decode: a corrupt or truncated video)", tried - decoded)
     finally:
         cap.release()
 
@@ -423,18 +506,26 @@ def video_fps(path: str | Path) -> float:
     return fps
 
 
-def _folder_frames(ref: MediaRef, max_side: int | None) -> Iterator[tuple[np.ndarray, float]]:
-    folder = Path(ref.path)
-    files = _image_files(folder)
-    if not files:
+def _folder_stamps(ref: MediaRef, frames: int) -> np.ndarray:
+    """float64 [frames] stamps of a frame folder's ``timestamps.txt`` (MediaError if unusable)."""
+    if not frames:
         raise MediaError(f"{ref.name}: no png/jpg frames in the folder")
     try:
-        stamps = np.loadtxt(folder / "timestamps.txt", dtype=np.float64, ndmin=1)
+        stamps = np.loadtxt(Path(ref.path) / "timestamps.txt", dtype=np.float64, ndmin=1)
     except (OSError, ValueError) as err:
         raise MediaError(f"{ref.name}: unreadable timestamps.txt ({err})") from err
-    if len(stamps) != len(files):
-        raise MediaError(f"{ref.name}: timestamps.txt has {len(stamps)} stamps for {len(files)} frames")
+    if len(stamps) != frames:
+        raise MediaError(f"{ref.name}: timestamps.txt has {len(stamps)} stamps for {frames} frames")
+    return stamps
+
+
+def _folder_frames(ref: MediaRef, max_side: int | None, start_s: float | None = None,
+                   stop_s: float | None = None) -> Iterator[tuple[np.ndarray, float]]:
+    files = _image_files(Path(ref.path))
+    stamps = _folder_stamps(ref, len(files))
     for f, t in zip(files, stamps):
+        if not in_window(float(t), start_s, stop_s):
+            continue  # never read from disk
         try:
             rgb = decode_image(np.fromfile(f, np.uint8), max_side)
         except OSError:

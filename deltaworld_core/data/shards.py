@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .media import VIDEO_EXTS, MediaError, MediaRef, decode_image, iter_frames, record_skip, video_fps
+from .media import (VIDEO_EXTS, MediaError, MediaRef, decode_image, in_window, iter_frames, record_skip,
+                    video_fps)
 
 FRAME_EXTS = (".jpg", ".jpeg", ".png")
 MAX_JSON_BYTES = 64 << 20  # a sample's stamps; anything larger is not ours
@@ -79,24 +80,22 @@ def _sample_members(tar: tarfile.TarFile, ref: MediaRef) -> list[tarfile.TarInfo
     return found
 
 
-def shard_frames(ref: MediaRef, max_side: int | None = None) -> Iterator[tuple[np.ndarray, float]]:
-    """RGB frames and stamps of one shard sample (see the module docstring for the layouts)."""
+def shard_frames(ref: MediaRef, max_side: int | None = None, *, start_s: float | None = None,
+                 stop_s: float | None = None) -> Iterator[tuple[np.ndarray, float]]:
+    """RGB frames and stamps of one shard sample (see the module docstring for the layouts);
+    ``start_s``/``stop_s``: only the frames stamped in ``[start_s, stop_s)``, the JPEG members
+    of the others never read."""
     with _open(ref.path) as tar:
         members = _sample_members(tar, ref)
         meta = _sample_meta(tar, ref, members)
         videos = [m for m in members if m.name.lower().endswith(VIDEO_EXTS)]
         if videos:
-            yield from _video_member(tar, ref, videos[0], meta, max_side)
+            yield from _video_member(tar, ref, videos[0], meta, max_side, start_s, stop_s)
             return
-        frames = sorted((m for m in members if m.name.lower().endswith(FRAME_EXTS)), key=lambda m: m.name)
-        stamps = meta.get("stamps")
-        if stamps is None:
-            if not meta.get("fps", 0) > 0:
-                raise MediaError(f"{ref.name}: frames without stamps: {ref.member}.json needs 'stamps' or 'fps'")
-            stamps = [i / float(meta["fps"]) for i in range(len(frames))]
-        if len(stamps) != len(frames):
-            raise MediaError(f"{ref.name}: {len(stamps)} stamps in {ref.member}.json for {len(frames)} frames")
+        frames, stamps = _frame_stamps(ref, members, meta)
         for member, stamp in zip(frames, stamps):
+            if not in_window(float(stamp), start_s, stop_s):
+                continue  # not read: a plain tar member is skipped by a seek
             try:
                 data = tar.extractfile(member).read()
             except (tarfile.TarError, OSError, AttributeError) as err:
@@ -107,6 +106,35 @@ def shard_frames(ref: MediaRef, max_side: int | None = None) -> Iterator[tuple[n
                 record_skip(ref, f"frame {member.name} (does not decode)")
                 continue
             yield rgb, float(stamp)
+
+
+def _frame_stamps(ref: MediaRef, members: list[tarfile.TarInfo], meta: dict) -> tuple[list[tarfile.TarInfo], list]:
+    """The frame members of a JPEG-layout sample in order, and their stamps (MediaError if the
+    JSON gives none that fit)."""
+    frames = sorted((m for m in members if m.name.lower().endswith(FRAME_EXTS)), key=lambda m: m.name)
+    stamps = meta.get("stamps")
+    if stamps is None:
+        if not meta.get("fps", 0) > 0:
+            raise MediaError(f"{ref.name}: frames without stamps: {ref.member}.json needs 'stamps' or 'fps'")
+        stamps = [i / float(meta["fps"]) for i in range(len(frames))]
+    if len(stamps) != len(frames):
+        raise MediaError(f"{ref.name}: {len(stamps)} stamps in {ref.member}.json for {len(frames)} frames")
+    return frames, stamps
+
+
+def shard_duration(ref: MediaRef) -> tuple[float, float] | None:
+    """Earliest and latest stamp of a shard sample from its member headers and ``KEY.json`` (no
+    frame read); None for a video member without stamps (its length needs the file copied out)."""
+    with _open(ref.path) as tar:
+        members = _sample_members(tar, ref)
+        meta = _sample_meta(tar, ref, members)
+        if any(m.name.lower().endswith(VIDEO_EXTS) for m in members):
+            stamps = meta.get("stamps")
+        else:
+            stamps = _frame_stamps(ref, members, meta)[1]
+    if not stamps:
+        return None
+    return float(min(stamps)), float(max(stamps))
 
 
 def _sample_meta(tar: tarfile.TarFile, ref: MediaRef, members: list[tarfile.TarInfo]) -> dict:
@@ -125,7 +153,8 @@ def _sample_meta(tar: tarfile.TarFile, ref: MediaRef, members: list[tarfile.TarI
 
 
 def _video_member(tar: tarfile.TarFile, ref: MediaRef, member: tarfile.TarInfo, meta: dict,
-                  max_side: int | None) -> Iterator[tuple[np.ndarray, float]]:
+                  max_side: int | None, start_s: float | None = None,
+                  stop_s: float | None = None) -> Iterator[tuple[np.ndarray, float]]:
     suffix = Path(member.name).suffix
     with tempfile.TemporaryDirectory(prefix="deltaworld-shard-") as tmp:
         video = Path(tmp) / f"sample{suffix}"
@@ -137,8 +166,14 @@ def _video_member(tar: tarfile.TarFile, ref: MediaRef, member: tarfile.TarInfo, 
             raise MediaError(f"{ref.name}: cannot copy {member.name} out of the shard ({err})") from err
         inner = MediaRef(ref.name, str(video), "video")
         stamps = meta.get("stamps")
+        if stamps is None:  # the video's own index / fps stamps: the video reader seeks to the window
+            yield from iter_frames(inner, max_side, start_s=start_s, stop_s=stop_s)
+            return
+        # stamps of the JSON: frame i's stamp is known only by counting, so the window filters
         for i, (rgb, t) in enumerate(iter_frames(inner, max_side)):
-            yield rgb, float(stamps[i]) if stamps is not None and i < len(stamps) else t
+            stamp = float(stamps[i]) if i < len(stamps) else t
+            if in_window(stamp, start_s, stop_s):
+                yield rgb, stamp
 
 
 # ------------------------------------------------------------------ writing

@@ -14,7 +14,12 @@ How a round is made (every choice seeded, nothing remembered between rounds):
   ``[r * B/ranks, (r + 1) * B/ranks)`` of each round, so ranks read disjoint recordings; DataLoader
   worker ``w`` of ``W`` makes rounds ``w, w + W, ...`` (a round is one item), so workers never share
   a read, and the DataLoader's in-order delivery hands the rounds over in step order.
-* a read decodes its recording sequentially (:func:`~deltaworld_core.data.media.iter_frames`), splits
+* a read decodes its recording sequentially (:func:`~deltaworld_core.data.media.iter_frames`), or,
+  when the recording is longer than ``data.stream.window_s`` (its length from
+  :func:`~deltaworld_core.data.media.duration_s`, no decoding), a window of that length drawn
+  uniformly inside it by ``(seed, n, attempt)`` (frames outside it are never decoded: an hour-long
+  bag costs a window's decoding, not the hour's; the first and last ``window_s`` of a recording
+  are covered by fewer windows than the middle). It splits
   it into runs where the node restarts its context (:func:`~deltaworld_core.data.media.run_starts`:
   stamps that go back, gaps over ``data.stream.max_gap_s``, a change of frame size), and
   keeps ``round_steps`` clips chosen uniformly over every valid clip position by reservoir sampling
@@ -54,7 +59,7 @@ from .transforms import apply_crop, sample_crop
 
 log = logging.getLogger(__name__)
 
-from .media import MediaError, MediaRef, expand_media, iter_frames, run_starts, skipped_counts
+from .media import MediaError, MediaRef, duration_s, expand_media, iter_frames, run_starts, skipped_counts
 
 __all__ = ["ClipStream", "MediaError", "StreamConfig", "expand_media", "stream_refs"]
 
@@ -72,6 +77,9 @@ class StreamConfig:
     max_attempts: int = 8  # recordings a read tries before the stream fails
     pca_pairs: int = 1024  # tokenizer with a linear path: pairs (from a stream of their own) for its PCA init
     timeout_s: float = 600.0  # a worker that delivers no round for this long fails the run (never a silent hang)
+    # a read of a longer recording decodes a random window this long (seconds; null = whole recordings).
+    # 60 s: Kinetics-length clips (10 s) and most short videos still read whole
+    window_s: float | None = 60.0
 
     def validate(self) -> None:
         if self.round_steps < 1 or self.workers < 0 or self.prefetch < 1 or self.max_attempts < 1:
@@ -84,6 +92,10 @@ class StreamConfig:
             raise ConfigError(f"data.stream.timeout_s must be > 0, got {self.timeout_s}")
         if self.pca_pairs < 2:
             raise ConfigError("data.stream.pca_pairs must be >= 2")
+        if self.window_s is not None and not (isinstance(self.window_s, (int, float))
+                                              and not isinstance(self.window_s, bool)
+                                              and math.isfinite(self.window_s) and self.window_s > 0):
+            raise ConfigError(f"data.stream.window_s must be a number of seconds > 0 or null, got {self.window_s!r}")
 
 
 def stream_refs(d) -> list:
@@ -161,6 +173,11 @@ class ClipStream(torch.utils.data.IterableDataset):
         self.start_round = int(start_round)
         self.max_side = self.s.max_side or 2 * max(self.size)
         self._perm: tuple[int, np.ndarray] | None = None
+        # the seconds a clip reaches back from its newest frame (+0.5 s: a ring that is never short)
+        self.span_s = (d.pair_gap_s[1] if spec.kind == "pair" else spec.frames * d.step_s[1]) + 0.5
+        if self.s.window_s is not None and self.s.window_s < 2 * self.span_s:
+            raise ConfigError(f"data.stream.window_s {self.s.window_s} s is too short for a {spec.kind} spanning "
+                              f"{self.span_s:.2f} s: set at least {2 * self.span_s:.2f} s (or null)")
 
     # ---- the item stream
     def __iter__(self) -> Iterator[dict]:
@@ -210,12 +227,14 @@ class ClipStream(torch.utils.data.IterableDataset):
             ref = self.ref_of(n, attempt)
             rng = np.random.default_rng([self.seed, 0x5EAD, n, attempt])
             try:
-                got = self._reservoir(ref, need - len(clips), rng)
+                window = self.window_of(ref, n, attempt)
+                got = self._reservoir(ref, need - len(clips), rng, window)
             except (MediaError, OSError, ValueError, cv2.error) as err:
                 skipped.append((ref.name, f"{type(err).__name__}: {err}"))
                 continue
             if not got:
-                skipped.append((ref.name, "no clip fits (too short for the clip length)"))
+                where = "" if window is None else f" in the window [{window[0]:.3f}, {window[1]:.3f}) s (a gap?)"
+                skipped.append((ref.name, f"no clip fits{where} (too short for the clip length)"))
             clips += got
             if len(clips) == need:
                 return clips
@@ -224,14 +243,30 @@ class ClipStream(torch.utils.data.IterableDataset):
         raise MediaError(f"read {n}: no usable clip after {self.s.max_attempts} recordings ({listed}): "
                          f"{skipped[-1][1] if skipped else ''}")
 
-    # ---- one recording -> k clips, uniformly over its valid positions
-    def _reservoir(self, ref, k: int, rng: np.random.Generator) -> list:
-        d = self.d
-        span_s = (d.pair_gap_s[1] if self.spec.kind == "pair" else self.spec.frames * d.step_s[1]) + 0.5
+    def window_of(self, ref, n: int, attempt: int = 0) -> tuple[float, float] | None:
+        """``(start_s, stop_s)`` of read ``n``'s (retry ``attempt``'s) window over ``ref``, on its
+        window clock (:func:`~deltaworld_core.data.media.duration_s`), or None to read it whole
+        (not longer than ``window_s``, or its length not cheaply known). Seeded by ``(seed, n,
+        attempt)`` with a generator of its own, so reads of short recordings draw as before."""
+        window = self.s.window_s
+        if window is None:
+            return None
+        span = duration_s(ref)
+        if span is None or span[1] - span[0] <= window:
+            return None
+        u = float(np.random.default_rng([self.seed, 0x3140, n, attempt]).random())
+        start = span[0] + u * (span[1] - span[0] - window)
+        return start, start + window
+
+    # ---- one recording -> k clips, uniformly over its valid positions (of the window, if any)
+    def _reservoir(self, ref, k: int, rng: np.random.Generator, window: tuple[float, float] | None = None) -> list:
+        span_s = self.span_s
+        start_s, stop_s = window if window is not None else (None, None)
         kept: list = [None] * k
         seen = 0
         ring: deque = deque()  # the last span_s seconds of the current run: all a clip can reach back to
-        for frame, stamp, new_run in run_starts(iter_frames(ref, max_side=self.max_side), self.s.max_gap_s):
+        frames = iter_frames(ref, max_side=self.max_side, start_s=start_s, stop_s=stop_s)
+        for frame, stamp, new_run in run_starts(frames, self.s.max_gap_s):
             if new_run is not None:
                 ring.clear()
             ring.append((frame, float(stamp)))
