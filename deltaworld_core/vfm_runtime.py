@@ -195,13 +195,19 @@ def int8_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> Path
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".onnx.tmp")
     os.close(fd)
+    # The quantiser logs advice to pre-process the model on the root logger (measured: pre-processing
+    # changed neither speed nor error here); that one line is dropped, anything else still shows.
+    advice = lambda record: not record.getMessage().startswith("Please consider to run pre-processing")  # noqa: E731
+    root = logging.getLogger()
+    root.addFilter(advice)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the quantiser's advice to pre-process the model
+            warnings.simplefilter("ignore")
             quantize_dynamic(str(fp32_path), tmp, per_channel=True, weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul"])
         os.replace(tmp, out_path)
     finally:
+        root.removeFilter(advice)
         if os.path.exists(tmp):
             os.remove(tmp)
     return out_path
