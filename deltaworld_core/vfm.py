@@ -3,7 +3,8 @@
 The backbone maps ImageNet-normalised pixels ``[B, 3, H, W]`` to the final-layer patch tokens
 ``[B, N, C]`` after the final LayerNorm, with CLS and register tokens dropped (N = (H//p)*(W//p)),
 which is what DeltaTok consumes. ``FrozenVFM`` adds uint8 preprocessing, a cached black-frame
-feature map and an optional ONNX Runtime backend; ``build_vfm`` assembles one from a config.
+feature map and an optional ONNX Runtime backend; ``build_vfm`` assembles one from a config, in the
+precision ``vfm.precision`` resolves to on the device (bf16 / int8 runtimes: :mod:`deltaworld_core.vfm_runtime`).
 Checkpoint formats (Meta ``.pth``, Hugging Face safetensors/bin, the embedded DINOv2-S/14) are
 handled in :mod:`deltaworld_core.vfm_weights`.
 """
