@@ -120,6 +120,8 @@ class ForecastNode(LifecycleNode):
         self._log_handler = _RosLogHandler(self.get_logger())
         self._running = False  # True once every parameter is declared: later sets are `ros2 param set`
         self._accepted = ""  # when the run-time values just accepted take effect (the result's reason)
+        self._diagnostics_stop = threading.Event()
+        self._diagnostics_thread: threading.Thread | None = None  # started once every parameter is valid
         # Validates declared values (params file, --ros-args -p) and later `ros2 param set`.
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -144,7 +146,6 @@ class ForecastNode(LifecycleNode):
         # executor never delays it (a flood of 32 Mpx PNGs, 0.7 s each, starved a timer). Not a
         # MultiThreadedExecutor: with one, a reliable 640x480 camera at 30 Hz lost up to 40% of
         # its frames to the publisher's keep-last queue (2 runs of 4 here; 0 of 4 single-threaded).
-        self._diagnostics_stop = threading.Event()
         self._diagnostics_thread = threading.Thread(target=self._diagnostics_loop, name="diagnostics", daemon=True)
         self._diagnostics_thread.start()
         self.create_timer(1.0, self._check_namesakes)  # discovery needs a moment: checked from the first second
@@ -642,7 +643,7 @@ class ForecastNode(LifecycleNode):
     def destroy_node(self) -> None:
         self._stop_processing()
         self._diagnostics_stop.set()
-        if self._diagnostics_thread is not threading.current_thread():
+        if self._diagnostics_thread not in (None, threading.current_thread()):
             self._diagnostics_thread.join(timeout=5.0)  # never publish through a destroyed node
         logging.getLogger("deltaworld_core").removeHandler(self._log_handler)
         super().destroy_node()
