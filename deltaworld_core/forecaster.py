@@ -156,13 +156,14 @@ def future_grid_maps(heads: TaskHeads, tokenizer: DeltaTok, last: torch.Tensor, 
     depth [V, K*H, gh, gw] metres).
 
     The heads are linear up to their last step and the decoder adds upsampled residuals, so each
-    future's logits are the last frame's plus its residuals' logits, upsampled and summed along
-    the horizon: the heads read [V*K*H, n, C] at the decoder's grid instead of [V*K*H, N, C]."""
+    future's logits are the last frame's plus its residuals' logits summed along the horizon and
+    upsampled: the heads read [V*K*H, n, C] at the decoder's grid instead of [V*K*H, N, C], and
+    the sum runs at that grid too."""
     v, k, horizon = residuals.shape[:3]
     affine = heads.affine()  # the BatchNorms folded once for both uses
-    change = heads.logits_change(residuals.flatten(0, 2), affine)  # [V*K*H, n, L]
-    change = tokenizer.upsample_residual(change, grid).unflatten(0, (v, k, horizon))  # [V, K, H, N, L]
-    logits = heads.logits(last, affine)[:, None, None] + change.cumsum(dim=2)  # [V, K, H, N, L]
+    change = heads.logits_change(residuals, affine).cumsum(dim=2)  # [V, K, H, n, L], summed at the small grid
+    change = tokenizer.upsample_residual(change.flatten(0, 2), grid).unflatten(0, (v, k, horizon))  # [V, K, H, N, L]
+    logits = heads.logits(last, affine)[:, None, None] + change  # [V, K, H, N, L]
     seg, depth = heads.grid_maps(logits.flatten(0, 2), grid)
     return seg.unflatten(0, (v, k * horizon)), depth.unflatten(0, (v, k * horizon))
 

@@ -103,3 +103,34 @@ def test_forecaster_upsample_views_matches_geometry(geom, frame):
     canvas = geometry.blend(F.interpolate(seg.flatten(0, 1).float(), size=lay.view_size, mode="bilinear",
                                           align_corners=False).unflatten(0, seg.shape[:2]), lay)
     _ids_agree(ids, ref_ids, canvas)
+
+
+def test_future_maps_equal_the_heads_on_full_features():
+    """The forecast's maps (heads on the decoder's residuals at the small grid, summed along the
+    horizon there, upsampled) are the heads' maps of the full predicted features."""
+    from deltaworld_core.config import load_config
+    from deltaworld_core.forecaster import build_models, future_maps
+    from deltaworld_core.rollout import features_from_residuals
+
+    cfg = load_config("default")
+    torch.manual_seed(0)
+    tokenizer, _, heads = build_models(cfg)
+    heads.eval()
+    g = torch.Generator().manual_seed(6)
+    for bn in (heads.segmentation.bn, heads.depth.bn):  # non-trivial running statistics
+        bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=g) * 0.1)
+        bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) + 0.5)
+    grid, size, k, horizon = (16, 16), (112, 112), 4, 3
+    last = torch.randn(1, 256, cfg.vfm.embed_dim, generator=g)
+    n = tokenizer.decode_grid(grid)
+    residuals = torch.randn(k, horizon, n[0] * n[1], cfg.vfm.embed_dim, generator=g) * 0.5
+    with torch.inference_mode():
+        ids, depth = future_maps(heads, tokenizer, last, residuals, grid, size)
+        features = features_from_residuals(tokenizer, last, residuals[None], grid)[0]  # [K, H, N, C]
+        logits = heads.logits(features.flatten(0, 1))
+        ref_ids, ref_depth = heads.maps(logits, grid, size)
+        seg, _ = heads.grid_maps(logits, grid)
+        up = F.interpolate(seg.float(), size=size, mode="bilinear", align_corners=False)
+    assert ids.shape == (k, horizon, *size) and depth.shape == (k, horizon, *size)
+    torch.testing.assert_close(depth.flatten(0, 1), ref_depth, atol=1e-3, rtol=1e-4)
+    _ids_agree(ids.flatten(0, 1), ref_ids, up, tol=1e-3)
