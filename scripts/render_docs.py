@@ -456,6 +456,31 @@ def render_loader_cpu(results: Path) -> str:
             f"{fmt(m.get('load_1min'), 1)} at the start. {provenance(d, results, 'loader_cpu.json')}.")
 
 
+@renderer("vfm_precision")
+def render_vfm_precision(results: Path) -> str:
+    """The VFM per precision: ms at 1 and 2 threads and error against the float32 reference
+    (results/vfm_precision.json, scripts/bench_vfm_precision.py)."""
+    d = load(results, "vfm_precision.json")
+    ms, acc = d.get("ms", {}), d.get("accuracy", {})
+    thread_keys = sorted(ms, key=lambda k: int(k.split("_")[0]))
+    names = list(dict.fromkeys([*acc, *(n for k in thread_keys for n in ms[k])]))
+
+    def pct(value):
+        return "-" if value is None else f"{value * 100:.2f}%"
+
+    rows = [[f"`{n}`", *(fmt(ms[k].get(n), 1) for k in thread_keys), pct(acc.get(n, {}).get("feature_rel_rms")),
+             pct(acc.get(n, {}).get("delta_rel_rms")), pct(acc.get(n, {}).get("worst_clip_delta_rel_rms"))]
+            for n in names]
+    m = d.get("machine", {})
+    header = ["precision", *(f"ms, {k.split('_')[0]} thread{'s' if k.split('_')[0] != '1' else ''}" for k in thread_keys),
+              "feature error", "change error", "change error, worst clip"]
+    return (table(header, rows) + f"\n\n{d.get('vfm', '')}; errors are relative RMS against `{d.get('reference')}` "
+            f"on frames of the held-out videos {d.get('frames', {}).get('spacing_s', '?')} s apart; `auto` picks "
+            f"`{d.get('auto_picks')}` on this machine ({m.get('cores', '?')} cores, native bf16 "
+            f"{fmt(m.get('native_bf16'))}, load average {fmt(m.get('load_avg_1min'), 1)}). "
+            f"{provenance(d, results, 'vfm_precision.json')}.")
+
+
 # ---------------------------------------------------------------- quality
 
 METHODS = [
