@@ -208,7 +208,7 @@ def test_a_model_step_slower_than_max_gap_s_keeps_forecasting(tmp_path, ros_env,
     """max_gap_s is a gap in the camera stream: a model whose steps take longer than max_gap_s
     (frames dropped in between) keeps its context; a real pause of the camera still resets it."""
     config = write_model_config(tmp_path / "slow.yaml", SLOW)
-    max_gap_s = 0.1  # 3 camera periods at 30 Hz; the slow model takes several times longer per step
+    max_gap_s = 0.05  # 1.5 camera periods at 30 Hz (stamps exact); the slow model takes longer per step (87 ms idle)
     # Reliable camera QoS: a frame lost by best-effort DDS would be a real gap in the stream.
     node = NodeProcess(tmp_path, ros_env, model_config=str(config), output_size=[56, 56], max_gap_s=max_gap_s,
                        diagnostics_period_s=0.5, **harness.use_reliable_camera())
