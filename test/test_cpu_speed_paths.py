@@ -32,7 +32,8 @@ def _ids_agree(ids: torch.Tensor, ref_ids: torch.Tensor, up: torch.Tensor, tol: 
 
 
 @pytest.mark.parametrize("grid,size", [((16, 16), (112, 112)), ((8, 8), (224, 224)), ((16, 12), (37, 100)),
-                                       ((16, 16), (16, 16)), ((5, 7), (5, 30))])
+                                       ((16, 16), (16, 16)), ((5, 7), (5, 30)),
+                                       ((16, 16), (5, 9)), ((16, 16), (480, 640))])
 def test_upsample_bilinear_matches_interpolate(grid, size):
     g = torch.Generator().manual_seed(1)
     maps = torch.randn(3, 4, *grid, generator=g)
