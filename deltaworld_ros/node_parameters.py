@@ -38,6 +38,13 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "input_size": ([0, 0], "[height, width] the camera frame is resized to for the VFM, multiples of "
                            "the patch size ([0, 0] = config value)."),
     "output_size": ([0, 0], "[height, width] of the output semantic/depth images ([0, 0] = config value)."),
+    "geometry": ("", "How a camera frame becomes the VFM's input: squash, two_squares (the release's way: short side "
+                     "to the model size, a wide frame as two squares, maps stitched to the camera's aspect) or "
+                     "center_crop ('' = config value)."),
+    "context_spacing": ("", "frames (one camera frame per context step) or step (context frames about step_s "
+                            "apart whatever the camera rate, as the model was trained; '' = config value)."),
+    "publish_k": (0, "Hypotheses published per forecast; the summaries still use all k (0 = config value)."),
+    "summary_size": ([0, 0], "[height, width] the per-step summaries are computed at ([0, 0] = config value)."),
     "max_gap_s": (0.0, "A larger gap between the stamps of camera frames received (not between frames the model "
                           "processed) resets the context (0 = config value)."),
     "publish_debug_image": (False, "Publish a colour-coded grid of hypotheses x steps (sensor_msgs/Image rgb8)."),
@@ -53,13 +60,16 @@ RELIABILITY_CHOICES = ("best_available", "best_effort", "reliable")
 # How a changed value takes effect on a running node (``ros2 param set``):
 START_ONLY = frozenset({"autostart"})  # read once at start-up: refused later
 RECONFIGURE = frozenset({"model_config", "weights", "device", "threads", "k", "horizon", "step_s", "input_size",
-                         "output_size", "max_gap_s", "publish_debug_image", "futures_topic", "debug_image_topic"})
+                         "output_size", "geometry", "context_spacing", "publish_k", "summary_size", "max_gap_s",
+                         "publish_debug_image", "futures_topic", "debug_image_topic"})
 RESUBSCRIBE = frozenset({"image_topic", "use_compressed", "input_reliability", "input_depth"})  # at once, if active
 # diagnostics_period_s: the timer is remade at once; malformed_log_period_s, stall_timeout_s: read on use.
 
 # node parameter -> model config key it overrides (0 / [0, 0] = keep the config's value)
 CONFIG_KEYS = {"k": "forecast.k", "horizon": "forecast.horizon", "step_s": "forecast.step_s",
-               "max_gap_s": "forecast.max_gap_s", "input_size": "vfm.image_size", "output_size": "forecast.output_size"}
+               "max_gap_s": "forecast.max_gap_s", "input_size": "vfm.image_size", "output_size": "forecast.output_size",
+               "geometry": "forecast.geometry", "context_spacing": "forecast.context_spacing",
+               "publish_k": "forecast.publish_k", "summary_size": "forecast.summary_size"}
 
 
 class ParameterError(ValueError):
@@ -84,11 +94,11 @@ def parameter_problem(name: str, value) -> str | None:
         return "must be auto, cpu, mps, cuda or cuda:N"
     elif name == "threads" and not 0 <= value <= 256:
         return "must be 0 (auto: half the cores, 1-4) or a thread count from 1 to 256"
-    elif name in ("k", "horizon") and value < 0:
+    elif name in ("k", "horizon", "publish_k") and value < 0:
         return "must be >= 0 (0 = the model config's value)"
     elif name in ("step_s", "max_gap_s") and not (_is_number(value) and value >= 0):
         return "must be a finite number >= 0 (0 = the model config's value)"
-    elif name in ("input_size", "output_size") and (len(value) != 2 or any(v < 0 for v in value)
+    elif name in ("input_size", "output_size", "summary_size") and (len(value) != 2 or any(v < 0 for v in value)
                                                     or (0 in value and any(value))):
         return "must be [height, width] of two positive integers, or [0, 0] for the model config's value"
     elif name == "diagnostics_period_s" and not (_is_number(value) and 0.05 <= value <= 3600):

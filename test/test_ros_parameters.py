@@ -98,3 +98,37 @@ def test_run_time_parameters_are_checked_and_take_effect(tmp_path, ros_env, harn
     finally:
         assert node.stop() == 0, node.log()
     assert rclpy.ok(context=harness.node.context)
+
+
+def test_output_geometry_parameters_map_to_the_model_config():
+    """The node's geometry, context_spacing, publish_k and summary_size feed forecast.* (empty /
+    zero keeps the config's), are checked by the config's own rules, and a two-view forecast with
+    fewer published hypotheses converts to a Futures message at the camera's aspect."""
+    import numpy as np
+    from std_msgs.msg import Header
+
+    from deltaworld_core import Forecaster
+    from deltaworld_ros.futures_msg import decode_futures, forecast_to_msg
+    from deltaworld_ros.node_parameters import config_overrides, config_problem, parameter_problem
+
+    assert config_overrides({}) == {}
+    given = {"geometry": "two_squares", "context_spacing": "step", "publish_k": 2, "summary_size": [8, 8]}
+    assert config_overrides(given) == {"forecast.geometry": "two_squares", "forecast.context_spacing": "step",
+                                       "forecast.publish_k": 2, "forecast.summary_size": [8, 8]}
+    assert "forecast.geometry" in config_problem({"model_config": "default", "geometry": "stretch"})
+    assert "forecast.context_spacing" in config_problem({"model_config": "default", "context_spacing": "often"})
+    assert parameter_problem("publish_k", -1) and parameter_problem("summary_size", [0, 8])
+    assert config_problem({"model_config": "default", **given}) is None
+
+    overrides = {**TINY, "forecast.k": 3, "forecast.horizon": 2, "forecast.output_size": [16, 16],
+                 "vfm.image_size": [28, 28], **config_overrides({"geometry": "two_squares", "publish_k": 2})}
+    forecaster = Forecaster.from_config("default", overrides=overrides)
+    rng = np.random.default_rng(0)
+    for i in range(CONTEXT_FRAMES):
+        out = forecaster.step(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), 0.2 * i)
+    assert out is not None
+    decoded = decode_futures(forecast_to_msg(out, Header(frame_id="camera")))
+    assert decoded.semantic.shape == (2, 2, 16, 21) and decoded.depth_mean.shape == (2, 16, 21)  # 4:3 canvas
+
+
+CONTEXT_FRAMES = TINY["forecast.context"] + 1
