@@ -230,7 +230,7 @@ def run_all(args, argv) -> int:
                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "machine": machine(),
                   "conditions": "camera (this script) and node in two processes on one machine, the node forecasting "
-                                "with a tiny random-weight model; the machine is shared by other engineers' jobs: "
+                                "with a tiny random-weight model; other jobs on the machine show in the load: "
                                 "load_average_1min is the 1-minute load before and after each setup",
                   "setups": setups}
         atomic_write(args.out, lambda path: Path(path).write_text(json.dumps(report, indent=1) + "\n"))
