@@ -17,6 +17,8 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from deltaworld_core.data.bags import compressed_size
+
 # Bounds on one input image, checked before any pixel is copied or decoded. 2^25 px holds 8K UHD
 # (7680x4320); one RGB copy of it is 96 MiB, so the node's per-frame buffers stay bounded.
 MAX_SIDE = 16384  # pixels; anything larger is a corrupt header, not a camera
@@ -172,54 +174,16 @@ def image_msg_to_rgb(msg: Image, model_size: tuple[int, int] | None = None) -> n
     return shrink(rgb, reduction(msg.height, msg.width, model_size)) if pixels.dtype != np.uint8 else rgb
 
 
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from a PNG's IHDR chunk, which the format requires to come first."""
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
-
-
-# JPEG start-of-frame markers (baseline, progressive, lossless, ...); C4, C8 and CC are not frames.
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RSTn: no length field
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from a JPEG's first start-of-frame segment, walking the segment lengths
-    (a few dozen steps: no pixel is touched)."""
-    pos, end = 2, len(data)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in _JPEG_STANDALONE:
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            return None
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        if marker in _JPEG_SOF:
-            if length < 7 or pos + 9 > end:
-                return None
-            return int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
-        if length < 2:
-            return None
-        pos += 2 + length
-    return None
-
-
 def compressed_image_size(data: bytes) -> tuple[str, int, int]:
     """(format, height, width) read from a PNG or JPEG header without decoding; raises
     CompressedDecodeError for anything else (other formats are never handed to a decoder)."""
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        kind, size = "png", _png_size(data)
+        kind = "png"
     elif data[:3] == b"\xff\xd8\xff":
-        kind, size = "jpeg", _jpeg_size(data)
+        kind = "jpeg"
     else:
         raise CompressedDecodeError(f"data ({len(data)} bytes) is neither PNG nor JPEG (starts {bytes(data[:8])!r})")
+    size = compressed_size(data)  # the header's claim, read the way bag readers read it
     if size is None:
         raise CompressedDecodeError(f"{kind} data ({len(data)} bytes) has no readable image header")
     return kind, *size

@@ -212,6 +212,9 @@ def test_compressed_size_is_read_from_the_header(progressive):
     assert compressed_image_size(jpeg) == ("jpeg", 41, 57)
     assert compressed_image_size(cv2.imencode(".png", image)[1].tobytes()) == ("png", 41, 57)
     assert compressed_image_size(_jpeg_declaring(30000)) == ("jpeg", 30000, 30000)
+    # Camera JPEGs with EXIF/APP segments: the frame header may lie past the first 64 KB
+    app1 = b"\xff\xe1" + (65535).to_bytes(2, "big") + bytes(65533)
+    assert compressed_image_size(jpeg[:2] + app1 * 2 + jpeg[2:]) == ("jpeg", 41, 57)
 
 
 @pytest.mark.parametrize("data", [

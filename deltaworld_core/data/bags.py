@@ -237,25 +237,27 @@ def _check_size(height: int, width: int) -> None:
         raise ValueError(f"image size {width}x{height} exceeds {MAX_SIDE} px a side / {MAX_PIXELS} px")
 
 
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...); C4, C8 and CC are not frames.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RSTn: no length field
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from a JPEG's first start-of-frame segment, without decoding (the
-    node's rule, deltaworld_ros.image_conversion)."""
+    """(height, width) from a JPEG's first start-of-frame segment, walking the segment lengths
+    (a few dozen steps: no pixel is touched); None without one. The node checks camera frames
+    with it too (deltaworld_ros.image_conversion)."""
     pos, end = 2, len(data)
     while pos + 4 <= end:
         if data[pos] != 0xFF:
             return None
         marker = data[pos + 1]
-        if marker == 0xFF:
+        if marker == 0xFF:  # fill byte
             pos += 1
             continue
         if marker in _JPEG_STANDALONE:
             pos += 2
             continue
-        if marker in (0xD9, 0xDA):
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
             return None
         length = int.from_bytes(data[pos + 2:pos + 4], "big")
         if marker in _JPEG_SOF:
@@ -270,11 +272,11 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def compressed_size(data: bytes | memoryview) -> tuple[int, int] | None:
     """(height, width) a PNG or JPEG declares, or None for anything else."""
-    head = bytes(data[:65536])
+    head = bytes(data[:24])
     if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24 and head[12:16] == b"IHDR":
         return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
     if head[:3] == b"\xff\xd8\xff":
-        return jpeg_size(head)
+        return jpeg_size(data)  # walks segment lengths: EXIF/APP segments may put the frame header past 64 KB
     return None
 
 
