@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import json
 import os
 import platform
@@ -69,6 +70,20 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 1024, re
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     ms = _median_ms(lambda: a @ b, repeats, warmup=3, sync=sync)
     return 2 * size**3 / (ms * 1e-3) / 1e9
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s "model name"; else ``platform.processor()``, else
+    the architecture): recorded in the JSON so that a result says which machine it came from."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def synthetic_stream(num: int, shape=(272, 640), seed: int = 0) -> list[np.ndarray]:
@@ -201,6 +216,7 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
     fc.reset()
 
     result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {
             "name": fc.cfg.name,
             "resolution": list(fc.cfg.vfm.image_size),
@@ -222,6 +238,7 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
         },
         "machine": {"cores": os.cpu_count(), "torch": torch.__version__, "device": str(dev),
                     "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+                    "cpu": cpu_model(),
                     "matmul_gflops": peak,
                     # the CPU's bfloat16 support decides vfm.precision: auto; the load average says
                     # whether other work shared the cores while this ran (1-minute, at the end)

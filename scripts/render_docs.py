@@ -167,8 +167,11 @@ STAGES = ("vfm", "encode", "predict", "decode", "heads")
 def machine(data: dict) -> str:
     m = data.get("machine", {})
     cores = m.get("cores")
-    name = m.get("cpu") or m.get("device_name") or "?"
-    parts = [name]
+    on_gpu = str(m.get("device", "cpu")).startswith("cuda")
+    if on_gpu:  # the GPU's name, then the host CPU where the JSON records it (bench.py's machine.cpu)
+        parts = [m.get("device_name") or "?", *([f"host CPU {m['cpu']}"] if m.get("cpu") else [])]
+    else:
+        parts = [m.get("cpu") or m.get("device_name") or "?"]
     if cores:
         parts.append(f"{cores} cores")
     if m.get("torch"):
@@ -246,6 +249,42 @@ def render_bench_measures(results: Path) -> str:
         return "_No results yet._"
     return table(["result", "recompute ms", "streaming speed-up", "dense/DeltaWorld predictor FLOPs",
                   "dense/DeltaWorld predictor time", "node overhead ms", "Futures MB"], rows)
+
+
+@renderer("bench_notes")
+def render_bench_notes(results: Path) -> str:
+    """Date, CPU and the run's own note of every CPU benchmark that records a note (run ranges,
+    conditions): what the bench_cpu table's one median per file leaves out."""
+    lines = []
+    for path in bench_files(results):
+        d = json.loads(path.read_text())
+        if str(d.get("machine", {}).get("device", "cpu")).startswith("cuda") or not d.get("note"):
+            continue
+        when = f"{d['date']}, " if d.get("date") else ""
+        lines.append(f"- `{path.name}` ({when}{machine(d)}): {d['note']}")
+    return "\n".join(lines) if lines else "_No notes in the CPU benchmarks._"
+
+
+@renderer("futures_sizes")
+def render_futures_sizes(results: Path) -> str:
+    """Futures message size per publishing setting, as measured by scripts/bench_outputs.py and
+    scripts/measure_futures_dds.py (results/outputs_*.json, futures_dds*.json), one row per setting."""
+    rows, seen = [], set()
+    for path in result_files(results, "outputs_*.json", "device_outputs*.json", "futures_dds*.json"):
+        d = json.loads(path.read_text())
+        for r in d.get("rows", []):
+            canvas = r.get("canvas") or ["?", "?"]
+            k = r.get("published_k", r.get("k"))
+            key = (r.get("setting"), tuple(canvas), k, r.get("horizon"))
+            mb = r.get("message_mb")
+            if key in seen or mb is None:
+                continue
+            seen.add(key)
+            rows.append([f"`{r.get('setting')}`", f"`{path.name}`", f"{canvas[0]} x {canvas[1]}",
+                         f"{k} x {r.get('horizon')}", fmt(mb, 1), fmt(mb * 25, 0)])
+    if not rows:
+        return "_No results yet._"
+    return table(["setting", "result", "map h x w", "published K x steps", "MB a message", "MB/s at 25 Hz"], rows)
 
 
 @renderer("device_table")
@@ -479,6 +518,49 @@ def render_vfm_precision(results: Path) -> str:
             f"`{d.get('auto_picks')}` on this machine ({m.get('cores', '?')} cores, native bf16 "
             f"{fmt(m.get('native_bf16'))}, load average {fmt(m.get('load_avg_1min'), 1)}). "
             f"{provenance(d, results, 'vfm_precision.json')}.")
+
+
+HELD_OUT_CHANGES = [
+    ("video_average_ratio_to_copy_last", "video-averaged feature MSE / copy-last, every method and step"),
+    ("pooled_ratio_to_copy_last", "pooled over all clips, every method and step"),
+    ("video_average_spread_skill_ratio", "video-averaged spread-skill"),
+    ("video_average_median_clip_ratio", "video-averaged median clip / copy-last"),
+    ("per_video_ratio_to_copy_last", "per video, feature MSE / copy-last"),
+    ("per_video_spread_skill_ratio", "per video, spread-skill"),
+    ("per_video_median_clip_ratio", "per video, median clip / copy-last"),
+]
+
+
+@renderer("vfm_precision_eval")
+def render_vfm_precision_eval(results: Path) -> str:
+    """The default's held-out evaluation with the VFM in bf16 against fp32: the largest change of
+    each ratio (results/vfm_precision.json, held_out_eval)."""
+    h = load(results, "vfm_precision.json")["held_out_eval"]
+    changes = h.get("max_abs_ratio_change_bf16_vs_fp32", {})
+    bound = 0.01
+    rows = []
+    for key, label in HELD_OUT_CHANGES:
+        v = changes.get(key)
+        if v is None:
+            continue
+        top = v.get("max") if isinstance(v, dict) else v
+        where, above = "", ""
+        if isinstance(v, dict):
+            where = v.get("where", "")
+            if v.get("of") is not None:
+                label += f" ({fmt(v['of'])} ratios)"
+                above = f"{fmt(v.get('over_0.01'))} of {fmt(v['of'])}: " + "; ".join(v.get("over_0.01_list", []))
+        if key == "video_average_ratio_to_copy_last":
+            ratios = h.get("video_average_ratio_to_copy_last", {})
+            b, f = ratios.get("bf16", {}), ratios.get("fp32", {})
+            best = max(((abs(x - y), m, i, x, y) for m in b if m in f for i, (x, y) in enumerate(zip(b[m], f[m]))),
+                       default=None)
+            if best:
+                where = f"{best[1]} step {best[2] + 1} ({fmt(best[3], 3)} vs {fmt(best[4], 3)})"
+        rows.append([label, fmt(top, 4), "yes" if top <= bound else "**no**", where, above or "-"])
+    return (table(["ratio", "largest change, bf16 vs fp32", f"within {bound}", "where", "above the bound"], rows)
+            + f"\n\n{fmt(h.get('clips'))} clips of the held-out videos; {h.get('note', '')}. "
+              f"`{h.get('command', '?')}`; {source('vfm_precision.json')}.")
 
 
 # ---------------------------------------------------------------- quality

@@ -71,6 +71,33 @@ def test_generic_bench_renderer_picks_up_a_new_file(tmp_path):
     assert "`bench_new.json`" in out and "2099-01-01" in out and "`python -m deltaworld_core.bench --json new.json`" in out
 
 
+def test_bench_renderers_show_the_date_and_cpu_bench_records(tmp_path):
+    """bench.py writes ``date`` and ``machine.cpu``: the CPU and GPU tables show both."""
+    cpu = json.loads((REPO / "results" / "bench_cpu.json").read_text())
+    cpu["date"], cpu["machine"]["cpu"] = "2099-01-02T03:04:05+00:00", "Test CPU 9000"
+    gpu = json.loads((REPO / "results" / "device_bench_paper.json").read_text())
+    gpu["date"], gpu["machine"]["cpu"] = "2099-01-03T00:00:00+00:00", "Host CPU 42"
+    (tmp_path / "bench_x.json").write_text(json.dumps(cpu))
+    (tmp_path / "device_bench_x.json").write_text(json.dumps(gpu))
+    out = render_docs.RENDERERS["bench_cpu"](tmp_path)
+    assert "2099-01-02T03:04:05+00:00" in out and "Test CPU 9000" in out
+    out = render_docs.RENDERERS["bench_gpu"](tmp_path)
+    assert "2099-01-03T00:00:00+00:00" in out and "Host CPU 42" in out
+    assert gpu["machine"]["device_name"] in out  # the GPU's name stays
+    notes = render_docs.RENDERERS["bench_notes"](tmp_path)
+    assert "2099-01-02T03:04:05+00:00" in notes and "Test CPU 9000" in notes
+
+
+def test_gpu_and_precision_pages_carry_their_tables_as_blocks():
+    """docs/gpu.md and docs/vfm-precision.md: every table of measured numbers is a generated block."""
+    wanted = {"gpu.md": {"flops_table", "bench_gpu", "device_table", "bench_cpu", "outputs", "futures_sizes",
+                         "futures_dds"},
+              "vfm-precision.md": {"vfm_precision", "vfm_precision_eval", "bench_cpu", "bench_notes"}}
+    for page, names in wanted.items():
+        text = (REPO / "docs" / page).read_text()
+        assert names <= set(render_docs.OPEN.findall(text)), page
+
+
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
