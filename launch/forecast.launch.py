@@ -1,10 +1,11 @@
-"""ros2 launch deltaworld_ros forecast.launch.py [params_file:=FILE] [camera_topic:=TOPIC] [device:=DEV] [autostart:=true|false] [namespace:=NS]
+"""ros2 launch deltaworld_ros forecast.launch.py [params_file:=FILE] [camera_topic:=TOPIC] [weights:=DIR]
+    [model_config:=NAME|YAML] [device:=DEV] [autostart:=true|false] [namespace:=NS]
 
 Starts forecast_node, a lifecycle node that configures and activates itself unless ``autostart``
 is false (then a lifecycle manager or ``ros2 lifecycle set`` drives it). Every node parameter
 comes from ``params_file`` (default: this package's config/forecast.yaml); ``camera_topic``
-(-> image_topic), ``device`` and ``autostart`` override the file only when given on the command
-line. The node runs on the DDS defaults of the environment, like any other ROS 2 node, so camera
+(-> image_topic), ``weights`` (a trained run folder, e.g. runs/mine), ``model_config``, ``device``
+and ``autostart`` override the file only when given on the command line. The node runs on the DDS defaults of the environment, like any other ROS 2 node, so camera
 drivers and planners started without special variables talk to it; for the faster LARGE_DATA
 transports set FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA for every process of the system (README).
 
@@ -24,6 +25,8 @@ import os
 # launch argument -> (node parameter it overrides, type). Empty (the default) = the params file decides.
 OVERRIDES: dict[str, tuple[str, type]] = {
     "camera_topic": ("image_topic", str),
+    "weights": ("weights", str),
+    "model_config": ("model_config", str),
     "device": ("device", str),
     "autostart": ("autostart", bool),
 }
@@ -82,6 +85,11 @@ def generate_launch_description():
                               description="forecast_node parameters (config/forecast.yaml documents them)"),
         DeclareLaunchArgument("camera_topic", default_value="",
                               description="sensor_msgs/Image topic of the camera (default: the params file's image_topic)"),
+        DeclareLaunchArgument("weights", default_value="",
+                              description="folder of trained .safetensors, e.g. a training run's out folder "
+                                          "(default: the params file's weights)"),
+        DeclareLaunchArgument("model_config", default_value="",
+                              description="deltaworld_core config name or YAML path (default: the params file's)"),
         DeclareLaunchArgument("device", default_value="",
                               description="auto, cpu, cuda or cuda:N (default: the params file's device)"),
         DeclareLaunchArgument("autostart", default_value="", choices=["", "true", "false"],

@@ -35,6 +35,8 @@ def test_launch_arguments_override_the_params_file_only_when_given():
     assert overrides({"camera_topic": "/cam/image", "device": "cuda:1", "autostart": "false"}) == {
         "image_topic": "/cam/image", "device": "cuda:1", "autostart": False}
     assert overrides({"autostart": "True"}) == {"autostart": True}
+    assert overrides({"weights": "runs/mine", "model_config": "paper"}) == {"weights": "runs/mine",
+                                                                            "model_config": "paper"}
     with pytest.raises(ValueError, match="autostart must be true or false"):
         overrides({"autostart": "maybe"})
 
