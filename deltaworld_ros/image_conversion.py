@@ -17,8 +17,6 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from deltaworld_core.data.bags import compressed_size
-
 # Bounds on one input image, checked before any pixel is copied or decoded. 2^25 px holds 8K UHD
 # (7680x4320); one RGB copy of it is 96 MiB, so the node's per-frame buffers stay bounded.
 MAX_SIDE = 16384  # pixels; anything larger is a corrupt header, not a camera
@@ -183,6 +181,10 @@ def compressed_image_size(data: bytes) -> tuple[str, int, int]:
         kind = "jpeg"
     else:
         raise CompressedDecodeError(f"data ({len(data)} bytes) is neither PNG nor JPEG (starts {bytes(data[:8])!r})")
+    # Imported here: the node must start (and report a broken deltaworld_core at configure) even
+    # when the core library does not import.
+    from deltaworld_core.data.bags import compressed_size
+
     size = compressed_size(data)  # the header's claim, read the way bag readers read it
     if size is None:
         raise CompressedDecodeError(f"{kind} data ({len(data)} bytes) has no readable image header")
