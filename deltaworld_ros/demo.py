@@ -87,8 +87,11 @@ def node_parameters(texts: list[str]) -> list[str]:
 
 
 def params_file_value(path: Path, name: str):
-    """A parameter's value in a ROS params file (any node key), or None."""
-    data = yaml.safe_load(path.read_text()) or {}
+    """A parameter's value in a ROS params file (any node key), or None. Read with the bounded
+    reader every config goes through (a user's file: nested aliases must not expand unbounded)."""
+    from deltaworld_core.safe_yaml import read_yaml_file
+
+    data = read_yaml_file(path) or {}
     for section in data.values() if isinstance(data, dict) else ():
         params = section.get("ros__parameters", {}) if isinstance(section, dict) else {}
         if name in params:

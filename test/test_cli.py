@@ -374,6 +374,22 @@ def test_demo_rejects_bad_arguments_before_starting_anything(args, message, tmp_
     assert not (tmp_path / "demo" / "node.log").exists()  # no node was started
 
 
+def test_demo_reads_a_params_file_of_nested_aliases_in_bounds(tmp_path, capsys):
+    """Issue 21 item 7 for the demo: it read the user's params file with plain yaml.safe_load,
+    which expands nested aliases without bound (10^9 values here)."""
+    pytest.importorskip("rclpy")
+    from deltaworld_ros import demo
+
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}'] * 10)}]" for i in range(1, 9)]
+    lines.append('"/**": {ros__parameters: {model_config: default, k: *i}}')
+    bomb = tmp_path / "params.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    assert demo.main(["--out", str(tmp_path / "demo"), "--params-file", str(bomb), "forecast.k=4"]) == 2
+    err = error_lines(capsys.readouterr().err, "python -m deltaworld_ros.demo")
+    assert len(err) == 1 and "aliases expand to more than" in err[0], err
+
+
 def test_demo_writes_the_overridden_model_config_for_the_node(tmp_path):
     pytest.importorskip("rclpy")
     from deltaworld_ros import demo
