@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from . import geometry
 from .checkpoint import CheckpointNotFoundError, load_module
 from .config import ModelConfig, load_config
+from .data.media import context_break
 from .deltatok import DeltaTok
 from .heads import TaskHeads, recorded_class_names, upsample_maps
 from .rollout import features_from_residuals, rollout_residuals, spread_reference
@@ -340,14 +341,10 @@ class Forecaster:
         return stamp
 
     def _maybe_reset(self, shape: tuple[int, ...], stamp: float) -> None:
-        if self._last_stamp is None:
-            return
-        if shape != self._image_shape:
-            self.reset(f"image size changed from {self._image_shape[:2]} to {shape[:2]}")
-        elif stamp <= self._last_stamp:
-            self.reset(f"stamp {stamp:.6f} s does not increase (last {self._last_stamp:.6f} s)")
-        elif stamp - self._last_stamp > self.max_gap_s:
-            self.reset(f"gap {stamp - self._last_stamp:.3f} s exceeds max_gap_s {self.max_gap_s}")
+        # One rule for the live stream and for training data cut from recordings.
+        reason = context_break(self._last_stamp, self._image_shape, stamp, shape, self.max_gap_s)
+        if reason is not None:
+            self.reset(reason)
 
     def _views(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Frames [T] of one shape -> VFM features [T, V, N, C] of their views."""

@@ -539,9 +539,9 @@ def _folder_frames(ref: MediaRef, max_side: int | None, start_s: float | None = 
 # ------------------------------------------------------------------ the node's context rules
 def context_break(last_stamp: float | None, last_shape: tuple[int, ...] | None, stamp: float,
                   shape: tuple[int, ...], max_gap_s: float) -> str | None:
-    """Why the forecast node would restart its context at this frame, or None: the image size
-    changed, the stamp does not increase, or the gap exceeds ``max_gap_s`` (the rules of
-    ``Forecaster._maybe_reset``, checked against it in test/test_media.py)."""
+    """Why the forecast node restarts its context at this frame, or None: the image size
+    changed, the stamp does not increase, or the gap exceeds ``max_gap_s``. ``Forecaster`` applies
+    it to the live stream; the training stream cuts recordings with it."""
     if last_stamp is None:
         return None
     if shape != last_shape:
