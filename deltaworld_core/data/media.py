@@ -423,7 +423,7 @@ def decode_image(data: bytes | np.ndarray, max_side: int | None = None) -> np.nd
     if max_side is not None and buf[:3].tobytes() == b"\xff\xd8\xff":
         from .bags import jpeg_size
 
-        size = jpeg_size(buf[:65536].tobytes())
+        size = jpeg_size(memoryview(buf))  # the whole file: EXIF/APP segments may pass 64 KB
         if size is not None:
             for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                                     (2, cv2.IMREAD_REDUCED_COLOR_2)):
