@@ -64,6 +64,13 @@ from .media import MediaError, MediaRef, duration_s, expand_media, iter_frames, 
 __all__ = ["ClipStream", "MediaError", "StreamConfig", "expand_media", "stream_refs"]
 
 
+def stride_options(fps: float, step_s: tuple[float, float]) -> list[int]:
+    """Frame strides whose step at ``fps`` lies in ``step_s`` (else the one nearest its middle)."""
+    lo, hi = step_s
+    s = list(range(max(1, math.ceil(lo * fps - 1e-9)), math.floor(hi * fps + 1e-9) + 1))
+    return s or [max(1, round((lo + hi) / 2 * fps))]
+
+
 @dataclass
 class StreamConfig:
     """``data.stream``: the streaming reader (used when ``data.feature_cache: false``)."""
@@ -306,10 +313,7 @@ class ClipStream(torch.utils.data.IterableDataset):
         if last < 1:
             return None
         stamps = np.fromiter((s for _, s in ring), np.float64, last + 1)
-        fps = 1.0 / float(np.median(np.diff(stamps)))
-        lo, hi = d.step_s
-        options = list(range(max(1, math.ceil(lo * fps - 1e-9)), math.floor(hi * fps + 1e-9) + 1))
-        options = options or [max(1, round((lo + hi) / 2 * fps))]
+        options = stride_options(1.0 / float(np.median(np.diff(stamps))), d.step_s)
         s = options[min(int(pick * len(options)), len(options) - 1)]
         need = (t - 1) * s + 1 + (0 if black else s)
         if need > last + 1:

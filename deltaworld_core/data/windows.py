@@ -34,7 +34,7 @@ import torch
 
 from ..config import ConfigError
 from ..features import FeatureCache, file_identity
-from .stream import StreamConfig
+from .stream import StreamConfig, stride_options
 from .motion import MotionConfig, motion_energy, render, sample_trajectory
 from .transforms import CropParams, apply_crop, sample_crop
 from .video import open_video, sample_video_paths
@@ -386,9 +386,7 @@ def weigh_by_motion(windows: list[Window], floor: float) -> None:
 def strides(w: Window, frames_needed: int, step_s: tuple[float, float]) -> list[int]:
     """Frame strides whose step lies in ``step_s`` and whose clip fits in the window."""
     lo, hi = step_s
-    s = [k for k in range(max(1, math.ceil(lo * w.fps - 1e-9)), math.floor(hi * w.fps + 1e-9) + 1)]
-    s = s or [max(1, round((lo + hi) / 2 * w.fps))]
-    fit = [k for k in s if (frames_needed - 1) * k < len(w.features)]
+    fit = [k for k in stride_options(w.fps, step_s) if (frames_needed - 1) * k < len(w.features)]
     if not fit:
         raise ConfigError(f"window {w.name} ({len(w.features)} frames at {w.fps:g} fps) is too short for "
                           f"{frames_needed} frames at step {lo}-{hi} s: raise the window length")
