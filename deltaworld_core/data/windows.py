@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
