@@ -230,6 +230,11 @@ class ForecastConfig:
     # On CUDA only: the fixed-shape parts of a streaming step (predictor and decoder calls) compiled
     # with torch.compile(mode="reduce-overhead"), i.e. replayed as CUDA graphs; ignored on CPU
     cuda_graphs: bool = False
+    # On a CPU with threads >= 2: a stream's frames go through two stages on two threads, the VFM
+    # of the next frame beside the encode/predict/decode/heads of the current one, each stage with
+    # threads // 2 kernel threads (deltaworld_core/pipeline.py). The small kernels of a step barely
+    # gain from a second thread; a second stage does. Latency per frame is unchanged
+    pipeline: bool = True
 
     def validate(self) -> None:
         _check_ranges("forecast", self)

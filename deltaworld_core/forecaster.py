@@ -180,6 +180,15 @@ def future_maps(heads: TaskHeads, tokenizer: DeltaTok, last: torch.Tensor, resid
 
 
 @dataclass(eq=False)
+class FrameFeatures:
+    """One camera frame after the VFM stage (:meth:`Forecaster.frame_features`)."""
+
+    features: torch.Tensor  # [V, N, C] of the frame's views
+    shape: tuple[int, ...]  # the camera frame's (H, W, 3)
+    ms: float  # the VFM stage's time
+
+
+@dataclass(eq=False)
 class _Kept:
     """One kept frame of the stream: its features and what was computed from them once."""
 
@@ -325,13 +334,17 @@ class Forecaster:
             self._layouts[key] = (main, small)
         return self._layouts[key]
 
-    def _check_input(self, image: Any, stamp: Any) -> float:
+    @staticmethod
+    def _check_image(image: Any) -> None:
         if not isinstance(image, np.ndarray):
             raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
         if image.dtype != np.uint8:
             raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
         if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
             raise ValueError(f"image must be HxWx3, got shape {image.shape}")
+
+    def _check_input(self, image: Any, stamp: Any) -> float:
+        self._check_image(image)
         try:
             stamp = float(stamp)
         except (TypeError, ValueError) as err:
@@ -353,24 +366,39 @@ class Forecaster:
         batch = cuts[0] if len(cuts) == 1 else np.concatenate(cuts)
         return self.vfm(batch).unflatten(0, (len(images), lay.num_views))
 
-    def step(self, image: np.ndarray, stamp: float) -> Forecast | None:
+    def frame_features(self, image: np.ndarray) -> FrameFeatures:
+        """The VFM stage of :meth:`step` alone (HxWx3 uint8 RGB -> :class:`FrameFeatures`). It
+        reads no state of the stream, so it may run on another thread while :meth:`step` runs
+        (:mod:`deltaworld_core.pipeline`: the next frame's VFM beside the current frame's rest)."""
+        self._check_image(image)
+        with torch.inference_mode():
+            t0 = self._tick()
+            features = self._views([image])[0]  # [V, N, C]
+            return FrameFeatures(features, tuple(image.shape), (self._tick() - t0) * 1e3)
+
+    def step(self, image: np.ndarray, stamp: float, features: FrameFeatures | None = None) -> Forecast | None:
         """Adds one frame (HxWx3 uint8 RGB, ``stamp`` seconds). Returns None until the newest
-        frame's context holds ``context`` frames, then a :class:`Forecast` from that context."""
+        frame's context holds ``context`` frames, then a :class:`Forecast` from that context.
+        ``features``: this frame's :meth:`frame_features`, when already computed (its VFM time
+        is then reported as the ``vfm`` stage and counted in ``total``)."""
         stamp = self._check_input(image, stamp)
+        if features is not None and features.shape != tuple(image.shape):
+            raise ValueError(f"features are of a {features.shape} frame, the image is {tuple(image.shape)}")
         self.last_reset_reason = None
         self._maybe_reset(image.shape, stamp)
         timings: dict[str, float] = {}
         with torch.inference_mode():
-            t0 = self._tick()
-            features = self._views([image])[0]  # [V, N, C]
+            if features is None:
+                features = self.frame_features(image)
             t1 = self._tick()
-            self._push(features, stamp, image.shape)  # encode(s) and the new tokens' K/V
+            self._push(features.features, stamp, image.shape)  # encode(s) and the new tokens' K/V
             t2 = self._tick()
-            timings.update(vfm=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3)
+            timings.update(vfm=features.ms, encode=(t2 - t1) * 1e3)
             if self.buffered < self.context:
                 return None
             forecast = self._forecast(stamp, timings)
-        forecast.timings["total"] = (self._tick() - t0) * 1e3
+        # The frame's model time: its VFM stage (here or on another thread) and the rest
+        forecast.timings["total"] = features.ms + (self._tick() - t1) * 1e3
         return forecast
 
     def forecast_window(self, images: Sequence[np.ndarray], stamps: Sequence[float]) -> Forecast:

@@ -305,7 +305,8 @@ class OrtBackbone:
         import onnxruntime as ort  # lazy: only this backend needs it
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = num_threads or torch.get_num_threads()
+        self.num_threads = num_threads or torch.get_num_threads()
+        opts.intra_op_num_threads = self.num_threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # ORT's pool threads otherwise spin-wait after each run, taking the cores from the torch
@@ -357,6 +358,13 @@ class FrozenVFM(nn.Module):
     @property
     def backend(self) -> str:
         return "torch" if self._ort is None else "onnxruntime"
+
+    def set_threads(self, count: int) -> None:
+        """Kernel threads of an ONNX Runtime backend (its session is re-made with ``count`` when
+        it differs; the session's thread count is fixed when it is made). The torch backends use
+        the process's count (``torch.set_num_threads``)."""
+        if self._ort is not None and self._ort.num_threads != count:
+            self._ort = OrtBackbone(self._ort.path, count)
 
     def train(self, mode: bool = True) -> "FrozenVFM":
         return super().train(False)  # frozen: never leave eval mode (no dropout/aug anyway)

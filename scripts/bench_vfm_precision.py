@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deltaworld_core.checkpoint import atomic_write  # noqa: E402
 from deltaworld_core.config import load_config  # noqa: E402
-from deltaworld_core.vfm import OrtBackbone, build_vfm  # noqa: E402
+from deltaworld_core.vfm import build_vfm  # noqa: E402
 from deltaworld_core.vfm_runtime import cpu_flags, cpu_has_native_bf16, resolve_precision  # noqa: E402
 
 
@@ -108,7 +108,7 @@ def main() -> int:
             torch.set_num_threads(threads)
             for vfm in vfms.values():
                 if vfm._ort is not None:
-                    vfm._ort = OrtBackbone(vfm._ort.path, threads)
+                    vfm.set_threads(threads)
                 for _ in range(3):
                     vfm.encode_pixels(x)
             times = {name: [] for name in vfms}

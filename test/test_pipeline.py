@@ -1,0 +1,106 @@
+"""The two-stage stream (deltaworld_core.pipeline): the next frame's VFM beside the current frame's rest."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from deltaworld_core import Forecaster
+from deltaworld_core.pipeline import Pipeline, pipelined, stage_threads
+from deltaworld_core.threads import apply_threads
+
+
+def camera(n: int, h: int = 480, w: int = 640, seed: int = 0) -> list[np.ndarray]:
+    """A panning 640x480 camera: each frame shifted 3 px from the one before."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h, w + 3 * n, 3), dtype=np.uint8)
+    return [np.ascontiguousarray(base[:, 3 * i: 3 * i + w]) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def forecaster():
+    fc = Forecaster.from_config("default", threads=1)  # the shipped default, its weights
+    fc.threads = 2  # a two-thread budget even where the machine has one core
+    yield fc
+    apply_threads(1)
+
+
+def outputs(forecasts):
+    return [None if f is None else (f.semantic, f.depth, f.summary.depth_std, f.stamps) for f in forecasts]
+
+
+def test_pipelined_stream_gives_the_serial_forecasts(forecaster):
+    frames, stamps = camera(9), [0.04 * i for i in range(9)]
+    forecaster.reset()
+    apply_threads(stage_threads(forecaster.threads))  # the kernels' thread count decides float rounding
+    serial = [forecaster.step(f, s) for f, s in zip(frames, stamps)]
+    forecaster.reset()
+    seen = set()
+    original = forecaster.frame_features
+
+    def spy(image):
+        seen.add(threading.current_thread().name)
+        return original(image)
+
+    forecaster.frame_features = spy
+    try:
+        with Pipeline(forecaster) as pipe:
+            assert pipe.active and torch.get_num_threads() == 1
+            piped = list(pipe.run(zip(frames, stamps)))
+    finally:
+        del forecaster.frame_features
+    assert torch.get_num_threads() == 2  # the budget again once the pipeline is left
+    assert [name.startswith("deltaworld-vfm") for name in seen] == [True]  # every VFM on the stage thread
+    assert sum(f is not None for f in piped) == 9 - forecaster.context + 1
+    for a, b in zip(outputs(serial), outputs(piped)):
+        if a is None:
+            assert b is None
+            continue
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    last = piped[-1]
+    assert last.timings["total"] >= last.timings["vfm"] > 0  # the frame's VFM counts in its model time
+
+
+def test_a_bad_frame_raises_at_its_turn_after_the_good_ones(forecaster):
+    forecaster.reset()
+    frames = camera(6)
+    frames[4] = frames[4][..., :2]  # two channels
+    got = []
+    with Pipeline(forecaster) as pipe:
+        with pytest.raises(ValueError, match="HxWx3"):
+            for out in pipe.run(zip(frames, [0.1 * i for i in range(6)])):
+                got.append(out)
+    assert len(got) == 4 and got[-1] is not None  # context 4: the fourth frame forecast
+
+
+def test_features_of_another_frame_size_are_refused(forecaster):
+    forecaster.reset()
+    small, large = camera(1, 240, 320)[0], camera(1)[0]
+    with pytest.raises(ValueError, match="features are of a"):
+        forecaster.step(large, 0.0, forecaster.frame_features(small))
+
+
+def test_serial_where_one_thread_or_switched_off(forecaster):
+    budget = forecaster.threads
+    try:
+        forecaster.threads = 1
+        assert not pipelined(forecaster)
+        forecaster.threads = 2
+        forecaster.cfg.forecast.pipeline = False
+        assert not pipelined(forecaster)
+        forecaster.reset()
+        before = torch.get_num_threads()
+        with Pipeline(forecaster) as pipe:
+            assert not pipe.active
+            out = list(pipe.run(zip(camera(4), [0.1 * i for i in range(4)])))
+        assert out[-1] is not None and torch.get_num_threads() == before  # untouched
+    finally:
+        forecaster.threads, forecaster.cfg.forecast.pipeline = budget, True
+
+
+def test_stage_threads_split_the_budget():
+    assert [stage_threads(n) for n in (1, 2, 3, 4, 8)] == [1, 1, 1, 2, 4]
