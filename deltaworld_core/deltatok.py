@@ -157,10 +157,22 @@ class DeltaTok(nn.Module):
         _check_grid(prev, grid)
         return _pool(prev, grid, self.decoder_stride)[0]
 
-    def decode_residual(self, z: torch.Tensor, coarse: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def linear_residual(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The linear path's share of the decoded change for tokens z [B, D] -> [B, n, C] on
+        ``linear_grid`` (None without a linear path). Its basis is the largest tensor of the codec
+        (8 x 8 x 384 x 192 for the default) and its read dominates the product: a rollout decodes
+        the tokens of all its steps through it in one call (:meth:`decode_residual`'s ``linear``)."""
+        if self.linear_grid is None:
+            return None
+        linear = torch.addmm(self.linear_mean, z.to(self.dtype) / self.linear_scale, self.linear_basis.T)
+        return linear.view(z.shape[0], -1, self.feature_dim)
+
+    def decode_residual(self, z: torch.Tensor, coarse: torch.Tensor, grid: tuple[int, int],
+                        linear: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder at its own grid: z [B, D] and the previous features pooled by
         :meth:`pool_for_decode` [B, n, C] -> the residual [B, n, C] that :meth:`decode` upsamples
-        and adds to the previous features. ``grid`` is the full feature grid."""
+        and adds to the previous features. ``grid`` is the full feature grid; ``linear``: z's
+        :meth:`linear_residual` when already computed."""
         coarse_grid = self.decode_grid(grid)
         if coarse.ndim != 3 or coarse.shape[1] != coarse_grid[0] * coarse_grid[1]:
             raise ValueError(f"pooled features {tuple(coarse.shape)} do not match the decode grid {coarse_grid}")
@@ -171,9 +183,8 @@ class DeltaTok(nn.Module):
             x = block(x, rope=rope)
         residual = self.feature_out(x[:, 1:] - base)
         if self.linear_grid is not None:
-            linear = torch.addmm(self.linear_mean, z.to(base.dtype) / self.linear_scale, self.linear_basis.T)
-            linear = linear.view(z.shape[0], -1, self.feature_dim)
-            residual = residual + _resample(linear, self.linear_grid, coarse_grid)
+            linear = self.linear_residual(z) if linear is None else linear
+            residual = residual + _resample(linear.to(residual.dtype), self.linear_grid, coarse_grid)
         return residual.to(coarse.dtype)
 
     def linear_change(self, prev: torch.Tensor, cur: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
