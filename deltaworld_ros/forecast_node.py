@@ -98,6 +98,13 @@ class ForecastNode(LifecycleNode):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        # With two stages (deltaworld_core.pipeline: threads >= 2 on a CPU) the VFM stage takes the
+        # camera mailbox and hands each frame with its features to the forecast stage through _ready
+        self._pipelined = False
+        self._vfm_worker: threading.Thread | None = None
+        self._ready: tuple[Frame, object] | None = None
+        self._ready_wake = threading.Event()
+        self._features_started: float | None = None  # monotonic start of the VFM stage in progress
         self._counts = dict(received=0, processed=0, published=0, dropped=0, malformed=0, model_errors=0,
                             nonfinite=0, lost=0)
         self._waiting_since: float | None = None  # monotonic time the mailbox last became non-empty
@@ -291,10 +298,15 @@ class ForecastNode(LifecycleNode):
         # the context on every frame. The forecaster's own check therefore never fires here.
         self._max_gap_s, fc.max_gap_s = fc.max_gap_s, math.inf
         self._model_size = tuple(fc.cfg.vfm.image_size)
+        from deltaworld_core.pipeline import pipelined, use_stage_threads
+
+        self._pipelined = pipelined(fc)
+        threads_note = (f"{fc.threads} threads as two stages of {use_stage_threads(fc)} (VFM beside the rest)"
+                        if self._pipelined else f"{fc.threads} threads")
         self.get_logger().info(
             f"model '{self.param('model_config')}' on {self.device} in {time.perf_counter() - started:.1f} s: "
             f"K={fc.k}, horizon={fc.horizon} x {fc.step_s} s, output {fc.output_size}, {len(fc.class_names)} classes, "
-            f"{fc.threads} threads")
+            f"{threads_note}")
         # Reliable so that ~MB messages are not lost to one missing fragment; depth 2 so that a
         # slow subscriber gets the newest futures rather than a backlog.
         futures_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
@@ -309,6 +321,9 @@ class ForecastNode(LifecycleNode):
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="forecast_worker", daemon=True)
         self._worker.start()
+        if self._pipelined:
+            self._vfm_worker = threading.Thread(target=self._vfm_work, name="vfm_worker", daemon=True)
+            self._vfm_worker.start()
         reliability = self.param("input_reliability")
         self._subscribe(topic, msg_type, RELIABILITY[reliability])
         self.get_logger().info(f"forecasting {self._subscription.topic_name} ({msg_type.__name__}, {reliability}, "
@@ -387,9 +402,11 @@ class ForecastNode(LifecycleNode):
             self._subscription = None
         self._stop.set()
         self._wake.set()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=30.0)
-        self._worker, self._mailbox = None, None
+        self._ready_wake.set()
+        for worker in (self._worker, self._vfm_worker):
+            if worker is not None and worker is not threading.current_thread():
+                worker.join(timeout=30.0)
+        self._worker, self._vfm_worker, self._mailbox, self._ready = None, None, None, None
 
     # ------------------------------------------------------------------ input
     def _on_incompatible_qos(self, info) -> None:
@@ -477,38 +494,83 @@ class ForecastNode(LifecycleNode):
         self.get_logger().warning(text + (f" ({suppressed} more since last report)" if suppressed else ""))
 
     # ------------------------------------------------------------------ processing
+    def _take_frame(self) -> Frame | None:
+        """The newest camera frame from the mailbox (None after a 0.2 s wait or when stopping)."""
+        if not self._wake.wait(timeout=0.2):
+            return None
+        with self._lock:
+            frame, self._mailbox = self._mailbox, None
+            self._waiting_since = None
+            self._wake.clear()
+        return None if self._stop.is_set() else frame
+
+    def _take_ready(self) -> tuple[Frame, object] | None:
+        """The newest frame with its features from the VFM stage (None after a 0.2 s wait or when stopping)."""
+        if not self._ready_wake.wait(timeout=0.2):
+            return None
+        with self._lock:
+            ready, self._ready = self._ready, None
+            self._ready_wake.clear()
+        return None if self._stop.is_set() else ready
+
     def _work(self) -> None:
         while not self._stop.is_set():
-            if not self._wake.wait(timeout=0.2):
-                continue
-            with self._lock:
-                frame, self._mailbox = self._mailbox, None
-                self._waiting_since = None
-                self._wake.clear()
-            if frame is not None and not self._stop.is_set():
+            if self._pipelined:
+                frame, features = self._take_ready() or (None, None)
+            else:
+                frame, features = self._take_frame(), None
+            if frame is not None:
                 self._step_started = time.monotonic()
                 try:
-                    self._process(frame)
+                    self._process(frame, features)
                 except Exception as err:  # noqa: BLE001 - the worker must outlive any one frame
                     self._counts["model_errors"] += 1
                     self._log_limited("worker_error", f"processing a frame failed: {type(err).__name__}: {err}")
                 finally:
                     self._step_started = None
 
-    def _process(self, frame: Frame) -> None:
+    def _vfm_work(self) -> None:
+        """The first of two stages: each camera frame's VFM features, handed to the forecast stage
+        (the newest wins: one the forecast stage has not taken yet counts as dropped)."""
+        while not self._stop.is_set():
+            frame = self._take_frame()
+            if frame is None:
+                continue
+            self._features_started = time.monotonic()
+            try:
+                ok, features = self._model_call(self.forecaster.frame_features, frame.rgb)
+            finally:
+                self._features_started = None
+            if not ok:
+                continue
+            with self._lock:
+                if self._ready is not None:
+                    self._counts["dropped"] += 1
+                    frame.gap = frame.gap or self._ready[0].gap
+                self._ready = (frame, features)
+            self._ready_wake.set()
+
+    def _model_call(self, call, *args) -> tuple[bool, object]:
+        """(True, ``call(*args)``), or (False, None) with the failure counted and logged (rate-
+        limited): a frame the forecaster refuses (ValueError) is malformed input, anything else a
+        model error; the node keeps serving either way."""
+        try:
+            return True, call(*args)
+        except ValueError as err:
+            self._counts["malformed"] += 1
+            self._log_limited("rejected", f"forecaster rejected a frame: {err}")
+        except Exception as err:  # noqa: BLE001 - one failing frame must not kill the node
+            self._counts["model_errors"] += 1
+            self._log_limited("model_error", f"forecaster failed: {type(err).__name__}: {err}")
+        return False, None
+
+    def _process(self, frame: Frame, features=None) -> None:
         fc = self.forecaster
         if frame.gap is not None:
             fc.reset(frame.gap)
             self._log_limited("reset", f"context reset: {frame.gap}")
-        try:
-            forecast = fc.step(frame.rgb, frame.stamp)
-        except ValueError as err:
-            self._counts["malformed"] += 1
-            self._log_limited("rejected", f"forecaster rejected a frame: {err}")
-            return
-        except Exception as err:  # keep serving: one failing frame must not kill the node
-            self._counts["model_errors"] += 1
-            self._log_limited("model_error", f"forecaster failed: {type(err).__name__}: {err}")
+        ok, forecast = self._model_call(fc.step, frame.rgb, frame.stamp, features)
+        if not ok:
             return
         self._counts["processed"] += 1
         if fc.last_reset_reason:
@@ -590,11 +652,11 @@ class ForecastNode(LifecycleNode):
             "frames_lost_by_dds": str(self._counts["lost"]),
             "nodes_with_this_name": str(self._namesakes),
         }
-        step_started, waiting_since = self._step_started, self._waiting_since
-        waited = max(now - step_started if step_started is not None else 0.0,
-                     now - waiting_since if waiting_since is not None else 0.0)
+        waited = max([now - t for t in (self._step_started, self._features_started, self._waiting_since)
+                      if t is not None] + [0.0])
         values["seconds_waiting_for_model"] = f"{waited:.1f}"
-        worker_dead = state == "active" and (self._worker is None or not self._worker.is_alive())
+        workers = [self._worker] + ([self._vfm_worker] if self._pipelined else [])
+        worker_dead = state == "active" and any(w is None or not w.is_alive() for w in workers)
         stalled = state == "active" and self._received_at and now - self._received_at[-1] > 5.0
         recent_nonfinite = self._last_nonfinite is not None and now - self._last_nonfinite < 10.0
         if worker_dead or (state == "active" and waited > self.param("stall_timeout_s")):
@@ -635,8 +697,10 @@ class ForecastNode(LifecycleNode):
             self._subscription = None
         self._stop.set()
         self._wake.set()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=0.05)
+        self._ready_wake.set()
+        for worker in (self._worker, self._vfm_worker):
+            if worker is not None and worker is not threading.current_thread():
+                worker.join(timeout=0.05)
         self._diagnostics_stop.set()
         logging.getLogger("deltaworld_core").removeHandler(self._log_handler)
 

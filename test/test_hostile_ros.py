@@ -403,10 +403,10 @@ def test_a_stalled_model_step_is_reported_and_forecasting_resumes(ros_env, ros_n
         release, held = threading.Event(), threading.Event()
         step = node.forecaster.step
 
-        def held_step(image, stamp):
+        def held_step(image, stamp, features=None):
             held.set()
             release.wait(30)
-            return step(image, stamp)
+            return step(image, stamp, features)
 
         node.forecaster.step = held_step
         harness.camera.publish(harness.good())

@@ -56,11 +56,14 @@ def check_futures(msg, *, k: int, horizon: int, size: tuple[int, int], step_s: f
     np.testing.assert_allclose(decoded.depth_std, decoded.depth.std(0), rtol=1e-3, atol=1e-3)
 
 
-def test_node_forecasts_a_real_clip(tmp_path, ros_env, harness, clip):
+@pytest.mark.parametrize("threads", [1, 2], ids=["one_stage", "two_stages"])
+def test_node_forecasts_a_real_clip(tmp_path, ros_env, harness, clip, threads):
+    """With threads 2 the node runs the VFM and the rest as two stages (deltaworld_core.pipeline)."""
     config = write_model_config(tmp_path / "tiny.yaml", TINY)
     k, horizon, size, step_s = 3, 2, (24, 32), 0.25
     node = NodeProcess(tmp_path, ros_env, model_config=str(config), device="auto", k=k, horizon=horizon,
-                       step_s=step_s, output_size=list(size), diagnostics_period_s=0.5, **harness.use_reliable_camera())
+                       step_s=step_s, output_size=list(size), diagnostics_period_s=0.5, threads=threads,
+                       **harness.use_reliable_camera())
     try:
         harness.wait_until_connected(node)
         sent: dict[int, str] = {}
@@ -89,6 +92,8 @@ def test_node_forecasts_a_real_clip(tmp_path, ros_env, harness, clip):
         assert int(values["forecasts_published"]) == len(futures)
         assert int(values["frames_malformed"]) == 0 and int(values["resets"]) == 0
         assert float(values["latency_ms_median"]) > 0
+        assert values["threads"] == str(threads)
+        assert ("two stages of 1 (VFM beside the rest)" in node.log()) == (threads == 2), node.log()
     finally:
         assert node.stop() == 0, node.log()
 
