@@ -206,14 +206,25 @@ def bench_table(results: Path, gpu: bool) -> str:
         rows.append([
             f"`{path.name}`", config_label(data), *([] if gpu else [fmt(threads)]),
             *(fmt(stage_ms.get(s), 1) for s in STAGES), f"**{fmt(stage_ms.get('total'), 1)}**",
-            fmt(data.get("total_hz"), 1), fmt(flops / 1e9 if flops else None, 1), fmt(memory, 0),
+            fmt(data.get("total_hz"), 1), *([] if gpu else [streamed(data)]),
+            fmt(flops / 1e9 if flops else None, 1), fmt(memory, 0),
         ])
         notes.append(f"- `{path.name}`: {machine(data)}; {provenance(data, results, path.name)}")
     if not rows:
         return "_No results yet._"
     header = ["result", "config", *([] if gpu else ["threads"]), *STAGES, "total ms", "forecasts/s",
-              "GFLOP", "peak GPU MB" if gpu else "peak RSS MB"]
+              *([] if gpu else ["streamed forecasts/s"]), "GFLOP", "peak GPU MB" if gpu else "peak RSS MB"]
     return table(header, rows) + "\n\n" + "\n".join(notes)
+
+
+def streamed(data: dict) -> str:
+    """A CPU benchmark's forecasts/s on a back-to-back stream: two stages (pipeline.py) where it ran
+    them, else one step after another; "-" for a file written before throughput was measured."""
+    hz = data.get("throughput_hz")
+    if hz is None:
+        return "-"
+    pipe = data.get("pipeline") or {}
+    return f"{fmt(hz, 1)} (two stages)" if pipe.get("active") else fmt(hz, 1)
 
 
 # ---------------------------------------------------------------- performance
@@ -387,6 +398,25 @@ def render_device_node(results: Path) -> str:
         return "_No results yet._"
     return table(["result", "clip", "device", "s", "frames in", "forecasts", "forecasts/s", "dropped",
                   "median latency ms", "path"], rows)
+
+
+@renderer("node_rate")
+def render_node_rate(results: Path) -> str:
+    """The ROS node on a CPU, a clip replayed through DDS at its own rate
+    (scripts/measure_node_rate.py, results/node_rate*.json)."""
+    rows, notes = [], []
+    for path in result_files(results, "node_rate*.json"):
+        d = json.loads(path.read_text())
+        diag = d.get("diagnostics") or {}
+        rows.append([f"`{path.name}`", fmt(d.get("threads")), d.get("clip", "?"), fmt(d.get("input_rate_hz"), 1),
+                     fmt(d.get("duration_s"), 0), f"**{fmt(d.get('forecasts_per_s'), 1)}**",
+                     fmt(d.get("latency_ms_median"), 1), fmt(d.get("model_ms_median"), 1),
+                     fmt(diag.get("frames_dropped")), fmt((d.get("machine") or {}).get("load_avg_1min"), 1)])
+        notes.append(f"- `{path.name}`: {d.get('note') + '; ' if d.get('note') else ''}{provenance(d, results, path.name)}")
+    if not rows:
+        return "_No results yet._"
+    return table(["result", "threads", "clip", "camera Hz", "s", "forecasts/s", "median latency ms (camera stamp "
+                  "to receipt)", "model ms median", "frames dropped", "load average"], rows) + "\n\n" + "\n".join(notes)
 
 
 @renderer("device_train")
@@ -710,12 +740,12 @@ def render_targets(results: Path) -> str:
                  f"{miou['best'][-1] - miou['copy_last'][-1]:+.1f}", miou["best"][-1] >= miou["copy_last"][-1] + 10])
     rows.append(["synthetic step 3: best mIoU >= dense + 5 points",
                  f"{miou['best'][-1] - miou['dense'][-1]:+.1f}", miou["best"][-1] >= miou["dense"][-1] + 5])
-    for threads in (1, 2):
+    for threads, target in ((1, 10), (2, 15)):
         b = _bench(results, threads)
         if b is not None:
-            hz, rss = b.get("total_hz"), b.get("peak_rss_mb")
-            rows.append([f"CPU, {threads} thread{'s' if threads > 1 else ''}: >= 8 forecasts/s, peak RSS <= 1,500 MB",
-                         f"{fmt(hz, 1)} Hz, {fmt(rss, 0)} MB", hz >= 8 and rss <= 1500])
+            hz, rss = b.get("throughput_hz", b.get("total_hz")), b.get("peak_rss_mb")
+            rows.append([f"CPU, {threads} thread{'s' if threads > 1 else ''}: >= {target} forecasts/s on a stream, "
+                         "peak RSS <= 1,000 MB", f"{fmt(hz, 1)} Hz, {fmt(rss, 0)} MB", hz >= target and rss <= 1000])
     out = [[text, value, "**met**" if ok else "missed"] for text, value, ok in rows]
     return (table(["target (held-out whole videos unless said)", "measured", ""], out)
             + f"\n\nFrom {source('eval_real.json')}, {source('eval_synthetic.json')} and `results/bench_*.json`.")
@@ -735,7 +765,9 @@ def render_readme_quality(results: Path) -> str:
         b = _bench(results, threads)
         if b is not None:
             cores = b.get("machine", {}).get("cores", cores)
-            speeds.append(f"{fmt(b['total_hz'], 1)} forecasts/s at {threads} thread{'s' if threads > 1 else ''}")
+            hz = b.get("throughput_hz", b["total_hz"])
+            how = " as two stages" if (b.get("pipeline") or {}).get("active") else ""
+            speeds.append(f"{fmt(hz, 1)} forecasts/s at {threads} thread{'s' if threads > 1 else ''}{how}")
     return "\n".join([
         f"- **Codec**: on {avg['videos']} held-out videos ({fmt(d['clips'])} clips no stage trained on), DeltaTok's one "
         f"token per frame leaves {fmt(ratio['tokenizer'][0])}x the feature error of copying the last frame "
@@ -833,7 +865,7 @@ README_PARAMETERS = {
     "model_config": "a config name (`default`, `paper`) or a YAML path",
     "weights": "a folder of `.safetensors` (e.g. the converted released weights); empty: the config's",
     "device": "`auto` (CUDA if torch sees a GPU), `cpu`, `cuda`, `cuda:N`",
-    "threads": "CPU threads of the model; 0 = half the cores, 1 to 4",
+    "threads": "CPU threads of the model; 0 = half the cores, 1 to 4; 2 or more on a CPU run the VFM beside the rest (two stages)",
     "k": "futures per forecast (0 = the config's, 8 in `default`)",
     "publish_debug_image": "publish the picture above for `rqt_image_view` / RViz",
 }
