@@ -261,6 +261,10 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
                     "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
                     "cpu": cpu_model(),
                     "matmul_gflops": peak,
+                    # bf16 matmuls (AMX here) run the VFM; on a shared host their rate drifts on its
+                    # own (the VFM took 41 to 87 ms within minutes): this says which phase a run saw
+                    "matmul_gflops_bf16": (matmul_gflops(dev, torch.bfloat16)
+                                           if dev.type == "cuda" or cpu_has_native_bf16() else None),
                     # the CPU's bfloat16 support decides vfm.precision: auto; the load average says
                     # whether other work shared the cores while this ran (1-minute, at the end)
                     "native_bf16": dev.type == "cpu" and cpu_has_native_bf16(),
@@ -297,7 +301,8 @@ def format_table(r: dict) -> str:
     for s in STAGES:
         lines.append(f"{s:<8} {r['stage_ms'][s]:>9.1f} {r['flops'][s] / 1e9:>9.2f} {100 * r['utilisation'][s]:>7.1f}")
     lines.append(f"total_hz {r['total_hz']:.2f}   (unattributed {r['unattributed_ms']:.1f} ms)   "
-                 f"matmul {r['machine']['matmul_gflops']:.0f} GFLOP/s")
+                 f"matmul {r['machine']['matmul_gflops']:.0f} GFLOP/s"
+                 + (f" (bf16 {r['machine']['matmul_gflops_bf16']:.0f})" if r['machine'].get('matmul_gflops_bf16') else ""))
     p = r["pipeline"]
     if p["active"]:
         lines.append(f"throughput_hz {r['throughput_hz']:.2f}   (two stages of {p['stage_threads']} thread(s): "
