@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .forecaster import Forecast, Forecaster, FrameFeatures
+from .forecaster import Forecast, Forecaster
 from .threads import apply_threads
 
 
@@ -73,27 +73,35 @@ class Pipeline:
             apply_threads(self.forecaster.threads)
             self.forecaster.vfm.set_threads(self.forecaster.threads)
 
-    def _features(self, image: np.ndarray) -> Future[FrameFeatures]:
+    def _next(self, frames: Iterator[tuple[np.ndarray, float]]) -> Future:
+        """The VFM stage's task: the next frame from ``frames`` and its features, on the stage's
+        thread (a live source that blocks until its next frame then never delays the current
+        frame's forecast). Resolves to (image, stamp, FrameFeatures), or None when ``frames`` ends."""
         if self._pool is None:
             raise RuntimeError("Pipeline.run needs the pipeline entered: `with Pipeline(fc) as pipe:`")
-        return self._pool.submit(self.forecaster.frame_features, image)
+
+        def task():
+            frame = next(frames, None)
+            if frame is None:
+                return None
+            image, stamp = frame
+            return image, stamp, self.forecaster.frame_features(image)
+
+        return self._pool.submit(task)
 
     def run(self, frames: Iterable[tuple[np.ndarray, float]]) -> Iterator[Forecast | None]:
         """One result per frame, in order: what :meth:`Forecaster.step` returns for it. A frame
-        the forecaster rejects raises its ValueError when its result is due."""
+        the forecaster rejects raises its ValueError when its result is due. With two stages the
+        frames are taken from ``frames`` on the VFM stage's thread."""
         fc = self.forecaster
         if not self.active:
             for image, stamp in frames:
                 yield fc.step(image, stamp)
             return
         frames = iter(frames)
-        current = next(frames, None)
-        pending = self._features(current[0]) if current is not None else None
-        while current is not None:
-            image, stamp = current
-            features = pending.result()
-            current = next(frames, None)
-            if current is not None:  # the next frame's VFM starts before this frame's rest
-                pending = self._features(current[0])
+        pending = self._next(frames)
+        while (ready := pending.result()) is not None:
+            pending = self._next(frames)  # the next frame's VFM starts before this frame's rest
+            image, stamp, features = ready
             with torch.inference_mode():
                 yield fc.step(image, stamp, features)

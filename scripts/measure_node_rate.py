@@ -172,11 +172,13 @@ def run_ros(args, overrides: dict, video: Path, tmp: Path, result: dict) -> None
 
 
 def run_without_ros(args, overrides: dict, video: Path, result: dict) -> None:
-    # What the node does per frame, without DDS: newest frame only (frames arriving while the model
-    # runs are dropped), replayed at the clip's native rate. One stage: the node's two-stage pipeline
-    # (threads >= 2 on a CPU) is not reproduced here.
+    # What the node does per frame, without DDS: the newest frame only (frames arriving while the
+    # model is busy are dropped), replayed at the clip's native rate, through the same stages as the
+    # node (deltaworld_core.pipeline: two with threads >= 2 on a CPU). Latency: the frame's camera
+    # time to its forecast, as the ROS path measures it.
     from deltaworld_core.data.video import VideoReader
     from deltaworld_core.devices import check_device
+    from deltaworld_core.pipeline import Pipeline
 
     images, stamps = VideoReader(video).read_all()[:2]
     fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
@@ -186,21 +188,28 @@ def run_without_ros(args, overrides: dict, video: Path, result: dict) -> None:
     for i in range(8):  # warm-up
         fc.step(images[i], i / fps)
     fc.reset()
-    start, last, latencies, dropped = time.time(), -1, [], 0
-    while (now := time.time()) - start < args.duration:
-        index = int((now - start) * fps)
-        if index == last:
-            time.sleep(max(0.0, start + (index + 1) / fps - time.time()))
-            continue
-        dropped += max(0, index - last - 1)
-        last = index
-        t0 = time.perf_counter()
-        out = fc.step(images[index % len(images)], start + index / fps)
-        if out is not None:
-            latencies.append((time.perf_counter() - t0) * 1e3)
+    start, seen = time.time(), {"last": -1, "dropped": 0}
+
+    def camera():
+        """The newest frame each time the model asks for one, until the duration is over."""
+        while (now := time.time()) - start < args.duration:
+            index = int((now - start) * fps)
+            if index == seen["last"]:
+                time.sleep(max(0.0, start + (index + 1) / fps - time.time()))
+                continue
+            seen["dropped"] += max(0, index - seen["last"] - 1)
+            seen["last"] = index
+            yield images[index % len(images)], start + index / fps
+
+    latencies = []
+    with Pipeline(fc) as pipe:
+        for out in pipe.run(camera()):
+            if out is not None:
+                latencies.append((time.time() - out.stamp) * 1e3)
     result.update(forecasts=len(latencies), forecasts_per_s=len(latencies) / args.duration,
-                  latency_ms_median=statistics.median(latencies) if latencies else None, frames_dropped=dropped,
-                  frames_in=last + 1, fps=fps, device=str(fc.device))
+                  latency_ms_median=statistics.median(latencies) if latencies else None,
+                  frames_dropped=seen["dropped"], frames_in=seen["last"] + 1, fps=fps, device=str(fc.device),
+                  two_stages=pipe.active)
 
 
 def _terminate(signum, frame):

@@ -104,3 +104,26 @@ def test_serial_where_one_thread_or_switched_off(forecaster):
 
 def test_stage_threads_split_the_budget():
     assert [stage_threads(n) for n in (1, 2, 3, 4, 8)] == [1, 1, 1, 2, 4]
+
+
+def test_a_live_source_waiting_for_its_next_frame_does_not_hold_back_the_current_forecast(forecaster):
+    """Frames are taken from the source on the VFM stage's thread: while a camera waits for its
+    next frame, the current frame's forecast is already out."""
+    import time
+
+    forecaster.reset()
+    frames, events = camera(5), []
+
+    def live():
+        for i, frame in enumerate(frames):
+            if i == 4:
+                time.sleep(1.5)  # the camera's next frame is late
+            events.append(("frame", i))
+            yield frame, 0.1 * i
+
+    with Pipeline(forecaster) as pipe:
+        for i, out in enumerate(pipe.run(live())):
+            if out is not None:
+                events.append(("forecast", i))
+    assert events.index(("forecast", 3)) < events.index(("frame", 4)), events
+    assert events[-1] == ("forecast", 4)
