@@ -127,3 +127,31 @@ def test_a_live_source_waiting_for_its_next_frame_does_not_hold_back_the_current
                 events.append(("forecast", i))
     assert events.index(("forecast", 3)) < events.index(("frame", 4)), events
     assert events[-1] == ("forecast", 4)
+
+
+def test_an_onnx_runtime_vfm_gets_each_stage_its_threads(tmp_path, monkeypatch):
+    """The VFM's ONNX Runtime session (the float32 CPU backend) is re-made with the stage's thread
+    count inside the pipeline and with the budget again after it; the forecasts do not change."""
+    monkeypatch.setenv("DELTAWORLD_CACHE", str(tmp_path))
+    tiny = {"weights": None, "forecast.quantize": "none", "vfm.precision": "fp32", "vfm.backend": "onnxruntime",
+            "vfm.weights": "random", "vfm.family": "dinov2", "vfm.patch_size": 14, "vfm.image_size": [28, 42],
+            "vfm.embed_dim": 48, "vfm.depth": 1, "vfm.num_heads": 2, "tokenizer.dim": 32,
+            "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1, "tokenizer.num_heads": 2,
+            "tokenizer.mlp_hidden": 64, "world.dim": 32, "world.depth": 1, "world.num_heads": 2,
+            "heads.depth_bins": 16, "forecast.context": 2, "forecast.horizon": 2, "forecast.k": 2,
+            "forecast.output_size": [20, 24], "tokenizer.linear_path": False}
+    fc = Forecaster.from_config("default", overrides=tiny, threads=1)
+    if fc.vfm.backend != "onnxruntime":
+        pytest.skip("onnxruntime export unavailable here")
+    fc.threads = 2
+    frames, stamps = camera(4, 60, 80), [0.1 * i for i in range(4)]
+    serial = [fc.step(f, s) for f, s in zip(frames, stamps)]
+    fc.reset()
+    with Pipeline(fc) as pipe:
+        assert fc.vfm._ort.num_threads == 1
+        piped = list(pipe.run(zip(frames, stamps)))
+    assert fc.vfm._ort.num_threads == 2
+    for a, b in zip(outputs(serial), outputs(piped)):
+        for x, y in zip(a or (), b or ()):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+    apply_threads(1)
