@@ -7,8 +7,9 @@ kernel, and each kernel is too small to split well: a 257x384x1536 bf16 matmul t
 thread and 0.66 ms on two, here); a second *stage* gains instead. So with ``threads >= 2`` on a CPU
 and ``forecast.pipeline: true`` (the default) each stage runs on a thread of its own with
 ``threads // 2`` kernel threads: frame t+1's VFM overlaps frame t's rest. Each forecast is exactly
-what :meth:`Forecaster.step` would give (same features, same order, same noise); the latency of a
-frame is unchanged and the rate is set by the slower stage rather than by their sum.
+what :meth:`Forecaster.step` gives at that thread count (same features, same order, same noise);
+the latency of a frame is unchanged and the rate is set by the slower stage rather than by their
+sum.
 
     with Pipeline(forecaster) as pipe:
         for forecast in pipe.run(frames):  # frames: an iterable of (HxWx3 uint8 RGB, stamp seconds)
@@ -23,7 +24,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
 from .forecaster import Forecast, Forecaster
 from .threads import apply_threads
@@ -103,5 +103,5 @@ class Pipeline:
         while (ready := pending.result()) is not None:
             pending = self._next(frames)  # the next frame's VFM starts before this frame's rest
             image, stamp, features = ready
-            with torch.inference_mode():
-                yield fc.step(image, stamp, features)
+            forecast = fc.step(image, stamp, features)  # outside any mode: the caller runs at the yield
+            yield forecast
