@@ -532,6 +532,7 @@ class ForecastNode(LifecycleNode):
     def _vfm_work(self) -> None:
         """The first of two stages: each camera frame's VFM features, handed to the forecast stage
         (the newest wins: one the forecast stage has not taken yet counts as dropped)."""
+        gap = None  # a context break carried by a frame whose VFM call failed: the next frame's
         while not self._stop.is_set():
             frame = self._take_frame()
             if frame is None:
@@ -542,7 +543,9 @@ class ForecastNode(LifecycleNode):
             finally:
                 self._features_started = None
             if not ok:
+                gap = gap or frame.gap
                 continue
+            frame.gap, gap = frame.gap or gap, None
             with self._lock:
                 if self._ready is not None:
                     self._counts["dropped"] += 1
