@@ -3,7 +3,9 @@
     python -m deltaworld_core.bench [--config NAME|PATH] [--json OUT.json] [--steps 20] [--threads N] [key.path=value ...]
 
 Measures (medians after warm-up): ms per stage (vfm, encode, predict, decode, heads, total) and
-total_hz; FLOPs per stage (torch's flop counter) against the machine's measured dense-matmul
+total_hz; the forecasts per second of a back-to-back stream (throughput_hz: with threads >= 2 on a
+CPU the stream runs as two stages, deltaworld_core.pipeline, and ``pipeline`` gives its interval
+and latency); FLOPs per stage (torch's flop counter) against the machine's measured dense-matmul
 throughput (utilisation); the streaming step against a recompute-from-scratch rollout that
 re-runs the VFM over every context frame and re-encodes every pair at each new frame (how the
 released evaluation code works); DeltaWorld's predictor against the dense DINO-Foresight-style
