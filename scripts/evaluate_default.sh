@@ -17,5 +17,5 @@ $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --held-out
 $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --synthetic 1000:1040 \
     --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --json results/eval_synthetic.json \
     vfm.precision=fp32
-$PY -m deltaworld_core.bench --config default --steps 40 --json results/bench_cpu.json
+$PY scripts/bench_cpu_runs.py --runs 10 --threads 1 2 --out-dir results   # bench_cpu.json, bench_cpu_2threads.json
 $PY -m deltaworld_ros.bench --config default --update results/bench_cpu.json   # adds node_overhead_ms

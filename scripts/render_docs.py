@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -744,8 +745,14 @@ def render_targets(results: Path) -> str:
         b = _bench(results, threads)
         if b is not None:
             hz, rss = b.get("throughput_hz", b.get("total_hz")), b.get("peak_rss_mb")
+            runs = [r["throughput_hz"] for r in b.get("runs", [])]
+            if runs:  # a series (scripts/bench_cpu_runs.py): its median, and the spread of this machine
+                hz = statistics.median(runs)
+                measured = f"{fmt(hz, 1)} Hz (median of {len(runs)} runs, {fmt(min(runs), 1)}-{fmt(max(runs), 1)}), {fmt(rss, 0)} MB"
+            else:
+                measured = f"{fmt(hz, 1)} Hz, {fmt(rss, 0)} MB"
             rows.append([f"CPU, {threads} thread{'s' if threads > 1 else ''}: >= {target} forecasts/s on a stream, "
-                         "peak RSS <= 1,000 MB", f"{fmt(hz, 1)} Hz, {fmt(rss, 0)} MB", hz >= target and rss <= 1000])
+                         "peak RSS <= 1,000 MB", measured, hz >= target and rss <= 1000])
     out = [[text, value, "**met**" if ok else "missed"] for text, value, ok in rows]
     return (table(["target (held-out whole videos unless said)", "measured", ""], out)
             + f"\n\nFrom {source('eval_real.json')}, {source('eval_synthetic.json')} and `results/bench_*.json`.")
