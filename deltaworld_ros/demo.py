@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from deltaworld_core.checkpoint import atomic_write
 from deltaworld_core.cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
 from deltaworld_core.data.video import VideoReader, sample_video_paths
 from deltaworld_core.threads import resolve_threads
+from deltaworld_ros.ros_env import stop_process
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -255,12 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, video, node_proc, log_path)
     finally:
-        if node_proc.poll() is None:
-            node_proc.send_signal(signal.SIGINT)
-            try:
-                node_proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                node_proc.kill()
+        stop_process(node_proc)
 
 
 def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:

@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -92,7 +91,7 @@ def camera_frames(width: int, height: int, count: int = 10) -> list[np.ndarray]:
 
 def measure(args) -> list[dict]:
     """One setup: this process is the camera, the node runs in a child process."""
-    from deltaworld_ros.ros_env import ros_environment
+    from deltaworld_ros.ros_env import ros_environment, stop_process
 
     base = ros_environment(domain_id=1 + os.getpid() % 200, defaults=True)
     node_env = ros_environment(base, large_data=args.transports == "LARGE_DATA")
@@ -188,11 +187,7 @@ def measure(args) -> list[dict]:
             print(json.dumps(row), flush=True)
             results.append(row)
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        stop_process(node)
         log.close()
         executor.shutdown(timeout_sec=2)
         probe.destroy_node()

@@ -39,6 +39,7 @@ from deltaworld_core import Forecaster, load_config  # noqa: E402
 from deltaworld_core.bench import cpu_model  # noqa: E402
 from deltaworld_core.checkpoint import atomic_write  # noqa: E402
 from deltaworld_core.config import parse_override  # noqa: E402
+from deltaworld_ros.ros_env import stop_process  # noqa: E402
 
 FIRST_FORECAST_S = 60.0  # model load and the first forecast, not counted in the window
 
@@ -75,18 +76,6 @@ def clip_path(video: Path | None, tmp: Path) -> tuple[Path, str]:
             writer.write(np.ascontiguousarray(frame[..., ::-1]))
         writer.release()
         return path, "synthetic seed 1000 (272x480, 25 fps)"
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    """SIGINT first so the node shuts down cleanly (lifecycle cleanup, no half-written log), kill if it hangs."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def number(diag: dict, key: str) -> float | None:
@@ -159,7 +148,8 @@ def run_ros(args, overrides: dict, video: Path, tmp: Path, result: dict) -> None
         # Replay first: the node's last frames then stop arriving before it is asked to shut down.
         for proc in (replay, node):
             try:
-                stop(proc)
+                if proc is not None:
+                    stop_process(proc)
             except BaseException:  # a second Ctrl-C while waiting: still kill the other one
                 if proc is not None and proc.poll() is None:
                     proc.kill()

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import signal
-import subprocess
 
 import pytest
 
+from deltaworld_ros.ros_env import stop_process as _stop_process
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
-    """Stops a child process whatever state it is in: SIGINT (a ROS node's Ctrl-C), then SIGKILL
-    if it has not exited within ``timeout`` s (a child stuck in rcl_wait ignores gentler signals
-    on a loaded machine). Returns its exit code; never hangs a test's teardown."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-    return proc.returncode
+# A test's teardown waits 10 s for SIGINT before SIGKILL
+stop_process = functools.partial(_stop_process, timeout=10.0)
 
 
 def ros_test_domain_id() -> int:

@@ -5,7 +5,6 @@ the tiny random-weight model both use. Imported only after the tests' ``importor
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from std_msgs.msg import Header
 
 from deltaworld_ros.futures_msg import seconds_to_time, time_to_ns
 from deltaworld_ros.image_conversion import array_to_image_msg
+from deltaworld_ros.ros_env import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 # A tiny model on random weights: fast enough for a CPU test, every stage of the real Forecaster.
@@ -91,15 +91,9 @@ class NodeProcess:
         raise AssertionError("no VmHWM in /proc")
 
     def stop(self) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 class Harness:
