@@ -184,14 +184,20 @@ def test_topics_listed_when_missing_or_ambiguous(tmp_path, clip):
     assert [len(list(iter_frames(r))) for r in refs] == [2, 2]
 
 
-def test_bag_folder_with_split_files_reads_in_order(tmp_path, clip):
-    folder = tmp_path / "rosbag2_2026_12_01"
+def write_split_bag(folder, clip):
+    """A rosbag2 folder of two MCAP files (frames 0-3 and 4-9 on /cam, each logged at its header
+    stamp) and its metadata.yaml; returns the folder."""
     folder.mkdir()
     (folder / "metadata.yaml").write_text("rosbag2_bagfile_information:\n  storage_identifier: mcap\n")
     for part, (lo, hi) in enumerate([(0, 4), (4, 10)]):
-        with BagWriter(folder / f"rosbag2_2026_12_01_{part}.mcap") as writer:
+        with BagWriter(folder / f"{folder.name}_{part}.mcap") as writer:
             for i in range(lo, hi):
                 writer.write("/cam", image_message(clip[i], STAMPS[i]))
+    return folder
+
+
+def test_bag_folder_with_split_files_reads_in_order(tmp_path, clip):
+    folder = write_split_bag(tmp_path / "rosbag2_2026_12_01", clip)
     (ref,) = expand_media([tmp_path])  # found by searching the parent folder
     assert ref.name == f"{tmp_path}/rosbag2_2026_12_01#/cam"
     assert [t for _, t in iter_frames(ref)] == pytest.approx(STAMPS, abs=1e-6)
@@ -278,13 +284,7 @@ def test_a_window_reads_only_its_chunks_or_rows_and_exactly_its_frames(tmp_path,
 
 
 def test_window_and_duration_over_split_files_and_without_a_summary(tmp_path, clip):
-    folder = tmp_path / "rosbag2"
-    folder.mkdir()
-    (folder / "metadata.yaml").write_text("rosbag2_bagfile_information:\n  storage_identifier: mcap\n")
-    for part, (lo, hi) in enumerate([(0, 4), (4, 10)]):
-        with BagWriter(folder / f"rosbag2_{part}.mcap") as writer:
-            for i in range(lo, hi):
-                writer.write("/cam", image_message(clip[i], STAMPS[i]))  # logged at the header stamp
+    folder = write_split_bag(tmp_path / "rosbag2", clip)
     (ref,) = expand_media([folder])
     assert duration_s(ref) == pytest.approx((STAMPS[0], STAMPS[-1]), abs=1e-6)
     lo, hi = 1700000000.1, 1700000000.75  # across the split; frame 5 (.76) is out, frame 6 (.74) in
