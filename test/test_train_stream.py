@@ -30,20 +30,15 @@ from deltaworld_core.config import ConfigError
 from deltaworld_core.data.media import expand_media
 from deltaworld_core.data.stream import ClipSpec, ClipStream, steps
 from deltaworld_core.train import load_train_config, main, run
+from test_train import TINY as FEATURE_CACHE_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "stage": "tokenizer",
     "model_base": None,
-    "model": {
-        "vfm": {"family": "dinov2", "weights": "random", "patch_size": 14, "embed_dim": 32, "depth": 1,
-                "num_heads": 2, "image_size": [56, 56]},
-        "tokenizer": {"dim": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "mlp_hidden": 64,
-                      "layerscale_init": 0.1},
-        "world": {"dim": 32, "depth": 1, "num_heads": 2, "layerscale_init": 0.1},
-        "forecast": {"output_size": [28, 28]},
-    },
+    # test_train's tiny model; the streamed stages (tokenizer, world) train no heads
+    "model": {part: value for part, value in FEATURE_CACHE_TINY["model"].items() if part != "heads"},
     "data": {"feature_cache": False, "videos": {"paths": [], "segment": [0.0, 1.0]}, "clip_frames": 4,
              "step_s": [0.1, 0.2], "stream": {"workers": 0, "round_steps": 2}},
     "optim": {"lr": 3e-3, "warmup_steps": 2},
