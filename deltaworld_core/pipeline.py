@@ -40,13 +40,17 @@ def pipelined(forecaster: Forecaster) -> bool:
     return (forecaster.cfg.forecast.pipeline and forecaster.device.type == "cpu" and forecaster.threads >= 2)
 
 
-def use_stage_threads(forecaster: Forecaster) -> int:
-    """Sets the process's kernel threads (torch, and the VFM's ONNX Runtime session) to each
-    stage's share of the forecaster's budget and returns it; the budget stays ``forecaster.threads``."""
-    count = stage_threads(forecaster.threads)
+def _kernel_threads(forecaster: Forecaster, count: int) -> int:
+    """Sets the process's kernel threads: torch's, and the VFM's ONNX Runtime session's."""
     apply_threads(count)
     forecaster.vfm.set_threads(count)
     return count
+
+
+def use_stage_threads(forecaster: Forecaster) -> int:
+    """Sets the kernel threads to each stage's share of the forecaster's budget and returns it;
+    the budget stays ``forecaster.threads``."""
+    return _kernel_threads(forecaster, stage_threads(forecaster.threads))
 
 
 class Pipeline:
@@ -70,8 +74,7 @@ class Pipeline:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-            apply_threads(self.forecaster.threads)
-            self.forecaster.vfm.set_threads(self.forecaster.threads)
+            _kernel_threads(self.forecaster, self.forecaster.threads)
 
     def _next(self, frames: Iterator[tuple[np.ndarray, float]]) -> Future:
         """The VFM stage's task: the next frame from ``frames`` and its features, on the stage's
