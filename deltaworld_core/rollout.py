@@ -140,7 +140,7 @@ def rollout_residuals(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: to
             kv = [(torch.cat((key, nk), 2), torch.cat((val, nv), 2))
                   for (key, val), (nk, nv) in zip(kv, world.context_kv(token[:, None], times))]
     t1 = tick()
-    linear = tokenizer.linear_residual(torch.cat(tokens)) if horizon > 1 else None
+    linear = tokenizer.linear_residual(torch.cat(tokens))  # None without a linear path
     linear = [None] * horizon if linear is None else linear.chunk(horizon)
     residuals = []
     for h, token in enumerate(tokens):
