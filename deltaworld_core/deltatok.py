@@ -140,9 +140,7 @@ class DeltaTok(nn.Module):
         z = self.norm(x[:, 0])
         if self.linear_grid is not None:
             change = _resample(cur - prev, coarse_grid, self.linear_grid)  # [B, n, C]
-            centred = change.flatten(1) - self.linear_mean
-            basis_t = self._frozen_basis_t()
-            code = centred @ self.linear_basis if basis_t is None else torch.matmul(basis_t, centred.T).T
+            code = torch.matmul(self._basis_t(), (change.flatten(1) - self.linear_mean).T).T
             z = z * self.token_gain + code * self.linear_scale
         return z.to(out_dtype)
 
@@ -167,19 +165,17 @@ class DeltaTok(nn.Module):
         the tokens of all its steps through it in one call (:meth:`decode_residual`'s ``linear``)."""
         if self.linear_grid is None:
             return None
-        basis_t = self._frozen_basis_t()
-        linear = torch.addmm(self.linear_mean, z.to(self.dtype) / self.linear_scale,
-                             self.linear_basis.T if basis_t is None else basis_t)
+        linear = torch.addmm(self.linear_mean, z.to(self.dtype) / self.linear_scale, self._basis_t())
         return linear.view(z.shape[0], -1, self.feature_dim)
 
-    def _frozen_basis_t(self) -> torch.Tensor | None:
-        """The frozen linear basis transposed into its own memory, [D, n*C] (None while it
-        trains): both products with it then stream it row by row, which took 0.55x (encode, 2
-        rows) and 0.75x (decode, 24 tokens) of the time with the [n*C, D] parameter on a CPU (bf16,
-        bench). Re-made when the parameter changes."""
+    def _basis_t(self) -> torch.Tensor:
+        """The linear basis as [D, n*C]: while it trains, the parameter's transposed view; frozen,
+        a transposed copy in its own memory, so that both products stream it row by row (0.55x
+        the time for encode's 2 rows, 0.75x for decode's 24 tokens with the [n*C, D] layout on a
+        CPU, bf16, bench). Re-made when the parameter changes."""
         basis = self.linear_basis
         if basis.requires_grad:
-            return None
+            return basis.T
         key = (basis.data_ptr(), basis._version, basis.dtype, basis.device)
         cached = self._cache.get("basis_t")
         if cached is None or cached[0] != key:
