@@ -797,6 +797,13 @@ def main(args: list[str] | None = None) -> int:
             rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        # Ctrl-C shuts the context down from rclpy's signal handler; a spin caught between its
+        # checks then fails to build its wait set (RCLError "context is not valid") instead of
+        # raising ExternalShutdownException: the same clean shutdown. With the context still up
+        # the error is real and propagates.
+        if rclpy.ok():
+            raise
     finally:
         # Stop taking frames and tell the worker to stop, but never wait for a model step: the
         # forecast it would produce has nobody to go to.
