@@ -53,6 +53,10 @@ from deltaworld_ros.node_parameters import (CONFIG_KEYS, PARAMETERS, RECONFIGURE
 RELIABILITY = {"best_available": ReliabilityPolicy.BEST_AVAILABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT,
                "reliable": ReliabilityPolicy.RELIABLE}
 LOSS_WINDOW_S = 10.0  # /diagnostics warns while DDS reported lost camera frames this recently
+# /diagnostics says ERROR while a model step failed or a forecast was withheld this recently: a
+# planner watching the level must see a failure that is going on, not one that passed minutes ago
+# (the counts since start stay in the values).
+ERROR_WINDOW_S = 10.0
 
 
 @dataclass
@@ -110,6 +114,7 @@ class ForecastNode(LifecycleNode):
         self._waiting_since: float | None = None  # monotonic time the mailbox last became non-empty
         self._step_started: float | None = None  # monotonic start of the model step in progress
         self._last_nonfinite: float | None = None
+        self._model_errors_at: deque[float] = deque(maxlen=1000)  # monotonic times of failed model steps
         # The full name (namespace included): two robots' nodes on one domain report apart.
         self._diagnostics_name = f"{self.get_fully_qualified_name()}: DeltaWorld forecast"
         self._namesakes = 1  # nodes in the graph with this node's name and namespace, itself included
@@ -524,7 +529,7 @@ class ForecastNode(LifecycleNode):
                 try:
                     self._process(frame, features)
                 except Exception as err:  # noqa: BLE001 - the worker must outlive any one frame
-                    self._counts["model_errors"] += 1
+                    self._count_model_error()
                     self._log_limited("worker_error", f"processing a frame failed: {type(err).__name__}: {err}")
                 finally:
                     self._step_started = None
@@ -563,9 +568,13 @@ class ForecastNode(LifecycleNode):
             self._counts["malformed"] += 1
             self._log_limited("rejected", f"forecaster rejected a frame: {err}")
         except Exception as err:  # noqa: BLE001 - one failing frame must not kill the node
-            self._counts["model_errors"] += 1
+            self._count_model_error()
             self._log_limited("model_error", f"forecaster failed: {type(err).__name__}: {err}")
         return False, None
+
+    def _count_model_error(self) -> None:
+        self._counts["model_errors"] += 1
+        self._model_errors_at.append(time.monotonic())
 
     def _process(self, frame: Frame, features=None) -> None:
         fc = self.forecaster
@@ -661,13 +670,16 @@ class ForecastNode(LifecycleNode):
         workers = [self._worker] + ([self._vfm_worker] if self._pipelined else [])
         worker_dead = state == "active" and any(w is None or not w.is_alive() for w in workers)
         stalled = state == "active" and self._received_at and now - self._received_at[-1] > 5.0
-        recent_nonfinite = self._last_nonfinite is not None and now - self._last_nonfinite < 10.0
+        recent_nonfinite = self._last_nonfinite is not None and now - self._last_nonfinite < ERROR_WINDOW_S
+        errors_recently = sum(now - t <= ERROR_WINDOW_S for t in list(self._model_errors_at))
+        values["model_errors_recently"] = str(errors_recently)
         if worker_dead or (state == "active" and waited > self.param("stall_timeout_s")):
             level, message = DiagnosticStatus.ERROR, f"forecasting stalled: frames waiting {waited:.1f} s for the model"
         elif recent_nonfinite:
             level, message = DiagnosticStatus.ERROR, "non-finite depth: forecasts withheld"
-        elif self._counts["model_errors"]:
-            level, message = DiagnosticStatus.ERROR, "forecaster errors"
+        elif errors_recently:
+            level, message = DiagnosticStatus.ERROR, (
+                f"forecaster errors: {errors_recently} in the last {ERROR_WINDOW_S:.0f} s")
         elif state != "active":
             level, message = DiagnosticStatus.WARN, f"node is {state}"
         elif stalled or not self._received_at:

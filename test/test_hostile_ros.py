@@ -379,12 +379,12 @@ def test_input_qos_parameters_and_a_12_megapixel_frame(tmp_path, ros_env, harnes
 # ---------------------------------------------------------------- a stalled model
 @pytest.mark.parametrize("stage", ["forecast", "vfm"], ids=["one_stage", "vfm_stage_of_two"])
 def test_a_stalled_model_step_is_reported_and_forecasting_resumes(ros_env, ros_node, harness_factory, tiny_config,
-                                                                   stage):
+                                                                   stage, monkeypatch):
     """Item 2: when the model stops finishing steps (the 1x4000 debug image did that), frames
     wait and /diagnostics says ERROR 'forecasting stalled' instead of OK; when the step returns,
     the next good frame is forecast and the status is OK again. With two stages (threads 2) the
-    VFM stage is held instead, after one of its calls failed (a model error, counted, and the node
-    goes on). The node runs in this process (its own executor, real DDS) so that a step can be held."""
+    VFM stage is held instead. Then one call of the stage fails: a model error, counted, ERROR for
+    ERROR_WINDOW_S (shortened here), and the node goes on. The node runs in this process (its own executor, real DDS) so that a step can be held."""
     from rclpy.parameter import Parameter
 
     from deltaworld_core.threads import available_cores
@@ -392,6 +392,7 @@ def test_a_stalled_model_step_is_reported_and_forecasting_resumes(ros_env, ros_n
 
     if stage == "vfm" and available_cores() < 2:
         pytest.skip("two stages need two cores")
+    monkeypatch.setattr("deltaworld_ros.forecast_node.ERROR_WINDOW_S", 2.0)
     params = dict(autostart=False, model_config=str(tiny_config), k=2, horizon=1, output_size=list(OUTPUT),
                   diagnostics_period_s=0.2, stall_timeout_s=1.0, threads=2 if stage == "vfm" else 1,
                   image_topic="/camera/image_raw", futures_topic="/deltaworld/futures")
@@ -434,15 +435,22 @@ def test_a_stalled_model_step_is_reported_and_forecasting_resumes(ros_env, ros_n
         mark = len(harness.diagnostics)
         harness.wait_for(lambda: any(s.level == DiagnosticStatus.OK for a in harness.diagnostics[mark:]
                                      for s in a.status), 5, "OK after the stall")
-        if stage == "vfm":  # a failing VFM call: counted as a model error, and the next frame is forecast
-            def failing(image):
-                raise RuntimeError("VFM kernel failed")
+        # A failing call of the stage: counted as a model error, ERROR while it is recent, the next
+        # frame forecast, and OK again once the error is older than the window
+        def failing(*args):
+            raise RuntimeError("kernel failed")
 
-            node.forecaster.frame_features = failing
-            harness.camera.publish(harness.good())
-            harness.wait_for(lambda: int(harness.values().get("model_errors", 0)) == 1, 5, "the model error")
-            node.forecaster.frame_features = call
-            assert harness.send_until_forecast(None, 3) == 1, "no forecast after the failed VFM call"
+        setattr(node.forecaster, name, failing)
+        harness.camera.publish(harness.good())
+        harness.wait_for(lambda: int(harness.values().get("model_errors", 0)) == 1, 5, "the model error")
+        assert any(s.level == DiagnosticStatus.ERROR and s.message.startswith("forecaster errors: 1 in the last")
+                   for s in harness.statuses()), [s.message for s in harness.statuses()]
+        setattr(node.forecaster, name, call)
+        assert harness.send_until_forecast(None, 3) == 1, "no forecast after the failed call"
+        mark = len(harness.diagnostics)
+        harness.wait_for(lambda: any(s.level == DiagnosticStatus.OK for a in harness.diagnostics[mark:]
+                                     for s in a.status), 5, "OK once the error is past")
+        assert harness.values()["model_errors"] == "1" and harness.values()["model_errors_recently"] == "0"
     finally:
         release.set() if "release" in locals() else None
         executor.shutdown(timeout_sec=2)
