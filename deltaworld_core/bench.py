@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .checkpoint import atomic_write
 from .cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
-from .forecaster import Forecaster, future_maps, load_models
+from .forecaster import Forecaster, future_maps, load_models, resolve_quantize
 from .pipeline import Pipeline
 from .vfm_runtime import cpu_has_native_bf16
 
@@ -226,7 +226,8 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
     # FLOPs of the same architecture in float (the flop counter cannot see int8 kernels): float
     # copies of the small parts only, around the same VFM
     float_fc = fc
-    if fc.cfg.forecast.quantize != "none":
+    quantize = resolve_quantize(fc.cfg.forecast.quantize, dev)
+    if quantize != "none":
         float_cfg = copy.deepcopy(fc.cfg)
         float_cfg.forecast.quantize = "none"
         float_fc = Forecaster(float_cfg, fc.vfm, *load_models(float_cfg, device=device), device=device)
@@ -255,7 +256,9 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
                           "decoder_stride": fc.cfg.tokenizer.decoder_stride},
             "predictor": {"dim": fc.cfg.world.dim, "depth": fc.cfg.world.depth},
             "dtype": str(fc.world.norm.weight.dtype).replace("torch.", ""),
-            "quantize": fc.cfg.forecast.quantize,
+            # what forecast.quantize resolved to on this machine (auto: bf16 where native, else none)
+            "quantize": quantize,
+            "quantize_setting": fc.cfg.forecast.quantize,
             "threads": torch.get_num_threads(),
             "trained_weights": fc.cfg.weights is not None,
         },

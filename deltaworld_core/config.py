@@ -203,7 +203,9 @@ class ForecastConfig:
     # error at 1..horizon steps of the calibration videos
     change_growth: float = ranged(0.5, 0.0, 2.0)
     # "int8": dynamic int8 linear layers in DeltaTok/DeltaWorld (CPU only); "bf16": DeltaTok in
-    # bfloat16 (CPUs with AVX512-BF16/AMX, or GPUs), DeltaWorld and heads in the model dtype
+    # bfloat16 (CPUs with AVX512-BF16/AMX, or GPUs), DeltaWorld and heads in the model dtype;
+    # "auto": bf16 where the device computes bfloat16 natively, else none (an AVX2-only CPU emulates
+    # bfloat16: measured 3.4x slower a step there). Resolved by forecaster.resolve_quantize
     quantize: str = "none"
     # How a camera frame becomes the VFM's input (deltaworld_core/geometry.py): "squash" (the whole
     # frame resized to vfm.image_size, aspect not kept), "two_squares" (as the release trains and
@@ -238,7 +240,7 @@ class ForecastConfig:
 
     def validate(self) -> None:
         _check_ranges("forecast", self)
-        _choice("forecast.quantize", self.quantize, ("none", "int8", "bf16"))
+        _choice("forecast.quantize", self.quantize, ("none", "int8", "bf16", "auto"))
         _choice("forecast.spread_from", self.spread_from, ("samples", "last_change"))
         _choice("forecast.geometry", self.geometry, ("squash", "two_squares", "center_crop"))
         _choice("forecast.context_spacing", self.context_spacing, ("frames", "step"))

@@ -2,14 +2,15 @@
 """The CPU benchmark as the committed results are made: several runs in turn, the median one kept.
 
     .venv/bin/python scripts/bench_cpu_runs.py [--runs 10] [--threads 1 2] [--steps 40] [--config default]
-        [--out-dir results] [key.path=value ...]
+        [--out-dir results] [--name NAME] [key.path=value ...]
 
 One run of ``python -m deltaworld_core.bench`` says little on a machine whose speed drifts (on this
 project's 2-core VM the same command gave 84 to 145 ms within minutes, with nothing else running:
 the host's bf16 matmul rate moves by itself). So each round runs every thread count once, each run
 in a fresh process, and per thread count the run at the median of ``throughput_hz`` is written
 (for an even count the slower of the two middle runs) as ``bench_cpu.json`` (1 thread) or
-``bench_cpu_<N>threads.json``, with every run of the series under ``runs`` and a generated
+``bench_cpu_<N>threads.json`` (``--name X``: ``bench_cpu_X.json``, ``bench_cpu_X_<N>threads.json``, a
+series of another machine beside this project's), with every run of the series under ``runs`` and a generated
 ``note``. Speed targets live in the results, never in tests.
 """
 
@@ -28,8 +29,9 @@ sys.path.insert(0, str(REPO))
 from deltaworld_core.checkpoint import atomic_write  # noqa: E402
 
 
-def out_name(threads: int) -> str:
-    return "bench_cpu.json" if threads == 1 else f"bench_cpu_{threads}threads.json"
+def out_name(threads: int, name: str = "") -> str:
+    stem = f"bench_cpu_{name}" if name else "bench_cpu"
+    return f"{stem}.json" if threads == 1 else f"{stem}_{threads}threads.json"
 
 
 def summary(run: dict) -> dict:
@@ -65,10 +67,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--config", default="default")
     parser.add_argument("--out-dir", default="results")
+    parser.add_argument("--name", default="", help="another machine's series: bench_cpu_NAME[_Nthreads].json")
     parser.add_argument("overrides", nargs="*", help="key.path=value, passed to every run")
     args = parser.parse_args()
     if args.runs < 1 or any(t < 1 for t in args.threads):
         parser.error("--runs and every --threads value must be at least 1")
+    if args.name and not args.name.replace("_", "").isalnum():
+        parser.error(f"--name {args.name!r}: letters, digits and _ only")
     runs: dict[int, list[dict]] = {t: [] for t in args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.runs):
@@ -87,7 +92,7 @@ def main() -> int:
         kept["runs"] = [summary(r) for r in series]
         kept["note"] = note(t, kept["runs"], kept)
         kept["command"] = command.strip()
-        out = Path(args.out_dir) / out_name(t)
+        out = Path(args.out_dir) / out_name(t, args.name)
         atomic_write(out, lambda tmp, text=json.dumps(kept, indent=1): Path(tmp).write_text(text))
         print(f"{out}: {kept['note']}")
     return 0
