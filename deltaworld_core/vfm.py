@@ -449,8 +449,8 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
     ``bf16`` wraps the backbone in a :class:`~deltaworld_core.vfm_runtime.Bf16Backbone` (whatever
     ``backend``: ONNX Runtime has no bf16 CPU kernels) and ``int8`` runs an int8 ONNX Runtime model
     quantised from the export (cached beside it; torch float32 with a warning if that fails). On
-    CUDA ``bf16`` means ``autocast=torch.bfloat16`` and ``fp32`` no autocast; ``auto`` keeps the
-    caller's ``autocast``.
+    CUDA ``bf16`` means ``autocast=torch.bfloat16`` and ``fp32`` no autocast. On either device
+    ``auto`` keeps a caller's ``autocast``; only ``fp32`` drops it.
     """
     kwargs = _arch_kwargs(cfg)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -475,7 +475,8 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
     backend = getattr(cfg, "backend", "torch")
     if backend not in ("torch", "onnxruntime"):
         raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-    precision = resolve_precision(precision or getattr(cfg, "precision", "fp32"), device)
+    setting = precision or getattr(cfg, "precision", "fp32")
+    precision = resolve_precision(setting, device)
     kind = torch.device(device).type
     if kind == "cuda" and backend == "onnxruntime":
         log.info("VFM on %s: torch backend (ONNX Runtime is the CPU backend)", device)
@@ -489,7 +490,9 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
             log.info("VFM in %s: vfm.precision=%s not applied", dtype, precision)
         precision = str(dtype).replace("torch.", "")
     elif autocast is not None:  # the caller's own mixed precision of the torch backbone
-        if precision == "fp32":
+        # only a forced fp32 overrides it: auto keeps it on any CPU (auto resolves to fp32 on an
+        # AVX2-only one, which must not silently drop an autocast the caller asked for)
+        if setting == "fp32":
             autocast = None
         elif precision in ("auto", "bf16"):
             precision = "bf16" if autocast is torch.bfloat16 else str(autocast).replace("torch.", "")

@@ -39,8 +39,15 @@ def test_node_auto_device_picks_cuda_when_there_is_one(monkeypatch):
     assert resolve_device("auto") == "cpu"
 
 
-def test_vfm_autocast_returns_float32_features_close_to_fp32():
+@pytest.mark.parametrize("native", [True, False], ids=["native_bf16", "avx2_only"])
+def test_vfm_autocast_returns_float32_features_close_to_fp32(monkeypatch, native):
+    """The caller's autocast is kept under vfm.precision: auto whatever the CPU (auto resolving to
+    fp32 on an AVX2-only CPU once dropped it there)."""
+    from deltaworld_core import vfm_runtime
+
+    monkeypatch.setattr(vfm_runtime, "cpu_has_native_bf16", lambda flags=None: native)
     cfg = load_config("default", DINOV3).vfm
+    assert cfg.precision == "auto"
     plain, mixed = build_vfm(cfg), build_vfm(cfg, autocast=torch.bfloat16)
     images = np.stack(frames(2, h=32, w=48))
     with torch.inference_mode():
