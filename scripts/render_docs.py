@@ -594,6 +594,30 @@ def render_vfm_precision_eval(results: Path) -> str:
               f"`{h.get('command', '?')}`; {source('vfm_precision.json')}.")
 
 
+@renderer("eval_compare")
+def render_eval_compare(results: Path) -> str:
+    """Every comparison of two held-out evaluations (results/eval_compare_*.json, written by
+    scripts/compare_evals.py): the largest change of each family of ratios."""
+    blocks = []
+    for path in result_files(results, "eval_compare_*.json"):
+        d = json.loads(path.read_text())
+        bound = d.get("bound", 0.01)
+        rows = []
+        for key, label in HELD_OUT_CHANGES:
+            f = (d.get("families") or {}).get(key)
+            if f is None:
+                continue
+            above = f.get("over_bound") or []
+            rows.append([f"{label} ({fmt(f.get('of'))} ratios)", fmt(f.get("max"), 4),
+                         "yes" if not above else "**no**",
+                         f"{f.get('where')} ({fmt(f.get('base'), 3)} vs {fmt(f.get('other'), 3)})",
+                         f"{len(above)}: " + "; ".join(above[:8]) if above else "-"])
+        blocks.append(table(["ratio", "largest change", f"within {bound}", "where (base vs other)",
+                             "above the bound"], rows)
+                      + f"\n\n`{path.name}`: {d.get('note', '')}; {fmt(d.get('clips'))} clips; `{d.get('command', '?')}`.")
+    return "\n\n".join(blocks) if blocks else "_No comparisons yet._"
+
+
 # ---------------------------------------------------------------- quality
 
 METHODS = [
