@@ -614,7 +614,7 @@ def render_eval_compare(results: Path) -> str:
                          f"{len(above)}: " + "; ".join(above[:8]) if above else "-"])
         blocks.append(table(["ratio", "largest change", f"within {bound}", "where (base vs other)",
                              "above the bound"], rows)
-                      + f"\n\n`{path.name}`: {d.get('note', '')}; {fmt(d.get('clips'))} clips; `{d.get('command', '?')}`.")
+                      + f"\n\n`{path.name}`: {d.get('note', '')}; {fmt(d.get('clips'))} clips; `{d.get('command', '?').split(' --note ')[0]}`.")
     return "\n\n".join(blocks) if blocks else "_No comparisons yet._"
 
 
