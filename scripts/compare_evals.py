@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from deltaworld_core.checkpoint import atomic_write  # noqa: E402
 
-# (key, what it is); the keys are those of results/vfm_precision.json's held_out_eval
+# (key, what it is); the keys are those of results/vfm_precision.json's held_out_eval, and
+# scripts/render_docs.py labels its tables with these
 FAMILIES = [
     ("video_average_ratio_to_copy_last", "video-averaged feature MSE / copy-last, every method and step"),
     ("pooled_ratio_to_copy_last", "pooled over all clips, every method and step"),
@@ -115,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(f['over_bound'])} of {f['of']} above {args.bound}")
     print("every ratio within", args.bound, "yes" if within else "NO")
     if args.json:
+        sys.path.insert(0, str(REPO))
+        from deltaworld_core.checkpoint import atomic_write  # here: importing FAMILIES needs no torch
+
         out = {"base": str(args.base), "other": str(args.other), "bound": args.bound, "within_bound": within,
                "clips": base["clips"], "note": args.note, "families": families,
                "command": "python scripts/compare_evals.py " + shlex.join(sys.argv[1:] if argv is None else argv)}

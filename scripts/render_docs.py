@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+from compare_evals import FAMILIES as HELD_OUT_CHANGES  # noqa: E402 - the ratio families, one list for both scripts
 MARKER = re.compile(r"<!-- results:([A-Za-z0-9_.-]+) -->\n(.*?)<!-- /results -->", re.S)
 OPEN = re.compile(r"<!-- results:([A-Za-z0-9_.-]+) -->")
 
@@ -549,17 +551,6 @@ def render_vfm_precision(results: Path) -> str:
             f"`{d.get('auto_picks')}` on this machine ({m.get('cores', '?')} cores, native bf16 "
             f"{fmt(m.get('native_bf16'))}, load average {fmt(m.get('load_avg_1min'), 1)}). "
             f"{provenance(d, results, 'vfm_precision.json')}.")
-
-
-HELD_OUT_CHANGES = [
-    ("video_average_ratio_to_copy_last", "video-averaged feature MSE / copy-last, every method and step"),
-    ("pooled_ratio_to_copy_last", "pooled over all clips, every method and step"),
-    ("video_average_spread_skill_ratio", "video-averaged spread-skill"),
-    ("video_average_median_clip_ratio", "video-averaged median clip / copy-last"),
-    ("per_video_ratio_to_copy_last", "per video, feature MSE / copy-last"),
-    ("per_video_spread_skill_ratio", "per video, spread-skill"),
-    ("per_video_median_clip_ratio", "per video, median clip / copy-last"),
-]
 
 
 @renderer("vfm_precision_eval")
