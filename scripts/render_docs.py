@@ -411,14 +411,15 @@ def render_node_rate(results: Path) -> str:
     for path in result_files(results, "node_rate*.json"):
         d = json.loads(path.read_text())
         diag = d.get("diagnostics") or {}
-        rows.append([f"`{path.name}`", fmt(d.get("threads")), d.get("clip", "?"), fmt(d.get("input_rate_hz"), 1),
+        rows.append([f"`{path.name}`", (d.get("machine") or {}).get("cpu") or "?", fmt(d.get("threads")),
+                     d.get("clip", "?"), fmt(d.get("input_rate_hz"), 1),
                      fmt(d.get("duration_s"), 0), f"**{fmt(d.get('forecasts_per_s'), 1)}**",
                      fmt(d.get("latency_ms_median"), 1), fmt(d.get("model_ms_median"), 1),
                      fmt(diag.get("frames_dropped")), fmt((d.get("machine") or {}).get("load_avg_1min"), 1)])
         notes.append(f"- `{path.name}`: {d.get('note') + '; ' if d.get('note') else ''}{provenance(d, results, path.name)}")
     if not rows:
         return "_No results yet._"
-    return table(["result", "threads", "clip", "camera Hz", "s", "forecasts/s", "median latency ms (camera stamp "
+    return table(["result", "CPU", "threads", "clip", "camera Hz", "s", "forecasts/s", "median latency ms (camera stamp "
                   "to receipt)", "model ms median", "frames dropped", "load average"], rows) + "\n\n" + "\n".join(notes)
 
 
