@@ -162,3 +162,26 @@ def test_ros_interface_names_every_diagnostics_key_and_launch_argument():
     assert arguments
     missing = sorted(a for a in arguments if f"`{a}`" not in page)
     assert not missing, f"docs/ros-interface.md lacks launch arguments: {missing}"
+
+
+def test_cpu_series_of_other_machines_are_found_by_the_names_bench_cpu_runs_writes(tmp_path):
+    """scripts/bench_cpu_runs.py --name X writes bench_cpu_X[_Nthreads].json; the targets table and
+    the README take each machine's series by those names (a single run beside them is no series)."""
+    spec = importlib.util.spec_from_file_location("bench_cpu_runs", REPO / "scripts" / "bench_cpu_runs.py")
+    runs_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runs_script)
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, threads, series in (("", 1, True), ("", 2, True), ("avx2", 1, True), ("avx2", 2, True),
+                                  ("avx2_quantize_bf16", 1, False)):
+        d = {"config": {"name": "default", "threads": threads}, "stage_ms": {"total": 100.0 * threads},
+             "machine": {"cpu": name or "reference"}}
+        if series:
+            d["runs"] = [{"throughput_hz": 10.0}]
+        file = runs_script.out_name(threads, name) if series else f"bench_cpu_{name}.json"
+        (results / file).write_text(json.dumps(d))
+    assert runs_script.out_name(2, "avx2") == "bench_cpu_avx2_2threads.json"
+    assert render_docs._series_names(results) == ["", "avx2"]
+    assert render_docs._bench(results, 2, "avx2")["machine"]["cpu"] == "avx2"
+    assert render_docs._bench(results, 1)["machine"]["cpu"] == "reference"
+    assert render_docs._bench(results, 4) is None
