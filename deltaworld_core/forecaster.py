@@ -604,8 +604,9 @@ def _resize_summary(summary: dict[str, torch.Tensor], size: tuple[int, int]) -> 
 def resolve_quantize(setting: str, device: str | torch.device = "cpu") -> str:
     """``forecast.quantize`` for ``device``: ``auto`` -> ``bf16`` where bfloat16 is native (a CPU
     with AVX512-BF16 or AMX-BF16, a CUDA device that supports it), else ``none``; any other setting
-    as given. Decided on the machine at hand: an AVX2-only CPU emulates bfloat16, and the default's
-    step measured 1,242 ms there with a bf16 DeltaTok against 361 ms with a float32 one."""
+    as given. Decided on the machine at hand: an AVX2-only CPU emulates bfloat16, and there the
+    default's step with a bf16 DeltaTok took about 3.5x the float32 one
+    (results/bench_cpu_avx2_quantize_bf16.json against results/bench_cpu_avx2.json)."""
     if setting != "auto":
         return setting
     kind = torch.device(device).type
