@@ -18,7 +18,6 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,39 +34,34 @@ FAMILIES = [
 ]
 
 
-def _over_copy_last(mse: dict) -> Iterator[tuple[str, int, float]]:
-    base = mse["copy_last"]
-    for method, values in mse.items():
-        if method != "copy_last":
-            for step, (v, c) in enumerate(zip(values, base)):
-                yield method, step, v / c
+def _steps(by_method: dict | None, prefix: str = "") -> dict[str, float]:
+    """{"<prefix><method> step <n>": value} of a per-method, per-step table, copy-last left out."""
+    return {f"{prefix}{method} step {step + 1}": v for method, values in (by_method or {}).items()
+            if method != "copy_last" for step, v in enumerate(values)}
+
+
+def _over_copy_last(mse: dict) -> dict[str, list[float]]:
+    """Each method's feature MSE over copy-last's, per step."""
+    return {method: [v / c for v, c in zip(values, mse["copy_last"])] for method, values in mse.items()}
+
+
+def _spread_skill(values: list[float] | None, prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}step {step + 1}": v for step, v in enumerate(values or [])}
 
 
 def ratios(result: dict) -> dict[str, dict[str, float]]:
     """Every ratio of an evaluation result, by family: {family: {"where": value}}."""
     avg = result["video_average"]
-    out: dict[str, dict[str, float]] = {key: {} for key, _ in FAMILIES}
-    for method, values in avg["ratio_to_copy_last"].items():
-        if method != "copy_last":
-            for step, v in enumerate(values):
-                out["video_average_ratio_to_copy_last"][f"{method} step {step + 1}"] = v
-    for method, step, v in _over_copy_last(result["feature_mse"]):
-        out["pooled_ratio_to_copy_last"][f"{method} step {step + 1}"] = v
-    for step, v in enumerate(avg.get("spread_skill_ratio") or []):
-        out["video_average_spread_skill_ratio"][f"step {step + 1}"] = v
-    for method, values in (avg.get("median_clip_ratio_to_copy_last") or {}).items():
-        if method != "copy_last":
-            for step, v in enumerate(values):
-                out["video_average_median_clip_ratio"][f"{method} step {step + 1}"] = v
+    out = {"video_average_ratio_to_copy_last": _steps(avg["ratio_to_copy_last"]),
+           "pooled_ratio_to_copy_last": _steps(_over_copy_last(result["feature_mse"])),
+           "video_average_spread_skill_ratio": _spread_skill(avg.get("spread_skill_ratio")),
+           "video_average_median_clip_ratio": _steps(avg.get("median_clip_ratio_to_copy_last")),
+           "per_video_ratio_to_copy_last": {}, "per_video_spread_skill_ratio": {}, "per_video_median_clip_ratio": {}}
     for video, r in result["videos"].items():
-        for method, step, v in _over_copy_last(r["feature_mse"]):
-            out["per_video_ratio_to_copy_last"][f"{video} {method} step {step + 1}"] = v
-        for step, v in enumerate((r.get("uncertainty") or {}).get("spread_skill_ratio") or []):
-            out["per_video_spread_skill_ratio"][f"{video} step {step + 1}"] = v
-        for method, values in (r.get("median_clip_ratio_to_copy_last") or {}).items():
-            if method != "copy_last":
-                for step, v in enumerate(values):
-                    out["per_video_median_clip_ratio"][f"{video} {method} step {step + 1}"] = v
+        out["per_video_ratio_to_copy_last"].update(_steps(_over_copy_last(r["feature_mse"]), f"{video} "))
+        out["per_video_spread_skill_ratio"].update(
+            _spread_skill((r.get("uncertainty") or {}).get("spread_skill_ratio"), f"{video} "))
+        out["per_video_median_clip_ratio"].update(_steps(r.get("median_clip_ratio_to_copy_last"), f"{video} "))
     return out
 
 
