@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -25,13 +26,19 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from deltaworld_core.checkpoint import atomic_write  # noqa: E402
+# bench_cpu[_NAME][_<N>threads].json; NAME may not itself look like "<N>threads"
+SERIES_FILE = re.compile(r"bench_cpu(?:_(?P<name>(?!\d+threads\.)[A-Za-z0-9_]+?))?(?:_(?P<threads>\d+)threads)?\.json")
 
 
 def out_name(threads: int, name: str = "") -> str:
     stem = f"bench_cpu_{name}" if name else "bench_cpu"
     return f"{stem}.json" if threads == 1 else f"{stem}_{threads}threads.json"
+
+
+def series_name(filename: str) -> str | None:
+    """The NAME of a file out_name wrote ("" for this project's machine), or None for another file."""
+    m = SERIES_FILE.fullmatch(filename)
+    return None if m is None else (m.group("name") or "")
 
 
 def summary(run: dict) -> dict:
@@ -72,8 +79,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 1 or any(t < 1 for t in args.threads):
         parser.error("--runs and every --threads value must be at least 1")
-    if args.name and not args.name.replace("_", "").isalnum():
-        parser.error(f"--name {args.name!r}: letters, digits and _ only")
+    if args.name and series_name(out_name(1, args.name)) != args.name:
+        parser.error(f"--name {args.name!r}: letters, digits and _ only, and not <N>threads")
+    sys.path.insert(0, str(REPO))
+    from deltaworld_core.checkpoint import atomic_write  # here: importing the naming needs no torch
+
     runs: dict[int, list[dict]] = {t: [] for t in args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.runs):

@@ -32,6 +32,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
+from bench_cpu_runs import out_name, series_name  # noqa: E402 - the CPU series' file names, written there
 from compare_evals import FAMILIES as HELD_OUT_CHANGES  # noqa: E402 - the ratio families, one list for both scripts
 MARKER = re.compile(r"<!-- results:([A-Za-z0-9_.-]+) -->\n(.*?)<!-- /results -->", re.S)
 OPEN = re.compile(r"<!-- results:([A-Za-z0-9_.-]+) -->")
@@ -728,8 +729,7 @@ def render_predictability(results: Path) -> str:
 def _bench(results: Path, threads: int, name: str = "") -> dict | None:
     """The default's CPU series at ``threads`` as scripts/bench_cpu_runs.py names it (``name``:
     another machine's series, ``--name``), or None."""
-    stem = f"bench_cpu_{name}" if name else "bench_cpu"
-    path = results / (f"{stem}.json" if threads == 1 else f"{stem}_{threads}threads.json")
+    path = results / out_name(threads, name)
     if path not in bench_files(results):
         return None
     d = json.loads(path.read_text())
@@ -741,11 +741,16 @@ def _series_names(results: Path) -> list[str]:
     with its runs)."""
     names = [""]
     for path in bench_files(results):
-        m = re.fullmatch(r"bench_cpu_([A-Za-z0-9_]+?)(?:_\d+threads)?\.json", path.name)
-        if m and not re.fullmatch(r"\d+threads", m.group(1)) and json.loads(path.read_text()).get("runs") \
-                and m.group(1) not in names:
-            names.append(m.group(1))
+        name = series_name(path.name)
+        if name and name not in names and json.loads(path.read_text()).get("runs"):
+            names.append(name)
     return names
+
+
+def _cpu_label(machine: dict) -> str:
+    """"AMD EPYC, no native bf16": a CPU benchmark's machine as the targets and the README name it."""
+    native = {True: ", native bf16", False: ", no native bf16"}.get(machine.get("native_bf16"), "")
+    return f"{machine.get('cpu') or 'CPU'}{native}"
 
 
 @renderer("targets")
@@ -781,9 +786,7 @@ def render_targets(results: Path) -> str:
                 measured = f"{fmt(hz, 1)} Hz (median of {len(runs)} runs, {fmt(min(runs), 1)}-{fmt(max(runs), 1)}), {fmt(rss, 0)} MB"
             else:
                 measured = f"{fmt(hz, 1)} Hz, {fmt(rss, 0)} MB"
-            cpu = b.get("machine", {}).get("cpu") or "?"
-            native = {True: ", native bf16", False: ", no native bf16"}.get(b.get("machine", {}).get("native_bf16"), "")
-            rows.append([f"CPU ({cpu}{native}), {threads} thread{'s' if threads > 1 else ''}: >= {target} forecasts/s "
+            rows.append([f"CPU ({_cpu_label(b.get('machine', {}))}), {threads} thread{'s' if threads > 1 else ''}: >= {target} forecasts/s "
                          "on a stream, peak RSS <= 1,000 MB", measured, hz >= target and rss <= 1000])
     out = [[text, value, "**met**" if ok else "missed"] for text, value, ok in rows]
     return (table(["target (held-out whole videos unless said)", "measured", ""], out)
@@ -810,8 +813,7 @@ def render_readme_quality(results: Path) -> str:
                 how = " as two stages" if (b.get("pipeline") or {}).get("active") else ""
                 speeds.append(f"{fmt(hz, 1)} forecasts/s at {threads} thread{'s' if threads > 1 else ''}{how}")
         if speeds:
-            native = {True: ", native bf16", False: ", no native bf16"}.get(m.get("native_bf16"), "")
-            machines.append(f"on a {m.get('cores', '?')}-core {m.get('cpu') or 'CPU'}{native}: " + ", ".join(speeds))
+            machines.append(f"on a {m.get('cores', '?')}-core {_cpu_label(m)}: " + ", ".join(speeds))
     return "\n".join([
         f"- **Codec**: on {avg['videos']} held-out videos ({fmt(d['clips'])} clips no stage trained on), DeltaTok's one "
         f"token per frame leaves {fmt(ratio['tokenizer'][0])}x the feature error of copying the last frame "
