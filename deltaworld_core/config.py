@@ -205,7 +205,8 @@ class ForecastConfig:
     # "int8": dynamic int8 linear layers in DeltaTok/DeltaWorld (CPU only); "bf16": DeltaTok in
     # bfloat16 (CPUs with AVX512-BF16/AMX, or GPUs), DeltaWorld and heads in the model dtype;
     # "auto": bf16 where the device computes bfloat16 natively, else none (an AVX2-only CPU emulates
-    # bfloat16: measured 3.4x slower a step there). Resolved by forecaster.resolve_quantize
+    # bfloat16: a step ~3.5x slower there, results/bench_cpu_avx2_quantize_bf16.json). Resolved by
+    # forecaster.resolve_quantize
     quantize: str = "none"
     # How a camera frame becomes the VFM's input (deltaworld_core/geometry.py): "squash" (the whole
     # frame resized to vfm.image_size, aspect not kept), "two_squares" (as the release trains and

@@ -542,8 +542,8 @@ def test_bf16_tokenizer_stays_close_to_fp32_and_keeps_float32_interfaces():
 @pytest.mark.parametrize("native", [True, False], ids=["native_bf16", "avx2_only"])
 def test_quantize_auto_takes_bf16_only_where_the_cpu_has_it(monkeypatch, native):
     """forecast.quantize: auto (the shipped default's) is bf16 on a CPU with AVX512-BF16/AMX and
-    float32 elsewhere: an AVX2-only CPU emulates bfloat16 (the default's step 1,242 ms there against
-    361 ms in float32). The bench reports what it resolved to beside the setting."""
+    float32 elsewhere: an AVX2-only CPU emulates bfloat16 (results/bench_cpu_avx2_quantize_bf16.json).
+    The bench reports what it resolved to beside the setting."""
     from deltaworld_core import bench, forecaster
 
     monkeypatch.setattr(forecaster, "cpu_has_native_bf16", lambda: native)

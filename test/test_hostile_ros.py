@@ -384,7 +384,8 @@ def test_a_stalled_model_step_is_reported_and_forecasting_resumes(ros_env, ros_n
     wait and /diagnostics says ERROR 'forecasting stalled' instead of OK; when the step returns,
     the next good frame is forecast and the status is OK again. With two stages (threads 2) the
     VFM stage is held instead. Then one call of the stage fails: a model error, counted, ERROR for
-    ERROR_WINDOW_S (shortened here), and the node goes on. The node runs in this process (its own executor, real DDS) so that a step can be held."""
+    ERROR_WINDOW_S (shortened here), and the node goes on. The node runs in this process (its own
+    executor, real DDS) so that a step can be held."""
     from rclpy.parameter import Parameter
 
     from deltaworld_core.threads import available_cores
