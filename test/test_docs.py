@@ -33,11 +33,23 @@ def test_committed_pages_match_their_results():
 
 
 def test_every_results_json_parses_and_every_renderer_runs():
+    """Every renderer runs on the committed results; one whose results are not committed yet (a
+    generic renderer waiting for its first file) renders nothing and sits in no page."""
     for path in sorted((REPO / "results").glob("*.json")):
         json.loads(path.read_text())
+    used = {name for page in render_docs.pages(REPO) for name in render_docs.OPEN.findall(page.read_text())}
     for name, fn in render_docs.RENDERERS.items():
         out = fn(REPO / "results")
-        assert out.strip(), name
+        assert out.strip() or name not in used, name
+
+
+def test_a_block_whose_renderer_finds_no_results_is_a_problem_not_a_placeholder(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "p.md").write_text("<!-- results:bench_gpu -->\nold\n<!-- /results -->\n")
+    stale, problems = render_docs.run(tmp_path, tmp_path / "results", check=False)
+    assert any("'bench_gpu' found no results" in p for p in problems)
+    assert "old" in (tmp_path / "docs" / "p.md").read_text()  # nothing written in its place
 
 
 def test_check_finds_a_stale_block_and_an_unknown_renderer(tmp_path):
@@ -90,7 +102,7 @@ def test_bench_renderers_show_the_date_and_cpu_bench_records(tmp_path):
 
 def test_gpu_and_precision_pages_carry_their_tables_as_blocks():
     """docs/gpu.md and docs/vfm-precision.md: every table of measured numbers is a generated block."""
-    wanted = {"gpu.md": {"flops_table", "bench_gpu", "device_table", "bench_cpu", "outputs", "futures_sizes",
+    wanted = {"gpu.md": {"flops_table", "bench_gpu", "bench_cpu", "outputs", "futures_sizes",
                          "futures_dds"},
               "vfm-precision.md": {"vfm_precision", "vfm_precision_eval", "bench_cpu", "bench_notes"}}
     for page, names in wanted.items():
@@ -181,7 +193,7 @@ def test_cpu_series_of_other_machines_are_found_by_the_names_bench_cpu_runs_writ
         file = runs_script.out_name(threads, name) if series else f"bench_cpu_{name}.json"
         (results / file).write_text(json.dumps(d))
     assert runs_script.out_name(2, "avx2") == "bench_cpu_avx2_2threads.json"
-    assert render_docs._series_names(results) == ["", "avx2"]
-    assert render_docs._bench(results, 2, "avx2")["machine"]["cpu"] == "avx2"
-    assert render_docs._bench(results, 1)["machine"]["cpu"] == "reference"
-    assert render_docs._bench(results, 4) is None
+    assert render_docs.series_names(results) == ["", "avx2"]
+    assert render_docs.cpu_series(results, 2, "avx2")["machine"]["cpu"] == "avx2"
+    assert render_docs.cpu_series(results, 1)["machine"]["cpu"] == "reference"
+    assert render_docs.cpu_series(results, 4) is None
