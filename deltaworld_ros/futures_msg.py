@@ -1,7 +1,15 @@
-"""deltaworld_core Forecast <-> deltaworld_ros/msg/Futures.
+"""deltaworld_core Forecast <-> deltaworld_ros/msg/Futures, and the Python API for planners.
 
 Stamps are handled in integer nanoseconds from the camera header, so the output header is exactly
 the input's and target stamps do not drift through float rounding.
+
+A planner in Python reads a Futures message with :func:`decode_futures` (arrays [K, steps, h, w],
+one memory copy per image, no per-pixel work) and turns pixels into 3-D points in the camera's
+optical frame with :meth:`DecodedFutures.points` (the message's ``camera_info``; the pinhole
+model of depth_image_proc)::
+
+    futures = decode_futures(msg)
+    xyz = futures.points(u, v, futures.depth[k, step, v, u])  # [..., 3] metres, x right, y down, z forward
 """
 
 from __future__ import annotations
@@ -10,11 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
+
+from deltaworld_core.camera_model import Pinhole, back_project
 
 from deltaworld_ros.image_conversion import (FrameIdTooLongError, StampOutOfRangeError, array_to_image_msg, cut,
                                              image_to_array)
 from deltaworld_ros.msg import Futures, HorizonSummary, Hypothesis
+from deltaworld_ros.planner_msgs import camera_info_msg, pinhole_from_camera_info
 
 NS = 1_000_000_000
 # builtin_interfaces/Time.sec is an int32: 2^31 s (2038-01-19) would serialise as -2^31.
@@ -57,10 +69,12 @@ def seconds_to_time(seconds: float) -> Time:
     return ns_to_time(round(seconds * NS))
 
 
-def forecast_to_msg(forecast, header: Header) -> Futures:
+def forecast_to_msg(forecast, header: Header, camera: Pinhole | None = None) -> Futures:
     """``forecast`` (a deltaworld_core Forecast) made from the image with ``header`` -> Futures.
-    Every image carries the frame_id and its own target stamp. Raises FrameIdTooLongError or
-    StampOutOfRangeError (ValueErrors) for a header that :func:`check_header` rejects."""
+    Every image carries the frame_id and its own target stamp. ``camera``: the maps' intrinsics
+    (:func:`deltaworld_core.camera_model.map_intrinsics`), sent as ``camera_info`` with ``header``;
+    None leaves it empty (width 0). Raises FrameIdTooLongError or StampOutOfRangeError
+    (ValueErrors) for a header that :func:`check_header` rejects."""
     check_header(header)
     base_ns = time_to_ns(header.stamp)
     # Offsets from the newest frame, rounded to whole microseconds: float64 seconds near 1.7e9
@@ -91,6 +105,8 @@ def forecast_to_msg(forecast, header: Header) -> Futures:
         class_names=list(forecast.class_names),
         hypotheses=hypotheses,
         summary=summary,
+        camera_info=CameraInfo() if camera is None else camera_info_msg(camera, Header(stamp=header.stamp,
+                                                                                       frame_id=header.frame_id)),
     )
 
 
@@ -108,13 +124,59 @@ class DecodedFutures:
     agreement: np.ndarray  # [H, h, w] float32
     depth_mean: np.ndarray  # [H, h, w] float32
     depth_std: np.ndarray  # [H, h, w] float32
+    camera: Pinhole | None = None  # the maps' intrinsics; None when the message carries none
+
+    def points(self, u, v, depth) -> np.ndarray:
+        """Pixels (u = column, v = row of these maps) at ``depth`` metres -> [..., 3] float32
+        points in the camera's optical frame (``frame_id``). Raises ValueError without intrinsics."""
+        if self.camera is None:
+            raise ValueError("this Futures message carries no camera_info (the node had none for the camera)")
+        return back_project(u, v, depth, self.camera)
 
 
 def _stack(images, encoding: str) -> np.ndarray:
+    """Images -> [n, h, w]: each image's rows copied once into the result (no per-pixel work)."""
     for image in images:
         if image.encoding != encoding:
             raise ValueError(f"expected {encoding} images, got {cut(image.encoding)}")
-    return np.stack([image_to_array(image) for image in images])
+    if not images:
+        raise ValueError("no images")
+    first = image_to_array(images[0])
+    out = np.empty((len(images), *first.shape), dtype=first.dtype)
+    out[0] = first
+    for i, image in enumerate(images[1:], 1):
+        if (image.height, image.width) != first.shape:
+            raise ValueError(f"images of different sizes: {image.width}x{image.height} and "
+                             f"{first.shape[1]}x{first.shape[0]}")
+        _rows_into(out[i], image)
+    return out
+
+
+def _rows_into(out: np.ndarray, image) -> None:
+    """Copies ``image``'s pixels into ``out`` [h, w] (native byte order) in one pass."""
+    row_bytes = out.shape[1] * out.itemsize
+    if image.step < row_bytes or len(image.data) < image.step * image.height:
+        raise ValueError(f"{cut(image.encoding)} image data shorter than {image.height} rows of {row_bytes} bytes")
+    rows = np.frombuffer(image.data, dtype=np.uint8, count=image.step * image.height).reshape(image.height, image.step)
+    dtype = out.dtype.newbyteorder(">" if image.is_bigendian else "<") if out.itemsize > 1 else out.dtype
+    out[...] = rows[:, :row_bytes].view(dtype)
+
+
+def _per_hypothesis(msg: Futures, name: str, encoding: str) -> np.ndarray:
+    """[K, steps, h, w] of every hypothesis' ``name`` images, decoded straight into one array."""
+    steps = {len(getattr(h, name)) for h in msg.hypotheses}
+    if len(steps) > 1:
+        raise ValueError(f"hypotheses have different numbers of {name} images: {sorted(steps)}")
+    stacked = _stack([image for h in msg.hypotheses for image in getattr(h, name)], encoding)
+    return stacked.reshape(len(msg.hypotheses), steps.pop(), *stacked.shape[1:])
+
+
+def map_camera(msg: Futures) -> Pinhole | None:
+    """The maps' intrinsics from a Futures message's ``camera_info`` (None when it has none)."""
+    info = msg.camera_info
+    if info.width == 0:
+        return None
+    return pinhole_from_camera_info(info, info.height, info.width)
 
 
 def decode_futures(msg: Futures) -> DecodedFutures:
@@ -124,10 +186,11 @@ def decode_futures(msg: Futures) -> DecodedFutures:
         frame_id=msg.header.frame_id,
         target_stamps=np.array([time_to_seconds(t) for t in msg.target_stamps], dtype=np.float64),
         class_names=list(msg.class_names),
-        semantic=np.stack([_stack(h.semantic, "mono8") for h in msg.hypotheses]),
-        depth=np.stack([_stack(h.depth, "32FC1") for h in msg.hypotheses]),
+        semantic=_per_hypothesis(msg, "semantic", "mono8"),
+        depth=_per_hypothesis(msg, "depth", "32FC1"),
         semantic_mode=_stack([s.semantic_mode for s in msg.summary], "mono8"),
         agreement=_stack([s.semantic_agreement for s in msg.summary], "32FC1"),
         depth_mean=_stack([s.depth_mean for s in msg.summary], "32FC1"),
         depth_std=_stack([s.depth_std for s in msg.summary], "32FC1"),
+        camera=map_camera(msg),
     )

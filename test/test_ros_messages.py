@@ -46,7 +46,8 @@ def test_message_definitions_match_the_contract():
     assert fields == {
         "Futures": {"header": "std_msgs/Header", "target_stamps": "sequence<builtin_interfaces/Time>",
                     "class_names": "sequence<string>", "hypotheses": "sequence<deltaworld_ros/Hypothesis>",
-                    "summary": "sequence<deltaworld_ros/HorizonSummary>"},
+                    "summary": "sequence<deltaworld_ros/HorizonSummary>",
+                    "camera_info": "sensor_msgs/CameraInfo"},
         "Hypothesis": {"semantic": "sequence<sensor_msgs/Image>", "depth": "sequence<sensor_msgs/Image>"},
         "HorizonSummary": {"semantic_mode": "sensor_msgs/Image", "semantic_agreement": "sensor_msgs/Image",
                            "depth_mean": "sensor_msgs/Image", "depth_std": "sensor_msgs/Image"},
