@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=1.0, help="replay speed factor (0.2: five times slower)")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
                         help="replay at most N frames (at least context of them must reach the model: "
-                             "see the README's smallest demo)")
+                             "add --every-frame so that none is skipped)")
     parser.add_argument("--every-frame", action="store_true",
                         help="send each frame only once the model has taken the previous one (stamped with the "
                              "clip's own times): every frame is forecast on any machine, e.g. --max-frames 10")
