@@ -11,7 +11,7 @@ What was verified, and how
 The loaders below were compared with the release's public model code (amazon-far/deltatok at its
 HEAD, every parameter random, paper sizes, fp32, eval): all three parts load strictly, and our
 modules agree with the release's: DeltaTok to 1e-6, the heads to 1e-5, the predictor to about 3e-5
-in float32 (3.1e-5 in issue 19's comparison), not exactly. Both build the time RoPE's inverse
+in float32, not exactly. Both build the time RoPE's inverse
 frequencies in float32 (:func:`~deltaworld_core.layers.rope_time`), but the release forms the
 angles ``2*pi * t * inv_freq`` in float32 while we form them in the times' precision (float64 for
 streams), so the angles agree to float32 rounding only. Not verified against the real released

