@@ -40,7 +40,7 @@ def _interval(low: float, high: float, low_open: bool) -> str:
     return f"{'(' if low_open else '['}{fmt(low)}, {fmt(high)}]"
 
 
-def _check_ranges(prefix: str, obj: Any) -> None:
+def check_ranges(prefix: str, obj: Any) -> None:
     """Every ``ranged`` field of ``obj`` within its range: one line naming the key otherwise."""
     for f in dataclasses.fields(obj):
         if "range" not in f.metadata:
@@ -51,7 +51,27 @@ def _check_ranges(prefix: str, obj: Any) -> None:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
                 (v > low if low_open else v >= low) and v <= high)
             if not ok:
-                raise ConfigError(f"{prefix}.{f.name} must be in {_interval(low, high, low_open)}, got {quote(value)}")
+                key = f"{prefix}.{f.name}" if prefix else f.name
+                raise ConfigError(f"{key} must be in {_interval(low, high, low_open)}, got {quote(value)}")
+
+
+def check_finite(key: str, value: Any, skip: tuple[str, ...] = ()) -> None:
+    """Every number anywhere in ``value`` (a dataclass, mapping or list, walked whole) is finite:
+    a NaN or infinity is one :class:`ConfigError` naming its key (``optim.betas[0] must be a finite
+    number, got nan``). Fields named in ``skip`` are left out (ones validated elsewhere)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key or 'value'} must be a finite number, got {quote(value)}")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            if f.name not in skip:
+                check_finite(f"{key}.{f.name}" if key else f.name, getattr(value, f.name))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(f"{key}.{clip(str(k), 60)}" if key else clip(str(k), 60), v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(f"{key}[{i}]", v)
 
 
 def numeric_ranges() -> dict[str, str]:
@@ -90,7 +110,7 @@ class VFMConfig:
         _choice("vfm.ffn", self.ffn, ("mlp", "swiglu"))
         _choice("vfm.backend", self.backend, ("torch", "onnxruntime"))
         _choice("vfm.precision", self.precision, ("auto", "fp32", "bf16", "int8"))
-        _check_ranges("vfm", self)
+        check_ranges("vfm", self)
         if self.embed_dim % self.num_heads:
             raise ConfigError("vfm.embed_dim must be divisible by vfm.num_heads")
         _image_size("vfm.image_size", self.image_size, self.patch_size)
@@ -124,7 +144,7 @@ class TokenizerConfig:
     linear_grid: tuple[int, int] = ranged((8, 8), 1, 64)
 
     def validate(self) -> None:
-        _check_ranges("tokenizer", self)
+        check_ranges("tokenizer", self)
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 4:
             raise ConfigError("tokenizer.dim / tokenizer.num_heads must be a multiple of 4 (2-D RoPE)")
 
@@ -147,7 +167,7 @@ class WorldConfig:
     deterministic: bool = False  # learned query instead of noise (discriminative ablation)
 
     def validate(self) -> None:
-        _check_ranges("world", self)
+        check_ranges("world", self)
         if self.dim % self.num_heads or (self.dim // self.num_heads - self.rope_unrotated) % 2:
             raise ConfigError("world.dim / world.num_heads - world.rope_unrotated must be even")
         if not 0 <= self.rope_unrotated <= self.dim // self.num_heads:
@@ -170,7 +190,7 @@ class HeadsConfig:
             raise ConfigError("heads.class_names must be a non-empty list of names")
         if len(self.class_names) > 255:
             raise ConfigError("heads.class_names: at most 255 classes (class ids are uint8, 255 = ignore)")
-        _check_ranges("heads", self)
+        check_ranges("heads", self)
         if self.min_depth >= self.max_depth:
             raise ConfigError("heads.min_depth must be < heads.max_depth")
 
@@ -240,7 +260,7 @@ class ForecastConfig:
     pipeline: bool = True
 
     def validate(self) -> None:
-        _check_ranges("forecast", self)
+        check_ranges("forecast", self)
         _choice("forecast.quantize", self.quantize, ("none", "int8", "bf16", "auto"))
         _choice("forecast.spread_from", self.spread_from, ("samples", "last_change"))
         _choice("forecast.geometry", self.geometry, ("squash", "two_squares", "center_crop"))

@@ -51,6 +51,7 @@ from .cli import add_overrides_argument, one_line
 from .config import ConfigError
 from .data.media import MediaError
 from .data.windows import build_windows, resolve_video, video_info
+from .training.checkpoints import NonFiniteError
 from .training.config import STAGES, TrainConfig, load_train_config
 from .training.loop import run
 from .training.tokenizer import log_cosh
@@ -77,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_train_config(args.config, overrides)
         run(cfg, resume=args.resume)
-    except (ConfigError, CheckpointError, FileNotFoundError, MediaError) as err:
-        # the user's input (config, weights, data, a run folder): one line, like every other CLI;
-        # anything else is a bug and keeps its traceback
+    except (ConfigError, CheckpointError, FileNotFoundError, MediaError, NonFiniteError) as err:
+        # the user's input (config, weights, data, a run folder, settings that diverge): one line,
+        # like every other CLI; anything else is a bug and keeps its traceback
         print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0

@@ -9,6 +9,8 @@ intact. What a killed write leaves (``.tmp_step_*`` folders, and the ``.NAME.XXX
 or ``.<part>.safetensors.*.tmp`` in the run folder) is removed when a run starts or resumes and
 before each save.
 Resuming falls back from a damaged latest checkpoint to the newest intact one, with a warning.
+Weights holding a NaN or an infinity are never written (:class:`NonFiniteError`) and a checkpoint
+that holds them counts as damaged.
 
 Metrics go to ``<out>/metrics_<stage>.csv`` (one row per logged step; rows past the resumed step
 are dropped on resume, so a re-run step is never listed twice) and to TensorBoard event files
@@ -39,6 +41,25 @@ log = logging.getLogger("deltaworld_core.train")
 METRIC_COLUMNS = ["step", "loss", "lr", "grad_norm", "steps_per_s", "time"]
 
 
+class NonFiniteError(ValueError):
+    """Training reached a NaN or infinite loss, gradient or weight; nothing non-finite is saved."""
+
+
+def nonfinite(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def require_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """:class:`NonFiniteError` naming ``what`` and how much of ``state`` is not finite, if any is."""
+    bad = nonfinite(state)
+    if bad:
+        count = sum(int((~torch.isfinite(state[k])).sum()) for k in bad)
+        total = sum(v.numel() for v in state.values() if v.is_floating_point())
+        raise NonFiniteError(f"{what} refused: {count:,} of {total:,} weights are NaN or infinite "
+                             f"({len(bad)} tensors, first {bad[0]})")
+
+
 def identity(cfg: TrainConfig) -> str:
     """What a checkpoint must match to be resumed: stage and the trained part's architecture."""
     mc = cfg.model_config
@@ -66,6 +87,7 @@ def remove_leftovers(root: Path) -> list[Path]:
 def save_checkpoint(cfg: TrainConfig, net: nn.Module, opt, sched, step: int) -> Path:
     """``step_N/{model.safetensors,state.pt}`` written into a temp folder and renamed, then the
     ``latest`` pointer is replaced atomically; old checkpoints beyond ``keep_checkpoints`` go."""
+    require_finite(net.state_dict(), f"the checkpoint of step {step}")
     root = checkpoint_dir(cfg)
     root.mkdir(parents=True, exist_ok=True)
     remove_leftovers(root)
@@ -110,6 +132,8 @@ def _restore(cfg: TrainConfig, folder: Path, net: nn.Module, opt, sched) -> int:
         raise IdentityMismatch(f"{folder} was written for a different stage/model:\n  checkpoint {state['identity']}\n"
                                f"  config     {identity(cfg)}")
     weights = read_state(folder / "model.safetensors")
+    if nonfinite(weights):
+        raise CheckpointError(f"{folder}: holds NaN or infinite weights")
     saved_net = {k: v.clone() for k, v in net.state_dict().items()}
     saved_opt = opt.state_dict()
     try:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (ConfigError, ModelConfig, apply_overrides, from_dict, parse_override, read_config_yaml,
-                      read_yaml_mapping, resolve_config_path)
+from ..config import (ConfigError, ModelConfig, apply_overrides, check_finite, check_ranges, from_dict, parse_override,
+                      ranged, read_config_yaml, read_yaml_mapping, resolve_config_path)
 from ..devices import DeviceError, check_device
 from ..safe_yaml import quote
 from ..threads import clamp_threads
@@ -27,11 +27,11 @@ STAGES = ("tokenizer", "world", "heads", "dense")
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-4
-    weight_decay: float = 0.01  # on Linear/Conv weights only
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 100  # linear warm-up, then constant
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    lr: float = ranged(3e-4, 0.0, 10.0, low_open=True)
+    weight_decay: float = ranged(0.01, 0.0, 10.0)  # on Linear/Conv weights only
+    betas: tuple[float, float] = (0.9, 0.999)  # each in [0, 1)
+    warmup_steps: int = ranged(100, 0, 10**9)  # linear warm-up, then constant
+    grad_clip: float = ranged(1.0, 0.0, 1e6)  # max global grad norm; 0 disables
     accumulate: int = 1  # micro-batches per step: each rank runs batch_size / (ranks x accumulate) samples at a time
 
 
@@ -59,7 +59,7 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes of the trained part kept fixed
     steps: int = 1000
     batch_size: int = 16  # global (the effective batch of one optimizer step), split across ranks and optim.accumulate
-    seed: int = 0
+    seed: int = ranged(0, 0, 2**32 - 1)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: str = "none"  # "none" | "bf16" (autocast; GPU)
     compile: bool = False
@@ -73,6 +73,12 @@ class TrainConfig:
     model_config: ModelConfig = field(default=None, repr=False)  # type: ignore[assignment]
 
     def validate(self) -> "TrainConfig":
+        # NaN passes every `x < low` test and an infinite lr trains to NaN weights: numbers first
+        check_finite("", self, skip=("model_config",))
+        check_ranges("", self)
+        check_ranges("optim", self.optim)
+        if not all(0 <= b < 1 for b in self.optim.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {quote(self.optim.betas)}")
         if self.stage not in STAGES:
             raise ConfigError(f"stage: {quote(self.stage)} is not one of {', '.join(STAGES)}")
         for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -98,8 +104,6 @@ class TrainConfig:
         if self.batch_size % self.optim.accumulate:
             raise ConfigError(f"batch_size {self.batch_size} must be divisible by optim.accumulate "
                               f"{self.optim.accumulate}")
-        if self.optim.lr <= 0 or self.optim.weight_decay < 0 or self.optim.warmup_steps < 0 or self.optim.grad_clip < 0:
-            raise ConfigError("optim: lr must be > 0; weight_decay, warmup_steps, grad_clip >= 0")
         self.data.validate()
         self.dense.validate()
         return self
@@ -129,12 +133,30 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    _paths_from(path.parent, data)
     parent = data.pop("extends", None)
     if parent is not None:
         if not isinstance(parent, str):
             raise ConfigError(f"{path}: extends must be a file name")
         data = _deep_merge(_read_yaml(path.parent / parent, seen + (path.resolve(),)), data)
     return data
+
+
+# Keys naming files that a YAML resolves from its own folder (a command-line override from the
+# working directory): the shipped configs name the shipped weights as ../weights/NAME
+PATH_KEYS = ("init", "pretrained", "model_base")
+
+
+def _paths_from(folder: Path, data: dict) -> None:
+    """Relative ``init`` / ``pretrained`` (and a ``model_base`` that is a .yaml path) of a YAML in
+    ``folder``, made absolute from ``folder`` in place, so the run does not depend on where it starts."""
+    for key in PATH_KEYS:
+        value = data.get(key)
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            continue
+        if key == "model_base" and Path(value).suffix not in (".yaml", ".yml"):
+            continue  # a named model config (default, paper)
+        data[key] = str((folder / value).resolve())
 
 
 def load_train_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:

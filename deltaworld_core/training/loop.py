@@ -39,12 +39,12 @@ from ..data.windows import build_windows
 from ..dense import DenseForesight, save_dense
 from ..features import FeatureCache
 from ..forecaster import WEIGHT_FILES, build_models
-from .checkpoints import Metrics, checkpoint_dir, load_checkpoint, save_checkpoint
+from .checkpoints import Metrics, NonFiniteError, checkpoint_dir, load_checkpoint, require_finite, save_checkpoint
 from .config import TrainConfig
 from .init import freeze, is_released_file, load_part
-from ..data.stream import stream_refs
 from .dense import DenseStage
-from .streamed import StreamedBatches, clip_spec, pca_changes
+from .progress import Progress
+from .streamed import StreamedBatches, clip_spec, pca_changes, recordings
 from .heads import HeadsStage
 from .tokenizer import TokenizerStage
 from .world import WorldStage
@@ -90,45 +90,24 @@ def streamed_pca(cfg: TrainConfig, net: nn.Module) -> bool:
     return not cfg.data.feature_cache and cfg.stage == "tokenizer" and getattr(net, "linear_grid", None) is not None
 
 
-class Progress:
-    """Throughput between log lines: samples/s, the share of time spent waiting for data, and an ETA."""
-
-    def __init__(self, cfg: TrainConfig, step: int):
-        self.cfg, self.start = cfg, step
-        self.t_last, self.steps_since, self.wait_since = time.perf_counter(), 0, 0.0
-        self.t0 = self.t_last
-        self.stream_wait_last = 0.0
-
-    def step(self, waited: float | None) -> None:
-        self.steps_since += 1
-        if waited is not None:
-            self.wait_since += waited
-
-    def report(self, step: int, loss: float, stream_wait: float | None, skipped: tuple[int, int]) -> dict[str, float]:
-        """Logs the one-line progress; ``skipped``: (recordings, frames) skipped by the reader so far."""
-        now = time.perf_counter()
-        elapsed = max(now - self.t_last, 1e-9)
-        if stream_wait is not None:  # the stream counts its own waiting (the VFM's time is compute, not waiting)
-            self.wait_since, self.stream_wait_last = stream_wait - self.stream_wait_last, stream_wait
-        rate = {"steps_per_s": self.steps_since / elapsed,
-                "samples_per_s": self.steps_since * self.cfg.batch_size / elapsed,
-                "data_wait_share": min(1.0, self.wait_since / elapsed)}
-        overall = (step - self.start) / max(now - self.t0, 1e-9)
-        eta = (self.cfg.steps - step) / overall if overall > 0 else float("inf")
-        log.info("%s step %d/%d (%.0f%%) loss %.4g | %.1f samples/s | data wait %.0f%% | ETA %s%s",
-                 self.cfg.stage, step,
-                 self.cfg.steps, 100.0 * step / self.cfg.steps, loss, rate["samples_per_s"],
-                 100 * rate["data_wait_share"], _duration(eta),
-                 f" | skipped {skipped[0]} recordings, {skipped[1]} frames" if any(skipped) else "")
-        self.t_last, self.steps_since, self.wait_since = now, 0, 0.0
-        return rate
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+def stop_if_diverged(cfg: TrainConfig, net: nn.Module, loss: torch.Tensor, grad_norm: torch.Tensor, step: int,
+                     distributed: bool) -> None:
+    """Before the update of step ``step + 1``: the loss, the gradient norm and the weights (as the
+    previous update left them) are finite on every rank, else :class:`NonFiniteError` on every
+    rank. One host sync; the weights' check is their largest magnitude, which cannot overflow."""
+    weights = torch.nn.utils.get_total_norm([p.detach() for p in net.parameters()], norm_type=math.inf)
+    values = torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device),
+                          weights.float().to(loss.device)])
+    bad = (~torch.isfinite(values)).float()
+    if distributed:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bool(bad.any()):
+        what = [name for name, b in zip(("the loss", "the gradient norm", "the weights"), bad.tolist()) if b]
+        said = " and ".join([", ".join(what[:-1]), what[-1]] if len(what) > 1 else what)
+        raise NonFiniteError(f"{cfg.stage} diverged at step {step + 1}: {said} "
+                             f"{'is' if len(what) == 1 else 'are'} NaN or infinite; stopped before the update, nothing "
+                             f"exported, the checkpoints kept as they were: lower optim.lr, raise optim.warmup_steps or "
+                             f"set optim.grad_clip")
 
 
 def _param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
@@ -192,7 +171,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
     if not cfg.data.feature_cache:
         # ---- data: recordings streamed by DataLoader workers, the VFM per batch on this device
         spec_error = clip_spec(cfg)  # noqa: F841 - raises for stages that cannot stream
-        refs = stream_refs(cfg.data)
+        refs = recordings(cfg)
         on_gpu_bf16 = device.type == "cuda" and cfg.amp == "bf16"
         vfm = build_vfm(mc.vfm, device=device, autocast=torch.bfloat16 if on_gpu_bf16 else None)
         grid = tuple(vfm.grid)
@@ -343,11 +322,10 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
             params = [p for p in net.parameters() if p.grad is not None]
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip) if cfg.optim.grad_clip
                          else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+            stop_if_diverged(cfg, net, total, grad_norm, step, distributed)
             opt.step()
             sched.step()
             step += 1
-            if not math.isfinite(total.item()):
-                raise FloatingPointError(f"loss is {total.item()} at step {step}")
             log_now = step % cfg.log_every == 0 or step == cfg.steps
             if log_now and distributed:  # the logged loss is the global batch's mean (as one process logs)
                 dist.all_reduce(total)
@@ -393,6 +371,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
         if step % cfg.checkpoint_every:
             save_checkpoint(cfg, net, opt, sched, step)
         dtype = torch.float16 if cfg.export_dtype == "float16" else None
+        require_finite(net.state_dict(), f"the export {export}")
         meta = {"stage": part, "steps": str(step), "config": json.dumps(cfg.to_dict(), default=str)}
         if part == "dense":
             save_dense(net.cpu(), export, dtype=dtype)

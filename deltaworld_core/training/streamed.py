@@ -17,8 +17,9 @@ import torch
 
 from ..config import ConfigError
 from ..data.media import MediaError
-from ..data.stream import ClipSpec, ClipStream, steps
+from ..data.stream import ClipSpec, ClipStream, steps, stream_refs
 from .config import TrainConfig
+from .progress import duration
 
 log = logging.getLogger("deltaworld_core.train")
 
@@ -33,6 +34,19 @@ def clip_spec(cfg: TrainConfig) -> ClipSpec:
     return ClipSpec("pair", 2) if cfg.stage == "tokenizer" else ClipSpec("clip", cfg.data.clip_frames)
 
 
+def recordings(cfg: TrainConfig) -> list:
+    """The recordings a streaming run reads (:func:`~deltaworld_core.data.stream.stream_refs`). A
+    config that lists registry sources which are not fetched, beside recordings of the user's own
+    in ``data.videos.paths``, gets an error that names both ways out: fetch, or drop the sources."""
+    try:
+        return stream_refs(cfg.data)
+    except ConfigError as err:
+        if isinstance(err.__cause__, FileNotFoundError) and cfg.data.videos.paths and cfg.data.videos.sources:
+            raise ConfigError(f"{err}; or, to train on data.videos.paths only, set data.videos.sources=[] "
+                              "(train_bags_tokenizer.yaml and train_bags.yaml do)") from err
+        raise
+
+
 def sample_noise(cfg: TrainConfig, step: int, first: int, count: int, shape: tuple[int, ...], std: float,
                  device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Best-of-many noise of samples ``first .. first + count`` of the global batch of ``step``:
@@ -42,7 +56,8 @@ def sample_noise(cfg: TrainConfig, step: int, first: int, count: int, shape: tup
     type, not across CPU and CUDA. -> ``[count, *shape]``."""
     out = []
     for j in range(first, first + count):
-        g = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + step) * 1_048_573 + j)
+        # mod 2**64: the generator's seed range (a no-op below 2**64, so no run's noise changes)
+        g = torch.Generator(device=device).manual_seed(((cfg.seed * 1_000_003 + step) * 1_048_573 + j) % 2**64)
         out.append(torch.randn(shape, generator=g, device=device))
     return torch.stack(out) * std
 
@@ -136,13 +151,22 @@ def pca_changes(cfg: TrainConfig, refs, vfm, tokenizer, chunk: int = 64) -> torc
     want = cfg.data.stream.pca_pairs
     stream = ClipStream(refs, ClipSpec("pair", 2), cfg.data, vfm.image_size, cfg.seed + 0x9CA, cfg.batch_size)
     grid = tuple(vfm.grid)
-    changes, q = [], 0
-    while sum(len(c) for c in changes) < want:
+    # minutes on a CPU before step 0 (decoding in this process, the VFM on 2 frames a pair): say so
+    log.info("linear path: drawing %d frame pairs for its PCA init (decoding %d recordings a round, the VFM on "
+             "each pair) before step 0", want, cfg.batch_size)
+    changes, q, have, t0 = [], 0, 0, time.perf_counter()
+    while have < want:
         item = stream.round(q)
         q += 1
         pairs = item["frames"].flatten(0, 1)[~item["black"].flatten()]
-        pairs = pairs[: want - sum(len(c) for c in changes)]
+        pairs = pairs[: want - have]
         for a in range(0, len(pairs), chunk):
             p = pairs[a:a + chunk]
             changes.append(tokenizer.linear_change(vfm(p[:, 0]).float().cpu(), vfm(p[:, 1]).float().cpu(), grid))
+        have += len(pairs)
+        elapsed = time.perf_counter() - t0
+        eta = elapsed / have * (want - have) if have else float("inf")
+        log.info("linear path PCA init: %d/%d pairs after %d rounds, %.0f s (ETA %s)", have, want, q, elapsed,
+                 duration(eta))
     return torch.cat(changes)
+
