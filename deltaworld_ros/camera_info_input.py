@@ -9,6 +9,7 @@ which one was used is reported (:attr:`CameraInfoCache.exact`).
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Callable
 
@@ -36,13 +37,15 @@ class CameraInfoCache:
     """Recent CameraInfo by stamp; :meth:`intrinsics` gives a frame's rectified intrinsics.
 
     ``warn(text)`` is called once, for the first CameraInfo with distortion coefficients (the node
-    expects rectified images and uses the projection matrix P, as depth_image_proc does)."""
+    expects rectified images and uses the projection matrix P, as depth_image_proc does).
+    Thread-safe: the subscription adds on the executor's thread while forecasts look up on theirs."""
 
     def __init__(self, warn: Callable[[str], None], kept: int = KEPT):
         self._warn = warn
         self._kept = kept
         self._by_stamp: OrderedDict[int, CameraInfo] = OrderedDict()
         self._warned = False
+        self._lock = threading.Lock()
         self.exact = True  # whether the last lookup found the image's own stamp
         self.problem = "no camera_info received"  # why the last lookup gave no intrinsics, or ""
 
@@ -53,10 +56,11 @@ class CameraInfoCache:
                        "rectified images (e.g. image_proc's image_rect) and uses the projection matrix P; "
                        "forecasts of a distorted image put 3-D points in the wrong place")
         stamp = time_to_ns(info.header.stamp)
-        self._by_stamp.pop(stamp, None)
-        self._by_stamp[stamp] = info
-        while len(self._by_stamp) > self._kept:
-            self._by_stamp.popitem(last=False)
+        with self._lock:
+            self._by_stamp.pop(stamp, None)
+            self._by_stamp[stamp] = info
+            while len(self._by_stamp) > self._kept:
+                self._by_stamp.popitem(last=False)
 
     @property
     def received(self) -> bool:
@@ -65,13 +69,14 @@ class CameraInfoCache:
     def intrinsics(self, stamp_ns: int, height: int, width: int) -> Pinhole | None:
         """The intrinsics for the ``height`` x ``width`` image stamped ``stamp_ns``, or None (then
         :attr:`problem` says why)."""
-        if not self._by_stamp:
+        with self._lock:
+            info = self._by_stamp.get(stamp_ns)
+            self.exact = info is not None
+            if info is None and self._by_stamp:
+                info = next(reversed(self._by_stamp.values()))
+        if info is None:
             self.problem = "no camera_info received"
             return None
-        info = self._by_stamp.get(stamp_ns)
-        self.exact = info is not None
-        if info is None:
-            info = next(reversed(self._by_stamp.values()))
         try:
             camera = pinhole_from_camera_info(info, height, width)
         except ValueError as error:

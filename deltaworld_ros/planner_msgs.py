@@ -30,6 +30,7 @@ OBSTACLE_POINT_STEP = 24
 _NUMPY_TYPES = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
                 PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8"}
 _NATIVE = "<" if sys.byteorder == "little" else ">"
+REDUCTIONS = (2, 4, 8)  # whole factors by which the node may shrink a frame before the model
 
 
 def _cloud_dtype(fields, point_step: int, big_endian: bool) -> np.dtype:
@@ -100,7 +101,8 @@ def camera_info_msg(camera: Pinhole, header: Header) -> CameraInfo:
 
 def pinhole_from_camera_info(info: CameraInfo, height: int, width: int) -> Pinhole:
     """The intrinsics of the rectified ``height`` x ``width`` images a camera publishes beside
-    ``info``: P's (K's when P is unset), with the ROI and binning applied (as image_geometry does).
+    ``info``: P's (K's when P is unset), with the ROI and binning applied (as image_geometry does,
+    with pixel centres at integer coordinates), and the node's own reduction of large frames.
     Raises ValueError naming what is wrong (uncalibrated, or a size that does not match)."""
     p, k = np.asarray(info.p, dtype=np.float64).reshape(3, 4), np.asarray(info.k, dtype=np.float64).reshape(3, 3)
     m = p[:, :3] if p[0, 0] > 0 and p[1, 1] > 0 else k
@@ -114,10 +116,16 @@ def pinhole_from_camera_info(info: CameraInfo, height: int, width: int) -> Pinho
     bx, by = max(1, info.binning_x), max(1, info.binning_y)
     full = Pinhole(float(m[0, 0]), float(m[1, 1]), float(m[0, 2]), float(m[1, 2]), int(info.width), int(info.height))
     camera = full.window((y0, x0, y0 + rh, x0 + rw), (rh // by, rw // bx))
-    if (camera.height, camera.width) != (height, width):
-        raise ValueError(f"camera_info describes {camera.width}x{camera.height} images, the camera sends "
-                         f"{width}x{height}")
-    return camera
+    if (camera.height, camera.width) == (height, width):
+        return camera
+    # The node decodes frames much larger than the model needs at 1/2, 1/4 or 1/8 size (whole
+    # blocks averaged, the last partial block kept or dropped).
+    for factor in REDUCTIONS:
+        if height in (camera.height // factor, -(-camera.height // factor)) and \
+                width in (camera.width // factor, -(-camera.width // factor)):
+            return camera.window((0, 0, height * factor, width * factor), (height, width))
+    raise ValueError(f"camera_info describes {camera.width}x{camera.height} images, the camera sends "
+                     f"{width}x{height}")
 
 
 def label_info_msg(class_names, header: Header) -> LabelInfo:
