@@ -5,6 +5,8 @@ machine that scripts/bench_cpu_runs.py writes (``bench_cpu[_NAME][_Nthreads].jso
 from __future__ import annotations
 
 import json
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench_cpu_runs import out_name, series_name  # the CPU series' file names, written there
@@ -38,14 +40,43 @@ def bench_table(results: Path, gpu: bool) -> str:
     return table(header, rows) + "\n\n" + "\n".join(notes)
 
 
-def streamed(data: dict) -> str:
-    """A CPU benchmark's forecasts/s on a back-to-back stream: two stages (pipeline.py) where it ran
-    them, else one step after another; "-" for a file written before throughput was measured."""
+@dataclass(frozen=True)
+class StreamRate:
+    """A CPU benchmark's forecasts/s on a back-to-back stream, the one statistic every page quotes:
+    for a series (scripts/bench_cpu_runs.py, every run under ``runs``) the median of its runs'
+    ``throughput_hz`` over ``runs`` runs, with their range; for a single run its own rate."""
+
+    hz: float
+    runs: int
+    low: float
+    high: float
+    two_stages: bool
+
+    def text(self, unit: str = "") -> str:
+        """'11.4 forecasts/s (median of 10 runs, 8.0-12.6)'; a single run: '11.3 forecasts/s'."""
+        value = f"{fmt(self.hz, 1)}{unit}"
+        if self.runs > 1:
+            value += f" (median of {self.runs} runs, {fmt(self.low, 1)}-{fmt(self.high, 1)})"
+        return value
+
+
+def stream_rate(data: dict) -> StreamRate | None:
+    """The stream rate of a benchmark JSON (None for a file written before throughput was measured)."""
+    two_stages = bool((data.get("pipeline") or {}).get("active"))
+    runs = [r["throughput_hz"] for r in data.get("runs") or [] if r.get("throughput_hz") is not None]
+    if runs:
+        return StreamRate(statistics.median(runs), len(runs), min(runs), max(runs), two_stages)
     hz = data.get("throughput_hz")
-    if hz is None:
+    return None if hz is None else StreamRate(hz, 1, hz, hz, two_stages)
+
+
+def streamed(data: dict) -> str:
+    """The table cell of :func:`stream_rate`: two stages (pipeline.py) where it ran them; "-" for a
+    file written before throughput was measured."""
+    rate = stream_rate(data)
+    if rate is None:
         return "-"
-    pipe = data.get("pipeline") or {}
-    return f"{fmt(hz, 1)} (two stages)" if pipe.get("active") else fmt(hz, 1)
+    return rate.text() + (" (two stages)" if rate.two_stages else "")
 
 
 # ---------------------------------------------------------------- performance
@@ -109,7 +140,7 @@ def cpu_series(results: Path, threads: int, name: str = "") -> dict | None:
 
 
 def series_names(results: Path) -> list[str]:
-    """"" (this project's machine) first, then every other machine's named series (bench_cpu_NAME.json
+    """"" (the reference machine's series) first, then every other machine's named series (bench_cpu_NAME.json
     with its runs)."""
     names = [""]
     for path in bench_files(results):

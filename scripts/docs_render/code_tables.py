@@ -133,3 +133,20 @@ def render_modules(results: Path) -> str:
     return table(["module", "what it is (its docstring says more)"], rows)
 
 
+
+
+FUTURES_MESSAGES = ("Futures", "Hypothesis", "HorizonSummary")
+
+
+@renderer("futures_msg")
+def render_futures_msg(results: Path) -> str:
+    """The Futures message and the two it nests, field by field, from msg/*.msg (the files colcon
+    and the venv build from: the page cannot drift from the interface)."""
+    repo = results.parent if (results.parent / "msg").is_dir() else REPO
+    lines = []
+    for name in FUTURES_MESSAGES:
+        fields = (repo / "msg" / f"{name}.msg").read_text().splitlines()
+        while fields and (not fields[0].strip() or fields[0].startswith("#")):  # the file's own heading
+            fields.pop(0)
+        lines += [f"# deltaworld_ros/{name}", *(f for f in fields if f.strip())]
+    return "```\n" + "\n".join(lines) + "\n```"

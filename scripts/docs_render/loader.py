@@ -34,3 +34,42 @@ def render_loader_cpu(results: Path) -> str:
             f"{fmt(m.get('load_1min'), 1)} at the start. {provenance(d, results, 'loader_cpu.json')}.")
 
 
+
+
+@renderer("cdr_decode")
+def render_cdr_decode(results: Path) -> str:
+    """CDR decoding of one camera Image per decoder (results/loader_cpu.json, cdr_decode_*)."""
+    d = load(results, "loader_cpu.json")
+    key = next(k for k in d if k.startswith("cdr_decode_"))
+    c = d[key]
+    decoders = [("deltaworld_cdr_us", "this project's decoder"),
+                ("deltaworld_cdr_plus_rgb_us", "this project's decoder and the conversion to an RGB array"),
+                ("rosbags_deserialize_us", "`rosbags`"), ("mcap_ros2_support_decode_us", "`mcap-ros2-support`"),
+                ("rclpy_deserialize_us", "rclpy's `deserialize_message`")]
+    rows = [[label, fmt(c.get(k), 1)] for k, label in decoders if k in c]
+    what = key.removeprefix("cdr_decode_").replace("_", " ")
+    return (table(["decoder", "us a message"], rows)
+            + f"\n\nOne {what} `Image` ({fmt(c.get('message_bytes'))} bytes), {c.get('timing', '?')}. "
+              f"{provenance(d, results, 'loader_cpu.json')}.")
+
+
+@renderer("train_loader")
+def render_train_loader(results: Path) -> str:
+    """The streaming loader against what a training stage consumes (results/train_loader_cpu.json,
+    scripts/bench_train_loader.py)."""
+    d = load(results, "train_loader_cpu.json")
+    c, loader, many = d["config"], d["loader"], d.get("loader_many_recordings") or {}
+    use = d["consumption_tokenizer_stage"]
+    rows = [[f"loader, {c.get('workers')} workers, {len(c.get('videos', []))} recordings", fmt(loader["clips_per_s"], 1),
+             fmt(loader.get("workers_rss_mb_max"), 0)]]
+    if many:
+        rows.append([f"loader, {c.get('workers')} workers, {many.get('recordings')} recordings",
+                     fmt(many["clips_per_s"], 1), fmt(many.get("workers_rss_mb_max"), 0)])
+    rows.append([f"tokenizer stage, VFM on the fly, {use.get('threads')} threads (batch {c.get('batch_size')})",
+                 fmt(use["clips_per_s"], 1), "-"])
+    m = d.get("machine", {})
+    return (table(["what", "pairs/s", "workers' peak RSS MB"], rows)
+            + f"\n\nLoader over consumption: **{fmt(d.get('loader_over_consumption'), 1)}x** (target {d.get('target')}: "
+              f"{'met' if d.get('met') else 'missed'}); {c.get('image_size', ['?'])[0]} px pairs; {m.get('cpu', '?')}, "
+              f"{m.get('cores', '?')} cores, 1-minute load {fmt(m.get('load_avg_1min_at_start'), 1)} at the start. "
+              f"{provenance(d, results, 'train_loader_cpu.json')}.")

@@ -3,10 +3,9 @@ lines (codec, forecast, speed)."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
-from .bench import cpu_label, cpu_series, series_names
+from .bench import cpu_label, cpu_series, series_names, stream_rate
 from .common import fmt, load, source, steps, table
 from .registry import renderer
 
@@ -36,14 +35,10 @@ def render_targets(results: Path) -> str:
                  f"{miou['best'][-1] - miou['dense'][-1]:+.1f}", miou["best"][-1] >= miou["dense"][-1] + 5])
     for name, threads, target in [(n, t, hz) for n in series_names(results) for t, hz in ((1, 10), (2, 15))]:
         b = cpu_series(results, threads, name)
-        if b is not None:
-            hz, rss = b.get("throughput_hz", b.get("total_hz")), b.get("peak_rss_mb")
-            runs = [r["throughput_hz"] for r in b.get("runs", [])]
-            if runs:  # a series (scripts/bench_cpu_runs.py): its median, and the spread of this machine
-                hz = statistics.median(runs)
-                measured = f"{fmt(hz, 1)} Hz (median of {len(runs)} runs, {fmt(min(runs), 1)}-{fmt(max(runs), 1)}), {fmt(rss, 0)} MB"
-            else:
-                measured = f"{fmt(hz, 1)} Hz, {fmt(rss, 0)} MB"
+        rate = stream_rate(b) if b is not None else None
+        if rate is not None:
+            rss = b.get("peak_rss_mb")
+            hz, measured = rate.hz, f"{rate.text(' forecasts/s')}, {fmt(rss, 0)} MB"
             rows.append([f"CPU ({cpu_label(b.get('machine', {}))}), {threads} thread{'s' if threads > 1 else ''}: >= {target} forecasts/s "
                          "on a stream, peak RSS <= 1,000 MB", measured, hz >= target and rss <= 1000])
     out = [[text, value, "**met**" if ok else "missed"] for text, value, ok in rows]
@@ -62,16 +57,19 @@ def render_readme_quality(results: Path) -> str:
                f"{(1 - mean1) * 100:.0f}% below copying the last frame")
     machines = []
     for name in series_names(results):
-        speeds, m = [], {}
+        speeds, counts, m = [], set(), {}
         for threads in (1, 2):
             b = cpu_series(results, threads, name)
-            if b is not None:
+            rate = stream_rate(b) if b is not None else None
+            if rate is not None:
                 m = b.get("machine", {})
-                hz = b.get("throughput_hz", b["total_hz"])
-                how = " as two stages" if (b.get("pipeline") or {}).get("active") else ""
-                speeds.append(f"{fmt(hz, 1)} forecasts/s at {threads} thread{'s' if threads > 1 else ''}{how}")
+                how = " as two stages" if rate.two_stages else ""
+                unit = " forecasts/s" if not speeds else ""
+                speeds.append(f"{fmt(rate.hz, 1)}{unit} at {threads} thread{'s' if threads > 1 else ''}{how}")
+                counts.add(rate.runs)
         if speeds:
-            machines.append(f"on a {m.get('cores', '?')}-core {cpu_label(m)}: " + ", ".join(speeds))
+            runs = f" (medians of {'/'.join(map(str, sorted(counts)))} runs)" if max(counts) > 1 else ""
+            machines.append(f"on a {m.get('cores', '?')}-core {cpu_label(m)}: " + ", ".join(speeds) + runs)
     return "\n".join([
         f"- **Codec**: on {avg['videos']} held-out videos ({fmt(d['clips'])} clips no stage trained on), DeltaTok's one "
         f"token per frame leaves {fmt(ratio['tokenizer'][0])}x the feature error of copying the last frame "
