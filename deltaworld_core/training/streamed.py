@@ -169,4 +169,3 @@ def pca_changes(cfg: TrainConfig, refs, vfm, tokenizer, chunk: int = 64) -> torc
         log.info("linear path PCA init: %d/%d pairs after %d rounds, %.0f s (ETA %s)", have, want, q, elapsed,
                  duration(eta))
     return torch.cat(changes)
-
