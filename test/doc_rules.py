@@ -1,6 +1,6 @@
 """Rules that keep the documentation from contradicting itself, used by test/test_doc_rules.py.
 
-- **Work-log words**: user pages (README.md, docs/) and the string literals and docstrings of the
+- **Work-log words**: user pages (README.md, docs/, CHANGELOG.md) and the strings and docstrings of the
   code (deltaworld_core/, deltaworld_ros/, scripts/) describe the product, never how it was made:
   no "issue NN", "session", "this machine", "scratch runs", "this issue", "before this change",
   no commit hashes.
@@ -56,6 +56,11 @@ COMMENT = re.compile(r"<!--.*?-->", re.S)
 def doc_pages(repo: Path = REPO) -> list[Path]:
     """The user pages: README.md and every page under docs/."""
     return [repo / "README.md", *sorted((repo / "docs").glob("**/*.md"))]
+
+
+def history_pages(repo: Path = REPO) -> list[Path]:
+    """Pages of history (CHANGELOG.md): their numbers are as measured then, but no work-log words."""
+    return [repo / "CHANGELOG.md"]
 
 
 def code_files(repo: Path = REPO) -> list[Path]:

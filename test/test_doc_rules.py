@@ -32,7 +32,7 @@ def _plant(page: Path, text: str) -> None:
 
 
 def test_pages_hold_no_work_log_words():
-    found = doc_rules.work_log_in_pages(doc_rules.doc_pages())
+    found = doc_rules.work_log_in_pages(doc_rules.doc_pages() + doc_rules.history_pages())
     assert not found, "work-log words in user pages:\n" + "\n".join(found)
 
 
@@ -127,3 +127,24 @@ def test_a_planted_broken_command_fails(tmp_path):
     problems = _unknown_options(commands)
     assert problems == ["docs/p.md:1: deltaworld_core.released has no option --out",
                         "docs/p.md:1: deltaworld_core.released has no option --deltatok"]
+
+
+GLOSSARY_TERMS = ("VFM", "copy-last", "spread-skill", "best of K", "mode", "two stages", "LARGE_DATA",
+                  "AVX512-BF16", "AMX", "linear path", "PCA", "bom_k", "ECE", "MFU", "closed loop")
+
+
+def undefined_terms(glossary: Path) -> list[str]:
+    """The terms of GLOSSARY_TERMS no heading of the glossary defines."""
+    headings = " | ".join(line.lower() for line in glossary.read_text().splitlines() if line.startswith("#"))
+    return [term for term in GLOSSARY_TERMS if term.lower() not in headings]
+
+
+def test_the_glossary_defines_the_jargon_and_the_readme_links_it():
+    assert undefined_terms(REPO / "docs" / "glossary.md") == []
+    assert "(docs/glossary.md)" in (REPO / "README.md").read_text()
+
+
+def test_a_term_dropped_from_the_glossary_fails(docs_copy):
+    glossary = docs_copy / "docs" / "glossary.md"
+    glossary.write_text(glossary.read_text().replace("### ECE\n", "### Expected calibration error\n"))
+    assert undefined_terms(glossary) == ["ECE"]
