@@ -3,9 +3,10 @@
     python -m deltaworld_core.bench [--config NAME|PATH] [--json OUT.json] [--steps 20] [--threads N] [key.path=value ...]
 
 Measures (medians after warm-up): ms per stage (vfm, encode, predict, decode, heads, total) and
-total_hz; the forecasts per second of a back-to-back stream (throughput_hz: with threads >= 2 on a
-CPU the stream runs as two stages, deltaworld_core.pipeline, and ``pipeline`` gives its interval
-and latency); FLOPs per stage (torch's flop counter) against the machine's measured dense-matmul
+total_hz; the forecasts per second of a back-to-back stream through the ROS node's own frame
+runner (throughput_hz, deltaworld_core.runner: in one stage or two, as deltaworld_core.stages
+chooses them; ``pipeline`` gives the chosen run's interval and latency, ``stages`` the choice and
+each mode's measurement); FLOPs per stage (torch's flop counter) against the machine's measured dense-matmul
 throughput (utilisation); the streaming step against a recompute-from-scratch rollout that
 re-runs the VFM over every context frame and re-encodes every pair at each new frame (how the
 released evaluation code works); DeltaWorld's predictor against the dense DINO-Foresight-style
@@ -38,10 +39,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from .checkpoint import atomic_write
 from .cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
 from .forecaster import Forecaster, future_maps, load_models, resolve_quantize
-from .pipeline import Pipeline
+from .stages import MODES, choose_stages, measure_stream, probe_stream, synthetic_stream
 from .vfm_runtime import cpu_has_native_bf16
 
 STAGES = ("vfm", "encode", "predict", "decode", "heads", "total")
+BENCH_SHAPE = (272, 640)  # the shipped demo clip's frame size
 QUANTIZE_NOTE = {"int8": " + int8 linears", "bf16": " + bfloat16 DeltaTok"}
 
 
@@ -87,14 +89,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def synthetic_stream(num: int, shape=(272, 640), seed: int = 0) -> list[np.ndarray]:
-    """A panning view of a random texture: real-sized frames without any file."""
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    base = rng.integers(0, 256, (h, w + 4 * num, 3), dtype=np.uint8)
-    return [np.ascontiguousarray(base[:, 4 * i: 4 * i + w]) for i in range(num)]
 
 
 def stage_flops(fc: Forecaster, image: np.ndarray) -> dict[str, int]:
@@ -172,30 +166,23 @@ def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = N
     }
 
 
-def pipeline_throughput(fc: Forecaster, stream: list[np.ndarray], stamps: list[float], warmup: int) -> dict:
-    """The stream through :class:`~deltaworld_core.pipeline.Pipeline` as fast as it goes: the
-    median interval between consecutive forecasts after ``warmup`` frames, and the median model
-    time of a frame (its latency: VFM and rest, which the two stages overlap across frames)."""
-    with Pipeline(fc) as pipe:
-        if not pipe.active:
-            return {"active": False, "why": "forecast.pipeline off, fewer than 2 threads, or not a CPU"}
-        stage = torch.get_num_threads()
-        done, latency = [], []
-        for i, out in enumerate(pipe.run(zip(stream, stamps))):
-            if out is not None and i >= warmup:
-                done.append(time.perf_counter())
-                latency.append(out.timings["total"])
-    fc.reset()
-    interval = statistics.median(b - a for a, b in zip(done, done[1:])) * 1e3
-    return {"active": True, "stage_threads": stage, "ms_per_forecast": interval, "forecasts_per_s": 1e3 / interval,
-            "latency_ms": statistics.median(latency), "forecasts": len(done)}
+def stream_throughput(fc: Forecaster, steps: int) -> tuple[dict, dict]:
+    """The stream as the node runs it (:class:`~deltaworld_core.runner.FrameRunner`, back to
+    back): one stage or two as :func:`~deltaworld_core.stages.choose_stages` decides (both
+    measured on ``steps`` frames unless the config or the budget fixes it). Returns the run of the
+    chosen mode (``pipeline``: its interval, forecasts/s and latency) and the choice."""
+    choice = choose_stages(fc, BENCH_SHAPE, steps)
+    chosen = choice.measured.get(MODES[choice.stages]) or measure_stream(
+        fc, choice.stages, *probe_stream(fc, BENCH_SHAPE, steps))
+    return {"active": choice.stages == 2, "why": choice.why, "stage_threads": chosen["kernel_threads"],
+            **chosen}, choice.to_dict()
 
 
 def run(config: str = "default", overrides: dict | None = None, steps: int = 20, device: str = "cpu",
         threads: int | None = None, weights: str | None = None, dense_weights: str | None = None) -> dict:
     dev = torch.device(device)
     fc = Forecaster.from_config(config, device=device, overrides=overrides, weights=weights, threads=threads)
-    stream = synthetic_stream(fc.context + 2 + steps)
+    stream = synthetic_stream(fc.context + 2 + steps, BENCH_SHAPE)
     dt = 1.0 / 25
     stamps = [i * dt for i in range(len(stream))]
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
@@ -237,7 +224,7 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
 
     recompute_ms = statistics.median(recompute)
     fc.reset()
-    pipeline = pipeline_throughput(fc, stream, stamps, warmup=fc.context + 2)
+    pipeline, stages = stream_throughput(fc, steps)
 
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -277,10 +264,11 @@ def run(config: str = "default", overrides: dict | None = None, steps: int = 20,
         "stage_ms": stage_ms,
         **{s: stage_ms[s] for s in STAGES},
         "total_hz": 1e3 / stage_ms["total"],
-        # forecasts per second of a back-to-back stream: with two stages (pipeline.py, threads >= 2
-        # on a CPU) the slower stage sets it, else one step after another (= total_hz)
-        "throughput_hz": pipeline["forecasts_per_s"] if pipeline["active"] else 1e3 / stage_ms["total"],
+        # forecasts per second of a back-to-back stream through the node's frame runner, in the
+        # stages it chose (runner.py, stages.py): with two the slower stage sets it
+        "throughput_hz": pipeline["forecasts_per_s"],
         "pipeline": pipeline,
+        "stages": stages,
         # per step, total minus its stages (buffer updates, stacking): medians of stages do not add up
         "unattributed_ms": unattributed,
         "flops": flops,
@@ -309,9 +297,9 @@ def format_table(r: dict) -> str:
                  f"matmul {r['machine']['matmul_gflops']:.0f} GFLOP/s"
                  + (f" (bf16 {r['machine']['matmul_gflops_bf16']:.0f})" if r['machine'].get('matmul_gflops_bf16') else ""))
     p = r["pipeline"]
-    if p["active"]:
-        lines.append(f"throughput_hz {r['throughput_hz']:.2f}   (two stages of {p['stage_threads']} thread(s): "
-                     f"{p['ms_per_forecast']:.1f} ms a forecast, latency {p['latency_ms']:.1f} ms)")
+    shape = f"two stages of {p['stage_threads']} thread(s)" if p["active"] else f"one stage of {p['stage_threads']}"
+    lines.append(f"throughput_hz {r['throughput_hz']:.2f}   ({shape}: {p['ms_per_forecast']:.1f} ms a forecast, "
+                 f"latency {p['latency_ms']:.1f} ms; {r['stages']['why']})")
     lines.append(f"streaming_speedup {r['streaming_speedup']:.2f}x (recompute {r['recompute_ms']:.1f} ms)")
     d = r["dense_ratio"]
     lines.append(

@@ -27,6 +27,24 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The model file does not exist (also a FileNotFoundError, for callers that catch that)."""
 
 
+def missing_weights(folder: str | Path, files: dict[str, str]) -> str | None:
+    """Why ``folder`` cannot give every part of ``files`` (part -> file name, e.g. tokenizer ->
+    tokenizer.safetensors), in one line naming what is missing, or None when every file is there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"weights folder {folder} does not exist (or is not a folder)"
+    missing = [part for part, name in files.items() if not (folder / name).is_file()]
+    if not missing:
+        return None
+    names = ", ".join(files[part] for part in missing)
+    if len(missing) == len(files):
+        return f"weights folder {folder} holds none of {names}"
+    # a training run that has not finished every stage
+    return (f"{folder} has no {names}: stage(s) {', '.join(missing)} not trained yet (train them into this "
+            f"folder, e.g. python -m deltaworld_core.train --config deltaworld_core/configs/train_{missing[0]}.yaml "
+            f"out={folder})")
+
+
 # The temporary name atomic_write gives a file before renaming it: ".NAME.XXXXXXXX.tmp", the X
 # drawn by tempfile.mkstemp from [a-z0-9_]. A process killed between the two (kill -9, power loss)
 # leaves one behind; remove_atomic_leftovers finds them by this name.

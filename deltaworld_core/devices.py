@@ -1,9 +1,10 @@
 """Which torch device a tool runs on, checked before any model is built.
 
-``--device cuda`` on a PyTorch built without CUDA used to end in torch's ``AssertionError: Torch not
-compiled with CUDA enabled`` traceback from deep inside model loading (issue 21, item 12). Every
-core tool now asks :func:`check_device` first (``run_cli`` does it for each ``--device`` flag,
-``train`` for its ``device:`` key): a device the machine does not have is one line and exit 2.
+Without this check ``--device cuda`` on a PyTorch built without CUDA ends in torch's
+``AssertionError: Torch not compiled with CUDA enabled`` traceback from deep inside model loading.
+Every tool asks :func:`check_device` first (``run_cli`` for each ``--device`` flag, ``train`` for
+its ``device:`` key, the ROS node for its ``device`` parameter): a device the host does not have
+is one line (exit 2 from a command line).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from .safe_yaml import quote
 
 
 class DeviceError(ValueError):
-    """The requested device does not exist on this machine; the message says what to use."""
+    """The requested device does not exist here; the message says what to use."""
 
 
 def check_device(name: str) -> torch.device:
-    """The device ``name`` names (``auto``: CUDA if this machine has it, else the CPU), after
+    """The device ``name`` names (``auto``: CUDA if torch sees a device, else the CPU), after
     checking that it exists here. Raises :class:`DeviceError` in one line otherwise."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,7 +36,7 @@ def check_device(name: str) -> torch.device:
             raise DeviceError(f"device {name}: no CUDA device is visible (driver missing, or CUDA_VISIBLE_DEVICES "
                               "hides them); use --device cpu")
         if device.index is not None and device.index >= count:
-            raise DeviceError(f"device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+            raise DeviceError(f"device {name}: {count} CUDA device(s) are visible, cuda:0 to cuda:{count - 1}")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceError(f"device {name}: Apple's MPS backend is not available here; use --device cpu")
     return device

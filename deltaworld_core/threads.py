@@ -8,8 +8,8 @@ decode 84 -> 1,279 ms); with the machine only lightly used, 1 thread 203 ms, 2 t
 (on a fully idle machine 2 threads are faster: 104 ms in the README's Performance table). So the
 default leaves half the cores to the rest of the robot: ``auto`` = max(1, min(4, cores // 2)).
 
-More threads than cores only adds waiting at those barriers (measured in issue 21: 256 threads on
-2 cores ran 5.2x slower), so a count above the cores this process may use is lowered to them, with
+More threads than cores only adds waiting at those barriers (measured: 256 threads on 2 cores ran
+5.2x slower), so a count above the cores this process may use is lowered to them, with
 a warning.
 """
 
@@ -44,15 +44,25 @@ def auto_threads(cores: int | None = None) -> int:
     return max(1, min(MAX_AUTO_THREADS, cores // 2))
 
 
+def too_many_threads(threads: int, cores: int | None = None) -> str | None:
+    """Why ``threads`` will be lowered to ``cores`` (default: :func:`available_cores`), or None
+    when they fit."""
+    cores = cores if cores is not None else available_cores()
+    if threads <= cores:
+        return None
+    return (f"threads={threads} is more than the {cores} CPU cores this process can use: using {cores} "
+            "(more threads than cores only wait on each other)")
+
+
 def clamp_threads(threads: int, cores: int | None = None) -> int:
     """``threads`` lowered to ``cores`` (default: :func:`available_cores`), warning once per value."""
     cores = cores if cores is not None else available_cores()
-    if threads <= cores:
+    warning = too_many_threads(threads, cores)
+    if warning is None:
         return threads
     if (threads, cores) not in _warned:
         _warned.add((threads, cores))
-        log.warning("threads=%d is more than the %d CPU cores this process can use: using %d (more threads "
-                    "than cores only wait on each other)", threads, cores, cores)
+        log.warning(warning)
     return cores
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deltaworld_core.bench import _median_ms, synthetic_stream
+from deltaworld_core.bench import _median_ms
 from deltaworld_core.checkpoint import atomic_write
 from deltaworld_core.cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
+from deltaworld_core.stages import synthetic_stream
 
 
 def node_overhead(forecast, image: np.ndarray, repeats: int) -> dict:

@@ -9,10 +9,16 @@ them, exactly as configure will: a value configure would fail on is refused when
 from __future__ import annotations
 
 import math
-import os
 import re
 
 from rclpy.validate_topic_name import validate_topic_name
+
+from deltaworld_core.checkpoint import missing_weights
+from deltaworld_core.config import load_config
+from deltaworld_core.devices import DeviceError, check_device
+from deltaworld_core.forecaster import WEIGHT_FILES
+from deltaworld_core.threads import too_many_threads
+from deltaworld_ros.image_conversion import cut
 
 # name -> (default, description). Zero / empty values mean "keep the model config's value".
 PARAMETERS: dict[str, tuple[object, str]] = {
@@ -130,56 +136,86 @@ def config_overrides(values: dict) -> dict:
 def config_problem(values: dict) -> str | None:
     """Why the model config named by ``values['model_config']`` does not load with the overrides
     of ``values`` (range of each key, k x horizon x output pixels, a file that is no config), or
-    None. None too when deltaworld_core itself cannot be imported: configure then reports that,
-    with its traceback."""
+    its weights folder (when the ``weights`` parameter leaves it to the config) lacks a stage's
+    file, or None."""
     try:
-        from deltaworld_core.config import load_config
-    except Exception:  # noqa: BLE001 - reported by configure
-        return None
-    try:
-        load_config(values.get("model_config", PARAMETERS["model_config"][0]), config_overrides(values))
+        cfg = load_config(values.get("model_config", PARAMETERS["model_config"][0]), config_overrides(values))
     except Exception as err:  # noqa: BLE001 - any reason the config will not load is a refusal
         text = " ".join(str(err).split())
         return text if len(text) <= 300 else text[:300] + "..."
+    if not values.get("weights") and cfg.weights is not None:
+        return missing_weights(cfg.weights, WEIGHT_FILES)
     return None
 
 
 def weights_problem(value: str) -> str | None:
-    if value and not os.path.isdir(value):
-        return "must be a folder of .safetensors weights, or empty for the config's weights"
-    return None
+    """Why ``value`` cannot be the weights folder: the check configure's loading makes (a folder
+    holding tokenizer, world and heads .safetensors), made when the value is set."""
+    problem = missing_weights(value, WEIGHT_FILES) if value else None
+    return None if problem is None else f"must be a folder of .safetensors weights, or empty for the config's: {problem}"
 
 
 def device_problem(value: str) -> str | None:
-    """Why torch cannot use ``value`` on this machine (checked before anything loads: a CUDA
-    device on a CPU-only torch used to end in a traceback), or None."""
-    if not value.startswith(("cuda", "mps")):
-        return None
-    import torch
-
-    if value == "mps":
-        return None if torch.backends.mps.is_available() else "MPS is not available on this machine: use cpu or auto"
-    if not torch.cuda.is_available():
-        return ("CUDA is not available to this torch (a CPU-only build, or no GPU or driver): use cpu or auto")
-    index = int(value.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        return f"no such GPU: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)"
+    """Why torch cannot use device ``value`` here (deltaworld_core.devices.check_device), or None."""
+    try:
+        check_device(value)
+    except DeviceError as err:
+        return str(err)
     return None
 
 
-def available_cores() -> int:
-    """The CPUs this process may run on (its affinity mask), not the machine's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+def value_problem(name: str, value, running: bool) -> str | None:
+    """Why one parameter's new ``value`` is refused (its range, a weights folder or device that
+    is not there, a start-up-only parameter changed while ``running``), or None."""
+    problem = parameter_problem(name, value)
+    if problem is None and name == "weights":
+        problem = weights_problem(value)
+    if problem is None and name == "device":
+        problem = device_problem(value)
+    if problem is None and running and name in START_ONLY:
+        problem = "read only at start-up (restart the node to change it)"
+    return problem
 
 
-def clamped_threads(threads: int) -> tuple[int, str | None]:
-    """``threads`` lowered to the cores this process may use, and the warning to give if it was:
-    more threads than cores only wait on each other (256 on 2 cores ran 5.2x slower)."""
-    cores = available_cores()
-    if threads <= cores:
-        return threads, None
-    return cores, (f"threads = {threads} is more than the {cores} CPU cores this process can use: using {cores} "
-                   "(more threads than cores only wait on each other)")
+def shown(value) -> str:
+    """A value as a one-line message shows it (a long string cut)."""
+    return cut(value) if isinstance(value, str) else repr(value)
+
+
+def combined_problem(values: dict, changed: dict | None) -> str | None:
+    """Why the model config would not load with the parameter ``values`` updated by ``changed``
+    (the check configure makes, made before anything loads; None = check every value), or None."""
+    values = {**values, **(changed or {})}
+    config_changed = set(changed) & {"model_config", *CONFIG_KEYS} if changed else {"model_config", *CONFIG_KEYS}
+    if not config_changed:
+        return None
+    for name in ("model_config", *CONFIG_KEYS):  # one at a time first: the message names the culprit
+        if name in config_changed and values[name] != PARAMETERS[name][0]:
+            problem = config_problem({"model_config": values["model_config"], name: values[name]})
+            if problem:
+                return f"parameter {name} = {shown(values[name])}: {problem}"
+    problem = config_problem(values)
+    if problem:
+        given = ", ".join(f"{n} = {values[n]!r}" for n in CONFIG_KEYS if values[n] != PARAMETERS[n][0])
+        return f"parameters {given} together: {problem}"
+    return None
+
+
+def when_applied(changed: dict, state: str) -> str:
+    """When the run-time values ``changed`` take effect on a node in lifecycle ``state``."""
+    notes = []
+    later = sorted(set(changed) & RECONFIGURE)
+    if later:
+        notes.append(f"{', '.join(later)}: applied at the next configure" + (
+            " (now: deactivate, cleanup, configure, activate)" if state in ("inactive", "active") else ""))
+    if "threads" in changed:
+        warning = too_many_threads(changed["threads"])
+        if warning:
+            notes.append(warning)
+    now = sorted(set(changed) & RESUBSCRIBE)
+    if now:
+        notes.append(f"{', '.join(now)}: " + ("camera subscription remade now" if state == "active"
+                                              else "applied at the next activate"))
+    if "diagnostics_period_s" in changed:
+        notes.append("diagnostics_period_s: applied now")
+    return "; ".join(notes)

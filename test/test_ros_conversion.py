@@ -314,3 +314,21 @@ def test_strings_from_messages_are_cut_in_errors():
         with pytest.raises(ImageConversionError) as raised:
             msg_to_rgb(msg)
         assert len(str(raised.value)) < 300 and "10000000 characters" in str(raised.value)
+
+
+@pytest.mark.parametrize("encoding, channels, dtype", [
+    ("rgb8", 3, np.uint8), ("bgra8", 4, np.uint8), ("8UC1", 1, np.uint8), ("mono16", 1, np.uint16),
+    ("bayer_rggb8", 1, np.uint8), ("bayer_gbrg8", 1, np.uint8)])
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_the_node_and_the_bag_readers_convert_camera_pixels_alike(encoding, channels, dtype, bigendian):
+    """One conversion of raw camera fields: a frame recorded in a bag trains on the pixels the
+    node sees live, for every encoding either accepts (Bayer and 8UC1 included)."""
+    from deltaworld_core.data.rosbag import ImageMessage, image_to_rgb
+
+    pixels = RNG.integers(0, np.iinfo(dtype).max, (6, 8, channels), dtype=dtype).squeeze(-1 if channels == 1 else ())
+    msg = raw_msg(pixels, encoding, pad=2, bigendian=bigendian)
+    recorded = ImageMessage(0, 0, "", memoryview(bytes(msg.data)), msg.height, msg.width, msg.encoding,
+                            bool(msg.is_bigendian), msg.step)
+    live = msg_to_rgb(msg)
+    assert live.shape == (6, 8, 3) and live.dtype == np.uint8
+    np.testing.assert_array_equal(live, image_to_rgb(recorded))

@@ -58,8 +58,9 @@ def check_futures(msg, *, k: int, horizon: int, size: tuple[int, int], step_s: f
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["one_stage", "two_stages"])
 def test_node_forecasts_a_real_clip(tmp_path, ros_env, harness, clip, threads):
-    """With threads 2 the node runs the VFM and the rest as two stages (deltaworld_core.pipeline)."""
-    config = write_model_config(tmp_path / "tiny.yaml", TINY)
+    """With threads 2 and forecast.pipeline true the node runs the VFM and the rest as two stages
+    (deltaworld_core.runner); with one thread, one stage."""
+    config = write_model_config(tmp_path / "tiny.yaml", {**TINY, "forecast.pipeline": threads == 2})
     k, horizon, size, step_s = 3, 2, (24, 32), 0.25
     node = NodeProcess(tmp_path, ros_env, model_config=str(config), device="auto", k=k, horizon=horizon,
                        step_s=step_s, output_size=list(size), diagnostics_period_s=0.5, threads=threads,
@@ -92,7 +93,7 @@ def test_node_forecasts_a_real_clip(tmp_path, ros_env, harness, clip, threads):
         assert int(values["forecasts_published"]) == len(futures)
         assert int(values["frames_malformed"]) == 0 and int(values["resets"]) == 0
         assert float(values["latency_ms_median"]) > 0
-        assert values["threads"] == str(threads)
+        assert values["threads"] == str(threads) and values["stages"] == str(threads)
         assert ("two stages of 1 (VFM beside the rest)" in node.log()) == (threads == 2), node.log()
     finally:
         assert node.stop() == 0, node.log()
@@ -266,10 +267,9 @@ def test_ctrl_c_while_images_flow_shuts_down_quietly(tmp_path, ros_env, harness,
         assert noise not in log, log
 
 
-def test_configure_failure_logs_its_cause_and_traceback(tmp_path, ros_env):
-    """Any exception in configure, even importing deltaworld_core (as when the installed executable
-    could not find it), is logged with its cause and traceback; rclpy's lifecycle wrapper would
-    otherwise swallow it and leave only 'configure failed'."""
+def test_a_core_that_does_not_import_is_reported_with_its_cause(tmp_path, ros_env):
+    """A deltaworld_core that fails to import (as when the installed executable could not find
+    it) ends the node with exit 1 and the cause and file in the log."""
     broken = tmp_path / "broken"
     (broken / "deltaworld_core").mkdir(parents=True)
     (broken / "deltaworld_core" / "__init__.py").write_text('raise ImportError("this deltaworld_core is broken")\n')
@@ -282,9 +282,8 @@ def test_configure_failure_logs_its_cause_and_traceback(tmp_path, ros_env):
     finally:
         node.stop()
     log = node.log()
-    assert "configure failed: ImportError: this deltaworld_core is broken" in log, log
-    assert "Traceback (most recent call last)" in log and str(broken / "deltaworld_core" / "__init__.py") in log, log
-    assert "autostart: configure failed" in log
+    assert "ImportError: this deltaworld_core is broken" in log, log
+    assert str(broken / "deltaworld_core" / "__init__.py") in log, log
 
 
 SPIN_FAILS = """

@@ -20,7 +20,7 @@ from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
-from deltaworld_ros.node_parameters import available_cores  # noqa: E402
+from deltaworld_core.threads import available_cores  # noqa: E402
 from ros_harness import TINY, NodeProcess, write_model_config  # noqa: E402
 
 

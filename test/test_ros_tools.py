@@ -99,7 +99,7 @@ def test_replay_skips_a_corrupt_mcap_chunk_and_never_publishes_garbage(tmp_path,
     """Issue 21 item 10: flipped bytes in one chunk of an MCAP. The chunk's CRC fails: its frame
     is skipped with one log line naming the file; every frame published is one that was written;
     a bag with nothing valid left exits 2."""
-    from deltaworld_core.data.bags import BagWriter, image_message
+    from deltaworld_core.data.rosbag import BagWriter, image_message
 
     frames = [np.full((48, 64, 3), 10 + 20 * i, np.uint8) for i in range(8)]
     good = tmp_path / "good.mcap"
