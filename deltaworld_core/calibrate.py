@@ -35,11 +35,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from .checkpoint import atomic_write
 from .cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
 from .config import load_config, resolve_config_path
+from .data.sources import resolve_clips, split_sources
+from .evaluation.evaluator import Evaluator
+from .evaluation.sources import ClipSource
 from .forecaster import load_models
 from .threads import apply_threads
+from .vfm import build_vfm, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +122,6 @@ def write_config(path: Path, mean_scale: float, spread: float, change_growth: fl
     """Sets ``spread``, ``mean_scale`` (and ``change_growth`` when given) in the ``forecast:``
     section of the YAML at ``path`` (block or one-line flow style), keeping every other line and
     comment; written atomically."""
-    from .checkpoint import atomic_write
-
-    import yaml
-
     lines = path.read_text().splitlines(keepends=True)
     values = {"spread": round(spread, 2), "mean_scale": round(mean_scale, 2)}
     if change_growth is not None:
@@ -153,10 +155,6 @@ def write_config(path: Path, mean_scale: float, spread: float, change_growth: fl
 
 
 def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    from .data.sources import resolve_clips, split_sources
-    from .evaluate import ClipSource, Evaluator
-    from .vfm import build_vfm, default_cache_dir
-
     overrides = parse_overrides(args.overrides)
     overrides.update({"forecast.mean_scale": 1.0, "forecast.spread": 1.0})  # sample as predicted
     cfg = load_config(args.config, overrides)
@@ -268,8 +266,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  spread-skill ratio per step: {fmt(avg['spread_skill_ratio']['sampled'])} as sampled"
               f" -> {fmt(avg['spread_skill_ratio']['calibrated'])} calibrated")
         if args.json:
-            from .checkpoint import atomic_write
-
             text = json.dumps(result, indent=1)
             atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
         if args.write:

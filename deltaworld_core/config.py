@@ -253,11 +253,11 @@ class ForecastConfig:
     # On CUDA only: the fixed-shape parts of a streaming step (predictor and decoder calls) compiled
     # with torch.compile(mode="reduce-overhead"), i.e. replayed as CUDA graphs; ignored on CPU
     cuda_graphs: bool = False
-    # On a CPU with threads >= 2: a stream's frames go through two stages on two threads, the VFM
+    # On a CPU with threads >= 2: true runs a stream's frames in two stages on two threads, the VFM
     # of the next frame beside the encode/predict/decode/heads of the current one, each stage with
-    # threads // 2 kernel threads (deltaworld_core/pipeline.py). The small kernels of a step barely
-    # gain from a second thread; a second stage does. Latency per frame is unchanged
-    pipeline: bool = True
+    # threads // 2 kernel threads; false in one stage with every thread; null (the default) measures
+    # both at start and keeps the faster (deltaworld_core/stages.py). Latency per frame is unchanged
+    pipeline: bool | None = None
 
     def validate(self) -> None:
         check_ranges("forecast", self)

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from . import geometry
-from .checkpoint import CheckpointNotFoundError, load_module
+from .checkpoint import CheckpointNotFoundError, load_module, missing_weights
 from .config import ModelConfig, load_config
-from .data.media import context_break
+from .context_rules import context_break
 from .deltatok import DeltaTok
 from .heads import TaskHeads, recorded_class_names, upsample_maps
 from .rollout import features_from_residuals, rollout_residuals, spread_reference
@@ -370,7 +370,7 @@ class Forecaster:
     def frame_features(self, image: np.ndarray) -> FrameFeatures:
         """The VFM stage of :meth:`step` alone (HxWx3 uint8 RGB -> :class:`FrameFeatures`). It
         reads no state of the stream, so it may run on another thread while :meth:`step` runs
-        (:mod:`deltaworld_core.pipeline`: the next frame's VFM beside the current frame's rest)."""
+        (:mod:`deltaworld_core.runner`: the next frame's VFM beside the current frame's rest)."""
         self._check_image(image)
         with torch.inference_mode():
             t0 = self._tick()
@@ -681,14 +681,8 @@ def adopt_class_names(cfg: ModelConfig, heads_file: Path) -> None:
 def load_weights(folder: str | Path, **modules: torch.nn.Module) -> None:
     """Loads ``tokenizer``/``world``/``heads`` from ``folder``/<part>.safetensors strictly."""
     folder = Path(folder)
-    missing = [part for part in modules if not (folder / WEIGHT_FILES[part]).is_file()]
-    if missing and len(missing) < len(modules):  # a training run that has not finished every stage
-        raise CheckpointNotFoundError(
-            f"{folder} has no {', '.join(WEIGHT_FILES[p] for p in missing)}: stage(s) {', '.join(missing)} not "
-            f"trained yet (train them into this folder, e.g. python -m deltaworld_core.train --config "
-            f"deltaworld_core/configs/train_{missing[0]}.yaml out={folder})")
-    if missing:
-        raise CheckpointNotFoundError(f"weights folder {folder} holds none of "
-                                      f"{', '.join(WEIGHT_FILES[p] for p in missing)}")
+    problem = missing_weights(folder, {part: WEIGHT_FILES[part] for part in modules})
+    if problem:
+        raise CheckpointNotFoundError(problem)
     for part, module in modules.items():
         load_module(module, folder / WEIGHT_FILES[part])

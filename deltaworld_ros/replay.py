@@ -7,7 +7,7 @@ Video frames are published as sensor_msgs/Image (rgb8 or bgr8) stamped with the 
 a live camera. Bag messages (sensor_msgs/Image or CompressedImage on ``--topic``) are republished
 unchanged, with their recorded stamps unless ``--restamp``: a loop then sends time backwards,
 which the forecast node answers by restarting its context. Bags are read by the project's own
-reader (:mod:`deltaworld_core.data.bags`, the one training and evaluation use): MCAP chunk CRCs are
+reader (:mod:`deltaworld_core.data.rosbag`, the one training and evaluation use): MCAP chunk CRCs are
 checked, and a corrupt chunk or message is skipped, counted and logged, never published; a bag
 with nothing valid to replay exits with status 2.
 """
@@ -35,16 +35,16 @@ def video_messages(path: Path, encoding: str, frame_id: str) -> Iterator[tuple[f
 
 def bag_messages(path: Path, topic: str, log=None) -> Iterator[tuple[float, object]]:
     """(seconds since the first message, Image or CompressedImage) for the image messages on
-    ``topic``, read by the project's one bag reader (:mod:`deltaworld_core.data.bags`: MCAP with
+    ``topic``, read by the project's one bag reader (:mod:`deltaworld_core.data.rosbag`: MCAP with
     chunk CRCs checked, or sqlite3). A corrupt chunk, a message that is not valid CDR of its type
     or an Image whose data is shorter than ``step x height`` is never published: it is skipped,
-    counted (``deltaworld_core.data.media.skipped``) and logged."""
+    counted (``deltaworld_core.data.refs.skipped``) and logged."""
     from builtin_interfaces.msg import Time
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import Header
 
-    from deltaworld_core.data.bags import bag_images, bag_refs
-    from deltaworld_core.data.media import record_skip
+    from deltaworld_core.data.rosbag import bag_images, bag_refs
+    from deltaworld_core.data.refs import record_skip
 
     ref = bag_refs(path, topic)[0]
     first = None
@@ -66,7 +66,7 @@ def bag_messages(path: Path, topic: str, log=None) -> Iterator[tuple[float, obje
 def check_bag(path: Path, topic: str) -> None:
     """A ValueError naming what is wrong with the bag or its topic (checked before ROS starts,
     from the bag's index: milliseconds)."""
-    from deltaworld_core.data.bags import bag_refs
+    from deltaworld_core.data.rosbag import bag_refs
 
     if not Path(path).exists():
         raise FileNotFoundError(f"no such bag: {path}")
@@ -201,7 +201,7 @@ def _skips(args) -> str:
     """``"; skipped N ..."`` for a bag some of whose chunks or messages could not be read."""
     if args.bag is None:
         return ""
-    from deltaworld_core.data.media import skipped_counts
+    from deltaworld_core.data.refs import skipped_counts
 
     n = sum(skipped_counts().values())
     return f"; skipped {n} corrupt chunk(s)/message(s) of {args.bag}" if n else ""

@@ -38,7 +38,8 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deltaworld_core.data import bags  # noqa: E402
+from deltaworld_core.data import rosbag as bags  # noqa: E402
+from deltaworld_core.data.convert import write_bag  # noqa: E402
 from deltaworld_core.data.media import expand_media, iter_frames, main as media_main  # noqa: E402
 from deltaworld_core.data.video import sample_video_paths  # noqa: E402
 
@@ -66,9 +67,9 @@ def build_inputs(video: Path, tmp: Path) -> dict[str, list[str]]:
                     [cv2.IMWRITE_JPEG_QUALITY, 90])
         stamps.append(t)
     (frames_dir / "timestamps.txt").write_text("\n".join(f"{t:.6f}" for t in stamps) + "\n")
-    bags.write_bag(video, tmp / "raw.mcap", "/camera/image_raw")
-    bags.write_bag(video, tmp / "jpeg.mcap", "/camera/image_raw/compressed", compressed=True)
-    bags.write_bag(video, tmp / "raw.db3", "/camera/image_raw")
+    write_bag(video, tmp / "raw.mcap", "/camera/image_raw")
+    write_bag(video, tmp / "jpeg.mcap", "/camera/image_raw/compressed", compressed=True)
+    write_bag(video, tmp / "raw.db3", "/camera/image_raw")
     with open(os.devnull, "w") as quiet:
         stdout, sys.stdout = sys.stdout, quiet
         try:

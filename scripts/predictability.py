@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from deltaworld_core.checkpoint import atomic_write  # noqa: E402
 from deltaworld_core.config import load_config  # noqa: E402
 from deltaworld_core.data.sources import resolve_clips, split_sources  # noqa: E402
-from deltaworld_core.evaluate import ClipSource  # noqa: E402
+from deltaworld_core.evaluation.sources import ClipSource  # noqa: E402
 from deltaworld_core.forecaster import load_models  # noqa: E402
 from deltaworld_core.vfm import build_vfm, default_cache_dir  # noqa: E402
 

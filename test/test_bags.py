@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from deltaworld_core.data import bags
-from deltaworld_core.data.bags import BagWriter, ImageMessage, image_message
+from deltaworld_core.data import rosbag as bags
+from deltaworld_core.data.rosbag import BagWriter, ImageMessage, image_message
 from deltaworld_core.data.media import (MediaError, context_break, duration_s, expand_media, iter_frames,
                                         monotonic_runs, run_starts, skipped)
 from deltaworld_core.data.synthetic import SyntheticWorld
@@ -99,7 +99,7 @@ def test_compressed_and_every_raw_encoding(tmp_path, clip):
     flat = np.zeros((h, w), np.uint8)
     flat[0::2, 0::2], flat[0::2, 1::2], flat[1::2, 0::2], flat[1::2, 1::2] = 200, 120, 120, 40
     assert np.abs(raw("bayer_rggb8", flat)[4:-4, 4:-4].astype(int) - [200, 120, 40]).max() <= 1
-    with pytest.raises(ValueError, match="unsupported encoding 'yuv422'"):
+    with pytest.raises(ValueError, match="unsupported camera encoding 'yuv422'"):
         raw("yuv422", rgb)
     with pytest.raises(ValueError, match="expected step x height"):
         bags.image_to_rgb(ImageMessage(1, 0, "", memoryview(b"\x00" * 10), h, w, "rgb8", False, w * 3))

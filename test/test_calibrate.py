@@ -92,9 +92,10 @@ def moving_video(tmp_path, monkeypatch):
         frames.append(img)
     path = write_video(tmp_path / "clip.avi", frames, fps=10.0)
     clip = ResolvedClip("fake", "clip", path, None)
-    import deltaworld_core.data.sources as sources
+    from deltaworld_core.evaluation import cli as evaluate_cli
 
-    monkeypatch.setattr(sources, "resolve_clips", lambda names, cache=None: [clip])
+    for module in (calibrate, evaluate_cli):  # the two tools that resolve source names
+        monkeypatch.setattr(module, "resolve_clips", lambda names, cache=None: [clip])
     return path
 
 

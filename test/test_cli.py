@@ -194,7 +194,7 @@ def test_unknown_keys_are_rejected_by_bench_evaluate_and_released(tiny_config, t
 
 def test_evaluate_takes_the_same_override_as_its_alias(tiny_config, tmp_path):
     args = evaluate.build_parser().parse_args(["--config", str(tiny_config), "forecast.k=5"])
-    assert evaluate.parse_overrides(args.overrides) == {"forecast.k": 5}
+    assert parse_overrides(args.overrides) == {"forecast.k": 5}
 
 
 # ----------------------------------------------------------------------------- errors: one line, exit 2

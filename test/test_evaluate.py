@@ -338,7 +338,7 @@ def test_a_videos_numbers_do_not_depend_on_the_others_in_the_run(tiny, tmp_path)
 
 def test_bags_folders_and_lists_are_evaluated_like_videos(tiny, tmp_path, capsys):
     pytest.importorskip("mcap")
-    from deltaworld_core.data.bags import write_frames
+    from deltaworld_core.data.rosbag import write_frames
 
     frames = panning(3, n=40)
     stamps = [i / 25 for i in range(len(frames))]
@@ -360,7 +360,7 @@ def test_bags_folders_and_lists_are_evaluated_like_videos(tiny, tmp_path, capsys
         np.testing.assert_allclose(from_bag["feature_mse"][method], from_folder["feature_mse"][method], rtol=1e-6)
     # a list naming the bag, and --topic choosing among two
     two = tmp_path / "two.mcap"
-    from deltaworld_core.data.bags import BagWriter, image_message
+    from deltaworld_core.data.rosbag import BagWriter, image_message
 
     with BagWriter(two) as writer:
         for f, t in zip(frames, stamps):

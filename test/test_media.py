@@ -165,7 +165,7 @@ def test_a_damaged_frame_in_a_shard_is_skipped_and_counted(tmp_path):
 
 def test_data_videos_paths_and_topic_in_a_training_config(library, tmp_path):
     from deltaworld_core.config import from_dict
-    from deltaworld_core.data.bags import BagWriter, image_message
+    from deltaworld_core.data.rosbag import BagWriter, image_message
     from deltaworld_core.data.windows import DataConfig, video_files
 
     d = from_dict(DataConfig, {"videos": {"paths": [str(library), str(library / "b" / "x.avi")], "topic": "/cam"}})
@@ -222,7 +222,7 @@ def test_frame_folder_and_jpeg_shard_windows_skip_files_outside(library, tmp_pat
     assert [t for _, t in iter_frames(ref, start_s=10.05, stop_s=10.3)] == [10.1, 10.2] and skipped(ref) == 0
     assert [t for _, t in iter_frames(ref, stop_s=10.15)] == [10.1] and skipped(ref) == 1  # frame 0 in: read
 
-    from deltaworld_core.data.shards import write_shards
+    from deltaworld_core.data.convert import write_shards
 
     for fmt in ("jpg", "mp4"):
         shard = write_shards(expand_media([library / "a" / "y.avi"]), tmp_path / fmt, 1, fmt=fmt)[0]

@@ -74,7 +74,7 @@ def media(tmp_path_factory):
         w.writerow(["path", "label"])
         for i in range(3):
             w.writerow([f"videos/clip{i}.avi", "x"])
-    from deltaworld_core.data.shards import write_shards
+    from deltaworld_core.data.convert import write_shards
 
     write_shards(expand_media([str(videos)]), root / "shards", per_shard=2)
     cfg_path = root / "tiny.yaml"
@@ -116,7 +116,7 @@ def test_world_stage_streams_with_the_frozen_tokenizer(media, tmp_path):
 def _synthetic_bag(path: Path) -> list[tuple[np.ndarray, float]]:
     """Synthetic-world frames at 10 fps with real stamps, a 2-s gap and one frame that arrives out
     of order (written in arrival order; its stamp goes back)."""
-    from deltaworld_core.data.bags import write_frames
+    from deltaworld_core.data.rosbag import write_frames
     from deltaworld_core.data.synthetic import SyntheticWorld
 
     clip = SyntheticWorld(3, (64, 80), num_cars=3, num_people=2).render_clip(40, 10.0)
@@ -336,7 +336,7 @@ def test_the_gpu_throughput_script_runs_at_tiny_size_on_cpu(media, tmp_path):
 def long_bag(tmp_path_factory) -> Path:
     """A 60-s bag at 10 fps (600 frames of 48x64 rgb8, a 40-frame synthetic clip looped), 64 KB
     MCAP chunks (~7 frames each)."""
-    from deltaworld_core.data.bags import BagWriter, image_message
+    from deltaworld_core.data.rosbag import BagWriter, image_message
     from deltaworld_core.data.synthetic import SyntheticWorld
 
     clip = SyntheticWorld(4, (48, 64), num_cars=3, num_people=2).render_clip(40, 10.0)["frames"]
@@ -348,7 +348,7 @@ def long_bag(tmp_path_factory) -> Path:
 
 
 def test_a_long_bag_streams_in_windows_that_read_far_fewer_chunks(media, long_bag, monkeypatch):
-    from deltaworld_core.data import bags, stream as stream_module
+    from deltaworld_core.data import rosbag as bags, stream as stream_module
     from deltaworld_core.data.media import iter_frames
 
     (ref,) = expand_media([str(long_bag)])

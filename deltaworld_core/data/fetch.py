@@ -29,8 +29,10 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable
 
+import cv2
+
 from ..checkpoint import atomic_write
-from .sources import SOURCES, Clip, Source, cache_root, read_manifest
+from .sources import SOURCES, Clip, Source, cache_root, read_manifest, resolve_clips
 
 log = logging.getLogger("deltaworld_core.data.fetch")
 
@@ -108,8 +110,6 @@ def _frame_files(folder: Path, pattern: str | None) -> list[Path]:
 
 def describe_clip(path: Path, clip: Clip) -> dict:
     """Frames, fps, size and sha256 of a kept clip (a frame folder hashes its files in order)."""
-    import cv2
-
     digest = hashlib.sha256()
     if path.is_dir():
         files = _frame_files(path, clip.frames_glob)
@@ -161,8 +161,6 @@ def keep_media(src: Source, tree: Path, root: Path) -> list[dict]:
 
 def installed_rows(src: Source) -> list[dict]:
     """Rows for a source that ships in an installed package (nothing to download)."""
-    from .sources import resolve_clips
-
     rows = []
     for rc, clip in zip(resolve_clips([src.name]), src.clips):
         rows.append(describe_clip(rc.path, clip))

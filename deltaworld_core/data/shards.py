@@ -10,23 +10,23 @@ name up to its first dot). Two sample layouts are read:
 * a video file: ``KEY.mp4`` (or any video extension) with an optional ``KEY.json``; OpenCV
   cannot read from memory, so the member is copied to a temporary file first.
 
-Measured per format in results/loader_cpu.json (docs/data-sources.md).
+Shards are written by :func:`deltaworld_core.data.convert.write_shards`. Measured per format in
+results/loader_cpu.json (docs/data-sources.md).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from .media import (VIDEO_EXTS, MediaError, MediaRef, decode_image, in_window, iter_frames, record_skip,
-                    video_fps)
+from ..imaging import decode_image
+from .capture import video_frames
+from .refs import VIDEO_EXTS, MediaError, MediaRef, in_window, record_skip
 
 FRAME_EXTS = (".jpg", ".jpeg", ".png")
 MAX_JSON_BYTES = 64 << 20  # a sample's stamps; anything larger is not ours
@@ -167,78 +167,10 @@ def _video_member(tar: tarfile.TarFile, ref: MediaRef, member: tarfile.TarInfo, 
         inner = MediaRef(ref.name, str(video), "video")
         stamps = meta.get("stamps")
         if stamps is None:  # the video's own index / fps stamps: the video reader seeks to the window
-            yield from iter_frames(inner, max_side, start_s=start_s, stop_s=stop_s)
+            yield from video_frames(inner, max_side, start_s, stop_s)
             return
         # stamps of the JSON: frame i's stamp is known only by counting, so the window filters
-        for i, (rgb, t) in enumerate(iter_frames(inner, max_side)):
+        for i, (rgb, t) in enumerate(video_frames(inner, max_side)):
             stamp = float(stamps[i]) if i < len(stamps) else t
             if in_window(stamp, start_s, stop_s):
                 yield rgb, stamp
-
-
-# ------------------------------------------------------------------ writing
-def _key(index: int, name: str) -> str:
-    """A key unique in the shard set and free of dots (WebDataset splits keys at the first dot)."""
-    return f"{index:06d}_" + re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[-80:]
-
-
-def write_shards(refs: Sequence[MediaRef], out: str | Path, per_shard: int, *, fmt: str = "jpg",
-                 max_side: int | None = None, quality: int = 90) -> list[Path]:
-    """Writes ``refs`` (``per_shard`` samples a shard) as ``out/shard-000000.tar``, ... and
-    returns the shard paths. ``fmt`` "jpg": one JPEG per frame (``max_side`` shrinks them) and a
-    JSON of stamps; "mp4": video files copied as they are (only plain video refs). Each shard is
-    written under a temporary name and renamed when complete."""
-    import cv2
-
-    if per_shard < 1:
-        raise MediaError(f"per_shard must be >= 1, got {per_shard}")
-    if fmt not in ("jpg", "mp4"):
-        raise MediaError(f"shard format must be jpg or mp4, got {fmt!r}")
-    if not 1 <= quality <= 100:
-        raise MediaError(f"JPEG quality must be in [1, 100], got {quality}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for s in range(0, len(refs), per_shard):
-        path = out / f"shard-{s // per_shard:06d}.tar"
-        tmp = out / f".{path.name}.tmp"
-        try:
-            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-                for i, ref in enumerate(refs[s:s + per_shard], start=s):
-                    key = _key(i, ref.name)
-                    if fmt == "mp4":
-                        if ref.kind != "video":
-                            raise MediaError(f"{ref.name}: --format mp4 copies video files; a {ref.kind} needs jpg")
-                        tar.add(ref.path, f"{key}{Path(ref.path).suffix.lower()}", filter=_reproducible)
-                        meta = {"name": ref.name, "fps": video_fps(ref.path)}
-                    else:
-                        stamps = []
-                        for j, (rgb, stamp) in enumerate(iter_frames(ref, max_side)):
-                            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                                                    [cv2.IMWRITE_JPEG_QUALITY, quality])
-                            if not ok:
-                                raise MediaError(f"{ref.name}: JPEG encoding of frame {j} failed")
-                            _add_bytes(tar, f"{key}.{j:06d}.jpg", jpeg.tobytes())
-                            stamps.append(stamp)
-                        meta = {"name": ref.name, "stamps": stamps}
-                    _add_bytes(tar, f"{key}.json", json.dumps(meta).encode())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        paths.append(path)
-    return paths
-
-
-def _reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-    return info
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # shards are reproducible byte for byte from the same input
-    tar.addfile(info, io.BytesIO(data))

@@ -18,6 +18,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from ..config import resolve_config_path
+from .samples import sample_video_paths
+
 DEFAULT_CACHE = "~/.cache/deltaworld/data"
 
 
@@ -123,10 +128,6 @@ def cache_root(cache: str | Path | None = None) -> Path:
 def split_sources(group: str) -> list[str]:
     """The ``group`` list (``train``, ``held_out``, ``calibration``) of ``configs/data_split.yaml``:
     the committed whole-video split every stage, ``evaluate --held-out`` and ``calibrate`` follow."""
-    import yaml
-
-    from ..config import resolve_config_path
-
     split = yaml.safe_load(resolve_config_path("data_split").read_text())
     return list(split[group])
 
@@ -169,8 +170,6 @@ def resolve_clips(names: list[str], cache: str | Path | None = None) -> list[Res
     for name in names:
         src, clips = split_name(name)
         if src.registry == "installed":
-            from .video import sample_video_paths
-
             files = sample_video_paths()
             for c in clips:
                 out.append(ResolvedClip(src.name, c.name, files[Path(c.member).name], c.fps))

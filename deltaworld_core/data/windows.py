@@ -33,10 +33,15 @@ import torch
 
 from ..config import ConfigError
 from ..features import FeatureCache, file_identity
-from .stream import StreamConfig, stride_options
 from .motion import MotionConfig, motion_energy, render, sample_trajectory
+from .recordings import expand_media
+from .refs import MediaError
+from .sources import resolve_clips
+from .stream_config import StreamConfig, stride_options
+from .synthetic import SyntheticWorld
 from .transforms import CropParams, apply_crop, sample_crop
-from .video import open_video, sample_video_paths
+from .samples import sample_video_paths
+from .video import open_video
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +197,6 @@ def video_files(d: VideoData, media_cache: str | None, names: list[str] | None =
     Paths are expanded by :func:`~deltaworld_core.data.media.expand_media` (folders, lists, ...); a
     file named directly keeps its file name as its name (crop seeds and cache keys use it). Bags
     and tar shards are read only by the streaming loader (``data.feature_cache: false``)."""
-    from .media import MediaError, expand_media
-    from .sources import resolve_clips
-
     out = []
     for p in d.paths if names is None else []:
         try:
@@ -343,8 +345,6 @@ def _synthetic_windows(d: DataConfig, size, label_size, cache: FeatureCache) -> 
             def load(seed=seed, crop=crop):
                 nonlocal clip
                 if clip is None:
-                    from .synthetic import SyntheticWorld
-
                     world = SyntheticWorld(seed, render_size, num_cars=s.num_cars, num_people=s.num_people,
                                            noise_std=s.noise_std)
                     clip = world.render_clip(s.window, s.fps)

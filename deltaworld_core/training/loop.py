@@ -46,6 +46,7 @@ from .dense import DenseStage
 from .progress import Progress
 from .streamed import StreamedBatches, clip_spec, pca_changes, recordings
 from .heads import HeadsStage
+from .real_labels import real_windows
 from .tokenizer import TokenizerStage
 from .world import WorldStage
 
@@ -224,7 +225,8 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
                 log.info("token tables of the frozen tokenizer: %.1f s", time.perf_counter() - t0)
         elif cfg.stage == "heads":
             net = heads
-            stage = HeadsStage(cfg, sampler, grid)
+            stage = HeadsStage(cfg, sampler, grid, real_windows(cfg.real_labels, cache, tuple(label_size),
+                                                            mc.heads.class_names, cfg.data.media_cache))
         else:
             net = DenseForesight(mc.vfm.embed_dim, cfg.dense)
             stage = DenseStage(cfg, sampler, grid)

@@ -1,0 +1,109 @@
+"""Compressed images (PNG, JPEG, any format OpenCV reads) -> RGB uint8, and shrinking frames.
+
+:func:`decode_compressed` is the strict path of camera messages (the node's CompressedImage,
+rosbag2 recordings): the header's size is read and checked before decoding, JPEGs are decoded at
+1/2, 1/4 or 1/8 scale when asked (JPEG's decoder then never builds the full-size image), and a
+decoded size that differs from the header's claim is refused. :func:`decode_image` reads image
+files (frame folders, tar shards) in any format OpenCV knows.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .errors import ABSURD_SIZE, UNDECODABLE, ImageError
+from .headers import check_size, compressed_kind, compressed_size, jpeg_size
+
+REDUCTIONS = (8, 4, 2)  # the factors OpenCV's reduced decoding offers (IMREAD_REDUCED_COLOR_2/4/8)
+REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def compressed_header(data: bytes | memoryview) -> tuple[str, int, int]:
+    """(``"png"``/``"jpeg"``, height, width) from a PNG or JPEG header without decoding. Raises
+    ImageError (cause ``undecodable``) for anything else (other formats are never handed to a
+    decoder)."""
+    kind = compressed_kind(data)
+    if kind is None:
+        raise ImageError(f"data ({len(data)} bytes) is neither PNG nor JPEG (starts {bytes(data[:8])!r})",
+                         UNDECODABLE)
+    size = compressed_size(data)
+    if size is None:
+        raise ImageError(f"{kind} data ({len(data)} bytes) has no readable image header", UNDECODABLE)
+    return kind, *size
+
+
+def decode_compressed(data: bytes | memoryview, factor: int = 1) -> np.ndarray:
+    """A PNG or JPEG -> RGB uint8 [ceil(h / factor), ceil(w / factor), 3] (``factor`` 1, 2, 4 or
+    8: reduced decoding). The header's size is checked first (:func:`~.headers.check_size`);
+    raises ImageError (cause ``undecodable``) for other formats, data that do not decode or
+    decode to another size than declared."""
+    if factor != 1 and factor not in REDUCED_FLAGS:
+        raise ValueError(f"a reduced decoding factor is 1, 2, 4 or 8, got {factor}")
+    kind, height, width = compressed_header(data)
+    try:
+        check_size(height, width)
+    except ImageError as err:
+        if err.cause != ABSURD_SIZE:
+            raise
+        raise ImageError(f"{kind} header declares {err}", ABSURD_SIZE) from None
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR))
+    if bgr is None:
+        raise ImageError(f"{kind} data ({len(data)} bytes) could not be decoded", UNDECODABLE)
+    expected = (-(-height // factor), -(-width // factor))
+    if any(abs(got - want) > (factor > 1) for got, want in zip(bgr.shape[:2], expected)):
+        # a header that lies: never trust a size we did not check (reduced sizes may round either way)
+        raise ImageError(f"{kind} decoded to {bgr.shape[1]}x{bgr.shape[0]}, header said {width}x{height}"
+                                    + (f" (decoded at 1/{factor})" if factor > 1 else ""), UNDECODABLE)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def side_factor(kind: str | None, height: int, width: int, max_side: int | None) -> int:
+    """The reduced decoding factor that still leaves a JPEG ``max_side`` pixels on its longer
+    side (1 for other formats, whose reduced decoding builds the full image anyway)."""
+    if kind != "jpeg" or max_side is None:
+        return 1
+    return next((f for f in REDUCTIONS if max(height, width) // f >= max_side), 1)
+
+
+def decode_image(data: bytes | memoryview | np.ndarray, max_side: int | None = None) -> np.ndarray | None:
+    """An image file (any format OpenCV reads) -> RGB uint8 with its longer side at most
+    ``max_side``, or None if it does not decode. JPEGs are decoded at 1/2, 1/4 or 1/8 scale when
+    that still leaves ``max_side`` pixels (several times faster than decoding in full and shrinking)."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    flag = cv2.IMREAD_COLOR
+    if max_side is not None and buf[:3].tobytes() == b"\xff\xd8\xff":
+        size = jpeg_size(memoryview(buf))  # the whole file: EXIF/APP segments may pass 64 KB
+        if size is not None:
+            flag = REDUCED_FLAGS.get(side_factor("jpeg", *size, max_side), cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(buf, flag)
+    if bgr is None:
+        return None
+    return shrink_to_side(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side)
+
+
+def shrink_to_side(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``rgb`` with its longer side at most ``max_side``: box-averaged by the largest whole factor
+    that keeps it at least that size, then bilinear for the rest (less than 2x, so no aliasing).
+    OpenCV's area interpolation at a fractional factor gives about the same pixels ~7x slower
+    (1.5 vs 0.2 ms for 640x272 -> 224 px on one core)."""
+    h, w = rgb.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return rgb
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    factor = int(1 / scale)
+    if factor >= 2:
+        rgb = cv2.resize(rgb, (max(size[0], w // factor), max(size[1], h // factor)), interpolation=cv2.INTER_AREA)
+    if rgb.shape[1::-1] == size:
+        return rgb
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+
+
+def block_average(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """``pixels`` averaged over ``factor`` x ``factor`` blocks (uint8 in, uint8 out)."""
+    if factor == 1:
+        return pixels
+    height, width = pixels.shape[:2]
+    size = (max(1, -(-width // factor)), max(1, -(-height // factor)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
