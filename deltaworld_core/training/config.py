@@ -21,6 +21,7 @@ from ..safe_yaml import quote
 from ..threads import clamp_threads
 from ..data.windows import DataConfig
 from ..dense import DenseConfig
+from .real_labels import RealLabelsConfig
 
 STAGES = ("tokenizer", "world", "heads", "dense")
 
@@ -54,6 +55,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    real_labels: RealLabelsConfig = field(default_factory=RealLabelsConfig)  # heads: teacher-labelled real frames
     pretrained: str | None = None  # folder with earlier stages' exports (or a released DeltaTok file); None = ``out``
     init: str | None = None  # fine-tuning: the trained part starts here (folder/.safetensors/released file; init.py)
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes of the trained part kept fixed
@@ -106,6 +108,7 @@ class TrainConfig:
                               f"{self.optim.accumulate}")
         self.data.validate()
         self.dense.validate()
+        self.real_labels.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,29 +1,54 @@
-"""Stage ``heads``: segmentation and depth heads on present-frame features of the synthetic world.
+"""Stage ``heads``: segmentation and depth heads on present-frame features of the synthetic world
+and, when ``real_labels`` names recordings, of real frames labelled by a teacher.
 
-Loss: cross-entropy (label 255 ignored) plus ``loss.depth_weight`` x L1 in metres on the expected
-depth, computed by :class:`~deltaworld_core.heads.DepthHead` itself, i.e. exactly what inference
-outputs; logits and depth are upsampled bilinearly to ``data.label_size``.
+Each batch item is a synthetic frame, or with probability ``real_labels.fraction`` a real frame of
+the teacher-labelled pool (:mod:`.real_labels`). Loss: :func:`~.partial_labels.partial_cross_entropy`
+(an exact class, "any class but k" or unknown per pixel; on synthetic frames it is the plain
+cross-entropy with label 255 ignored) plus ``loss.depth_weight`` x L1 in metres on the expected
+depth over the pixels with a depth label (real frames have none), computed by
+:class:`~deltaworld_core.heads.DepthHead` itself, i.e. exactly what inference outputs; logits and
+depth are upsampled bilinearly to ``data.label_size``.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
 
 from ..data.sampling import Sampler
+from ..data.windows import Window
 from ..heads import TaskHeads
 from .config import TrainConfig
+from .partial_labels import partial_cross_entropy
+
+log = logging.getLogger(__name__)
 
 
 class HeadsStage:
-    """Draws labelled frames ``{"features": [N, C], "semantic": [h, w], "depth": [h, w]}``."""
+    """Draws labelled frames ``{"features": [N, C], "semantic": [h, w], "depth": [h, w]}``.
+
+    Args:
+        real: the teacher-labelled real pool (:func:`~.real_labels.real_windows`); empty = synthetic only.
+    """
 
     name = "heads"
 
-    def __init__(self, cfg: TrainConfig, sampler: Sampler, grid: tuple[int, int]):
+    def __init__(self, cfg: TrainConfig, sampler: Sampler, grid: tuple[int, int], real: list[Window] | None = None):
         self.sampler, self.grid, self.depth_weight = sampler, grid, cfg.loss.depth_weight
+        self.real = list(real or [])
+        self.real_fraction = cfg.real_labels.fraction if self.real else 0.0
 
     def item(self, g: torch.Generator) -> dict[str, torch.Tensor]:
+        # The draw for the pool happens only when there is a real pool, so a synthetic-only run sees
+        # exactly the batches it always did.
+        if self.real_fraction > 0 and Sampler.uniform(g) < self.real_fraction:
+            w = self.real[Sampler.integer(g, len(self.real))]
+            j = Sampler.integer(g, len(w.features))
+            semantic = w.semantic[j]
+            return {"features": w.features[j].float(), "semantic": semantic,
+                    "depth": torch.full(semantic.shape, float("nan"))}
         pool = self.sampler.synthetic
         w = pool[Sampler.integer(g, len(pool))]
         j = Sampler.integer(g, len(w.features))
@@ -36,7 +61,13 @@ class HeadsStage:
         size = batch["semantic"].shape[-2:]
         logits = F.interpolate(heads.segmentation(batch["features"], self.grid).float(), size=size, mode="bilinear",
                                align_corners=False)
-        seg = F.cross_entropy(logits, batch["semantic"].long(), ignore_index=255)
+        seg = partial_cross_entropy(logits, batch["semantic"])
         depth = heads.depth(batch["features"], self.grid)  # metres exactly as inference reduces the bins
         depth = F.interpolate(depth[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        return seg + self.depth_weight * F.l1_loss(depth, batch["depth"].float())
+        target = batch["depth"].float()
+        known = torch.isfinite(target)
+        if bool(known.all()):
+            return seg + self.depth_weight * F.l1_loss(depth, target)
+        if not bool(known.any()):
+            return seg + 0.0 * depth.sum()
+        return seg + self.depth_weight * F.l1_loss(depth[known], target[known])

@@ -1,0 +1,77 @@
+"""How well a segmentation head agrees with the person teacher on real frames.
+
+:class:`PersonAgreement` accumulates, over a video's frames, the intersection and union of the
+head's "person" pixels (the class of the largest upsampled logit, as inference labels a pixel)
+and the teacher's, two ways:
+
+* ``decided``: only where the teacher is confident (probability >= hi is person, <= lo is not;
+  the band between is left out, as a void label is);
+* ``at_half``: every pixel, the teacher's person where its probability >= 0.5.
+
+Pooled over the video's frames (each pixel weighs the same), so one frame with a large person does
+not count as much as a video's worth of small ones only when it has that many more pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..heads import TaskHeads, argmax_classes, upsample_bilinear
+
+
+def head_person(heads: TaskHeads, features: torch.Tensor, grid: tuple[int, int], size: tuple[int, int],
+                person_id: int, batch: int = 32) -> torch.Tensor:
+    """Present-frame features [T, N, C] -> bool [T, *size]: where the head's most likely class is person."""
+    out = []
+    affine = heads.affine()
+    for i in range(0, len(features), batch):
+        logits = heads.logits(features[i:i + batch].float(), affine)
+        seg, _ = heads.grid_maps(logits, grid)
+        out.append(argmax_classes(upsample_bilinear(seg, size)) == person_id)
+    return torch.cat(out)
+
+
+def teacher_probability(person: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Stored teacher labels uint8 [T, h, w] (probability x 255) -> float [T, *size] in [0, 1]."""
+    return F.interpolate(person[:, None].float() / 255.0, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+@dataclass
+class PersonAgreement:
+    lo: float = 0.2
+    hi: float = 0.7
+    decided_inter: int = 0
+    decided_union: int = 0
+    half_inter: int = 0
+    half_union: int = 0
+    head_pixels: int = 0
+    teacher_pixels: int = 0
+    pixels: int = 0
+    frames: int = 0
+
+    def add(self, head: torch.Tensor, teacher: torch.Tensor) -> None:
+        """head bool [T, h, w]; teacher probability [T, h, w]."""
+        decided = (teacher >= self.hi) | (teacher <= self.lo)
+        sure = teacher >= self.hi
+        self.decided_inter += int((head & sure).sum())
+        self.decided_union += int(((head | sure) & decided).sum())
+        half = teacher >= 0.5
+        self.half_inter += int((head & half).sum())
+        self.half_union += int((head | half).sum())
+        self.head_pixels += int(head.sum())
+        self.teacher_pixels += int(half.sum())
+        self.pixels += head.numel()
+        self.frames += head.shape[0]
+
+    @staticmethod
+    def _ratio(a: int, b: int) -> float | None:
+        return a / b if b else None
+
+    def summary(self) -> dict:
+        return {"frames": self.frames, "iou_decided": self._ratio(self.decided_inter, self.decided_union),
+                "iou_at_half": self._ratio(self.half_inter, self.half_union),
+                "head_person_share": self._ratio(self.head_pixels, self.pixels),
+                "teacher_person_share": self._ratio(self.teacher_pixels, self.pixels)}

@@ -1,0 +1,146 @@
+"""Real frames labelled by a teacher, as a second pool of the heads stage.
+
+``real_labels:`` of a training YAML names recordings (train sources only, data_split.yaml) whose
+teacher labels (:mod:`deltaworld_core.teachers.labels`) teach the segmentation head on real video:
+
+* ``sources`` / ``paths``: the teacher's confident person pixels teach ``person`` and its confident
+  background teaches "not person" (:data:`~.partial_labels.NOT_CLASS`); the band between the two
+  thresholds is unknown;
+* ``negatives_only``: only "not person" is taken: for recordings where the teacher's positives
+  are known to be wrong (the person model calls a cube or a bird a person where no one is), its
+  confident background is still real evidence.
+
+Nothing else on a real frame is labelled: every other class, and depth, is learnt from the
+synthetic world only. Each pool item is the whole frame's VFM features (the frame shrunk to
+``max_side`` first, then resized by the VFM as at inference) through the feature cache, with the
+label codes resized to the heads' label size.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError
+from ..data.windows import Window
+from ..features import FeatureCache
+from ..teachers.labels import ClipLabels, LabelClip, LabelSettings, LabelStore, label_clips
+from ..teachers.packages import fetch_teacher
+from ..teachers.selfie import PersonSegmenter
+from .partial_labels import IGNORE, not_class
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RealLabelsConfig:
+    sources: list[str] = field(default_factory=list)  # named train sources/clips: person and "not person"
+    negatives_only: list[str] = field(default_factory=list)  # named train sources/clips: "not person" only
+    paths: list[str] = field(default_factory=list)  # media files/folders/bags, like ``sources``
+    topic: Any = None  # bags in ``paths``: the image topic
+    fraction: float = 0.0  # share of each heads batch drawn from this pool (0 = synthetic only)
+    person: tuple[float, float] = (0.2, 0.7)  # teacher probability: <= lo "not person", >= hi person, between unknown
+    label: LabelSettings = field(default_factory=LabelSettings)  # how the clips are (or were) labelled
+    cache: str | None = None  # teacher cache; None = $DELTAWORLD_TEACHERS or ~/.cache/deltaworld/teachers
+    label_missing: bool = True  # run the teacher on clips without labels (needs its optional runtime)
+    max_side: int = 448  # frames are shrunk to this before the VFM
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sources or self.negatives_only or self.paths)
+
+    def validate(self) -> None:
+        self.label.validate("real_labels.label.")
+        lo, hi = self.person
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ConfigError(f"real_labels.person must be 0 <= lo < hi <= 1, got {self.person}")
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ConfigError(f"real_labels.fraction must lie in [0, 1], got {self.fraction}")
+        if self.fraction > 0 and not self.enabled:
+            raise ConfigError("real_labels.fraction > 0 needs real_labels.sources, negatives_only or paths")
+        if self.max_side < 14:
+            raise ConfigError(f"real_labels.max_side must be >= 14, got {self.max_side}")
+
+
+def person_codes(person: torch.Tensor, size: tuple[int, int], person_id: int, thresholds: tuple[float, float],
+                 positives: bool = True) -> torch.Tensor:
+    """Teacher probability x 255 uint8 [T, h, w] -> label codes uint8 [T, *size]: ``person_id``
+    at >= hi (if ``positives``), "not person" at <= lo, :data:`IGNORE` between."""
+    lo, hi = thresholds
+    prob = F.interpolate(person[:, None].float() / 255.0, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    codes = torch.full(prob.shape, IGNORE, dtype=torch.uint8)
+    codes[prob <= lo] = not_class(person_id)
+    if positives:
+        codes[prob >= hi] = person_id
+    return codes
+
+
+def fit_side(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """``rgb`` with its longer side at most ``max_side`` (area-averaged: no aliasing)."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return rgb
+    scale = max_side / max(h, w)
+    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def frame_features(clip: LabelClip, frames: list[int], cache: FeatureCache, max_side: int) -> torch.Tensor:
+    """VFM features [T, N, C] of the clip's frames ``frames`` (decoded order), through the cache."""
+    wanted = set(frames)
+    source = {"kind": "teacher_frames", "clip": clip.identity(), "name": clip.name, "frames": list(frames),
+              "max_side": max_side}
+
+    def load():
+        picked = [fit_side(rgb, max_side) for i, (rgb, _) in enumerate(clip.frames()) if i in wanted]
+        if len(picked) != len(frames):
+            raise ConfigError(f"{clip.name}: read {len(picked)} of its {len(frames)} labelled frames (changed on disk?)")
+        return {"frames": np.stack(picked)}
+
+    return cache.get(source, load)["features"]
+
+
+def clip_labels(store: LabelStore, clip: LabelClip, label_missing: bool, segmenter: list) -> ClipLabels:
+    """The clip's labels from the store, labelling it now if allowed (``segmenter``: a one-item
+    list holding the lazily built teacher, shared across calls)."""
+    labels = store.load(clip)
+    if labels is not None:
+        return labels
+    if not label_missing:
+        raise ConfigError(f"{clip.name} has no {store.settings.teacher} labels: run `python -m deltaworld_core.teachers "
+                          f"label --sources {clip.name} --stride {store.settings.stride}`")
+    if not segmenter:
+        segmenter.append(PersonSegmenter(fetch_teacher(store.settings.teacher, store.cache), store.settings.model))
+    return store.label(clip, segmenter[0])
+
+
+def real_windows(rc: RealLabelsConfig, cache: FeatureCache, label_size: tuple[int, int], class_names: list[str],
+                 media_cache: str | None = None) -> list[Window]:
+    """One :class:`Window` per labelled clip: features [T, N, C] fp16 and label codes
+    ``semantic`` [T, *label_size] uint8 (no depth)."""
+    if not rc.enabled:
+        return []
+    if "person" not in class_names:
+        raise ConfigError(f"real_labels: the heads have no 'person' class ({', '.join(class_names)})")
+    person_id = class_names.index("person")
+    store = LabelStore(rc.label, rc.cache)
+    clips = [(c, True) for c in label_clips(rc.sources, rc.paths, rc.topic, media_cache)]
+    clips += [(c, False) for c in label_clips(rc.negatives_only, [], None, media_cache)]
+    segmenter: list = []
+    out = []
+    for clip, positives in clips:
+        labels = clip_labels(store, clip, rc.label_missing, segmenter)
+        feats = frame_features(clip, labels.frames.tolist(), cache, rc.max_side)
+        codes = person_codes(labels.person, label_size, person_id, rc.person, positives)
+        steps = labels.stamps.diff()
+        fps = float(1.0 / steps.median()) if len(steps) and float(steps.median()) > 0 else 0.0
+        out.append(Window(feats.half(), fps, f"teacher:{clip.name}", semantic=codes))
+        log.info("real labels: %s, %d frames, person %.1f%% / not person %.1f%% of pixels%s", clip.name, len(codes),
+                 100 * float((codes == person_id).float().mean()),
+                 100 * float((codes == not_class(person_id)).float().mean()), "" if positives else " (negatives only)")
+    return out

