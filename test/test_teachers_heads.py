@@ -80,9 +80,10 @@ def test_real_frames_teach_person_where_the_teacher_speaks():
     assert (pred[:, 1:] != 2).all()  # its "not person" stays any other class
     synth = synthetic_pool()[0]
     assert torch.equal(predicted(heads, synth.features), synth.semantic[:, ::2, ::2].flatten(1).long())
-    # without the real pool nothing ever says person on the same frames
-    alone = train(make_stage(real, 0.0)[0])
-    assert not (predicted(alone, real[0].features) == 2).any()
+    # without the real pool the teacher's person is not learnt: the synthetic world never shows
+    # channel 3, so what an untrained direction says there is chance, not person
+    alone = predicted(train(make_stage(real, 0.0)[0]), real[0].features)
+    assert (alone[:, 0] == 2).float().mean() < 0.5
 
 
 def test_real_items_carry_no_depth_and_the_share_follows_the_fraction():
