@@ -18,6 +18,8 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from deltaworld_core import imaging
+
 # Strings from a message (encoding, format, frame_id) end up in log lines and errors: a 10 MB
 # encoding made a 10 MB log line. Quoted strings are cut to this many characters.
 LOGGED_CHARS = 64
@@ -78,11 +80,7 @@ _ERRORS = {cls.cause: cls for cls in (UnsupportedEncodingError, TruncatedDataErr
 @contextmanager
 def _imaging():
     """``deltaworld_core.imaging`` (the one camera pixel conversion, shared with the recording
-    readers), its errors raised as this module's :class:`ImageConversionError` subclasses.
-    Imported on first use, not at the top: the node must start (and report a broken
-    deltaworld_core at configure) even when the core library does not import."""
-    from deltaworld_core import imaging
-
+    readers), its errors raised as this module's :class:`ImageConversionError` subclasses."""
     try:
         yield imaging
     except imaging.ImageError as err:
@@ -101,18 +99,17 @@ def image_to_array(msg: Image) -> np.ndarray:
 # while a 32 Mpx frame never reaches it (the model converts its input to float32 before resizing:
 # 400 MB for 8192x4096; the node went from 312 to 1,088 MB under a flood of such PNGs).
 KEEP_PIXELS_PER_MODEL_PIXEL = 2
-REDUCTIONS = (8, 4, 2)  # the factors OpenCV's reduced decoding offers (IMREAD_REDUCED_COLOR_2/4/8)
 
 
 def reduction(height: int, width: int, model_size: tuple[int, int] | None) -> int:
-    """The largest factor of REDUCTIONS (else 1) that leaves a ``height`` x ``width`` frame at
-    least KEEP_PIXELS_PER_MODEL_PIXEL camera pixels per model pixel for a model input of
-    ``model_size`` (h, w); the model's views span the frame's short side relative to its aspect,
+    """The largest factor of ``imaging.REDUCTIONS`` (else 1) that leaves a ``height`` x
+    ``width`` frame at least KEEP_PIXELS_PER_MODEL_PIXEL camera pixels per model pixel for a model
+    input of ``model_size`` (h, w); the model's views span the frame's short side relative to its aspect,
     hence the smaller of the two ratios. 640x480 for a 224x224 model: 1 (frames as they are)."""
     if model_size is None:
         return 1
     ratio = min(height / model_size[0], width / model_size[1])
-    return next((f for f in REDUCTIONS if ratio / f >= KEEP_PIXELS_PER_MODEL_PIXEL), 1)
+    return next((f for f in imaging.REDUCTIONS if ratio / f >= KEEP_PIXELS_PER_MODEL_PIXEL), 1)
 
 
 def image_msg_to_rgb(msg: Image, model_size: tuple[int, int] | None = None) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import runpy
 import shlex
@@ -110,8 +111,11 @@ def help_argv(command: Command, top_help: str) -> list[str]:
 def help_text(target: str, args: list[str]) -> str:
     """What ``target args`` prints (stdout and stderr), run in this process."""
     out = io.StringIO()
-    saved = sys.argv
+    saved, saved_exit = sys.argv, os._exit
     sys.argv = [target, *args]
+    # A tool that leaves with os._exit (the node skips Python's slow teardown) would end this whole
+    # process, every other tool's help with it: here it ends only its own run.
+    os._exit = lambda status: sys.exit(status)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             try:
@@ -124,7 +128,7 @@ def help_text(target: str, args: list[str]) -> str:
             except Exception as error:  # a tool that fails to start: its output says why, the others still run
                 print(f"{target} failed to start: {type(error).__name__}: {error}")
     finally:
-        sys.argv = saved
+        sys.argv, os._exit = saved, saved_exit
     return out.getvalue()
 
 

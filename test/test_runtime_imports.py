@@ -40,3 +40,17 @@ def test_camera_conversion_loads_neither_data_code_nor_torch():
         "assert msg_to_rgb(array_to_image_msg(np.zeros((48, 64, 3), np.uint8), 'bgr8')).shape == (48, 64, 3)")
     assert [m for m in modules if m.startswith("deltaworld_core.data") or m == "torch"] == []
     assert "deltaworld_core.imaging.pixels" in modules
+
+
+def test_node_modules_load_no_training_evaluation_or_data_code():
+    """Everything the forecast node imports up to its first forecast (its modules, the forecaster,
+    the frame runner and the stage probe): no recording readers, training or evaluation rooms."""
+    pytest.importorskip("rclpy")
+    modules = loaded_modules(
+        "from deltaworld_ros.forecast_node import ForecastNode\n"
+        "import deltaworld_ros.node_camera, deltaworld_ros.node_outputs, deltaworld_ros.node_diagnostics\n"
+        "from deltaworld_core import Forecaster\n"
+        "import deltaworld_core.runner, deltaworld_core.stages")
+    rooms = ("deltaworld_core.data", "deltaworld_core.training", "deltaworld_core.evaluation", "deltaworld_core.teachers")
+    assert [m for m in modules if m.startswith(rooms)] == []
+    assert {"deltaworld_core.runner", "deltaworld_core.forecaster", "deltaworld_core.imaging"} <= set(modules)

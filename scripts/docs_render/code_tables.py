@@ -94,7 +94,7 @@ README_PARAMETERS = {
     "model_config": "a config name (`default`, `paper`) or a YAML path",
     "weights": "a folder of `.safetensors` (e.g. the converted released weights); empty: the config's",
     "device": "`auto` (CUDA if torch sees a GPU), `cpu`, `cuda`, `cuda:N`",
-    "threads": "CPU threads of the model; 0 = half the cores, 1 to 4; 2 or more on a CPU run the VFM beside the rest (two stages)",
+    "threads": "CPU threads of the model; 0 = half the cores, 1 to 4; with 2 or more on a CPU one stage or two, whichever is measured faster",
     "k": "futures per forecast (0 = the config's, 8 in `default`)",
     "publish_debug_image": "publish the picture above for `rqt_image_view` / RViz",
 }
@@ -119,17 +119,23 @@ def _summary(path: Path) -> str:
 @renderer("modules")
 def render_modules(results: Path) -> str:
     """Every Python module of the two packages with the first sentence of its docstring (the
-    docstrings are the library's reference; this table only points at them)."""
+    docstrings are the library's reference; this table only points at them). A sub-package (a
+    room: ``data``, ``data.rosbag``, ``imaging``, ``evaluation`` ...) is listed by its
+    ``__init__`` docstring just above its modules; a ``__main__`` (only ``python -m`` wiring) is not."""
     repo = results.parent if (results.parent / "deltaworld_core").is_dir() else REPO
     rows = []
     tracked = tracked_paths(repo)
     for package in ("deltaworld_core", "deltaworld_ros"):
-        for path in sorted((repo / package).rglob("*.py")):
+        # sorted by dotted name, so that a package's own row comes before its modules
+        for path in sorted((repo / package).rglob("*.py"), key=lambda p: p.with_suffix("").parts):
             rel = path.relative_to(repo).as_posix()
-            if (tracked is not None and rel not in tracked) or "/weights/" in rel or (path.name == "__init__.py" and path.parent.name != package):
+            if (tracked is not None and rel not in tracked) or "/weights/" in rel or path.name == "__main__.py":
                 continue
             module = rel[:-3].replace("/", ".").removesuffix(".__init__")
-            rows.append([f"[`{module}`](../{rel})", _summary(path) or "-"])
+            link = f"[`{module}`](../{rel})"
+            if path.name == "__init__.py" and path.parent.name != package:
+                link = f"**{link}**"
+            rows.append([link, _summary(path) or "-"])
     return table(["module", "what it is (its docstring says more)"], rows)
 
 
