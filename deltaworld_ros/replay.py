@@ -37,25 +37,27 @@ def bag_messages(path: Path, topic: str, log=None) -> Iterator[tuple[float, obje
     """(seconds since the first message, Image or CompressedImage) for the image messages on
     ``topic``, read by the project's one bag reader (:mod:`deltaworld_core.data.rosbag`: MCAP with
     chunk CRCs checked, or sqlite3). A corrupt chunk, a message that is not valid CDR of its type
-    or an Image whose data is shorter than ``step x height`` is never published: it is skipped,
+    an image whose declared size is zero or absurd, or an Image whose data is shorter than
+    ``step x height`` is never published: it is skipped,
     counted (``deltaworld_core.data.refs.skipped``) and logged."""
     from builtin_interfaces.msg import Time
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import Header
 
-    from deltaworld_core.data.rosbag import bag_images, bag_refs
+    from deltaworld_core.data.rosbag import bag_images, bag_refs, check_image
     from deltaworld_core.data.refs import record_skip
 
     ref = bag_refs(path, topic)[0]
     first = None
     for log_time_ns, m in bag_images(ref):
         header = Header(stamp=Time(sec=m.sec, nanosec=m.nanosec), frame_id=m.frame_id)
+        try:
+            check_image(m)  # a 0x0, absurd or truncated frame is never published
+        except ValueError as err:
+            record_skip(ref, f"an image logged at {log_time_ns} ns ({err})")
+            continue
         if m.format is not None:
             msg = CompressedImage(header=header, format=m.format, data=bytes(m.data))
-        elif len(m.data) < m.step * m.height:
-            record_skip(ref, f"an Image logged at {log_time_ns} ns: data has {len(m.data)} bytes, "
-                             f"step x height = {m.step * m.height}")
-            continue
         else:
             msg = Image(header=header, height=m.height, width=m.width, encoding=m.encoding,
                         is_bigendian=int(m.is_bigendian), step=m.step, data=bytes(m.data))

@@ -5,7 +5,9 @@ file without a usable summary (a recorder that was killed) is walked record by r
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from mcap.data_stream import ReadDataStream
@@ -14,9 +16,52 @@ from mcap.records import Channel, Chunk, Message, Schema
 from mcap.stream_reader import breakup_chunk
 
 from ..refs import MediaError, MediaRef, record_skip
-from .storage import MCAP_MAGIC, reads
+from .storage import MAX_MESSAGE_BYTES, MCAP_MAGIC, reads
 
 _KINDS = {Schema: "schema", Channel: "channel", Message: "message"}
+
+
+class ChunkError(ValueError):
+    """A chunk whose declared size is over the limit or whose data do not match it."""
+
+
+def _decompressed(chunk: Chunk) -> bytes:
+    """The chunk's records, decompressed into at most the size the chunk declares, which is
+    checked against MAX_MESSAGE_BYTES first (the ``mcap`` package would allocate any declared
+    size up front). Raises ChunkError."""
+    size = chunk.uncompressed_size
+    if size > MAX_MESSAGE_BYTES:
+        raise ChunkError(f"declares {size} bytes uncompressed (over {MAX_MESSAGE_BYTES})")
+    if chunk.compression == "":
+        data = chunk.data
+    elif chunk.compression == "zstd":
+        import zstandard  # an optional dependency of mcap: imported when a chunk needs it
+
+        # read in blocks: a frame may declare any content size, only what really comes out is kept
+        reader, parts, total = zstandard.ZstdDecompressor().stream_reader(bytes(chunk.data)), [], 0
+        while block := reader.read(1 << 20):
+            total += len(block)
+            if total > size:
+                raise ChunkError(f"decompresses past the {size} bytes it declares")
+            parts.append(block)
+        data = b"".join(parts)
+    elif chunk.compression == "lz4":
+        import lz4.frame
+
+        decompressor = lz4.frame.LZ4FrameDecompressor()
+        data = decompressor.decompress(chunk.data, max_length=size + 1)
+    else:
+        raise ChunkError(f"unknown compression {chunk.compression[:32]!r}")
+    if len(data) != size:
+        raise ChunkError(f"holds {len(data)} bytes, declares {size}")
+    if chunk.uncompressed_crc and zlib.crc32(data) != chunk.uncompressed_crc:
+        raise ChunkError("CRC mismatch")
+    return data
+
+
+def chunk_records(chunk: Chunk) -> list:
+    """The schema, channel and message records of a chunk, its size bounded and CRC checked."""
+    return breakup_chunk(replace(chunk, compression="", data=_decompressed(chunk), uncompressed_crc=0))
 
 
 def mcap_summary(stream):
@@ -65,6 +110,11 @@ def _walk_mcap(path: Path, ref: MediaRef | None):
             if len(head) < 9:
                 break
             opcode, length = head[0], int.from_bytes(head[1:], "little")
+            if length > MAX_MESSAGE_BYTES:
+                if ref is not None:
+                    record_skip(ref, f"the rest of {path.name}: a record at byte {offset} declares {length} bytes "
+                                     f"(over {MAX_MESSAGE_BYTES})")
+                break
             if offset + 9 + length > size:
                 if ref is not None:
                     record_skip(ref, f"the rest of {path.name}: truncated at byte {offset}")
@@ -82,7 +132,7 @@ def _walk_mcap(path: Path, ref: MediaRef | None):
                 elif opcode == 0x06:
                     reads["chunks"] += 1
                     reads["chunk_bytes"] += length
-                    for record in breakup_chunk(Chunk.read(ReadDataStream(io.BytesIO(body))), validate_crc=True):
+                    for record in chunk_records(Chunk.read(ReadDataStream(io.BytesIO(body)))):
                         kind = _KINDS.get(type(record))
                         if kind:
                             yield kind, record
@@ -136,11 +186,14 @@ def mcap_messages(path: Path, ref: MediaRef, start_ns: int | None = None,
                     or stop_ns is not None and index.message_start_time >= stop_ns):
                 continue  # the chunk's messages all lie outside the window: never read
             try:
+                if index.chunk_length > MAX_MESSAGE_BYTES or index.uncompressed_size > MAX_MESSAGE_BYTES:
+                    raise ChunkError(f"declares {max(index.chunk_length, index.uncompressed_size)} bytes "
+                                     f"(over {MAX_MESSAGE_BYTES})")
                 stream.seek(index.chunk_start_offset + 1 + 8)
                 reads["chunks"] += 1
                 reads["chunk_bytes"] += index.chunk_length
-                chunk = Chunk.read(ReadDataStream(stream))
-                records = breakup_chunk(chunk, validate_crc=True)
+                body = stream.read(index.chunk_length)  # bounded above; Chunk.read trusts its own lengths
+                records = chunk_records(Chunk.read(ReadDataStream(io.BytesIO(body))))
             except Exception as err:  # noqa: BLE001 - CRC, decompression or structure: the chunk is lost
                 record_skip(ref, f"a corrupt MCAP chunk at byte {index.chunk_start_offset} of {path.name} "
                                  f"({type(err).__name__}: {str(err)[:200]})")

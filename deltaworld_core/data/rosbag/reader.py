@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...imaging import compressed_header, decode_compressed, raw_to_rgb, shrink_to_side, side_factor
+from ...imaging import (TRUNCATED_DATA, ImageError, check_size, compressed_header, decode_compressed, raw_to_rgb,
+                        shrink_to_side, side_factor)
 from ..refs import MediaError, MediaRef, record_skip
 from .cdr import IMAGE_TYPES, CdrError, ImageMessage, decode_image_message
 from .mcap_reader import mcap_messages, mcap_span, mcap_topics
@@ -57,13 +58,18 @@ def bag_messages(ref: MediaRef, *, start_s: float | None = None, stop_s: float |
     counted on ``ref``; a bag that cannot be opened raises MediaError. ``start_s``/``stop_s``:
     only messages logged in ``[start_s, stop_s)`` (to the nanosecond); MCAP reads only the chunks
     whose time range overlaps it, sqlite3 only its rows (``timestamp`` is indexed)."""
-    start_ns = None if start_s is None else round(start_s * 1e9)
-    stop_ns = None if stop_s is None else round(stop_s * 1e9)
+    start_ns = None if start_s is None else _ns(start_s)
+    stop_ns = None if stop_s is None else _ns(stop_s)
     for f in bag_files(ref.path):
         if storage(f) == "mcap":
             yield from mcap_messages(f, ref, start_ns, stop_ns)
         else:
             yield from sqlite_messages(f, ref, start_ns, stop_ns)
+
+
+def _ns(seconds: float) -> int:
+    """Seconds -> integer ns, clamped to the int64 that both storages hold."""
+    return max(-(1 << 63), min((1 << 63) - 1, round(seconds * 1e9)))
 
 
 def bag_duration(ref: MediaRef) -> tuple[float, float] | None:
@@ -94,6 +100,19 @@ def bag_images(ref: MediaRef, *, start_s: float | None = None, stop_s: float | N
             yield log_time, decode_image_message(type_name, data)
         except CdrError as err:
             record_skip(ref, f"a {type_name or 'untyped'} message logged at {log_time} ns ({err})")
+
+
+def check_image(msg: ImageMessage) -> None:
+    """Raises an ImageError unless the message's declared size is a usable camera frame
+    (:func:`~deltaworld_core.imaging.check_size`: no zero side, no absurd size) and a raw
+    Image's data hold ``step x height`` bytes; nothing is decoded."""
+    if msg.format is not None:
+        kind, height, width = compressed_header(msg.data)
+        check_size(height, width)
+        return
+    check_size(msg.height, msg.width)
+    if len(msg.data) < msg.step * msg.height:
+        raise ImageError(f"data has {len(msg.data)} bytes, step x height = {msg.step * msg.height}", TRUNCATED_DATA)
 
 
 def image_to_rgb(msg: ImageMessage, max_side: int | None = None) -> np.ndarray:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..refs import MediaError, MediaRef, record_skip
-from .storage import reads
+from .storage import MAX_MESSAGE_BYTES, reads
 
 
 def sqlite_connect(path: Path) -> sqlite3.Connection:
@@ -41,8 +41,11 @@ def sqlite_span(path: Path, ref: MediaRef) -> tuple[int, int] | None:
             return None
         # ORDER BY ... LIMIT 1 walks the timestamp index from one end and stops at the topic's
         # first row (MIN/MAX with a WHERE on another column would scan the table).
-        first, last = (db.execute(f"SELECT timestamp FROM messages WHERE topic_id = ? ORDER BY timestamp {order} "
-                                  "LIMIT 1", (row[0],)).fetchone() for order in ("ASC", "DESC"))
+        # Only integer stamps count: sqlite3 sorts text after every number (a hand-made bag's text
+        # stamp is skipped when read, so it must not end the span either).
+        first, last = (db.execute(f"SELECT timestamp FROM messages WHERE topic_id = ? AND typeof(timestamp) = "
+                                  f"'integer' ORDER BY timestamp {order} LIMIT 1", (row[0],)).fetchone()
+                       for order in ("ASC", "DESC"))
         return None if first is None else (int(first[0]), int(last[0]))
     except sqlite3.Error as err:
         raise MediaError(f"{path}: unreadable sqlite3 bag ({err})") from err
@@ -62,8 +65,10 @@ def sqlite_messages(path: Path, ref: MediaRef, start_ns: int | None = None,
         (topic_id, type_name), = topics
         window = ("" if start_ns is None else " AND timestamp >= :start") + \
                  ("" if stop_ns is None else " AND timestamp < :stop")
-        cursor = db.execute(f"SELECT timestamp, data FROM messages WHERE topic_id = :topic{window} "
-                            "ORDER BY timestamp, id", {"topic": topic_id, "start": start_ns, "stop": stop_ns})
+        # A cell over the limit is never fetched: sqlite3 gives its length without reading it.
+        cursor = db.execute("SELECT timestamp, CASE WHEN length(data) <= :limit THEN data END, typeof(data), "
+                            f"length(data) FROM messages WHERE topic_id = :topic{window} ORDER BY timestamp, id",
+                            {"topic": topic_id, "start": start_ns, "stop": stop_ns, "limit": MAX_MESSAGE_BYTES})
         while True:
             try:
                 row = cursor.fetchone()
@@ -72,9 +77,17 @@ def sqlite_messages(path: Path, ref: MediaRef, start_ns: int | None = None,
                 return
             if row is None:
                 return
+            stamp, data, kind, length = row
+            if type(stamp) is not int or kind != "blob":  # sqlite3 cells have no fixed type
+                record_skip(ref, f"a row of {path.name} with a {type(stamp).__name__} timestamp and {kind} data "
+                                 "(rosbag2 stores an integer and a blob)")
+                continue
+            if data is None:
+                record_skip(ref, f"a message of {length} bytes in {path.name} (over {MAX_MESSAGE_BYTES})")
+                continue
             reads["rows"] += 1
-            reads["row_bytes"] += len(row[1])
-            yield int(row[0]), type_name, memoryview(row[1])
+            reads["row_bytes"] += len(data)
+            yield stamp, type_name, memoryview(data)
     except sqlite3.Error as err:
         raise MediaError(f"{path}: unreadable sqlite3 bag ({err})") from err
     finally:

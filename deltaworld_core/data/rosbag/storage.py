@@ -11,6 +11,11 @@ from ..refs import MediaError
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
+# The most bytes one message (or one MCAP chunk, or one MCAP record) may take once read: a raw
+# 16384 x 2048 rgba8 frame, or 8K UHD bgra8 (133 MB), fits. A declared size above it is refused
+# before anything is allocated (a 33 KB MCAP chunk may declare a gibibyte).
+MAX_MESSAGE_BYTES = 160 << 20
+
 # What the readers pulled from disk in this process: MCAP chunks and their bytes, sqlite3 rows and
 # their bytes (process-local, like the skip counters; tests and benchmarks measure windows with it).
 reads = {"chunks": 0, "chunk_bytes": 0, "rows": 0, "row_bytes": 0}

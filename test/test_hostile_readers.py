@@ -1,0 +1,370 @@
+"""Hostile recordings, shards and lists, generated here: every reader bounds what it allocates
+before it allocates, every reader error is one line naming the file (counted), the run goes on
+with the other recordings, and a run with no valid recording exits 2. Bombs are read in a
+subprocess whose peak resident memory is asserted."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import sqlite3
+import struct
+import subprocess
+import sys
+import tarfile
+import textwrap
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from deltaworld_core.data import rosbag
+from deltaworld_core.data.media import MediaError, expand_media, iter_frames, main as media_main, skipped
+from deltaworld_core.data.synthetic import SyntheticWorld
+from deltaworld_core.data.video import open_video
+
+REPO = Path(__file__).resolve().parents[1]
+TOPIC = "/camera/image_raw"
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return SyntheticWorld(5, (32, 48)).render_clip(8, 25.0)["frames"]  # uint8 [8, 32, 48, 3]
+
+
+def stamped(frames) -> list:
+    return [(f, 1700000000.0 + i / 25) for i, f in enumerate(frames)]
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
+
+
+def png_bomb(side: int) -> bytes:
+    """A valid 1-bit grey PNG of ``side`` x ``side`` zeros: a few hundred KB that OpenCV would
+    decode to ``3 * side**2`` bytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\x00" * (1 + (side + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def peak_rss_mb(code: str) -> tuple[float, str]:
+    """Runs ``code`` (after importing the readers) in a fresh interpreter: (growth of the peak
+    resident set in MB from just before it ran, its stdout)."""
+    script = textwrap.dedent("""
+        import logging, resource, sys
+        import numpy, cv2
+        from deltaworld_core.data.media import expand_media, iter_frames, skipped
+        logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """) + textwrap.dedent(code) + textwrap.dedent("""
+        print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak = int(proc.stdout.rsplit("PEAK_KB", 1)[1].split()[0])
+    return peak / 1024, proc.stdout
+
+
+# ------------------------------------------------------------------ 1. sqlite3 cells of the wrong type
+@pytest.mark.parametrize("cell", ["'text'", "42", "NULL", "x'0001'"])
+def test_a_sqlite_data_cell_of_the_wrong_type_is_skipped_and_counted(tmp_path, clip, cell, caplog):
+    bag = tmp_path / "cam.db3"
+    rosbag.write_frames(bag, TOPIC, stamped(clip))
+    with sqlite3.connect(bag) as db:  # without rosbag2's NOT NULL constraint, as a hand-made bag may be
+        db.execute("CREATE TABLE loose AS SELECT * FROM messages")
+        db.execute("DROP TABLE messages")
+        db.execute("ALTER TABLE loose RENAME TO messages")
+        db.execute(f"UPDATE messages SET data = {cell} WHERE id = 3")
+    (ref,) = expand_media([bag])
+    with caplog.at_level(logging.WARNING):
+        frames = list(iter_frames(ref))
+    assert len(frames) == len(clip) - 1 and skipped(ref) == 1
+    assert str(bag.name) in caplog.text
+
+
+def test_a_sqlite_text_timestamp_is_skipped_and_named(tmp_path, clip, caplog):
+    bag = tmp_path / "cam.db3"
+    rosbag.write_frames(bag, TOPIC, stamped(clip))
+    with sqlite3.connect(bag) as db:
+        db.execute("UPDATE messages SET timestamp = 'soon' WHERE id = 2")
+    (ref,) = expand_media([bag])
+    from deltaworld_core.data.media import duration_s
+
+    span = duration_s(ref)
+    assert span is not None and span[0] < span[1]  # the integer stamps only
+    with caplog.at_level(logging.WARNING):
+        frames = list(iter_frames(ref, start_s=0.0, stop_s=1e10)) + list(iter_frames(ref))
+    assert len(frames) == 2 * (len(clip) - 1) and skipped(ref) >= 1
+    assert "cam.db3" in caplog.text and "timestamp" in caplog.text
+
+
+# ------------------------------------------------------------------ 2. MCAP chunk declaring 1 GiB
+def _zstd_mcap(path: Path, clip) -> Path:
+    pytest.importorskip("zstandard")
+    from mcap.writer import CompressionType, Writer
+
+    with open(path, "wb") as stream:
+        writer = Writer(stream, compression=CompressionType.ZSTD)
+        writer.start("ros2", "test")
+        schema = writer.register_schema(rosbag.IMAGE_TYPE, "ros2msg", rosbag.MSG_DEFINITIONS[rosbag.IMAGE_TYPE].encode())
+        channel = writer.register_channel(TOPIC, "cdr", schema)
+        for i, (rgb, stamp) in enumerate(stamped(clip)):
+            data = rosbag.encode_image_message(rosbag.image_message(rgb, stamp))
+            writer.add_message(channel, log_time=10**9 + i, data=data, publish_time=10**9 + i)
+        writer.finish()
+    return path
+
+
+def _declare(path: Path, uncompressed: int) -> None:
+    """Rewrites the first chunk's declared uncompressed size (its records are left as they are)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"zstd") - 4 - 4 - 8  # compression string (len u32) <- crc u32 <- size u64
+    data[at:at + 8] = struct.pack("<Q", uncompressed)
+    path.write_bytes(bytes(data))
+
+
+def test_an_mcap_chunk_declaring_a_gibibyte_is_refused_before_it_is_allocated(tmp_path, clip):
+    bag = _zstd_mcap(tmp_path / "bomb.mcap", clip)
+    _declare(bag, 1 << 30)
+    assert bag.stat().st_size < 200_000
+    grew, out = peak_rss_mb(f"""
+        (ref,) = expand_media([{str(bag)!r}])
+        frames = list(iter_frames(ref))
+        print("FRAMES", len(frames), "SKIPPED", skipped(ref))
+    """)
+    assert "FRAMES 0 SKIPPED 1" in out and "bomb.mcap" in out and "declares" in out
+    assert grew < 150, f"reading a 1 GiB-declared chunk grew the peak RSS by {grew:.0f} MB"
+
+
+def test_a_good_zstd_mcap_still_reads(tmp_path, clip):
+    bag = _zstd_mcap(tmp_path / "good.mcap", clip)
+    (ref,) = expand_media([bag])
+    assert len(list(iter_frames(ref))) == len(clip) and skipped(ref) == 0
+
+
+# ------------------------------------------------------------------ 3, 4. tar shard members and JSON
+def _shard(path: Path, clip, meta=None, extra=()) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for i, rgb in enumerate(clip):
+            data = png_bytes(rgb)
+            info = tarfile.TarInfo(f"s.{i:06d}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tar.addfile(info)
+        if meta is not None:
+            body = meta.encode() if isinstance(meta, str) else json.dumps(meta).encode()
+            info = tarfile.TarInfo("s.json")
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return path
+
+
+def _link(name: str, target: str, hard: bool) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
+    info.linkname = target
+    return info
+
+
+@pytest.mark.parametrize("target,hard", [("/etc/passwd", False), ("s.000009.png", False), ("s.000009.png", True),
+                                         ("/etc/passwd", True)])
+def test_a_link_member_is_skipped_never_followed(tmp_path, clip, target, hard, caplog):
+    shard = _shard(tmp_path / "links.tar", clip[:4], {"fps": 25}, extra=[_link("s.000009.png", target, hard)])
+    with pytest.raises(MediaError, match="links.tar"):
+        list(iter_frames(expand_media([shard])[0]))  # 5 frames named, 4 stamps: one line naming it
+    shard = _shard(tmp_path / "links2.tar", clip[:4], {"stamps": [0, .04, .08, .12, .16]},
+                   extra=[_link("s.000009.png", target, hard)])
+    (ref,) = expand_media([shard])
+    with caplog.at_level(logging.WARNING):
+        frames = list(iter_frames(ref))
+    assert len(frames) == 4 and skipped(ref) == 1 and "s.000009.png" in caplog.text
+    assert "passwd" not in "".join(str(f[0].tobytes()[:0]) for f in frames)
+
+
+@pytest.mark.parametrize("meta,why", [({"fps": "fast"}, "fps"), ({"stamps": 5}, "stamps"),
+                                      ('{"stamps": [0, NaN, 0.08, 0.12]}', "finite"),
+                                      ({"stamps": [0, "x", 0.08, 0.12]}, "stamps"), ({"fps": float("inf")}, "fps"),
+                                      ({"fps": True}, "fps"), ([1, 2], "object")])
+def test_a_shard_json_of_the_wrong_type_is_one_line_naming_the_member(tmp_path, clip, meta, why):
+    shard = _shard(tmp_path / "meta.tar", clip[:4], meta)
+    (ref,) = expand_media([shard])
+    with pytest.raises(MediaError) as err:
+        list(iter_frames(ref))
+    line = str(err.value)
+    assert "meta.tar" in line and "s.json" in line and why in line and "\n" not in line
+    from deltaworld_core.data.media import duration_s
+
+    with pytest.raises(MediaError, match="s.json"):
+        duration_s(ref)
+
+
+# ------------------------------------------------------------------ 5. decompression bombs
+def test_png_bombs_in_folders_and_shards_are_refused_from_their_header(tmp_path, clip):
+    bomb = png_bomb(20000)
+    assert len(bomb) < 400_000
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for i, rgb in enumerate(clip[:3]):
+        (folder / f"{i:04d}.png").write_bytes(png_bytes(rgb))
+    (folder / "0003.png").write_bytes(bomb)
+    (folder / "timestamps.txt").write_text("\n".join(str(i / 25) for i in range(4)))
+    shard = _shard(tmp_path / "bomb.tar", clip[:2], {"fps": 25}, extra=())
+    with tarfile.open(shard, "a") as tar:
+        info = tarfile.TarInfo("s.000002.png")
+        info.size = len(bomb)
+        tar.addfile(info, io.BytesIO(bomb))
+    grew, out = peak_rss_mb(f"""
+        from deltaworld_core.data.video import open_video
+        (folder,) = expand_media([{str(folder)!r}])
+        print("STREAM", len(list(iter_frames(folder))), skipped(folder))
+        print("FOLDER", len(list(open_video({str(folder)!r}))))
+    """)
+    assert "STREAM 3 1" in out and "FOLDER 3" in out, out
+    assert "exceeds" in out and "0003.png" in out
+    assert grew < 150, f"a 20000x20000 PNG bomb in a folder grew the peak RSS by {grew:.0f} MB"
+    grew, out = peak_rss_mb(f"""
+        (shard,) = expand_media([{str(shard)!r}])
+        print("SHARD", len(list(iter_frames(shard))), skipped(shard))
+    """)
+    assert "SHARD 2 1" in out and "exceeds" in out and "s.000002.png" in out, out
+    assert grew < 150, f"a 20000x20000 PNG bomb in a shard grew the peak RSS by {grew:.0f} MB"
+
+
+# ------------------------------------------------------------------ 7. undecodable frames in a folder
+def test_empty_and_undecodable_frames_in_a_folder_are_skipped(tmp_path, clip, caplog):
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for i, rgb in enumerate(clip):
+        (folder / f"{i:04d}.png").write_bytes(png_bytes(rgb))
+    (folder / "0002.png").write_bytes(b"")
+    (folder / "0005.png").write_bytes(b"not a png at all")
+    (folder / "timestamps.txt").write_text("\n".join(str(i / 25) for i in range(len(clip))))
+    with caplog.at_level(logging.WARNING):
+        frames = list(open_video(folder))
+    assert len(frames) == len(clip) - 2
+    assert [round(t * 25) for _, t in frames] == [0, 1, 3, 4, 6, 7]  # each frame keeps its own stamp
+    assert "0002.png" in caplog.text and "0005.png" in caplog.text
+    (ref,) = expand_media([folder])
+    assert len(list(iter_frames(ref))) == len(clip) - 2 and skipped(ref) == 2
+
+
+# ------------------------------------------------------------------ 8, 17. list files
+def test_a_list_line_over_the_cap_is_refused_without_reading_the_file(tmp_path):
+    listing = tmp_path / "huge.txt"
+    with open(listing, "wb") as f:
+        f.write(b"a" * (200 << 10))
+        f.truncate(1 << 30)  # a sparse GiB after it
+    grew, out = peak_rss_mb(f"""
+        from deltaworld_core.data.media import MediaError
+        try:
+            expand_media([{str(listing)!r}])
+        except MediaError as err:
+            print("ERROR", err)
+    """)
+    line = out.split("ERROR", 1)[1].splitlines()[0]
+    assert "huge.txt" in line and "line 1" in line
+    assert grew < 100, f"a 1 GiB list grew the peak RSS by {grew:.0f} MB"
+
+
+def test_list_entries_that_are_not_recordings_name_the_list_and_line(tmp_path, clip):
+    good = tmp_path / "good.db3"
+    rosbag.write_frames(good, TOPIC, stamped(clip))
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(loop)
+    cases = {f"{'x' * 300}.mp4": "too long", str(fifo): "FIFO", "/dev/zero": "device", str(loop): "symbolic link",
+             str(tmp_path / "missing.mp4"): "no such file"}
+    for entry, why in cases.items():
+        listing = tmp_path / "list.txt"
+        listing.write_text(f"# cameras\n{good}\n{entry}\n")
+        with pytest.raises(MediaError) as err:
+            expand_media([listing])
+        line = str(err.value)
+        assert "list.txt" in line and "line 3" in line and why in line and "\n" not in line, line
+        errors: list[str] = []
+        refs = expand_media([listing], errors=errors)
+        assert [r.path for r in refs] == [str(good)] and len(errors) == 1 and why in errors[0]
+
+
+def test_a_file_url_in_a_list_is_its_path(tmp_path, clip):
+    good = tmp_path / "my cam.db3"
+    rosbag.write_frames(good, TOPIC, stamped(clip))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"file://{str(good).replace(' ', '%20')}\n")
+    (ref,) = expand_media([listing])
+    assert ref.path == str(good)
+    listing.write_text("https://example.com/cam.mp4\n")
+    with pytest.raises(MediaError, match="URL"):
+        expand_media([listing])
+
+
+def test_an_empty_bag_is_refused_by_list_naming_it(tmp_path, clip, capsys):
+    good = tmp_path / "good.mcap"
+    rosbag.write_frames(good, TOPIC, stamped(clip))
+    for suffix in (".mcap", ".db3"):
+        empty = tmp_path / f"empty{suffix}"
+        with rosbag.BagWriter(empty) as writer:
+            writer.write(TOPIC, rosbag.image_message(clip[0], 1.0))
+        if suffix == ".db3":
+            with sqlite3.connect(empty) as db:
+                db.execute("DELETE FROM messages")
+        else:
+            empty.unlink()
+            from mcap.writer import Writer
+
+            with open(empty, "wb") as stream:
+                w = Writer(stream)
+                w.start("ros2", "test")
+                s = w.register_schema(rosbag.IMAGE_TYPE, "ros2msg", b"")
+                w.register_channel(TOPIC, "cdr", s)
+                w.finish()
+        assert media_main(["list", str(empty)]) == 2
+        err = capsys.readouterr().err
+        assert empty.name in err and "no messages" in err and len(err.strip().splitlines()) == 1
+        assert media_main(["list", str(good), str(empty)]) == 2
+        out, err = capsys.readouterr()
+        assert "good.mcap" in out and empty.name in err
+
+
+# ------------------------------------------------------------------ 18. any file OpenCV decodes
+def test_a_video_with_an_extension_not_listed_is_read_if_it_decodes(tmp_path, clip):
+    avi = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (48, 32))
+    for f in clip:
+        writer.write(np.ascontiguousarray(f[..., ::-1]))
+    writer.release()
+    ts = avi.rename(tmp_path / "clip.ts")
+    (ref,) = expand_media([ts])
+    assert ref.kind == "video" and len(list(iter_frames(ref))) == len(clip)
+    junk = tmp_path / "notes.ts"
+    junk.write_text("not a video")
+    with pytest.raises(MediaError, match="notes.ts"):
+        expand_media([junk])
+
+
+def test_replay_never_publishes_a_zero_size_or_absurd_image(tmp_path, clip):
+    pytest.importorskip("sensor_msgs.msg")
+    from deltaworld_ros.replay import bag_messages
+
+    bag = tmp_path / "zero.mcap"
+    with rosbag.BagWriter(bag) as writer:
+        for i, rgb in enumerate(clip[:3]):
+            writer.write(TOPIC, rosbag.image_message(rgb, 1.0 + i))
+        writer.write(TOPIC, rosbag.ImageMessage(1, 0, "cam", memoryview(b""), 0, 0, "rgb8", False, 0))
+        writer.write(TOPIC, rosbag.ImageMessage(1, 0, "cam", memoryview(b"\0" * 64), 40000, 40000, "rgb8", False, 0))
+    sent = [msg for _, msg in bag_messages(bag, TOPIC)]
+    assert len(sent) == 3 and all(m.height == 32 and m.width == 48 for m in sent)
+    assert skipped(f"{bag}#{TOPIC}") == 2
