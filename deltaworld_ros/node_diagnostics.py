@@ -61,6 +61,7 @@ class NodeSnapshot:
     camera: CameraStats
     namesakes: int  # nodes in the graph with this node's name and namespace, itself included
     stall_timeout_s: float
+    camera_info: str = "no camera_info received"  # whether the maps have intrinsics, and if not why
 
 
 def rate(times, now: float, window: float = 5.0) -> float:
@@ -109,6 +110,7 @@ class Diagnostics:
             "frames_lost_recently": str(sum(n for t, n, _ in list(c.losses) if now - t <= LOSS_WINDOW_S)),
             "nodes_with_this_name": str(s.namesakes),
             "seconds_waiting_for_model": f"{s.waiting_s:.1f}",
+            "camera_info": s.camera_info,
         }
 
     def level(self, s: NodeSnapshot, values: dict[str, str]) -> tuple[int, str]:

@@ -25,11 +25,13 @@ from deltaworld_core.config import ConfigError
 from deltaworld_core.devices import DeviceError, check_device
 from deltaworld_core.runner import Frame, FrameRunner, RunnerStats
 from deltaworld_core.stages import choose_stages
+from deltaworld_ros.camera_info_input import MapGeometry
 from deltaworld_ros.node_camera import CameraInput
 from deltaworld_ros.node_diagnostics import Diagnostics, DiagnosticsThread, NodeSnapshot
 from deltaworld_ros.node_outputs import Output, make_outputs
 from deltaworld_ros.node_parameters import (CONFIG_KEYS, PARAMETERS, RESUBSCRIBE, ParameterError, combined_problem,
                                             config_overrides, shown, value_problem, when_applied)
+from deltaworld_ros.planner_outputs import make_planner_outputs
 
 # Failures of configure a user causes and can act on from one line (a config, a weights folder, a
 # device): logged without the traceback that any other failure gets.
@@ -63,6 +65,7 @@ class ForecastNode(LifecycleNode):
         self.runner: FrameRunner | None = None
         self.runner_stats = RunnerStats()  # counts since start, across activations
         self.camera = CameraInput(self, self._on_frame, self._log_limited)
+        self.geometry = MapGeometry(self)  # the camera's CameraInfo: the maps' intrinsics
         # The full name (namespace included): two robots' nodes on one domain report apart.
         self.diagnostics = Diagnostics(f"{self.get_fully_qualified_name()}: DeltaWorld forecast")
         self._namesakes = 1  # nodes in the graph with this node's name and namespace, itself included
@@ -72,6 +75,17 @@ class ForecastNode(LifecycleNode):
         self._log_handler = _RosLogHandler(self.get_logger())
         self._running = False  # True once every parameter is declared: later sets are `ros2 param set`
         self._accepted = ""  # when the run-time values just accepted take effect (the result's reason)
+        self._diagnostics_thread: DiagnosticsThread | None = None  # started once every parameter is valid
+        self._declare_parameters()  # a refused value: ParameterError, and destroy_node still works
+        self._running = True
+        logging.getLogger("deltaworld_core").addHandler(self._log_handler)
+        logging.getLogger("deltaworld_core").setLevel(logging.INFO)
+        self._diagnostics_thread = DiagnosticsThread(self, self.diagnostics, self._snapshot, self._log_limited)
+        self.create_timer(1.0, self._check_namesakes)  # discovery needs a moment: checked from the first second
+        self.create_timer(1.0, self.camera.match_camera_qos)
+
+    def _declare_parameters(self) -> None:
+        """Declares every parameter with its rules; ParameterError (one line) for a refused value."""
         # Validates declared values (params file, --ros-args -p) and later `ros2 param set`.
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -88,12 +102,6 @@ class ForecastNode(LifecycleNode):
         problem = combined_problem(self._values(), None)
         if problem:
             raise ParameterError(problem)
-        self._running = True
-        logging.getLogger("deltaworld_core").addHandler(self._log_handler)
-        logging.getLogger("deltaworld_core").setLevel(logging.INFO)
-        self._diagnostics_thread = DiagnosticsThread(self, self.diagnostics, self._snapshot, self._log_limited)
-        self.create_timer(1.0, self._check_namesakes)  # discovery needs a moment: checked from the first second
-        self.create_timer(1.0, self.camera.match_camera_qos)
 
     def param(self, name: str):
         return self.get_parameter(name).value
@@ -139,6 +147,7 @@ class ForecastNode(LifecycleNode):
         if self._running and {p.name for p in parameters} & RESUBSCRIBE and self.camera.subscription is not None:
             self.camera.unsubscribe()
             self.camera.subscribe()
+            self.geometry.follow(self.camera)
             self.get_logger().info(f"camera input is now {self.camera.describe()}")
 
     def _check_namesakes(self) -> None:
@@ -186,7 +195,7 @@ class ForecastNode(LifecycleNode):
             f"model '{self.param('model_config')}' on {self.device} in {loaded:.1f} s: K={fc.k}, horizon={fc.horizon} "
             f"x {fc.step_s} s, output {fc.output_size}, {len(fc.class_names)} classes, "
             f"{self.stage_choice.describe(fc.threads)} ({self.stage_choice.why})")
-        self.outputs = make_outputs(self)
+        self.outputs = make_outputs(self, self.geometry) + make_planner_outputs(self, fc.horizon, self.geometry)
 
     def _unconfigure(self) -> None:
         for output in self.outputs:
@@ -198,6 +207,7 @@ class ForecastNode(LifecycleNode):
         self.runner = FrameRunner(self.forecaster, self._deliver, self.stage_choice.stages, warn=self._log_limited,
                                   stats=self.runner_stats).start()
         self.camera.subscribe()
+        self.geometry.follow(self.camera)
         self.get_logger().info(f"forecasting {self.camera.describe()} -> {self.outputs[0].publisher.topic_name}")
         return super().on_activate(state)
 
@@ -219,6 +229,7 @@ class ForecastNode(LifecycleNode):
 
     def _stop_processing(self, timeout: float = 30.0) -> None:
         self.camera.unsubscribe()
+        self.geometry.unsubscribe()
         if self.runner is not None:
             self.runner.stop(timeout)
             self.runner = None
@@ -263,7 +274,8 @@ class ForecastNode(LifecycleNode):
             resets=fc.resets if fc is not None else 0, runner=self.runner_stats,
             workers_alive=runner is not None and runner.alive(),
             waiting_s=runner.waiting_s() if runner is not None else 0.0, camera=self.camera.stats,
-            namesakes=self._namesakes, stall_timeout_s=self.param("stall_timeout_s"))
+            namesakes=self._namesakes, stall_timeout_s=self.param("stall_timeout_s"),
+            camera_info=self.geometry.status())
 
     # ------------------------------------------------------------------ exit
     def stop_quickly(self) -> None:
@@ -275,11 +287,13 @@ class ForecastNode(LifecycleNode):
             pass
         if self.runner is not None:
             self.runner.stop(timeout=0.05)
-        self._diagnostics_thread.stop(0.0)
+        if self._diagnostics_thread is not None:
+            self._diagnostics_thread.stop(0.0)
         logging.getLogger("deltaworld_core").removeHandler(self._log_handler)
 
     def destroy_node(self) -> None:
         self._stop_processing()
-        self._diagnostics_thread.stop(5.0)  # never publish through a destroyed node
+        if self._diagnostics_thread is not None:
+            self._diagnostics_thread.stop(5.0)  # never publish through a destroyed node
         logging.getLogger("deltaworld_core").removeHandler(self._log_handler)
         super().destroy_node()

@@ -15,7 +15,8 @@ The interface (:class:`Output`), for every output the node has or will have:
   model error and logged, never fatal;
 - ``destroy()``: at cleanup.
 
-To add an output: a subclass with ``active`` and ``publish``, one line in :func:`make_outputs`.
+To add an output: a subclass with ``active`` and ``publish``, one line in :func:`make_outputs`
+(the planner-facing outputs: planner_outputs.make_planner_outputs).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from deltaworld_ros.camera_info_input import MapGeometry
 from deltaworld_ros.futures_msg import forecast_to_msg
 from deltaworld_ros.image_conversion import array_to_image_msg
 from deltaworld_ros.msg import Futures
@@ -51,16 +53,18 @@ class Output:
 
 class FuturesOutput(Output):
     """deltaworld_ros/Futures on ``futures_topic``: the forecast itself, published whoever listens
-    (``forecasts_published`` in /diagnostics counts these)."""
+    (``forecasts_published`` in /diagnostics counts these), with the maps' intrinsics in
+    ``camera_info`` when the camera sends its CameraInfo (``geometry``, a MapGeometry)."""
 
-    def __init__(self, node):
+    def __init__(self, node, geometry: MapGeometry):
         super().__init__(node, Futures, node.param("futures_topic"))
+        self.geometry = geometry
 
     def active(self) -> bool:
         return True
 
     def publish(self, forecast, frame) -> None:
-        self.publisher.publish(forecast_to_msg(forecast, frame.meta.header))
+        self.publisher.publish(forecast_to_msg(forecast, frame.meta.header, self.geometry.camera(forecast, frame)))
 
 
 class DebugImageOutput(Output):
@@ -76,9 +80,9 @@ class DebugImageOutput(Output):
         self.publisher.publish(array_to_image_msg(forecast_grid(frame.image, forecast), "rgb8", frame.meta.header))
 
 
-def make_outputs(node) -> list[Output]:
-    """Every output the node's parameters ask for, Futures first."""
-    outputs: list[Output] = [FuturesOutput(node)]
+def make_outputs(node, geometry: MapGeometry) -> list[Output]:
+    """The Futures (first) and debug image outputs the node's parameters ask for."""
+    outputs: list[Output] = [FuturesOutput(node, geometry)]
     if node.param("publish_debug_image"):
         outputs.append(DebugImageOutput(node))
     return outputs

@@ -60,7 +60,32 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "malformed_log_period_s": (10.0, "Each kind of malformed input is logged at most once per this period."),
     "stall_timeout_s": (10.0, "/diagnostics reports ERROR 'forecasting stalled' when frames have waited this long "
                               "without a model step finishing."),
+    # Planner outputs (docs/planners.md); the 3-D ones need the camera's camera_info
+    "publish_step_images": (True, "Publish deltaworld/step_<n>/{depth,depth_std,labels,camera_info} per future step, "
+                                  "each computed only while someone subscribes."),
+    "publish_obstacles": (True, "Publish deltaworld/obstacles (sensor_msgs/PointCloud2 in the camera's optical frame) "
+                                "while someone subscribes."),
+    "obstacle_classes": (["car", "person"], "Class names that are obstacles in deltaworld/obstacles and the risk "
+                                            "grid; names the model lacks are skipped."),
+    "obstacle_min_p": (0.25, "A cloud point needs at least this fraction of the K futures to put an obstacle there "
+                             "(0-1; any one future counts at 0)."),
+    "obstacle_max_points": (20000, "Most points per obstacle cloud (a pixel stride over the maps), 1-1000000."),
+    "publish_risk_grid": (False, "Publish deltaworld/risk_grid (nav_msgs/OccupancyGrid in risk_grid_frame, transient "
+                                 "local) while someone subscribes."),
+    "risk_grid_frame": ("base_link", "Frame of the risk grid; the camera's pose in it from camera_mount_xyz/rpy, or "
+                                     "from TF with risk_grid_use_tf where tf2_ros is installed."),
+    "risk_grid_resolution": (0.1, "Risk grid cell size in metres (0.01-10)."),
+    "risk_grid_size": (10.0, "Side of the risk grid's square window in metres, centred on the camera (at most 2000 "
+                             "cells a side)."),
+    "risk_grid_max_points": (50000, "Most map pixels the risk grid projects per forecast, 1-1000000."),
+    "risk_grid_use_tf": (True, "Look the camera's pose up in TF where tf2_ros is installed; otherwise, or false: the "
+                               "static mount camera_mount_xyz/rpy."),
+    "camera_mount_xyz": ([0.0, 0.0, 0.0], "Position (m) of the camera's optical frame in risk_grid_frame."),
+    "camera_mount_rpy": ([-1.5707963267948966, 0.0, -1.5707963267948966],
+                         "Roll, pitch, yaw (rad) of the camera's optical frame in risk_grid_frame (fixed axes, as "
+                         "static_transform_publisher); the default: a camera looking along +x, level."),
 }
+MAX_GRID_CELLS = 2000  # a side of the risk grid: 4 M cells, a 4 MB OccupancyGrid
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 RELIABILITY_CHOICES = ("best_available", "best_effort", "reliable")
 
@@ -68,7 +93,8 @@ RELIABILITY_CHOICES = ("best_available", "best_effort", "reliable")
 START_ONLY = frozenset({"autostart"})  # read once at start-up: refused later
 RECONFIGURE = frozenset({"model_config", "weights", "device", "threads", "k", "horizon", "step_s", "input_size",
                          "output_size", "geometry", "context_spacing", "publish_k", "summary_size", "max_gap_s",
-                         "publish_debug_image", "futures_topic", "debug_image_topic"})
+                         "publish_debug_image", "futures_topic", "debug_image_topic", "publish_step_images",
+                         "publish_obstacles", "publish_risk_grid", "risk_grid_use_tf"})
 RESUBSCRIBE = frozenset({"image_topic", "use_compressed", "input_reliability", "input_depth"})  # at once, if active
 # diagnostics_period_s: the timer is remade at once; malformed_log_period_s, stall_timeout_s: read on use.
 
@@ -118,6 +144,20 @@ def parameter_problem(name: str, value) -> str | None:
         return "must be best_available, best_effort or reliable"
     elif name == "input_depth" and not 1 <= value <= 100:
         return "must be a history depth from 1 to 100"
+    elif name in ("obstacle_max_points", "risk_grid_max_points") and not 1 <= value <= 1_000_000:
+        return "must be a point count from 1 to 1000000"
+    elif name == "obstacle_min_p" and not (_is_number(value) and 0 <= value <= 1):
+        return "must be a fraction from 0 to 1"
+    elif name == "obstacle_classes" and not all(v.strip() for v in value):
+        return "must be class names (no empty one)"
+    elif name == "risk_grid_frame" and not re.fullmatch(r"/?[A-Za-z0-9_][A-Za-z0-9_/]*", value):
+        return "must be a TF frame name (letters, digits, _ and /)"
+    elif name == "risk_grid_resolution" and not (_is_number(value) and 0.01 <= value <= 10):
+        return "must be a cell size in metres from 0.01 to 10"
+    elif name == "risk_grid_size" and not (_is_number(value) and value > 0):
+        return "must be a positive size in metres"
+    elif name in ("camera_mount_xyz", "camera_mount_rpy") and not (len(value) == 3 and all(map(_is_number, value))):
+        return "must be three finite numbers"
     return None
 
 
@@ -186,6 +226,9 @@ def combined_problem(values: dict, changed: dict | None) -> str | None:
     """Why the model config would not load with the parameter ``values`` updated by ``changed``
     (the check configure makes, made before anything loads; None = check every value), or None."""
     values = {**values, **(changed or {})}
+    cells = values.get("risk_grid_size", 10.0) / values.get("risk_grid_resolution", 0.1)
+    if cells > MAX_GRID_CELLS:
+        return f"risk_grid_size / risk_grid_resolution is {cells:.0f} cells a side: at most {MAX_GRID_CELLS}"
     config_changed = set(changed) & {"model_config", *CONFIG_KEYS} if changed else {"model_config", *CONFIG_KEYS}
     if not config_changed:
         return None

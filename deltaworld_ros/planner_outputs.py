@@ -16,10 +16,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
-from deltaworld_core.camera_model import Pinhole
 from deltaworld_core.planning import Transform, obstacle_points, risk_grid, stride_for
-from deltaworld_ros.camera_info_input import CameraInfoCache, camera_info_topic
-from deltaworld_ros.futures_msg import time_to_ns
+from deltaworld_ros.camera_info_input import MapGeometry
 from deltaworld_ros.image_conversion import array_to_image_msg
 from deltaworld_ros.node_outputs import OUTPUT_QOS, Output
 from deltaworld_ros.planner_msgs import LabelInfo, camera_info_msg, grid_to_msg, label_info_msg, obstacles_to_cloud
@@ -31,49 +29,11 @@ try:  # TF where a ROS install provides tf2_ros; a static mount from parameters 
 except ImportError:
     tf2_ros = None
 
-# Best effort receives from reliable and best-effort camera drivers alike.
-CAMERA_INFO_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
 # Class names and the risk grid: kept for late subscribers, as map_server publishes a map (Nav2's
 # static layer and costmap filters subscribe transient local and would not match a volatile one).
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 STEP_KINDS = ("depth", "depth_std", "labels", "camera_info")
-
-
-class MapGeometry:
-    """The camera_info subscription beside the image topic, and each forecast's map intrinsics."""
-
-    def __init__(self, node):
-        self.node = node
-        self.cache = CameraInfoCache(node.get_logger().warning)
-        self.subscription = None
-        self._last: tuple[object, Pinhole | None] = (None, None)
-
-    def subscribe(self, image_topic: str) -> None:
-        self.unsubscribe()
-        self.subscription = self.node.create_subscription(CameraInfo, camera_info_topic(image_topic), self.cache.add,
-                                                          CAMERA_INFO_QOS)
-
-    def unsubscribe(self) -> None:
-        if self.subscription is not None:
-            subscription, self.subscription = self.subscription, None
-            self.node.destroy_subscription(subscription)
-
-    @property
-    def problem(self) -> str:
-        """Why the last forecast had no intrinsics ('' when it had them)."""
-        return self.cache.problem
-
-    def camera(self, forecast, header: Header, image: np.ndarray) -> Pinhole | None:
-        """The intrinsics of ``forecast``'s maps (made from ``image``, the camera frame with
-        ``header``), or None without a usable CameraInfo; computed once per forecast."""
-        if self._last[0] is forecast:
-            return self._last[1]
-        h, w = image.shape[:2]
-        frame = self.cache.intrinsics(time_to_ns(header.stamp), h, w)
-        camera = None if frame is None else frame.window(forecast.region or (0, 0, h, w), forecast.semantic.shape[-2:])
-        self._last = (forecast, camera)
-        return camera
 
 
 def _observation(header: Header) -> Header:
@@ -95,8 +55,8 @@ class StepImagesOutput(Output):
     def active(self) -> bool:
         return any(p.get_subscription_count() > 0 for step in self.publishers for p in step.values())
 
-    def publish(self, forecast, header, image) -> None:
-        header = _observation(header)
+    def publish(self, forecast, frame) -> None:
+        header = _observation(frame.meta.header)
         s = forecast.summary
         for n, pubs in enumerate(self.publishers[:forecast.horizon]):
             if pubs["depth"].get_subscription_count():
@@ -106,7 +66,7 @@ class StepImagesOutput(Output):
             if pubs["labels"].get_subscription_count():
                 pubs["labels"].publish(array_to_image_msg(s.semantic_mode[n], "mono8", header))
             if pubs["camera_info"].get_subscription_count():
-                camera = self.geometry.camera(forecast, header, image)
+                camera = self.geometry.camera(forecast, frame)
                 if camera is not None:  # no invented intrinsics
                     pubs["camera_info"].publish(camera_info_msg(camera, header))
 
@@ -147,8 +107,8 @@ class ObstaclesOutput(Output):
         super().__init__(node, PointCloud2, "deltaworld/obstacles")
         self.geometry, self.classes = geometry, classes
 
-    def publish(self, forecast, header, image) -> None:
-        camera = self.geometry.camera(forecast, header, image)
+    def publish(self, forecast, frame) -> None:
+        camera = self.geometry.camera(forecast, frame)
         if camera is None:
             return
         k, steps, h, w = forecast.semantic.shape
@@ -156,7 +116,7 @@ class ObstaclesOutput(Output):
                                  t_ahead=np.asarray(forecast.stamps) - forecast.stamp,
                                  min_p=self.node.param("obstacle_min_p"),
                                  stride=stride_for(steps, h, w, self.node.param("obstacle_max_points")))
-        self.publisher.publish(obstacles_to_cloud(points, _observation(header)))
+        self.publisher.publish(obstacles_to_cloud(points, _observation(frame.meta.header)))
 
 
 class RiskGridOutput(Output):
@@ -186,8 +146,9 @@ class RiskGridOutput(Output):
         return Transform.from_quaternion([t.translation.x, t.translation.y, t.translation.z],
                                          [t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w])
 
-    def publish(self, forecast, header, image) -> None:
-        camera = self.geometry.camera(forecast, header, image)
+    def publish(self, forecast, frame) -> None:
+        header = frame.meta.header
+        camera = self.geometry.camera(forecast, frame)
         mount = None if camera is None else self.mount(header)
         if mount is None:
             return
@@ -211,10 +172,10 @@ class LabelInfoOutput(Output):
     def active(self) -> bool:
         return True
 
-    def publish(self, forecast, header, image) -> None:
+    def publish(self, forecast, frame) -> None:
         names = tuple(forecast.class_names)
         if names != self._sent:
-            self.publisher.publish(label_info_msg(names, _observation(header)))
+            self.publisher.publish(label_info_msg(names, _observation(frame.meta.header)))
             self._sent = names
 
 

@@ -28,6 +28,7 @@ from std_msgs.msg import Header  # noqa: E402
 
 from deltaworld_ros.futures_msg import seconds_to_time, time_to_ns  # noqa: E402
 from deltaworld_ros.image_conversion import array_to_image_msg  # noqa: E402
+from deltaworld_ros.msg import Futures  # noqa: E402
 from deltaworld_ros.planner_msgs import LabelInfo, read_cloud  # noqa: E402
 from ros_harness import TINY, NodeProcess, smooth_frame, write_model_config  # noqa: E402
 
@@ -80,7 +81,7 @@ class Camera:
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         topics = [(f"/deltaworld/step_{n}/{kind}", CameraInfo if kind == "camera_info" else Image, qos)
                   for n in range(1, HORIZON + 1) for kind in ("camera_info", "depth", "labels")]
-        topics += [("/deltaworld/obstacles", PointCloud2, qos), ("/deltaworld/risk_grid", OccupancyGrid, latched),
+        topics += [("/deltaworld/futures", Futures, qos), ("/deltaworld/obstacles", PointCloud2, qos), ("/deltaworld/risk_grid", OccupancyGrid, latched),
                    ("/deltaworld/label_info", LabelInfo, latched)]
         for topic, msg_type, profile in topics:
             node.create_subscription(msg_type, topic, lambda m, t=topic: self._on(t, m), profile)
@@ -171,10 +172,13 @@ def test_camera_info_and_obstacles_follow_the_geometry(tmp_path, ros_env, camera
                           "the cloud and the per-step camera_info", node)
         for n in range(1, HORIZON + 1):
             info = camera.got(f"/deltaworld/step_{n}/camera_info")[-1]
-            (_, _), (h, w) = WINDOWS[geometry]
+            _, (h, w) = WINDOWS[geometry]
             assert (info.height, info.width) == (h, w)
             assert list(info.k) == pytest.approx(expected_k(geometry), rel=1e-12, abs=1e-12)
             assert list(info.d) == [0.0] * 5 and info.header.frame_id == "camera_optical_frame"
+        # the Futures message carries the same intrinsics (for planners that decode it themselves)
+        futures = [f for f in camera.got("/deltaworld/futures") if f.camera_info.width]
+        assert futures and list(futures[-1].camera_info.k) == pytest.approx(expected_k(geometry), rel=1e-12)
         cloud = camera.got("/deltaworld/obstacles")[-1]
         assert cloud.header.frame_id == "camera_optical_frame"
         # stamped at the observation: the stamp of an image the camera sent (a 0.1 s grid after start)
