@@ -181,16 +181,12 @@ def _link(name: str, target: str, hard: bool) -> tarfile.TarInfo:
 @pytest.mark.parametrize("target,hard", [("/etc/passwd", False), ("s.000009.png", False), ("s.000009.png", True),
                                          ("/etc/passwd", True)])
 def test_a_link_member_is_skipped_never_followed(tmp_path, clip, target, hard, caplog):
-    shard = _shard(tmp_path / "links.tar", clip[:4], {"fps": 25}, extra=[_link("s.000009.png", target, hard)])
-    with pytest.raises(MediaError, match="links.tar"):
-        list(iter_frames(expand_media([shard])[0]))  # 5 frames named, 4 stamps: one line naming it
-    shard = _shard(tmp_path / "links2.tar", clip[:4], {"stamps": [0, .04, .08, .12, .16]},
-                   extra=[_link("s.000009.png", target, hard)])
-    (ref,) = expand_media([shard])
-    with caplog.at_level(logging.WARNING):
-        frames = list(iter_frames(ref))
-    assert len(frames) == 4 and skipped(ref) == 1 and "s.000009.png" in caplog.text
-    assert "passwd" not in "".join(str(f[0].tobytes()[:0]) for f in frames)
+    for name, meta in (("fps.tar", {"fps": 25}), ("stamps.tar", {"stamps": [0, .04, .08, .12, .16]})):
+        shard = _shard(tmp_path / name, clip[:4], meta, extra=[_link("s.000009.png", target, hard)])
+        (ref,) = expand_media([shard])
+        with caplog.at_level(logging.WARNING):
+            frames = list(iter_frames(ref))
+        assert len(frames) == 4 and skipped(ref) == 1 and "s.000009.png" in caplog.text
 
 
 @pytest.mark.parametrize("meta,why", [({"fps": "fast"}, "fps"), ({"stamps": 5}, "stamps"),

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ..imaging import decode_image
+from ..imaging import ImageError, decode_image, file_header
 from .refs import IMAGE_EXTS, MediaError, MediaRef, in_window, record_skip
+
+log = logging.getLogger(__name__)
 
 
 def image_files(path: Path) -> list[Path]:
@@ -18,6 +21,39 @@ def image_files(path: Path) -> list[Path]:
         return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
     except OSError:
         return []
+
+
+HEADER_BYTES = 64 << 10  # enough for a PNG or PNM header and most JPEGs' (EXIF may push it further)
+
+
+def frame_header_error(path: Path) -> str | None:
+    """Why the image file at ``path`` cannot be a frame, from its header alone (an empty file,
+    another format, a declared size over the bounds), or None if its header is sound."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+            try:
+                file_header(head)
+                return None
+            except ImageError:
+                if not head.startswith(b"\xff\xd8\xff") or len(head) < HEADER_BYTES:
+                    raise
+            file_header(head + f.read())  # a JPEG whose frame header lies past the first 64 KB
+            return None
+    except (OSError, ImageError) as err:
+        return str(err)
+
+
+def sound_frames(folder: Path, files: list[Path]) -> list[int]:
+    """Indices of the ``files`` whose headers are sound (:func:`frame_header_error`); the others
+    are logged in one line naming the folder and the first few files, and left out."""
+    bad = [(i, why) for i, f in enumerate(files) if (why := frame_header_error(f)) is not None]
+    if bad:
+        shown = "; ".join(f"{files[i].name}: {why}" for i, why in bad[:3])
+        log.warning("%s: skipped %d frame(s) that cannot be decoded (%s%s)", folder, len(bad), shown,
+                    "; ..." if len(bad) > 3 else "")
+    skip = {i for i, _ in bad}
+    return [i for i in range(len(files)) if i not in skip]
 
 
 def folder_stamps(ref: MediaRef, frames: int) -> np.ndarray:
@@ -50,9 +86,7 @@ def folder_frames(ref: MediaRef, max_side: int | None, start_s: float | None = N
             continue  # never read from disk
         try:
             rgb = decode_image(np.fromfile(f, np.uint8), max_side)
-        except OSError:
-            rgb = None
-        if rgb is None:
-            record_skip(ref, f"frame {f.name} (does not decode)")
+        except (OSError, ImageError) as err:
+            record_skip(ref, f"frame {f} ({err})")
             continue
         yield rgb, float(t)

@@ -17,6 +17,7 @@ results/loader_cpu.json (docs/data-sources.md).
 from __future__ import annotations
 
 import json
+import math
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imaging import decode_image
+from ..imaging import ImageError, decode_image
 from .capture import video_frames
 from .refs import VIDEO_EXTS, MediaError, MediaRef, in_window, record_skip
 
@@ -88,7 +89,7 @@ def shard_frames(ref: MediaRef, max_side: int | None = None, *, start_s: float |
     with _open(ref.path) as tar:
         members = _sample_members(tar, ref)
         meta = _sample_meta(tar, ref, members)
-        videos = [m for m in members if m.name.lower().endswith(VIDEO_EXTS)]
+        videos = [m for m in members if m.name.lower().endswith(VIDEO_EXTS) and m.isfile()]
         if videos:
             yield from _video_member(tar, ref, videos[0], meta, max_side, start_s, stop_s)
             return
@@ -96,14 +97,18 @@ def shard_frames(ref: MediaRef, max_side: int | None = None, *, start_s: float |
         for member, stamp in zip(frames, stamps):
             if not in_window(float(stamp), start_s, stop_s):
                 continue  # not read: a plain tar member is skipped by a seek
+            if not member.isfile():  # a link would read another member or a file outside the shard
+                record_skip(ref, f"member {member.name} of {ref.path} (a link, never followed)")
+                continue
             try:
                 data = tar.extractfile(member).read()
             except (tarfile.TarError, OSError, AttributeError) as err:
                 record_skip(ref, f"frame {member.name} (unreadable: {err})")
                 continue
-            rgb = decode_image(data, max_side) if data else None
-            if rgb is None:
-                record_skip(ref, f"frame {member.name} (does not decode)")
+            try:
+                rgb = decode_image(data, max_side)
+            except ImageError as err:
+                record_skip(ref, f"frame {member.name} of {ref.path} ({err})")
                 continue
             yield rgb, float(stamp)
 
@@ -114,9 +119,9 @@ def _frame_stamps(ref: MediaRef, members: list[tarfile.TarInfo], meta: dict) -> 
     frames = sorted((m for m in members if m.name.lower().endswith(FRAME_EXTS)), key=lambda m: m.name)
     stamps = meta.get("stamps")
     if stamps is None:
-        if not meta.get("fps", 0) > 0:
+        if "fps" not in meta:
             raise MediaError(f"{ref.name}: frames without stamps: {ref.member}.json needs 'stamps' or 'fps'")
-        stamps = [i / float(meta["fps"]) for i in range(len(frames))]
+        stamps = [i / meta["fps"] for i in range(len(frames))]
     if len(stamps) != len(frames):
         raise MediaError(f"{ref.name}: {len(stamps)} stamps in {ref.member}.json for {len(frames)} frames")
     return frames, stamps
@@ -138,7 +143,7 @@ def shard_duration(ref: MediaRef) -> tuple[float, float] | None:
 
 
 def _sample_meta(tar: tarfile.TarFile, ref: MediaRef, members: list[tarfile.TarInfo]) -> dict:
-    metas = [m for m in members if m.name.lower().endswith(".json")]
+    metas = [m for m in members if m.name.lower().endswith(".json") and m.isfile()]
     if not metas:
         return {}
     if metas[0].size > MAX_JSON_BYTES:
@@ -147,9 +152,22 @@ def _sample_meta(tar: tarfile.TarFile, ref: MediaRef, members: list[tarfile.TarI
         meta = json.loads(tar.extractfile(metas[0]).read())
     except (tarfile.TarError, OSError, ValueError, AttributeError) as err:
         raise MediaError(f"{ref.name}: unreadable {metas[0].name} ({err})") from err
+    where = f"{ref.path}: {metas[0].name}"
     if not isinstance(meta, dict):
-        raise MediaError(f"{ref.name}: {metas[0].name} must hold a JSON object")
+        raise MediaError(f"{where} must hold a JSON object, not a {type(meta).__name__}")
+    if "fps" in meta and not (_finite(meta["fps"]) and meta["fps"] > 0):
+        raise MediaError(f"{where}: 'fps' must be a finite number > 0, got {str(meta['fps'])[:40]!r}")
+    stamps = meta.get("stamps")
+    if stamps is not None and not (isinstance(stamps, list) and all(map(_finite, stamps))):
+        what = (f"a {type(stamps).__name__}" if not isinstance(stamps, list)
+                else f"{str(next(v for v in stamps if not _finite(v)))[:40]!r} among them")
+        raise MediaError(f"{where}: 'stamps' must be a list of finite numbers of seconds, got {what}")
     return meta
+
+
+def _finite(value) -> bool:
+    """A JSON number that is finite (``true``/``false`` are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _video_member(tar: tarfile.TarFile, ref: MediaRef, member: tarfile.TarInfo, meta: dict,

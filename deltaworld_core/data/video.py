@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..imaging import ImageError, decode_image
+from .folders import sound_frames
 from .refs import IMAGE_EXTS
 from .samples import sample_video_paths  # noqa: F401 - part of this module's interface
 
@@ -112,6 +114,11 @@ class FrameFolder:
             self.stamps = np.arange(len(self.files), dtype=np.float64) / self.fps
         else:
             raise ValueError(f"{self.path}: no timestamps.txt, pass fps=")
+        # an empty, foreign or oversized frame is left out (logged once), its stamp with it
+        keep = sound_frames(self.path, self.files)
+        if not keep:
+            raise ValueError(f"{self.path}: none of its {len(self.files)} frames can be decoded")
+        self.files, self.stamps = [self.files[i] for i in keep], self.stamps[keep]
 
     @property
     def num_frames(self) -> int:
@@ -122,7 +129,12 @@ class FrameFolder:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
         for f, t in zip(self.files, self.stamps):
-            yield read_rgb(f), float(t)
+            try:
+                rgb = read_rgb(f)
+            except ValueError as err:  # a sound header over damaged pixels: the frame is lost alone
+                warnings.warn(str(err), TruncatedVideoWarning, stacklevel=2)
+                continue
+            yield rgb, float(t)
 
     def read_all(self, max_frames: int | None = None, stride: int = 1,
                  size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -132,11 +144,13 @@ class FrameFolder:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Image file -> RGB uint8 [H, W, 3]; raises on missing or undecodable files."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image (missing or corrupt): {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    """Image file -> RGB uint8 [H, W, 3], its header checked before decoding
+    (:func:`~deltaworld_core.imaging.decode_image`); raises ValueError naming the file for a
+    missing, undecodable or oversized image."""
+    try:
+        return decode_image(np.fromfile(path, np.uint8))
+    except (OSError, ImageError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
 
 
 def _collect(it, max_frames, stride, size, path):

@@ -4,7 +4,7 @@
 rosbag2 recordings): the header's size is read and checked before decoding, JPEGs are decoded at
 1/2, 1/4 or 1/8 scale when asked (JPEG's decoder then never builds the full-size image), and a
 decoded size that differs from the header's claim is refused. :func:`decode_image` reads image
-files (frame folders, tar shards) in any format OpenCV knows.
+files (frame folders, tar shards) the same way: header first, checked, then decoded.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .errors import ABSURD_SIZE, UNDECODABLE, ImageError
-from .headers import check_size, compressed_kind, compressed_size, jpeg_size
+from .errors import ABSURD_SIZE, UNDECODABLE, ZERO_SIZE, ImageError
+from .headers import check_size, compressed_kind, compressed_size, pnm_size
 
 REDUCTIONS = (8, 4, 2)  # the factors OpenCV's reduced decoding offers (IMREAD_REDUCED_COLOR_2/4/8)
 REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -66,19 +66,41 @@ def side_factor(kind: str | None, height: int, width: int, max_side: int | None)
     return next((f for f in REDUCTIONS if max(height, width) // f >= max_side), 1)
 
 
-def decode_image(data: bytes | memoryview | np.ndarray, max_side: int | None = None) -> np.ndarray | None:
-    """An image file (any format OpenCV reads) -> RGB uint8 with its longer side at most
-    ``max_side``, or None if it does not decode. JPEGs are decoded at 1/2, 1/4 or 1/8 scale when
-    that still leaves ``max_side`` pixels (several times faster than decoding in full and shrinking)."""
+def file_header(data: bytes | memoryview | np.ndarray) -> tuple[str, int, int]:
+    """(``"png"``/``"jpeg"``/``"pnm"``, height, width) of an image file's header, size checked
+    (:func:`~.headers.check_size`) before any pixel is decoded. Raises ImageError: ``zero_size``
+    for an empty file, ``undecodable`` for another format or an unreadable header,
+    ``absurd_size`` for a header declaring more than the bounds."""
+    view = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else memoryview(data.reshape(-1))
+    if len(view) == 0:
+        raise ImageError("an empty file (0 bytes)", ZERO_SIZE)
+    if compressed_kind(view) is not None:
+        kind, height, width = compressed_header(view)
+    else:
+        size = pnm_size(view)
+        if size is None:
+            raise ImageError(f"data ({len(view)} bytes) is not a PNG, JPEG, PGM or PPM image "
+                             f"(starts {bytes(view[:8])!r})", UNDECODABLE)
+        kind, (height, width) = "pnm", size
+    try:
+        check_size(height, width)
+    except ImageError as err:
+        raise ImageError(f"{kind} header declares {err}", err.cause) from None
+    return kind, height, width
+
+
+def decode_image(data: bytes | memoryview | np.ndarray, max_side: int | None = None) -> np.ndarray:
+    """An image file (PNG, JPEG, PGM or PPM: what frame folders and shards hold) -> RGB uint8 with
+    its longer side at most ``max_side``. The header is read and checked first
+    (:func:`file_header`), so a few-KB file declaring 30000x30000 px is never decoded. JPEGs are
+    decoded at 1/2, 1/4 or 1/8 scale when that still leaves ``max_side`` pixels (several times
+    faster than decoding in full and shrinking). Raises ImageError naming what is wrong."""
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    flag = cv2.IMREAD_COLOR
-    if max_side is not None and buf[:3].tobytes() == b"\xff\xd8\xff":
-        size = jpeg_size(memoryview(buf))  # the whole file: EXIF/APP segments may pass 64 KB
-        if size is not None:
-            flag = REDUCED_FLAGS.get(side_factor("jpeg", *size, max_side), cv2.IMREAD_COLOR)
+    kind, height, width = file_header(buf)
+    flag = REDUCED_FLAGS.get(side_factor(kind, height, width, max_side), cv2.IMREAD_COLOR)
     bgr = cv2.imdecode(buf, flag)
     if bgr is None:
-        return None
+        raise ImageError(f"{kind} data ({len(buf)} bytes) could not be decoded", UNDECODABLE)
     return shrink_to_side(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side)
 
 

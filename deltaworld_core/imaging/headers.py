@@ -2,7 +2,8 @@
 
 A few-KB PNG or JPEG can declare 30000x30000 px, which OpenCV (limit 2^30 px) would spend
 seconds and gigabytes decoding; a raw camera message can claim any height and width. Every
-reader (the node, rosbag2 recordings) checks the declared size against these bounds first.
+reader (the node, rosbag2 recordings, frame folders, tar shards) checks the declared size against
+these bounds first.
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
             return None
         pos += 2 + length
     return None
+
+
+def pnm_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(height, width) of a binary or ASCII PGM/PPM (``P2``/``P3``/``P5``/``P6``) header, or None."""
+    head = bytes(data[:512])
+    if len(head) < 2 or head[:1] != b"P" or head[1:2] not in b"2356":
+        return None
+    fields: list[bytes] = []
+    for line in head[2:].split(b"\n"):
+        fields += line.split(b"#", 1)[0].split()
+        if len(fields) >= 2:
+            break
+    if len(fields) < 2 or not all(f.isdigit() and len(f) < 10 for f in fields[:2]):
+        return None
+    return int(fields[1]), int(fields[0])
 
 
 def compressed_size(data: bytes | memoryview) -> tuple[int, int] | None:
