@@ -9,60 +9,31 @@ however fast frames arrive (deltaworld_core.runner, the same frame runner the be
 Run: ``python -m deltaworld_ros.forecast_node --ros-args --params-file config/forecast.yaml``
 or ``ros2 run deltaworld_ros forecast_node --ros-args ...``.
 
-This module is the entry point (command line, start-up, exit); the node is
-:class:`deltaworld_ros.node_lifecycle.ForecastNode`, its parts are node_parameters, node_camera,
-node_outputs and node_diagnostics.
+This module is the entry point (Ctrl-C, exit; node_process has the command line, start-up and
+spin); the node is :class:`deltaworld_ros.node_lifecycle.ForecastNode`, its parts are
+node_parameters, node_camera, node_outputs and node_diagnostics.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
-from rclpy.lifecycle import TransitionCallbackReturn
-
-from deltaworld_ros.image_conversion import cut
-from deltaworld_ros.node_lifecycle import ForecastNode, resolve_device  # noqa: F401 - the node's public names
-from deltaworld_ros.node_parameters import PARAMETERS, ParameterError, parameter_problem  # noqa: F401
-
-
-def usage() -> str:
-    """``forecast_node --help``: how to run it and every parameter with its default."""
-    lines = [__doc__.strip().splitlines()[0], "",
-             "usage: forecast_node [-h] [--ros-args [--params-file FILE] [-p NAME:=VALUE] [-r __ns:=/NAMESPACE] ...]",
-             "", "parameters (NAME (default): description):"]
-    lines += [f"  {name} ({default!r}): {description}" for name, (default, description) in PARAMETERS.items()]
-    lines += ["", "A parameter out of range is one line and exit status 2; a failed configure exits 1."]
-    return "\n".join(lines)
+# The node's public names, imported on first use (PEP 562): importing this module (what
+# ``ros2 run`` and ``python -m`` do before main) stays light, so that main installs its Ctrl-C
+# handler before rclpy, torch and the model load (they take seconds on a loaded CPU).
+_PUBLIC = {"ForecastNode": "deltaworld_ros.node_lifecycle", "resolve_device": "deltaworld_ros.node_lifecycle",
+           "PARAMETERS": "deltaworld_ros.node_parameters", "ParameterError": "deltaworld_ros.node_parameters",
+           "parameter_problem": "deltaworld_ros.node_parameters", "rclpy": "rclpy"}
 
 
-def command_line_problem(argv: list[str]) -> str | None:
-    """Why the command line cannot start a node (a params file that is not a readable file,
-    an unknown argument), or None. Checked before rcl sees the arguments: rcl's own report of a
-    missing params file is a multi-line traceback, and launch_ros only warns about one."""
-    ros_args, index = False, 0
-    while index < len(argv):
-        arg = argv[index]
-        if arg == "--ros-args":
-            ros_args = True
-        elif arg == "--" and ros_args:
-            ros_args = False
-        elif ros_args and arg == "--params-file":
-            if index + 1 >= len(argv):
-                return "--params-file needs a file name"
-            path = argv[index + 1]
-            if not os.path.isfile(path):
-                return f"params file {cut(path, 300)} does not exist (or is not a file)"
-            if not os.access(path, os.R_OK):
-                return f"params file {cut(path, 300)} is not readable"
-            index += 1
-        elif not ros_args:
-            return f"unknown argument {cut(arg)} (node options go after --ros-args; see --help)"
-        index += 1
-    return None
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_PUBLIC[name])
+    return module if module.__name__ == name else getattr(module, name)
 
 
 def _exit_now(status: int) -> None:
@@ -76,52 +47,38 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
+class CtrlC:
+    """The process's SIGINT handler, installed before anything else is imported.
+
+    While the node starts (imports, rclpy.init, parameters, configure's model load and stage
+    probe, activate) a Ctrl-C ends the process at once with status 0: nothing has been published
+    yet and nothing is worth waiting for (a KeyboardInterrupt there, or an rcl call on the context
+    rclpy's handler had just shut down, was a traceback and exit 1 or -2: a failure under launch).
+
+    Once the node spins (:meth:`started`) it does nothing. rclpy.init installs rclpy's handler in
+    front of this one: it shuts the context down, which ends spin, and hands each signal on to
+    this one. A terminal's Ctrl-C reaches a launched node twice (from the terminal and forwarded
+    by launch); Python's default handler would turn the second into a KeyboardInterrupt inside
+    the teardown (exit -2)."""
+
+    def __init__(self):
+        self.starting = True
+
+    def __call__(self, signum, frame) -> None:
+        if self.starting:
+            _exit_now(0)
+
+    def started(self) -> None:
+        self.starting = False
+
+
 def main(args: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if args is None else list(args)
-    user_args = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
-    if "-h" in user_args or "--help" in user_args:
-        print(usage())
-        return 0
-    problem = command_line_problem(argv)
-    if problem:
-        print(f"forecast_node: {problem}", file=sys.stderr)
-        return 2
-    # A terminal's Ctrl-C reaches the node twice: from the terminal (the whole process group) and
-    # from ros2 launch, which forwards it. rclpy's handler takes the first (it shuts the context
-    # down, which ends spin) and hands each signal on to the handler it found; with Python's
-    # default there, the second became a KeyboardInterrupt inside the teardown and the process
-    # died by SIGINT (exit -2). This handler, found by rclpy and restored after it, ignores them.
-    signal.signal(signal.SIGINT, lambda signum, frame: None)
-    rclpy.init(args=["forecast_node", *argv])
-    try:
-        node = ForecastNode()
-    except ParameterError as err:  # one line a user can act on, not a traceback
-        rclpy.logging.get_logger("forecast_node").fatal(str(err))
-        _exit_now(2)
-    status = 0
-    try:
-        if node.param("autostart"):
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().fatal("autostart: configure failed (the cause is logged above)")
-                status = 1
-            else:
-                node.trigger_activate()
-        if status == 0:
-            rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RuntimeError:
-        # Ctrl-C shuts the context down from rclpy's signal handler; a spin caught between its
-        # checks then fails to build its wait set (RCLError "context is not valid") instead of
-        # raising ExternalShutdownException: the same clean shutdown. With the context still up
-        # the error is real and propagates.
-        if rclpy.ok():
-            raise
-    finally:
-        # Stop taking frames and tell the worker to stop, but never wait for a model step: the
-        # forecast it would produce has nobody to go to.
-        node.stop_quickly()
-        rclpy.try_shutdown()
+    ctrl_c = CtrlC()
+    signal.signal(signal.SIGINT, ctrl_c)  # first: rclpy.init finds it and keeps it behind its own
+    # Imported only now, for the reason of _PUBLIC: rclpy, torch and the node's modules.
+    from deltaworld_ros import node_process
+
+    status = node_process.run(sys.argv[1:] if args is None else list(args), ctrl_c.started)
     _exit_now(status)
     return status  # not reached (kept for callers that patch _exit_now)
 

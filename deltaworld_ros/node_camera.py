@@ -51,16 +51,23 @@ class CameraMeta:
 class StampGaps:
     """Frames missing between consecutive camera stamps. The camera's period is the shortest of
     the recent intervals (a lost frame only lengthens one); an interval of n periods (within a
-    quarter period) means n - 1 frames lost. Intervals over ``max_gap_s`` are a break in the
+    quarter period) means n - 1 frames lost, less the frames that did arrive in between but were
+    refused (malformed: received, not lost). Intervals over ``max_gap_s`` are a break in the
     stream (the context restarts), not losses; a camera that only ever delivers every third frame
-    cannot be told from a camera at a third of the rate."""
+    cannot be told from a camera at a third of the rate.
+
+        gaps = StampGaps()
+        [gaps.missing(t, 1.0) for t in (0.0, 0.1, 0.2, 0.3, 0.4, 0.7)]  # [0, 0, 0, 0, 0, 2]
+    """
 
     def __init__(self, history: int = 50, min_intervals: int = 4):
         self.intervals: deque[float] = deque(maxlen=history)
         self.min_intervals = min_intervals
         self.last: float | None = None
 
-    def missing(self, stamp: float, max_gap_s: float) -> int:
+    def missing(self, stamp: float, max_gap_s: float, refused_between: int = 0) -> int:
+        """Frames lost between the previous stamp and ``stamp``; ``refused_between``: messages
+        that arrived between the two but were refused."""
         last, self.last = self.last, stamp
         if last is None or not 0 < stamp - last <= max_gap_s:
             return 0
@@ -70,7 +77,7 @@ class StampGaps:
             return 0
         ratio = interval / min(self.intervals)
         periods = round(ratio)
-        return periods - 1 if periods >= 2 and abs(ratio - periods) <= 0.25 else 0
+        return max(0, periods - 1 - refused_between) if periods >= 2 and abs(ratio - periods) <= 0.25 else 0
 
 
 class CameraInput:
@@ -85,6 +92,7 @@ class CameraInput:
         self.model_size: tuple[int, int] | None = None  # the VFM input (h, w): frames converted no larger
         self.max_gap_s = float("inf")  # the model config's: a longer interval is a break, not a loss
         self._gaps = StampGaps()
+        self._refused_since_stamp = 0  # messages refused since the last good frame's stamp
 
     def configure(self, horizon_s: float, model_size: tuple[int, int], max_gap_s: float) -> None:
         self.horizon_s, self.model_size, self.max_gap_s = horizon_s, model_size, max_gap_s
@@ -104,7 +112,7 @@ class CameraInput:
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.node.param("input_depth"), reliability=policy,
                          durability=DurabilityPolicy.VOLATILE)
         events = dict(incompatible_qos=self._on_incompatible_qos, message_lost=self._on_message_lost)
-        self._gaps = StampGaps()
+        self._gaps, self._refused_since_stamp = StampGaps(), 0
         try:
             self.subscription = self.node.create_subscription(msg_type, topic, self._on_image, qos,
                                                               event_callbacks=SubscriptionEventCallbacks(**events))
@@ -205,6 +213,7 @@ class CameraInput:
             rgb = msg_to_rgb(msg, self.model_size)  # no larger than the model needs: bounded memory
         except ImageConversionError as err:
             self.stats.malformed += 1
+            self._refused_since_stamp += 1
             self.log_limited(err.cause, f"skipping malformed image ({err.cause}): {err}")
             return
         stamp = time_to_seconds(msg.header.stamp)
@@ -212,7 +221,8 @@ class CameraInput:
             self.log_limited("unstamped", "image header stamp is zero: using the node clock instead")
             stamp = self.node.get_clock().now().nanoseconds * 1e-9
         else:
-            missing = self._gaps.missing(stamp, self.max_gap_s)
+            missing = self._gaps.missing(stamp, self.max_gap_s, self._refused_since_stamp)
+            self._refused_since_stamp = 0
             if missing:
                 self.stats.lost_estimated += missing
                 self._lost(missing, f"{missing} missing from the camera's stamps (lost before the node took them)")
