@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .checkpoint import atomic_write
 from .cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
+from .dense import DenseConfig, DenseForesight, load_dense
 from .forecaster import Forecaster, future_maps, load_models, resolve_quantize
 from .stages import MODES, choose_stages, measure_stream, probe_stream, synthetic_stream
 from .vfm_runtime import cpu_has_native_bf16
@@ -128,8 +129,6 @@ def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = N
     same VFM grid, context and horizon, one sample each (the dense one is deterministic). The
     dense model is the trained checkpoint when given, else the default-size baseline. FLOPs are
     counted on ``float_world`` (the flop counter cannot see int8 kernels), timed on ``fc.world``."""
-    from .dense import DenseConfig, DenseForesight, load_dense
-
     c = fc.cfg.vfm.embed_dim
     model = load_dense(dense_weights) if dense_weights else DenseForesight(c, DenseConfig(context=fc.context))
     model = model.to(fc.device).eval()

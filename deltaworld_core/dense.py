@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .checkpoint import CheckpointError, load_state_strict, read_state, save_state
@@ -186,8 +187,6 @@ def load_dense(path: str | Path, cfg: DenseConfig | None = None, feature_dim: in
         path = path / "dense.safetensors"
     state = read_state(path)
     if cfg is None or feature_dim is None:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         if "config" not in meta or "feature_dim" not in meta:

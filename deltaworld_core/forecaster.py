@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import geometry
 from .checkpoint import CheckpointNotFoundError, load_module, missing_weights
@@ -247,8 +248,6 @@ class Forecaster:
         (torch.compile mode="reduce-overhead"): their shapes are fixed for a given config (the
         predictor's context grows over the horizon: one graph per step). A graph replays into
         the same output memory, so each output is cloned before the next replay reuses it."""
-        from torch.utils._python_dispatch import _get_current_dispatch_mode
-
         def capture(fn):
             compiled = torch.compile(fn, mode="reduce-overhead", dynamic=False, fullgraph=False)
 

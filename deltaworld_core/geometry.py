@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -109,8 +110,6 @@ def layout(geometry: str, frame: tuple[int, int], model: tuple[int, int], output
 def cut_views(image, lay: Layout):
     """HxWx3 uint8 frame -> [V, h, w, 3] windows (the VFM resizes them to the model input); one
     view is a view of the frame, no copy."""
-    import numpy as np
-
     crops = [image[y0:y1, x0:x1] for y0, x0, y1, x1 in lay.views]
     return np.stack(crops) if len(crops) > 1 else crops[0][None]
 

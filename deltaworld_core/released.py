@@ -119,6 +119,7 @@ from torch import nn
 from .cli import add_overrides_argument, parse_overrides, run_cli
 from .checkpoint import CheckpointError, load_state_strict, mismatch_report, read_state, save_state
 from .config import ModelConfig, load_config
+from .forecaster import WEIGHT_FILES, build_models
 
 log = logging.getLogger(__name__)
 
@@ -475,8 +476,6 @@ def convert(out: str | Path, config: str | Path = "paper", overrides: dict[str, 
             deltatok: str | Path | None = None, deltaworld: str | Path | None = None,
             seg_head: str | Path | None = None, depth_head: str | Path | None = None) -> dict[str, Path]:
     """Converts released files into ``out``/{tokenizer,world,heads}.safetensors. Returns what was written."""
-    from .forecaster import WEIGHT_FILES, build_models
-
     if (seg_head is None) != (depth_head is None):
         raise CheckpointError("heads.safetensors holds both heads: give both --seg-head and --depth-head")
     cfg = load_config(config, overrides)

@@ -13,6 +13,7 @@ is in the batch). With B=1 this is exactly the draw order of ``Forecaster``'s st
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 import torch
@@ -116,8 +117,6 @@ def rollout_residuals(tokenizer: DeltaTok, world: DeltaWorld, context_tokens: to
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if tick is None:
-        import time
-
         tick = time.perf_counter
     horizon = target_times.shape[1]
     device, dtype = last_features.device, last_features.dtype

@@ -510,7 +510,7 @@ def build_vfm(cfg, device="cpu", dtype=torch.float32, cache_dir=None, seed: int 
             if not onnx_path.exists():
                 export_onnx(backbone, image_size, onnx_path)
             if precision == "int8":
-                import onnxruntime
+                import onnxruntime  # only the int8 path needs its version (a heavy optional import)
 
                 # keyed by the float export it came from, the quantiser's settings and its version
                 qkey = json.dumps({"fp32": onnx_path.name, **INT8_SETTINGS, "ort": onnxruntime.__version__},

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import apply_rope
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -120,8 +122,6 @@ class _Bf16Block(nn.Module):
             self.fc_in, self.fc_out = _Bf16Linear(mlp.fc1), _Bf16Linear(mlp.fc2, gamma(block.ls2))
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
-        from .layers import apply_rope
-
         b, t, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).reshape(b, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         if rope is not None:

