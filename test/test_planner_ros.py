@@ -213,6 +213,21 @@ def test_without_camera_info_the_3d_outputs_stay_silent_and_diagnostics_say_why(
         node.stop()
 
 
+def test_camera_info_is_remappable(tmp_path, ros_env, camera):
+    """``-r camera/camera_info:=...`` moves the node's CameraInfo input, as with any camera node."""
+    default_info = camera.info
+    camera.info = camera.node.create_publisher(CameraInfo, "/calibration/info",
+                                               QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    node = start_node(tmp_path, ros_env, "squash", ros_args=("-r", "camera/camera_info:=/calibration/info"))
+    try:
+        wait_connected(camera, node)
+        camera.send_until(lambda: camera.got("/deltaworld/step_1/camera_info"), "the per-step camera_info", node)
+        assert default_info.get_subscription_count() == 0
+        assert list(camera.got("/deltaworld/step_1/camera_info")[-1].k) == pytest.approx(expected_k("squash"))
+    finally:
+        node.stop()
+
+
 def test_risk_grid_marks_the_wall_for_the_mount(tmp_path, ros_env, camera):
     node = start_node(tmp_path, ros_env, "squash", publish_risk_grid=True, risk_grid_frame="base_link",
                       risk_grid_resolution=GRID["resolution"], risk_grid_size=GRID["size"],

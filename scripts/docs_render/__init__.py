@@ -15,6 +15,7 @@ Modules (each registers the renderers of one kind of result):
 - :mod:`.messages`: Futures message sizes and DDS delivery (bench_outputs, measure_futures_dds)
 - :mod:`.device`: the GPU checks of scripts/device_check.sh (device_*.json, flops_*.json)
 - :mod:`.node`: the node on a CPU (node_rate*.json) and camera input per QoS (input_qos.json)
+- :mod:`.planner`: what each planner-facing output adds per forecast (planner_outputs*.json)
 - :mod:`.loader`: the data reader's frames per second (loader_cpu.json)
 - :mod:`.precision`: the VFM per precision and comparisons of two evaluations (eval_compare_*.json)
 - :mod:`.quality`: held-out and synthetic evaluations, calibration, predictability
@@ -49,6 +50,6 @@ SCRIPTS = Path(__file__).resolve().parent.parent
 if str(SCRIPTS) not in sys.path:  # bench_cpu_runs and compare_evals own the names renderers share
     sys.path.insert(0, str(SCRIPTS))
 
-from . import bench, code_tables, device, loader, messages, node, precision, quality, summary  # noqa: E402,F401
+from . import bench, code_tables, device, loader, messages, node, planner, precision, quality, summary  # noqa: E402,F401
 from .engine import MARKER, OPEN, pages, render_text, run  # noqa: E402,F401
 from .registry import RENDERERS, renderer  # noqa: E402,F401
