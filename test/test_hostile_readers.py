@@ -342,12 +342,15 @@ def test_a_video_with_an_extension_not_listed_is_read_if_it_decodes(tmp_path, cl
     for f in clip:
         writer.write(np.ascontiguousarray(f[..., ::-1]))
     writer.release()
-    ts = avi.rename(tmp_path / "clip.ts")
-    (ref,) = expand_media([ts])
-    assert ref.kind == "video" and len(list(iter_frames(ref))) == len(clip)
-    junk = tmp_path / "notes.ts"
+    ts = tmp_path / "clip.ts"
+    ts.write_bytes(avi.read_bytes())
+    for name in ("clip.ts", "clip.bin"):  # a listed extension, and one OpenCV decodes anyway
+        ts = avi.rename(tmp_path / name) if name == "clip.bin" else ts
+        (ref,) = expand_media([ts])
+        assert ref.kind == "video" and len(list(iter_frames(ref))) == len(clip)
+    junk = tmp_path / "notes.bin"
     junk.write_text("not a video")
-    with pytest.raises(MediaError, match="notes.ts"):
+    with pytest.raises(MediaError, match="notes.bin"):
         expand_media([junk])
 
 

@@ -25,6 +25,16 @@ def open_capture(path: str, name: str) -> cv2.VideoCapture:
     return cap
 
 
+def decodes_a_frame(path: str | Path) -> bool:
+    """Whether OpenCV opens ``path`` as a video and decodes its first frame (any container and
+    codec its FFmpeg knows: an MPEG transport stream ``.ts``, ...)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return bool(cap.isOpened() and cap.read()[0])
+    finally:
+        cap.release()
+
+
 def video_fps(path: str | Path) -> float:
     """The frame rate a video container declares (MediaError if none)."""
     cap = open_capture(str(path), str(path))

@@ -47,7 +47,7 @@ def _run(cmd: list[str], cwd: Path) -> None:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
     except FileNotFoundError as err:
-        raise FetchError(f"`{cmd[0]}` is not installed on this machine") from err
+        raise FetchError(f"`{cmd[0]}` was not found on PATH: install it first") from err
     except subprocess.TimeoutExpired as err:
         raise FetchError(f"`{' '.join(cmd)}` took over 15 minutes") from err
     if proc.returncode:

@@ -7,6 +7,7 @@ import csv
 import logging
 import os
 import re
+import urllib.parse
 from pathlib import Path
 
 from .refs import VIDEO_EXTS, MediaError
@@ -36,11 +37,47 @@ KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")
 PATH_COLUMNS = ("path", "video", "file", "filename", "filepath")
 
 
-def read_list(path: Path) -> list[str]:
-    """The entries a ``.txt``/``.csv`` list names, as paths (relative ones resolved against the
-    list's folder):
+MAX_LINE_BYTES = 128 << 10  # a path, or a CSV row naming one; a longer line is not a list's
+MAX_LIST_LINES = 1_000_000
 
-    * one path per line (``#`` starts a comment; blank lines ignored), or
+
+def list_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, text)`` of the list's non-blank, non-comment lines, read line by line:
+    a line over MAX_LINE_BYTES or more than MAX_LIST_LINES lines is refused (MediaError naming
+    the file and line) before the rest is read."""
+    out: list[tuple[int, str]] = []
+    try:
+        with open(path, "rb") as f:
+            for number in range(1, MAX_LIST_LINES + 2):
+                raw = f.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    return out
+                if len(raw) > MAX_LINE_BYTES:
+                    raise MediaError(f"{path}: line {number} is longer than {MAX_LINE_BYTES} bytes (not a list of "
+                                     "recordings)")
+                if number > MAX_LIST_LINES:
+                    raise MediaError(f"{path}: more than {MAX_LIST_LINES} lines")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+                if text.strip() and not text.lstrip().startswith("#"):
+                    out.append((number, text))
+    except UnicodeDecodeError as err:
+        raise MediaError(f"{path}: line {number} is not UTF-8 text ({err.reason})") from None
+    except OSError as err:
+        raise MediaError(f"{path}: cannot read the list ({err.strerror or err})") from None
+    return out
+
+
+def read_list(path: Path) -> list[str]:
+    """The entries a ``.txt``/``.csv`` list names, as paths (see :func:`list_entries`)."""
+    return [entry for _, entry in list_entries(path)]
+
+
+def list_entries(path: Path) -> list[tuple[int, str]]:
+    """``(line number, entry)`` of a ``.txt``/``.csv`` list, as paths (relative ones resolved
+    against the list's folder), lines streamed by :func:`list_lines`:
+
+    * one path per line (``#`` starts a comment; blank lines ignored; a ``file://`` URL is its
+      path), or
     * a CSV whose header has a ``path``/``video``/``file``/``filename``/``filepath`` column, or
     * a Kinetics annotation CSV (``youtube_id,time_start,time_end`` columns): each row names the
       file ``<youtube_id>_<time_start:06d>_<time_end:06d>.<video ext>`` found anywhere under the
@@ -48,33 +85,52 @@ def read_list(path: Path) -> list[str]:
       some videos: rows without a file are skipped and counted in one warning; none found is an
       error.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise MediaError(f"{path}: cannot read the list ({err})") from err
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = list_lines(path)
     if not lines:
         raise MediaError(f"{path}: an empty list")
-    header = [h.strip().lower() for h in next(csv.reader([lines[0]]))]
-    base = path.parent
-    if all(c in header for c in KINETICS_COLUMNS):
-        return _kinetics_rows(path, lines, header)
-    column = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
-    if column is not None:
-        rows = [r for r in csv.reader(lines[1:]) if r]
-        bad = [i + 2 for i, r in enumerate(rows) if len(r) <= column or not r[column].strip()]
-        if bad:
-            raise MediaError(f"{path}: line {bad[0]} has no {header[column]!r} value")
-        entries = [r[column].strip() for r in rows]
-    elif path.suffix.lower() == ".csv" and "," in lines[0]:
-        raise MediaError(f"{path}: a CSV needs a header with a path column ({', '.join(PATH_COLUMNS)}) or the "
-                         f"Kinetics columns ({', '.join(KINETICS_COLUMNS)}); got {', '.join(header)}")
-    else:
-        entries = [line.strip() for line in lines]
-    return [e if Path(e).expanduser().is_absolute() else str(base / e) for e in entries]
+    try:
+        header = [h.strip().lower() for h in next(csv.reader([lines[0][1]]))]
+        base = path.parent
+        if all(c in header for c in KINETICS_COLUMNS):
+            return _kinetics_rows(path, lines, header)
+        column = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
+        if column is not None:
+            entries = []
+            for number, text in lines[1:]:
+                row = next(csv.reader([text]), [])
+                if len(row) <= column or not row[column].strip():
+                    raise MediaError(f"{path}: line {number} has no {header[column]!r} value")
+                entries.append((number, row[column].strip()))
+        elif path.suffix.lower() == ".csv" and "," in lines[0][1]:
+            raise MediaError(f"{path}: a CSV needs a header with a path column ({', '.join(PATH_COLUMNS)}) or the "
+                             f"Kinetics columns ({', '.join(KINETICS_COLUMNS)}); got {', '.join(header)[:200]}")
+        else:
+            entries = [(number, text.strip()) for number, text in lines]
+    except csv.Error as err:
+        raise MediaError(f"{path}: not a readable CSV ({err})") from None
+    out = []
+    for number, entry in entries:
+        entry = local_path(entry, f"{path}: line {number}")
+        out.append((number, entry if Path(entry).expanduser().is_absolute() else str(base / entry)))
+    return out
 
 
-def _kinetics_rows(path: Path, lines: list[str], header: list[str]) -> list[str]:
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_path(entry: str, where: str) -> str:
+    """``entry`` as a local path: a ``file://`` URL becomes its (unquoted) path; another URL is
+    a MediaError (recordings are read from local files)."""
+    if not _URL.match(entry):
+        return entry
+    url = urllib.parse.urlparse(entry)
+    if url.scheme.lower() == "file" and url.netloc in ("", "localhost"):
+        return urllib.parse.unquote(url.path)
+    raise MediaError(f"{where}: {entry[:200]!r} is a URL: recordings are read from local paths "
+                     "(download it first)")
+
+
+def _kinetics_rows(path: Path, lines: list[tuple[int, str]], header: list[str]) -> list[tuple[int, str]]:
     ids = [header.index(c) for c in KINETICS_COLUMNS]
     by_stem: dict[str, str] = {}
     for here, dirs, files in os.walk(path.parent):
@@ -84,7 +140,8 @@ def _kinetics_rows(path: Path, lines: list[str], header: list[str]) -> list[str]
             if ext.lower() in VIDEO_EXTS:
                 by_stem.setdefault(stem, os.path.join(here, f))
     out, missing = [], 0
-    for line_no, row in enumerate(csv.reader(lines[1:]), start=2):
+    for line_no, text in lines[1:]:
+        row = next(csv.reader([text]), [])
         if not row:
             continue
         try:
@@ -93,7 +150,7 @@ def _kinetics_rows(path: Path, lines: list[str], header: list[str]) -> list[str]
         except (IndexError, ValueError) as err:
             raise MediaError(f"{path}: line {line_no} is not a Kinetics row ({err})") from None
         if stem in by_stem:
-            out.append(by_stem[stem])
+            out.append((line_no, by_stem[stem]))
         else:
             missing += 1
     if not out:

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deltaworld_core.data.media",
                                      description="List recordings, and write tar shards or rosbag2 bags from videos.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="print the refs a set of entries names (no decoding)")
+    p = sub.add_parser("list", help="print the refs a set of entries names (no decoding); each recording that "
+                       "cannot be used is one line on stderr, and the exit status is then 2")
     p.add_argument("entries", nargs="+")
     p.add_argument("--topic", action="append", default=None, help="bag image topic (repeat for several)")
     p = sub.add_parser("shard", help="write WebDataset tar shards of videos (frames as JPEG)")
@@ -79,8 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "list":
-            for ref in expand_media(args.entries, args.topic):
+            errors: list[str] = []
+            for ref in expand_media(args.entries, args.topic, errors=errors):
                 print(f"{ref.kind}\t{ref.name}")
+            for line in errors:  # each refused recording, one line; the others were listed
+                print(f"{parser.prog}: error: {line}", file=sys.stderr)
+            if errors:
+                return 2
         elif args.command == "shard":
             if args.per_shard < 1:
                 raise MediaError(f"--per-shard must be >= 1, got {args.per_shard}")

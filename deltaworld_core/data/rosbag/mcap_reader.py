@@ -96,6 +96,17 @@ def mcap_topics(path: Path) -> dict[str, str]:
     return topics
 
 
+def mcap_has_messages(path: Path, topic: str) -> bool | None:
+    """Whether ``topic`` has a message in the file, from the summary's statistics (None without
+    them: a killed recorder's file, to be read to know)."""
+    with open(path, "rb") as stream:
+        summary = mcap_summary(stream)
+    if summary is None or summary.statistics is None:
+        return None
+    counts = summary.statistics.channel_message_counts
+    return any(counts.get(c.id, 0) for c in summary.channels.values() if c.topic == topic)
+
+
 def _walk_mcap(path: Path, ref: MediaRef | None):
     """``(kind, record)`` for the schemas, channels and messages of an MCAP read from the start,
     record by record (for files without a usable summary). A corrupt chunk is skipped (counted on

@@ -12,8 +12,8 @@ from ...imaging import (TRUNCATED_DATA, ImageError, check_size, compressed_heade
                         shrink_to_side, side_factor)
 from ..refs import MediaError, MediaRef, record_skip
 from .cdr import IMAGE_TYPES, CdrError, ImageMessage, decode_image_message
-from .mcap_reader import mcap_messages, mcap_span, mcap_topics
-from .sqlite_reader import sqlite_messages, sqlite_span, sqlite_topics
+from .mcap_reader import mcap_has_messages, mcap_messages, mcap_span, mcap_topics
+from .sqlite_reader import sqlite_has_messages, sqlite_messages, sqlite_span, sqlite_topics
 from .storage import bag_files, storage
 
 
@@ -48,6 +48,11 @@ def bag_refs(path: str | Path, topics: str | list[str] | None, name: str | None 
             raise MediaError(f"{path}: no image topic {', '.join(missing)} (image topics in this bag: "
                              f"{', '.join(sorted(available))})")
         chosen = list(topics)
+    for topic in chosen:
+        found = [mcap_has_messages(f, topic) if storage(f) == "mcap" else sqlite_has_messages(f, topic)
+                 for f in bag_files(path)]
+        if not any(f is None or f for f in found):
+            raise MediaError(f"{path}: topic {topic} has no messages (an empty recording)")
     return [MediaRef(f"{name}#{t}", str(path), "bag", topic=t) for t in chosen]
 
 

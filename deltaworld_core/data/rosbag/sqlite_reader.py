@@ -32,6 +32,18 @@ def sqlite_topics(path: Path) -> dict[str, str]:
         db.close()
 
 
+def sqlite_has_messages(path: Path, topic: str) -> bool:
+    """Whether ``topic`` has a row in the file's ``messages`` table."""
+    db = sqlite_connect(path)
+    try:
+        return db.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE topic_id IN "
+                          "(SELECT id FROM topics WHERE name = ?))", (topic,)).fetchone()[0] == 1
+    except sqlite3.Error as err:
+        raise MediaError(f"{path}: unreadable sqlite3 bag ({err})") from err
+    finally:
+        db.close()
+
+
 def sqlite_span(path: Path, ref: MediaRef) -> tuple[int, int] | None:
     """First and last log time (ns) of ``ref.topic`` in the file, from the ``timestamp`` index."""
     db = sqlite_connect(path)
