@@ -160,7 +160,7 @@ _ARRAY_ENCODINGS = {("mono8", 2): np.uint8, ("32FC1", 2): np.float32, ("rgb8", 3
 
 
 def array_to_image_msg(array: np.ndarray, encoding: str, header: Header | None = None) -> Image:
-    """[h, w] (mono8, 32FC1) or [h, w, 3] (rgb8, bgr8) -> Image, in this machine's byte order.
+    """[h, w] (mono8, 32FC1) or [h, w, 3] (rgb8, bgr8) -> Image, in the host's byte order.
     The data are assigned as ``bytes``: element-wise assignment of an ndarray is ~1000x slower."""
     dtype = _ARRAY_ENCODINGS.get((encoding, array.ndim))
     if dtype is None:

@@ -1,5 +1,5 @@
 """How fast the recording readers (deltaworld_core.data.media) deliver frames, per format, on
-this machine: frames/s of ``iter_frames`` (decode, convert to RGB, shrink to ``max_side``) on one
+the machine at hand: frames/s of ``iter_frames`` (decode, convert to RGB, shrink to ``max_side``) on one
 core, and the clips/s that rate sustains. Writes results/loader_cpu.json.
 
     python scripts/bench_loader.py [--out results/loader_cpu.json] [--repeats 3] [--max-side 224 448]

@@ -47,6 +47,23 @@ def test_a_planted_work_log_line_fails(docs_copy, line):
     assert doc_rules.work_log_in_pages(pages, docs_copy)
 
 
+def test_code_strings_hold_no_work_log_words():
+    """Docstrings, error messages and printed text of the library, the node and the scripts."""
+    files = [f for f in doc_rules.code_files() if "__pycache__" not in f.parts]
+    assert len(files) > 100, "too few code files found"
+    found = doc_rules.work_log_in_code(files)
+    assert not found, "work-log words in code strings:\n" + "\n".join(found)
+
+
+def test_a_planted_work_log_string_fails(tmp_path):
+    module = tmp_path / "deltaworld_core" / "sources.py"
+    module.parent.mkdir()
+    module.write_text('"""Named video sources."""\n\nNOTE = "two clips"  # issue 10 in a comment is no string\n')
+    assert doc_rules.work_log_in_code([module], tmp_path) == []
+    module.write_text(module.read_text() + 'HELP = "the two clips described in issue 10"\n')
+    assert doc_rules.work_log_in_code([module], tmp_path) == ["deltaworld_core/sources.py:4: 'issue 10'"]
+
+
 def test_prose_quotes_no_measured_number():
     """A measured number lives in a generated block (scripts/render_docs.py), never in prose."""
     found = doc_rules.numbers_in_prose(doc_rules.doc_pages())
