@@ -367,3 +367,115 @@ def test_replay_never_publishes_a_zero_size_or_absurd_image(tmp_path, clip):
     sent = [msg for _, msg in bag_messages(bag, TOPIC)]
     assert len(sent) == 3 and all(m.height == 32 and m.width == 48 for m in sent)
     assert skipped(f"{bag}#{TOPIC}") == 2
+
+
+# ------------------------------------------------------------------ the run goes on: evaluate
+TINY_YAML = """
+vfm: {family: dinov2, weights: random, patch_size: 14, embed_dim: 48, depth: 1, num_heads: 2, image_size: [28, 42]}
+tokenizer: {dim: 32, encoder_depth: 1, decoder_depth: 1, num_heads: 2, mlp_hidden: 64, layerscale_init: 0.1}
+world: {dim: 32, depth: 1, num_heads: 2, layerscale_init: 0.1, noise_std: 1.0}
+heads: {class_names: [sky, road, sidewalk, building, vegetation, terrain, car, person, pole], depth_bins: 16}
+forecast: {context: 4, horizon: 3, k: 2, step_s: 0.2, output_size: [20, 24]}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(TINY_YAML)
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_clip() -> np.ndarray:
+    return SyntheticWorld(7, (32, 48)).render_clip(40, 25.0)["frames"]
+
+
+def evaluate(tiny, tmp_path, *args, monkeypatch=None) -> tuple[int, dict | None, list[int]]:
+    """(exit status, JSON result or None, sizes of the VFM's batches)."""
+    from deltaworld_core import evaluate as ev
+    from deltaworld_core.evaluation import cli
+
+    batches: list[int] = []
+    if monkeypatch is not None:
+        build = cli.build_vfm
+
+        def counting(*a, **kw):
+            vfm = build(*a, **kw)
+            vfm.register_forward_pre_hook(lambda _m, inputs: batches.append(len(inputs[0])))
+            return vfm
+
+        monkeypatch.setattr(cli, "build_vfm", counting)
+    out = tmp_path / "out.json"
+    out.unlink(missing_ok=True)
+    rc = ev.main(["--config", str(tiny), "--k", "2", "--no-cache", "--json", str(out), *args])
+    return rc, json.loads(out.read_text()) if out.is_file() else None, batches
+
+
+def test_evaluate_goes_on_past_unusable_recordings_and_exits_2_without_any(tiny, tmp_path, long_clip, capsys):
+    good = tmp_path / "good.mcap"
+    rosbag.write_frames(good, TOPIC, stamped(long_clip))
+    bad = tmp_path / "bad.db3"  # every data cell NULL: a bag with no valid frame
+    rosbag.write_frames(bad, TOPIC, stamped(long_clip[:10]))
+    with sqlite3.connect(bad) as db:
+        db.execute("CREATE TABLE loose AS SELECT * FROM messages")
+        db.execute("DROP TABLE messages")
+        db.execute("ALTER TABLE loose RENAME TO messages")
+        db.execute("UPDATE messages SET data = NULL")
+    empty = tmp_path / "empty.db3"
+    rosbag.write_frames(empty, TOPIC, stamped(long_clip[:1]))
+    with sqlite3.connect(empty) as db:
+        db.execute("DELETE FROM messages")
+    rc, res, _ = evaluate(tiny, tmp_path, "--video", str(bad), "--video", str(good), "--video", str(empty))
+    assert rc == 0 and res["clips"] > 0 and list(res["videos"]) == [f"{good}#{TOPIC}"]
+    assert set(res["refused"]) == {f"{bad}#{TOPIC}", str(empty)}
+    assert "empty.db3" in res["refused"][str(empty)] and "no messages" in res["refused"][str(empty)]
+    capsys.readouterr()
+    rc, res, _ = evaluate(tiny, tmp_path, "--video", str(bad), "--video", str(empty))
+    err = capsys.readouterr().err
+    assert rc == 2 and res is None and "no valid recording" in err and "bad.db3" in err and "empty.db3" in err
+
+
+def test_evaluate_takes_mixed_frame_sizes_and_skips_bad_frames(tiny, tmp_path, long_clip):
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for i, rgb in enumerate(long_clip):
+        big = cv2.resize(rgb, (96, 64)) if i % 2 else rgb  # the camera switches resolution
+        (folder / f"{i:04d}.png").write_bytes(png_bytes(big))
+    (folder / "0007.png").write_bytes(b"")
+    (folder / "0011.png").write_bytes(b"garbage")
+    (folder / "timestamps.txt").write_text("\n".join(f"{i / 25:.6f}" for i in range(len(long_clip))))
+    rc, res, _ = evaluate(tiny, tmp_path, "--video", str(folder), "--stride", "1")
+    assert rc == 0 and res["clips"] > 0
+    bag = tmp_path / "mixed.mcap"
+    rosbag.write_frames(bag, TOPIC, [(cv2.resize(f, (96, 64)) if i % 3 == 0 else f, t)
+                                     for i, (f, t) in enumerate(stamped(long_clip))])
+    rc, res, _ = evaluate(tiny, tmp_path, "--video", str(bag))
+    assert rc == 0 and res["clips"] > 0
+
+
+def test_evaluate_with_stride_1_computes_each_frames_features_once(tiny, tmp_path, long_clip, monkeypatch):
+    bag = tmp_path / "cam.mcap"
+    rosbag.write_frames(bag, TOPIC, stamped(long_clip))  # 40 frames at 25 fps: 9 at 0.2 s steps
+    rc, res, batches = evaluate(tiny, tmp_path, "--video", str(bag), "--stride", "1", monkeypatch=monkeypatch)
+    assert rc == 0 and res["clips"] == 3  # windows of 7 of the 9 sub-sampled frames, one frame apart
+    assert sum(batches) - 1 == 9  # each frame once, not 3 x 7 (the 1: the black frame's features)
+
+
+def test_frame_features_are_those_of_each_frame_alone():
+    import torch
+
+    from deltaworld_core.evaluation.frame_features import FrameFeatures
+
+    seen: list[tuple] = []
+
+    def encode(frames):
+        seen.append(frames.shape)
+        return torch.from_numpy(frames.reshape(len(frames), -1)[:, :4].astype(np.float32))[:, None]
+
+    memo = FrameFeatures(encode, batch=2)
+    frames = [(i, np.full((2 + i % 2, 3, 3), i, np.uint8), i * 0.2) for i in range(6)]
+    a = memo.window(frames[0:4])
+    b = memo.window(frames[1:5])
+    assert memo.encoded == 5 and all(s[0] <= 2 for s in seen)
+    assert a[:, 0, 0].tolist() == [0, 1, 2, 3] and b[:, 0, 0].tolist() == [1, 2, 3, 4]

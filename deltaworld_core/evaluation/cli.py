@@ -40,6 +40,13 @@ def parse_seeds(text: str) -> range:
     return range(lo, hi)
 
 
+def _no_valid_recording(refused: dict[str, str]) -> str:
+    """The one line of a run none of whose recordings can be read."""
+    lines = list(refused.values())
+    return lines[0] if len(lines) == 1 else f"no valid recording: {len(lines)} refused ({'; '.join(lines[:3])}" + (
+        "; ...)" if len(lines) > 3 else ")")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deltaworld_core.evaluate", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,7 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise EvaluationError(f"--stride must be >= 1 sub-sampled frames, got {args.stride}")
     if args.fps is not None and not 0 < args.fps <= 1000:
         raise EvaluationError(f"--fps must be a frame rate in (0, 1000], got {args.fps}")
-    videos, names = expand_videos(args.video, args.topic)
+    refused: dict[str, str] = {}  # recording -> why it was not evaluated (one line each)
+    videos, names = expand_videos(args.video, args.topic, refused)
     rates: list[float | None] = [args.fps] * len(videos)
     source_names = list(args.sources) + (held_out_sources() if args.held_out else [])
     if source_names:
@@ -138,6 +146,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.root is not None and args.dataset is None:
         raise EvaluationError("--root needs --dataset")
     seeds = parse_seeds(args.synthetic) if args.synthetic is not None else None
+    if not videos and seeds is None and args.dataset is None and refused:
+        raise EvaluationError(_no_valid_recording(refused))
+    for line in refused.values():  # the run goes on with the others
+        log.warning("refused %s", line)
     if not videos and seeds is None and args.dataset is None:
         raise EvaluationError("nothing to evaluate: give --video, --synthetic or --dataset")
     if args.dense is not None and not Path(args.dense).exists():
@@ -160,7 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def clips() -> Iterator[Clip]:
         if videos:
             yield from source.videos(videos, Path(args.labels) if args.labels else None,
-                                     args.stride or context + horizon, args.fps, tuple(args.segment), names, rates)
+                                     args.stride or context + horizon, args.fps, tuple(args.segment), names, rates,
+                                     refused)
         if seeds is not None:
             yield from source.synthetic(seeds, tuple(args.synthetic_size) if args.synthetic_size else None)
         if args.dataset is not None:
@@ -182,6 +195,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             break  # before the next clip's features are computed
     if batch:
         ev.add(batch)
+    if ev.acc.clips == 0 and refused:
+        raise EvaluationError(_no_valid_recording(refused))
     if ev.acc.clips == 0:
         raise EvaluationError(f"no clips: every source is shorter than {context + horizon} frames at "
                               f"{step_s} s per step")
@@ -195,6 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["videos"] = {name: {"clips": a.clips, **a.result(), "uncertainty": a.uncertainty(k)}
                             for name, a in ev.per_video.items()}
         result["video_average"] = video_average(result["videos"])
+    if refused:
+        result["refused"] = dict(refused)
     result["seconds"] = time.perf_counter() - t0
     return result
 

@@ -6,6 +6,7 @@ fetched registry sources, synthetic scenes with exact labels and the public labe
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,8 +21,10 @@ from ..data.sources import split_sources
 from ..data.synthetic import SyntheticWorld
 from ..features import FeatureCache, file_identity
 from .clips import Clip, EvaluationError
+from .frame_features import FrameFeatures
 from .windows import media_windows, video_windows
 
+log = logging.getLogger(__name__)
 DATASETS = ("cityscapes", "kitti", "vspw")
 DATASET_CLIPS = {"cityscapes": CityscapesClips, "kitti": KittiDepthClips, "vspw": VSPWClips}
 
@@ -77,41 +80,68 @@ class ClipSource:
 
     def videos(self, paths: list, labels: Path | None, stride: int, fps: float | None = None,
                segment: tuple[float, float] = (0.0, 1.0), names: list[str] | None = None,
-               rates: list[float | None] | None = None) -> Iterator[Clip]:
+               rates: list[float | None] | None = None, refused: dict[str, str] | None = None) -> Iterator[Clip]:
         """Clips of each video; ``names`` (default: file names) label the per-video results and
         seed their sampling, ``rates`` give each frame folder its own frame rate (default: ``fps``).
         A ``paths`` item is a video file or frame folder, or a :class:`~deltaworld_core.data.media.MediaRef`
         (a bag topic or shard sample is streamed through media.iter_frames; a video or frame folder
-        ref is read as its path is)."""
+        ref is read as its path is). Each frame's features are computed once per recording
+        (:class:`FrameFeatures`); the feature cache keeps whole windows, so it serves windows that
+        do not overlap and whose frames share one size.
+
+        ``refused`` (a dict): a recording that cannot be read is logged in one line, recorded
+        there by name, and the next recording is read (None: the error is raised)."""
         for v, item in enumerate(paths):
             ref = item if hasattr(item, "kind") else None
-            path = Path(ref.path) if ref is not None else Path(item)
-            name = names[v] if names else ref.name if ref is not None else path.name
-            fps_v = rates[v] if rates and rates[v] else fps
-            label_dir = None
-            if labels is not None:
-                label_dir = labels / path.stem if (labels / path.stem).is_dir() else labels
-            streamed = ref is not None and ref.kind not in ("video", "frames")
-            if streamed:
-                windows = media_windows(ref, self.length, stride, self.step_s, segment)
-                # the container's identity, and which stream inside it (a bag's topic, a shard's sample)
-                identity = {"kind": ref.kind, **file_identity(_identity_file(path)), "topic": ref.topic,
-                            "member": ref.member}
-            else:
-                windows = video_windows(path, self.length, stride, self.step_s, fps_v, segment)
-                identity = {"kind": "video", **file_identity(path)}
-            for clip_index, window in enumerate(windows):
-                indices = [w[0] for w in window]
-                stamps = np.array([w[2] for w in window], np.float64)
+            name = names[v] if names else ref.name if ref is not None else Path(item).name
+            clips = self._recording(item, name, labels, stride, rates[v] if rates and rates[v] else fps, segment)
+            try:
+                yield from clips
+            except (EvaluationError, MediaError, ValueError, OSError) as err:
+                if refused is None:
+                    raise
+                line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                line = line if name in line or str(getattr(ref, "path", item)) in line else f"{name}: {line}"
+                log.warning("refused %s", line)
+                refused[name] = line
+
+    def _recording(self, item, name: str, labels: Path | None, stride: int, fps_v: float | None,
+                   segment: tuple[float, float]) -> Iterator[Clip]:
+        ref = item if hasattr(item, "kind") else None
+        path = Path(ref.path) if ref is not None else Path(item)
+        label_dir = None
+        if labels is not None:
+            label_dir = labels / path.stem if (labels / path.stem).is_dir() else labels
+        streamed = ref is not None and ref.kind not in ("video", "frames")
+        if streamed:
+            windows = media_windows(ref, self.length, stride, self.step_s, segment)
+            # the container's identity, and which stream inside it (a bag's topic, a shard's sample)
+            identity = {"kind": ref.kind, **file_identity(_identity_file(path)), "topic": ref.topic,
+                        "member": ref.member}
+        else:
+            windows = video_windows(path, self.length, stride, self.step_s, fps_v, segment)
+            identity = {"kind": "video", **file_identity(path)}
+        memo = FrameFeatures(self._encode, self.batch_frames)
+        for clip_index, window in enumerate(windows):
+            indices = [w[0] for w in window]
+            stamps = np.array([w[2] for w in window], np.float64)
+            if self.cache is not None and stride >= self.length and len({w[1].shape for w in window}) == 1:
                 source = {**identity, "frames": indices}
-                feats = self._features(source, lambda: {"frames": np.stack([w[1] for w in window])})["features"]
-                sem = [None] * self.horizon
-                dep = [None] * self.horizon
-                if label_dir is not None:
-                    for h, index in enumerate(indices[self.context:]):
-                        sem[h] = _read_label(label_dir, index, "semantic")
-                        dep[h] = _read_label(label_dir, index, "depth")
-                yield Clip(feats, stamps, sem, dep, f"{name}@{indices[0]}", stream=name, index=clip_index)
+                feats = self.cache.get(source, lambda: {"frames": np.stack([w[1] for w in window])})["features"]
+            else:
+                feats = memo.window(window)
+            sem = [None] * self.horizon
+            dep = [None] * self.horizon
+            if label_dir is not None:
+                for h, index in enumerate(indices[self.context:]):
+                    sem[h] = _read_label(label_dir, index, "semantic")
+                    dep[h] = _read_label(label_dir, index, "depth")
+            yield Clip(feats, stamps, sem, dep, f"{name}@{indices[0]}", stream=name, index=clip_index)
+
+    @torch.no_grad()
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` -> ``[B, N, C]`` float32 on the CPU."""
+        return self.vfm(torch.from_numpy(np.ascontiguousarray(frames))).float().cpu()
 
     def synthetic(self, seeds: range, size: tuple[int, int] | None = None) -> Iterator[Clip]:
         size = tuple(size or self.cfg.vfm.image_size)
@@ -183,27 +213,36 @@ def _identity_file(path: Path) -> Path:
     return path / "metadata.yaml" if path.is_dir() and (path / "metadata.yaml").is_file() else path
 
 
-def expand_videos(entries: list[str], topic: list[str] | None = None) -> tuple[list, list[str]]:
+def expand_videos(entries: list[str], topic: list[str] | None = None,
+                  refused: dict[str, str] | None = None) -> tuple[list, list[str]]:
     """``--video`` entries -> (the recordings to read, their names). A video file or frame folder
     given directly stays a path named by its file name (as before); anything else goes through
     :func:`deltaworld_core.data.media.expand_media` and keeps the name it gives. Two recordings that
-    would share a name are both named in full instead."""
+    would share a name are both named in full instead. ``refused`` (a dict): an entry (or a
+    recording inside a folder or list) that cannot be used is recorded there, one line each,
+    and the others are kept (None: the first is raised)."""
     items: list = []
     names: list[str] = []
     for entry in entries:
         path = Path(entry)
         # read as before: a video file, or a frame folder (its frame rate may come from --fps)
-        direct = (path.is_file() and path.suffix.lower() in VIDEO_EXTS) or (
-            path.is_dir() and not (path / "metadata.yaml").is_file()
-            and any(p.suffix.lower() in IMAGE_EXTS for p in path.iterdir() if p.is_file()))
+        try:
+            direct = (path.is_file() and path.suffix.lower() in VIDEO_EXTS) or (
+                path.is_dir() and not (path / "metadata.yaml").is_file()
+                and any(p.suffix.lower() in IMAGE_EXTS for p in path.iterdir() if p.is_file()))
+        except OSError:
+            direct = False  # expand_media names what is wrong with it
         if direct:
             items.append(path)
             names.append(path.name)
             continue
+        errors: list[str] | None = None if refused is None else []
         try:
-            refs = expand_media([entry], topic)
+            refs = expand_media([entry], topic, errors=errors)
         except MediaError as err:
             raise EvaluationError(str(err) if path.exists() else f"video not found: {entry} ({err})") from err
+        for line in errors or []:
+            refused[line.split(": ", 1)[0]] = line if path.exists() else f"video not found: {entry} ({line})"
         items += refs
         names += [r.name for r in refs]
     counts: dict[str, int] = {}

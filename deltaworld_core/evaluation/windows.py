@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..data.media import MediaError, iter_frames
+from ..data.media import MediaError, iter_frames, skipped
 from ..data.video import open_video
 from .clips import EvaluationError
 
@@ -70,10 +70,15 @@ def media_windows(ref, length: int, stride: int, step_s: float, segment: tuple[f
                               "declare; give video files or frame folders, or leave --segment out")
 
     def frames():
+        count = 0
         try:
-            yield from iter_frames(ref)
+            for frame in iter_frames(ref):
+                count += 1
+                yield frame
         except MediaError as err:
             raise EvaluationError(str(err)) from err
+        if count == 0:  # a recording without one valid frame is refused, not silently empty
+            raise EvaluationError(f"{ref.name}: no valid frame ({skipped(ref)} skipped)")
 
     yield from stream_windows(frames(), length, stride, step_s, 0, math.inf)
 
