@@ -146,11 +146,18 @@ def test_start_up_values_out_of_range_are_refused_with_one_line(ros_node):
         assert expected in str(raised.value) and "\n" not in str(raised.value), (name, str(raised.value))
 
 
-def test_start_up_values_out_of_range_exit_2_with_one_line(ros_env):
-    """As started from a shell or by launch: one line, exit 2, no traceback."""
+def test_start_up_values_out_of_range_exit_2_with_one_line(ros_env, tmp_path):
+    """As started from a shell or by launch: one line, exit 2, no traceback. Among them a run
+    folder holding only some stages' weights (what training one stage leaves): the line names
+    the missing files (it was a 19-line traceback from configure)."""
     import torch
 
-    cases = [("k:=1000000", OUT_OF_RANGE[0][2])]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "world.safetensors").write_bytes(b"")
+    cases = [("k:=1000000", OUT_OF_RANGE[0][2]),
+             (f"weights:={run}", f"{run} has no tokenizer.safetensors, heads.safetensors: stage(s) tokenizer, heads "
+                                 "not trained yet")]
     if not torch.cuda.is_available():
         cases.append(("device:=cuda", "parameter device = 'cuda': device cuda: "))
     base = int(ros_env["ROS_DOMAIN_ID"])

@@ -51,8 +51,14 @@ def test_run_time_parameters_are_checked_and_take_effect(tmp_path, ros_env, harn
                        diagnostics_period_s=1.0)
     try:
         harness.wait_until_connected(node)
-        # Refused, with the reason, as at start-up.
+        # Refused, with the reason, as at start-up: among them weights folders configure would fail on.
+        partial = tmp_path / "partial_run"
+        partial.mkdir()
+        (partial / "world.safetensors").write_bytes(b"")
         for name, value, reason in [("k", 1000000, "forecast.k must be in [1, 256]"),
+                                    ("weights", str(tmp_path), "holds none of tokenizer.safetensors"),
+                                    ("weights", str(partial), "stage(s) tokenizer, heads not trained yet"),
+                                    ("weights", "/nonexistent/weights", "does not exist"),
                                     ("model_config", "/etc/passwd", "the top level must be a mapping"),
                                     ("output_size", [2048, 2048], "exceeds"),
                                     ("input_depth", 0, "must be a history depth"),
