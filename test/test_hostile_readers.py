@@ -479,3 +479,48 @@ def test_frame_features_are_those_of_each_frame_alone():
     b = memo.window(frames[1:5])
     assert memo.encoded == 5 and all(s[0] <= 2 for s in seen)
     assert a[:, 0, 0].tolist() == [0, 1, 2, 3] and b[:, 0, 0].tolist() == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ the run goes on: train
+def _train_config(tmp_path: Path, paths: list[Path], feature_cache: bool) -> Path:
+    import yaml
+    from test_train import TINY as CACHED
+    from test_train_stream import TINY as STREAMED
+
+    cfg = dict(CACHED if feature_cache else STREAMED)
+    cfg["data"] = dict(cfg["data"])
+    if feature_cache:
+        cfg["data"].update({"synthetic": {"seeds": [0, 0]}, "motion": {"windows": 0},
+                            "videos": {"paths": [str(p) for p in paths], "window": 8}})
+    else:
+        cfg["data"]["videos"] = {"paths": [str(p) for p in paths], "segment": [0.0, 1.0]}
+    cfg.update({"steps": 2, "out": str(tmp_path / "run"), "data_cache": None})
+    cfg.pop("data_cache")
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("feature_cache", [False, True])
+def test_train_goes_on_past_unusable_recordings_and_exits_2_without_any(tmp_path, long_clip, feature_cache, caplog):
+    from deltaworld_core.train import main as train_main
+
+    folder = tmp_path / "cam"  # a frame folder with an empty and an undecodable frame: the rest trains
+    folder.mkdir()
+    for i, rgb in enumerate(long_clip):
+        (folder / f"{i:04d}.png").write_bytes(png_bytes(cv2.resize(rgb, (80, 64))))
+    (folder / "0003.png").write_bytes(b"")
+    (folder / "0009.png").write_bytes(b"not a png")
+    (folder / "timestamps.txt").write_text("\n".join(f"{i / 25:.6f}" for i in range(len(long_clip))))
+    missing = tmp_path / "gone.mp4"
+    listing = tmp_path / "cams.txt"
+    listing.write_text(f"{folder}\n{missing}\n")
+    fifo = tmp_path / "pipe.db3"
+    os.mkfifo(fifo)
+    cfg = _train_config(tmp_path, [listing, fifo], feature_cache)
+    with caplog.at_level(logging.WARNING):
+        assert train_main(["--config", str(cfg), "data.cache_dir=" + str(tmp_path / "cache")]) == 0
+    assert "gone.mp4" in caplog.text and "cams.txt: line 2" in caplog.text and "FIFO" in caplog.text
+    assert (tmp_path / "run").is_dir()
+    cfg = _train_config(tmp_path, [missing, fifo], feature_cache)
+    assert train_main(["--config", str(cfg), "out=" + str(tmp_path / "run2")]) == 2

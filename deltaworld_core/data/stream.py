@@ -78,10 +78,13 @@ def stream_refs(d) -> list:
                           "reading): set data.videos.segment: [0, 1] and hold out whole recordings instead")
     topic = d.videos.topic
     entries = [str(p) for p in d.videos.paths]
-    try:
-        refs = list(expand_media(entries, topic=topic)) if entries else []
-    except MediaError as err:
-        raise ConfigError(f"data.videos.paths: {err}") from err
+    errors: list[str] = []  # each unusable recording: one line, and the run goes on with the others
+    refs = list(expand_media(entries, topic=topic, errors=errors)) if entries else []
+    if errors and not refs and not d.videos.sources:
+        raise ConfigError(f"data.videos.paths: no valid recording: {errors[0]}" if len(errors) == 1 else
+                          f"data.videos.paths: no valid recording ({len(errors)} refused; first: {errors[0]})")
+    for line in errors:
+        log.warning("data.videos.paths: refused %s", line)
     if d.videos.sources:
         refs += [MediaRef(f.name, str(f.path), "frames" if f.path.is_dir() else "video")
                  for f in video_files(_without_paths(d.videos), d.media_cache)]

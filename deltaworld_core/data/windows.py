@@ -35,7 +35,6 @@ from ..config import ConfigError
 from ..features import FeatureCache, file_identity
 from .motion import MotionConfig, motion_energy, render, sample_trajectory
 from .recordings import expand_media
-from .refs import MediaError
 from .sources import resolve_clips
 from .stream_config import StreamConfig, stride_options
 from .synthetic import SyntheticWorld
@@ -197,12 +196,9 @@ def video_files(d: VideoData, media_cache: str | None, names: list[str] | None =
     Paths are expanded by :func:`~deltaworld_core.data.media.expand_media` (folders, lists, ...); a
     file named directly keeps its file name as its name (crop seeds and cache keys use it). Bags
     and tar shards are read only by the streaming loader (``data.feature_cache: false``)."""
-    out = []
+    out, errors = [], []
     for p in d.paths if names is None else []:
-        try:
-            refs = expand_media([p], d.topic)
-        except MediaError as err:
-            raise ConfigError(f"data.videos.paths: {err}") from err
+        refs = expand_media([p], d.topic, errors=errors)  # an unusable recording: one line, the others go on
         for ref in refs:
             if ref.kind not in ("video", "frames"):
                 raise ConfigError(f"data.videos.paths: {ref.name}: rosbag2 bags and tar shards are read by the "
@@ -213,6 +209,11 @@ def video_files(d: VideoData, media_cache: str | None, names: list[str] | None =
     except (KeyError, FileNotFoundError) as err:
         raise ConfigError(f"data sources: {err.args[0] if err.args else err}") from err
     out += [VideoFile(c.full_name, c.path, c.fps) for c in clips]
+    if errors and not out:
+        raise ConfigError(f"data.videos.paths: no valid recording: {errors[0]}" if len(errors) == 1 else
+                          f"data.videos.paths: no valid recording ({len(errors)} refused; first: {errors[0]})")
+    for line in errors:
+        log.warning("data.videos.paths: refused %s", line)
     return out
 
 
@@ -262,38 +263,56 @@ def _box(p: CropParams) -> list:
 
 
 def _real_windows(d: DataConfig, size, cache: FeatureCache) -> list[Window]:
+    """The windows of every recording; one that cannot be read is refused in one line and the
+    others go on (none readable: ConfigError)."""
     out: list[Window] = []
-    for vf in video_files(d.videos, d.media_cache):
-        path = vf.path
-        n, fps = video_info(path, vf.fps)
-        length = max(2, round(d.videos.window_s * fps)) if d.videos.window_s else d.videos.window
-        lo, hi = int(d.videos.segment[0] * n), int(d.videos.segment[1] * n)
-        starts = list(range(lo, hi - length + 1, length))
-        if not starts and hi - lo >= MIN_WINDOW_FRACTION * length:
-            length, starts = hi - lo, [lo]  # a clip a little shorter than a window is one window
-        if not starts:
-            log.warning("%s: segment %s (%d frames) is shorter than a window (%d frames): skipped",
-                        vf.name, d.videos.segment, hi - lo, length)
-            continue
-        if d.videos.max_windows:
-            starts = starts[: d.videos.max_windows]
-        ident = _clip_identity(path, n)
-        hw = _frame_hw(path, vf.fps)
-        for start in starts:
-            raw = None
-            for c in range(d.videos.crops):
-                rng = np.random.default_rng([d.crop_seed, zlib.crc32(vf.name.encode()), start, c])
-                crop = _crop(rng, hw, d)
-                source = {"kind": "video", **ident, "start": start, "count": length, "crop": _box(crop),
-                          "flip": crop.flip, "size": list(size)}
+    refused: list[str] = []
+    files = video_files(d.videos, d.media_cache)
+    for vf in files:
+        try:
+            out += _file_windows(vf, d, size, cache)
+        except (ConfigError, ValueError, RuntimeError, OSError) as err:
+            line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            log.warning("refused %s: %s", vf.name, line)
+            refused.append(f"{vf.name}: {line}")
+    if files and len(refused) == len(files):
+        raise ConfigError(f"no valid recording: {refused[0]}" if len(refused) == 1 else
+                          f"no valid recording ({len(refused)} refused; first: {refused[0]})")
+    return out
 
-                def load(start=start, crop=crop):
-                    nonlocal raw
-                    raw = read_frames(path, start, length, fps=vf.fps) if raw is None else raw
-                    return {"frames": apply_crop(raw, crop, size)}
 
-                feats = cache.get(source, load)["features"]
-                out.append(Window(feats.half(), fps, f"{vf.name}@{start}/{c}"))
+def _file_windows(vf: VideoFile, d: DataConfig, size, cache: FeatureCache) -> list[Window]:
+    out: list[Window] = []
+    path = vf.path
+    n, fps = video_info(path, vf.fps)
+    length = max(2, round(d.videos.window_s * fps)) if d.videos.window_s else d.videos.window
+    lo, hi = int(d.videos.segment[0] * n), int(d.videos.segment[1] * n)
+    starts = list(range(lo, hi - length + 1, length))
+    if not starts and hi - lo >= MIN_WINDOW_FRACTION * length:
+        length, starts = hi - lo, [lo]  # a clip a little shorter than a window is one window
+    if not starts:
+        log.warning("%s: segment %s (%d frames) is shorter than a window (%d frames): skipped",
+                    vf.name, d.videos.segment, hi - lo, length)
+        return out
+    if d.videos.max_windows:
+        starts = starts[: d.videos.max_windows]
+    ident = _clip_identity(path, n)
+    hw = _frame_hw(path, vf.fps)
+    for start in starts:
+        raw = None
+        for c in range(d.videos.crops):
+            rng = np.random.default_rng([d.crop_seed, zlib.crc32(vf.name.encode()), start, c])
+            crop = _crop(rng, hw, d)
+            source = {"kind": "video", **ident, "start": start, "count": length, "crop": _box(crop),
+                      "flip": crop.flip, "size": list(size)}
+
+            def load(start=start, crop=crop):
+                nonlocal raw
+                raw = read_frames(path, start, length, fps=vf.fps) if raw is None else raw
+                return {"frames": apply_crop(raw, crop, size)}
+
+            feats = cache.get(source, load)["features"]
+            out.append(Window(feats.half(), fps, f"{vf.name}@{start}/{c}"))
     return out
 
 
