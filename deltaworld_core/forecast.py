@@ -30,13 +30,19 @@ import numpy as np
 from .checkpoint import atomic_write
 from .cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
 from .data import open_video
+from .data.folders import image_files
+from .data.media import VIDEO_EXTS, MediaError, expand_media, iter_frames
 from .forecaster import Forecaster
 from .viz import forecast_grid
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deltaworld_core.forecast", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--video", required=True, help="video file (mp4/avi) or folder of frames")
+    parser.add_argument("--video", required=True,
+                        help="a recording: video file, folder of frames, rosbag2 bag (.mcap, .db3 or its folder), "
+                             "tar shard sample, or a .txt/.csv list naming one (what train and evaluate take)")
+    parser.add_argument("--topic", default=None,
+                        help="a bag's image topic (default: the bag's only Image/CompressedImage topic)")
     parser.add_argument("--out", required=True, help="output folder for the PNGs (created if missing)")
     parser.add_argument("--config", default="default",
                         help="config name (deltaworld_core/configs/NAME.yaml) or YAML path")
@@ -93,6 +99,22 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(png.tobytes()))
 
 
+def open_recording(entry: str, fps: float | None, topic: str | None):
+    """The ``(rgb, stamp)`` frames of one recording: a video file or frame folder as before
+    (``fps`` for a folder without timestamps), anything else through the readers train and
+    evaluate use (:func:`~deltaworld_core.data.media.expand_media`), which must name exactly one
+    stream. Raises ValueError (MediaError) naming what is wrong."""
+    path = Path(entry)
+    if (path.is_file() and path.suffix.lower() in VIDEO_EXTS) or (
+            path.is_dir() and not (path / "metadata.yaml").is_file() and image_files(path)):
+        return open_video(path, fps=fps)
+    refs = expand_media([entry], topic)
+    if len(refs) != 1:
+        raise MediaError(f"{entry}: names {len(refs)} recordings ({', '.join(r.name for r in refs[:4])}"
+                         f"{', ...' if len(refs) > 4 else ''}); forecast reads one: name it (or --topic)")
+    return iter_frames(refs[0])
+
+
 def run(args: argparse.Namespace) -> int:
     for name in ("max_frames", "every", "hypotheses"):
         value = getattr(args, name)
@@ -101,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.video).exists():
         raise FileNotFoundError(f"video not found: {args.video}")
     overrides = parse_overrides(args.overrides)
-    video = open_video(args.video, fps=args.fps)  # fails on an unreadable file before the model loads
+    video = open_recording(args.video, args.fps, args.topic)  # fails on an unreadable one before the model loads
     forecaster = Forecaster.from_config(args.config, device=args.device, overrides=overrides, weights=args.weights,
                                         threads=args.threads)
     out = Path(args.out)

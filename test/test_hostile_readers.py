@@ -524,3 +524,32 @@ def test_train_goes_on_past_unusable_recordings_and_exits_2_without_any(tmp_path
     assert (tmp_path / "run").is_dir()
     cfg = _train_config(tmp_path, [missing, fifo], feature_cache)
     assert train_main(["--config", str(cfg), "out=" + str(tmp_path / "run2")]) == 2
+
+
+# ------------------------------------------------------------------ 14. forecast reads what train reads
+def test_forecast_takes_bags_and_bag_folders(tmp_path, long_clip, capsys):
+    import yaml
+    from deltaworld_core import forecast
+    from test_cli import TINY as FORECAST_TINY
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(FORECAST_TINY))
+    bag = tmp_path / "cam.mcap"
+    rosbag.write_frames(bag, TOPIC, stamped(long_clip[:10]))
+    folder = tmp_path / "bagdir"
+    folder.mkdir()
+    rosbag.write_frames(folder / "bagdir_0.db3", TOPIC, stamped(long_clip[:10]))
+    (folder / "metadata.yaml").write_text("rosbag2_bagfile_information: {version: 5, storage_identifier: sqlite3}\n")
+    for entry in (bag, folder):
+        out = tmp_path / f"out_{entry.name}"
+        assert forecast.main(["--video", str(entry), "--out", str(out), "--config", str(cfg), "--threads", "1"]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["frames"] == 10 and summary["forecasts"] > 0
+    two = tmp_path / "two.mcap"
+    with rosbag.BagWriter(two) as writer:
+        for rgb, t in stamped(long_clip[:4]):
+            writer.write("/a/image", rosbag.image_message(rgb, t))
+            writer.write("/b/image", rosbag.image_message(rgb, t))
+    assert forecast.main(["--video", str(two), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "/a/image" in err and "Traceback" not in err
