@@ -2,7 +2,7 @@
 that no training stage saw: the ``calibration`` split of ``configs/data_split.yaml``, never the
 ``held_out`` one that the README reports.
 
-    python -m deltaworld_core.calibrate --config default [--sources NAME ...] \\
+    python -m deltaworld_core.calibrate --config default [--sources NAME ... | --video RECORDING ...] \\
         [--context 4 --horizon 3 --k 8 --step-s 0.2] [--json OUT.json] [--write]
 
 The K hypotheses are sampled as predicted (``mean_scale`` 1, ``spread`` 1); per video v and
@@ -42,7 +42,8 @@ from .cli import add_overrides_argument, add_threads_argument, parse_overrides, 
 from .config import load_config, resolve_config_path
 from .data.sources import resolve_clips, split_sources
 from .evaluation.evaluator import Evaluator
-from .evaluation.sources import ClipSource
+from .evaluation.clips import EvaluationError
+from .evaluation.sources import ClipSource, expand_videos
 from .forecaster import load_models
 from .threads import apply_threads
 from .vfm import build_vfm, default_cache_dir
@@ -167,15 +168,24 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]],
     step_s = args.step_s or fc.step_s
     if k < 2:
         raise CalibrationError(f"--k must be >= 2 to measure a spread, got {k}")
-    names = args.sources or split_sources("calibration")
+    names = args.sources or ([] if args.video else split_sources("calibration"))
     leak = {n.split("/")[0] for n in names} & {n.split("/")[0] for n in split_sources("held_out")}
     if leak:
         raise CalibrationError(f"calibrating on held-out sources ({', '.join(sorted(leak))}) would leak them "
                                "into the reported numbers; use the calibration split of data_split.yaml")
+    refused: dict[str, str] = {}  # a recording that cannot be read: one line, the others go on
+    try:
+        items, item_names = expand_videos(args.video, args.topic, refused)
+    except EvaluationError as err:
+        raise CalibrationError(str(err)) from err
+    if args.video and not items and not names:
+        raise CalibrationError("; ".join(list(refused.values())[:3]) or "no recording in --video")
     try:
         clips = resolve_clips(names, args.media_cache)
     except (KeyError, FileNotFoundError) as err:
         raise CalibrationError(err.args[0] if err.args else str(err)) from err
+    recordings = [(item, name, None) for item, name in zip(items, item_names)]
+    recordings += [(clip.path, clip.full_name, clip.fps) for clip in clips]
     device = torch.device(args.device)
     tokenizer, world, heads = load_models(cfg, device)
     vfm = build_vfm(cfg.vfm, device=device)
@@ -197,21 +207,25 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]],
         s["clips"] += len(batch)
         ev.index += len(batch)
 
-    for clip in clips:
+    for line in refused.values():
+        log.warning("refused %s", line)
+    for path, name, fps in recordings:
         batch = []
-        for item in source.videos([clip.path], None, args.stride, None, (0.0, 1.0), [clip.full_name], [clip.fps]):
+        for item in source.videos([path], None, args.stride, fps, (0.0, 1.0), [name], [fps], refused):
             batch.append(item)
             if len(batch) == args.batch_size:
-                add(batch, clip.full_name)
+                add(batch, name)
                 batch = []
         if batch:
-            add(batch, clip.full_name)
-        if clip.full_name not in stats:
-            log.warning("%s: shorter than %d frames at %s s per step, skipped", clip.full_name,
-                        context + horizon, step_s)
+            add(batch, name)
+        if name not in stats and name not in refused:
+            log.warning("%s: shorter than %d frames at %s s per step, skipped", name, context + horizon, step_s)
+    if not stats and refused:
+        raise CalibrationError(f"no valid recording: {'; '.join(list(refused.values())[:3])}")
     if not stats:
         raise CalibrationError(f"no clips: every calibration video is shorter than {context + horizon} frames")
-    meta = {"config": cfg.name, "weights": cfg.weights, "spread_from": fc.spread_from, "sources": names, "k": k,
+    meta = {"config": cfg.name, "weights": cfg.weights, "spread_from": fc.spread_from,
+            "sources": names + item_names, "refused": refused, "k": k,
             "step_s": step_s,
             "context": context, "horizon": horizon, "stride": args.stride, "seed": args.seed}
     return stats, meta
@@ -222,8 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="default", help="config name or YAML path")
     p.add_argument("--weights", default=None, help="folder of tokenizer/world/heads .safetensors")
+    p.add_argument("--video", action="append", default=[],
+                   help="a recording to fit on (repeatable): video file, frame folder, folder of recordings, "
+                        ".txt/.csv list, rosbag2 bag (.mcap, .db3 or its folder) or tar shard, as evaluate takes; "
+                        "recordings no training stage saw, and not those you report")
+    p.add_argument("--topic", action="append", default=None,
+                   help="a bag's image topic (repeatable; default: the bag's only Image/CompressedImage topic)")
     p.add_argument("--sources", nargs="+", default=[], metavar="NAME",
-                   help="fetched sources or clips to fit on (default: the calibration split of data_split.yaml)")
+                   help="fetched sources or clips to fit on (default without --video: the calibration split of "
+                        "data_split.yaml)")
     p.add_argument("--media-cache", default=None,
                    help="fetched media folder (default: $DELTAWORLD_DATA or ~/.cache/deltaworld/data)")
     p.add_argument("--context", type=int, default=None, help="context frames (default: the config's)")

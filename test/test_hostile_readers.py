@@ -553,3 +553,26 @@ def test_forecast_takes_bags_and_bag_folders(tmp_path, long_clip, capsys):
     assert forecast.main(["--video", str(two), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "/a/image" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ 20. calibrate on any recording
+def test_calibrate_fits_on_bags_and_folders_and_refuses_the_bad_alone(tiny, tmp_path, long_clip, capsys):
+    from deltaworld_core import calibrate
+
+    bag = tmp_path / "drive.mcap"
+    rosbag.write_frames(bag, TOPIC, stamped(long_clip))
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for i, rgb in enumerate(long_clip):
+        (folder / f"{i:04d}.png").write_bytes(png_bytes(rgb))
+    (folder / "timestamps.txt").write_text("\n".join(f"{i / 25:.6f}" for i in range(len(long_clip))))
+    out = tmp_path / "calibration.json"
+    args = ["--config", str(tiny), "--no-cache", "--k", "2"]
+    assert calibrate.main([*args, "--video", str(bag), "--video", str(folder), "--video", str(tmp_path / "gone.mcap"),
+                           "--json", str(out)]) == 0
+    fit = json.loads(out.read_text())
+    assert set(fit["videos"]) == {f"{bag}#{TOPIC}", "cam"} and fit["mean_scale"] >= 0
+    assert list(fit["refused"]) == [str(tmp_path / "gone.mcap")]
+    capsys.readouterr()
+    assert calibrate.main([*args, "--video", str(tmp_path / "gone.mcap")]) == 2
+    assert "gone.mcap" in capsys.readouterr().err
