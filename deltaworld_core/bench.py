@@ -165,14 +165,19 @@ def dense_comparison(fc: Forecaster, repeats: int, dense_weights: str | None = N
     }
 
 
-def stream_throughput(fc: Forecaster, steps: int) -> tuple[dict, dict]:
+def stream_throughput(fc: Forecaster, steps: int, clip: tuple[list, list] | None = None) -> tuple[dict, dict]:
     """The stream as the node runs it (:class:`~deltaworld_core.runner.FrameRunner`, back to
     back): one stage or two as :func:`~deltaworld_core.stages.choose_stages` decides (both
     measured on ``steps`` frames unless the config or the budget fixes it). Returns the run of the
-    chosen mode (``pipeline``: its interval, forecasts/s and latency) and the choice."""
-    choice = choose_stages(fc, BENCH_SHAPE, steps)
-    chosen = choice.measured.get(MODES[choice.stages]) or measure_stream(
-        fc, choice.stages, *probe_stream(fc, BENCH_SHAPE, steps))
+    chosen mode (``pipeline``: its interval, forecasts/s and latency) and the choice. ``clip``:
+    (frames, stamps) to time in the chosen mode instead of synthetic frames (the first context + 1
+    are its warm-up), e.g. the frames a node measurement replays."""
+    shape = BENCH_SHAPE if clip is None else clip[0][0].shape[:2]
+    choice = choose_stages(fc, shape, steps)
+    chosen = None if clip is not None else choice.measured.get(MODES[choice.stages])
+    if chosen is None:
+        frames, stamps, warmup = probe_stream(fc, shape, steps) if clip is None else (*clip, fc.context + 1)
+        chosen = measure_stream(fc, choice.stages, frames, stamps, warmup)
     return {"active": choice.stages == 2, "why": choice.why, "stage_threads": chosen["kernel_threads"],
             **chosen}, choice.to_dict()
 

@@ -1,4 +1,5 @@
-"""The node's thread setting: validated, applied to the model, reported in /diagnostics (real DDS)."""
+"""The node's thread setting: validated, applied to the model, reported in /diagnostics (real DDS);
+and the frame runner the node, bench and measure_node_rate share."""
 
 from __future__ import annotations
 
@@ -33,3 +34,65 @@ def test_node_applies_and_reports_its_threads(tmp_path, ros_env, harness, thread
         assert f"{threads} threads" in node.log()
     finally:
         assert node.stop() == 0
+
+
+def test_the_node_bench_and_measure_node_rate_run_frames_through_one_frame_runner(tmp_path, ros_node, monkeypatch):
+    """The forecasts/s that bench and measure_node_rate --no-ros report are the node's code path:
+    each of the three runs its frames through deltaworld_core.runner.FrameRunner (its frame step,
+    _process, is watched), the node in this process with the camera callback fed directly."""
+    import importlib.util
+
+    import cv2
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import Header
+
+    from deltaworld_core.bench import stream_throughput
+    from deltaworld_core.runner import FrameRunner
+    from deltaworld_ros.forecast_node import ForecastNode
+    from deltaworld_ros.futures_msg import seconds_to_time
+    from deltaworld_ros.image_conversion import array_to_image_msg
+    from ros_harness import CONTEXT, REPO, smooth_frame
+
+    spec = importlib.util.spec_from_file_location("measure_node_rate", REPO / "scripts" / "measure_node_rate.py")
+    measure_node_rate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure_node_rate)
+    seen: list[str] = []
+    process = FrameRunner._process
+
+    def watched(runner, frame, features):
+        seen.append(caller)
+        return process(runner, frame, features)
+
+    monkeypatch.setattr(FrameRunner, "_process", watched)
+    config = write_model_config(tmp_path / "tiny.yaml", TINY)
+    params = dict(autostart=False, model_config=str(config), k=2, horizon=1, output_size=[24, 32], threads=1)
+    node = ForecastNode(context=ros_node.context, namespace="/one_runner",
+                        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    try:
+        caller = "node"
+        node.trigger_configure()
+        node.trigger_activate()
+        assert isinstance(node.runner, FrameRunner)
+        for i in range(CONTEXT + 2):
+            header = Header(stamp=seconds_to_time(100.0 + 0.1 * i), frame_id="camera")
+            node.camera._on_image(array_to_image_msg(smooth_frame(), "rgb8", header))
+            node.runner.drain(30)
+        assert node.runner_stats.delivered >= 1
+        node.trigger_deactivate()
+
+        caller = "bench"
+        stream_throughput(node.forecaster, 2)
+
+        caller = "measure_node_rate"
+        video = tmp_path / "clip.avi"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (80, 60))
+        for _ in range(3 * CONTEXT):
+            writer.write(smooth_frame())
+        writer.release()
+        args = measure_node_rate.parse_args(["--config", str(config), "--threads", "1", "--duration", "1", "--no-ros"])
+        result = {}
+        measure_node_rate.run_without_ros(args, {"forecast.k": 2, "forecast.horizon": 1}, video, result)
+        assert result["forecasts"] >= 1
+    finally:
+        node.destroy_node()
+    assert set(seen) == {"node", "bench", "measure_node_rate"}, set(seen)
