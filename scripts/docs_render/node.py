@@ -32,6 +32,36 @@ def render_node_rate(results: Path) -> str:
 
 
 
+RUNNER_PATHS = {"bench": "bench: every frame back to back (`stream_throughput`)",
+                "node_no_ros": "node's runner without ROS, camera rate (`measure_node_rate.py --no-ros`)",
+                "node_ros": "node over DDS, clip replayed (`measure_node_rate.py`)"}
+
+
+@renderer("runner_paths")
+def render_runner_paths(results: Path) -> str:
+    """One clip through bench, the node's runner without ROS and the node over DDS, all running
+    the one frame runner (scripts/bench_runner_paths.py, results/runner_paths*.json)."""
+    blocks = []
+    for path in result_files(results, "runner_paths*.json"):
+        d = json.loads(path.read_text())
+        rows = []
+        for name, what in RUNNER_PATHS.items():
+            runs = d["paths"][name]["runs"]
+            latency = [r.get("latency_ms") or r.get("latency_ms_median") for r in runs]
+            rows.append([what, f"**{fmt(d['paths'][name]['median_forecasts_per_s'], 2)}**",
+                         ", ".join(fmt(r["forecasts_per_s"], 2) for r in runs),
+                         ", ".join(fmt(v, 0) for v in latency), ", ".join(fmt(r.get("stages")) for r in runs),
+                         ", ".join(fmt(r["load_avg_1min"], 1) for r in runs)])
+        m = d["machine"]
+        blocks.append(
+            f"`{path.name}`: {d['clip']} ({d['frame_size'][1]}x{d['frame_size'][0]}, {fmt(d['clip_fps'], 0)} fps), "
+            f"config {d['config']}, {d['model_threads']} model thread(s), {m['cpu']}, {m['cores']} cores\n\n"
+            + table(["path", f"forecasts/s (median of {d['runs']})", "each run", "latency ms, median of each run (bench: model time of a frame; node: camera stamp to forecast)",
+                     "stages", "load average"], rows)
+            + f"\n\n{provenance(d, results, path.name)}")
+    return "\n\n".join(blocks)
+
+
 @renderer("input_qos")
 def render_input_qos(results: Path) -> str:
     """Camera frames that reached the node by size, transports and reliability (results/input_qos.json)."""
