@@ -37,8 +37,9 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "weights": ("", "Folder of tokenizer/world/heads .safetensors; empty = the config's weights."),
     "device": ("auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."),
     "threads": (0, "CPU threads of the model (torch and ONNX Runtime), 0-256; 0 = auto: half the cores, 1 to 4, "
-                   "which keeps its speed when other processes load the CPU. With 2 or more on a CPU the VFM of "
-                   "the next frame runs beside the rest of the current one, each with half (forecast.pipeline)."),
+                   "which keeps its speed when other processes load the CPU. With 2 or more on a CPU the model runs "
+                   "in one stage or in two (the next frame's VFM beside the rest of the current one, each with "
+                   "half), whichever is measured faster at configure (forecast.pipeline)."),
     "k": (0, "Hypotheses sampled per forecast (0 = config value)."),
     "horizon": (0, "Future steps per hypothesis (0 = config value)."),
     "step_s": (0.0, "Seconds between future steps (0 = config value)."),
