@@ -205,7 +205,7 @@ class Metrics:
         self.csv = csv.writer(self.file)
         self.tb_dir = folder / "tb" / stage
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
 
             self.tb = SummaryWriter(str(self.tb_dir), purge_step=start_step or None)
             log.info("metrics: %s; TensorBoard events: %s (tensorboard --logdir %s)", path, self.tb_dir,

@@ -298,7 +298,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
     bar = None
     if main:
         try:
-            from tqdm import tqdm
+            from tqdm import tqdm  # optional: a progress bar where it is installed, the log lines anyway
 
             bar = tqdm(total=cfg.steps, initial=step, desc=cfg.stage, dynamic_ncols=True, file=sys.stderr)
         except ImportError:
