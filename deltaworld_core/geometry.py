@@ -6,18 +6,21 @@ become one published map.
 - ``squash``: the whole frame resized to the model's input size, aspect not kept (one view; the
   embedded default was trained and calibrated this way). The maps cover the whole frame at
   ``output_size``.
-- ``two_squares``: as the released models were trained and evaluated: the frame is scaled so that
-  its short side meets the model size with the aspect kept, and windows of the model's shape are
-  taken along the long side, two for a wide frame (overlapping when the aspect ratio is under 2;
-  ``ceil(aspect)`` evenly spaced ones above 2, so that the whole view is still covered), one for a
-  frame of the model's aspect. Each window is one view of the streaming forecast (the views run
-  as one batch). The views' logits and depth are blended back (averaged where they overlap) into
-  one map of the camera's whole view at the camera's aspect: its short side is ``output_size``'s.
+- ``two_squares``: as the released models were trained and evaluated, and as the release prepares
+  a frame: the whole frame is resized (OpenCV's bilinear, no antialiasing) so that its short side
+  meets the model size with the aspect kept and its long side is at most twice the model's (a
+  frame wider than 2:1 is squashed to 2:1), then windows of the model's shape are taken at both
+  ends of the long side: two for a wide frame (overlapping when the aspect ratio is under 2), one
+  for a frame of the model's aspect. Each window is one view of the streaming forecast (the views
+  run as one batch). The views' logits and depth are blended back (averaged where they overlap)
+  into one map of the camera's whole view, at the prepared frame's aspect (the camera's up to
+  2:1): its short side is ``output_size``'s.
 - ``center_crop``: one window of the model's shape from the frame's centre, the rest discarded.
   The maps cover that region only (``Forecast.region`` gives it in camera pixels).
 
-Windows are cut from the camera frame at its own resolution and resized by the VFM: the same
-pixels as scaling first and cropping after, up to the rounding of one pixel.
+``squash`` and ``center_crop`` windows are cut from the camera frame at its own resolution and
+resized by the VFM; ``two_squares`` resizes the whole frame first (:func:`cut_views`), so the
+pixels the VFM sees are the release's to the last grey level.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,6 +45,9 @@ class Layout:
     canvas: (h, w) of the published maps.
     placements: per view (y0, x0) of its ``view_size`` map inside the canvas.
     view_size: (h, w) of one view's map before it is placed.
+    prepared: (h, w) the whole frame is resized to before the views are cut (None: cut from the
+        frame as it is, each view resized by the VFM).
+    crops: per view (y0, x0, y1, x1) in the prepared frame's pixels (with ``prepared``).
     """
 
     views: tuple[tuple[int, int, int, int], ...]
@@ -48,17 +55,12 @@ class Layout:
     canvas: tuple[int, int]
     placements: tuple[tuple[int, int], ...]
     view_size: tuple[int, int]
+    prepared: tuple[int, int] | None = None
+    crops: tuple[tuple[int, int, int, int], ...] = ()
 
     @property
     def num_views(self) -> int:
         return len(self.views)
-
-
-def _spread(length: float, window: float, count: int) -> list[float]:
-    """``count`` window starts spread evenly from 0 to ``length - window``."""
-    if count == 1:
-        return [0.0]
-    return [i * (length - window) / (count - 1) for i in range(count)]
 
 
 def layout(geometry: str, frame: tuple[int, int], model: tuple[int, int], output: tuple[int, int]) -> Layout:
@@ -73,43 +75,60 @@ def layout(geometry: str, frame: tuple[int, int], model: tuple[int, int], output
     full = (0, 0, fh, fw)
     if geometry == "squash":
         return Layout((full,), full, (oh, ow), ((0, 0),), (oh, ow))
-    # The window of the model's aspect that spans the frame's short side (relative to that aspect).
+    if geometry == "two_squares":
+        return _release_squares((fh, fw), (mh, mw), (oh, ow))
+    # center_crop: the window of the model's aspect that spans the frame's short side, centred.
     scale = max(mh / fh, mw / fw)  # model pixels per camera pixel
     wh, ww = min(fh, mh / scale), min(fw, mw / scale)  # window in camera pixels (one side is the frame's)
     along_x = fw - ww > 0.5  # the frame is wider than the model's aspect
-    along_y = fh - wh > 0.5
     length, window = (fw, ww) if along_x else (fh, wh)
-    if geometry == "center_crop" or not (along_x or along_y):
-        count = 1
-        starts = [(length - window) / 2]
+    side = max(1, int(round(ww if along_x else wh)))
+    start = max(0, min(int(round((length - window) / 2)), length - side))
+    view = (0, start, fh, start + side) if along_x else (start, 0, start + side, fw)
+    return Layout((view,), view, (oh, ow), ((0, 0),), (oh, ow))
+
+
+MAX_PREPARED_ASPECT = 2.0  # the release caps the long side at twice the short (512 -> at most 1024)
+
+
+def _release_squares(frame: tuple[int, int], model: tuple[int, int], output: tuple[int, int]) -> Layout:
+    """``two_squares``: the frame resized whole (short side to the model's, long side at most
+    MAX_PREPARED_ASPECT times it), windows of the model's shape at both ends of the long side."""
+    (fh, fw), (mh, mw), (oh, ow) = frame, model, output
+    scale = max(mh / fh, mw / fw)  # prepared pixels per camera pixel on the short side
+    ph, pw = fh * scale, fw * scale
+    along_x, along_y = pw - mw > 0.5, ph - mh > 0.5
+    pw = min(pw, MAX_PREPARED_ASPECT * mw) if along_x else mw
+    ph = min(ph, MAX_PREPARED_ASPECT * mh) if along_y else mh
+    prepared = (int(round(ph)), int(round(pw)))
+    if along_x:
+        crops = ((0, 0, mh, mw), (0, prepared[1] - mw, mh, prepared[1]))
+    elif along_y:
+        crops = ((0, 0, mh, mw), (prepared[0] - mh, 0, prepared[0], mw))
     else:
-        count = max(2, math.ceil(length / window - 1e-6))
-        starts = _spread(length, window, count)
-    views = []
-    side = max(1, int(round(ww if along_x else wh)))  # every window the same size: one batch
-    for s in starts:
-        start = max(0, min(int(round(s)), length - side))
-        views.append((0, start, fh, start + side) if along_x else (start, 0, start + side, fw))
-    if geometry == "center_crop":
-        return Layout(tuple(views), views[0], (oh, ow), ((0, 0),), (oh, ow))
-    # The published canvas: the whole frame at the scale that maps one window onto output_size.
-    out_scale = oh / wh if along_x or not along_y else ow / ww
-    ch, cw = (oh, max(ow, int(round(fw * out_scale)))) if along_x else (max(oh, int(round(fh * out_scale))), ow)
-    placements = []
-    for i, s in enumerate(starts):
-        # The last view ends at the canvas edge exactly (rounding must not leave a column uncovered).
-        if along_x:
-            x = cw - ow if i == len(starts) - 1 else min(cw - ow, int(round(s * out_scale)))
-            placements.append((0, x))
-        else:
-            y = ch - oh if i == len(starts) - 1 else min(ch - oh, int(round(s * out_scale)))
-            placements.append((y, 0))
-    return Layout(tuple(views), full, (ch, cw), tuple(placements), (oh, ow))
+        crops = ((0, 0, mh, mw),)
+    sy, sx = prepared[0] / fh, prepared[1] / fw  # prepared pixels per camera pixel (differ when squashed)
+    views = tuple((int(round(y0 / sy)), int(round(x0 / sx)), min(fh, int(round(y1 / sy))), min(fw, int(round(x1 / sx))))
+                  for y0, x0, y1, x1 in crops)
+    # The published canvas: the prepared frame at the scale that maps one window onto output_size.
+    canvas = (max(oh, int(round(ph * oh / mh))), max(ow, int(round(pw * ow / mw))))
+    placements = [(0, 0)]
+    if len(crops) == 2:  # the second view ends at the canvas edge exactly
+        placements.append((0, canvas[1] - ow) if along_x else (canvas[0] - oh, 0))
+    return Layout(views, (0, 0, fh, fw), canvas, tuple(placements), (oh, ow), prepared, crops)
 
 
 def cut_views(image, lay: Layout):
-    """HxWx3 uint8 frame -> [V, h, w, 3] windows (the VFM resizes them to the model input); one
-    view is a view of the frame, no copy."""
+    """HxWx3 uint8 frame -> [V, h, w, 3] windows. With ``lay.prepared`` the whole frame is
+    resized to it first with OpenCV's bilinear (as the release prepares frames) and the windows
+    are ``lay.crops`` of it, at the model's size; otherwise the windows are cut from the frame as
+    it is (the VFM resizes them) and one view is a view of the frame, no copy."""
+    if lay.prepared is not None:
+        ph, pw = lay.prepared
+        if image.shape[:2] != (ph, pw):
+            image = cv2.resize(image, (pw, ph), interpolation=cv2.INTER_LINEAR).reshape(ph, pw, *image.shape[2:])
+        crops = [image[y0:y1, x0:x1] for y0, x0, y1, x1 in lay.crops]
+        return np.stack(crops)
     crops = [image[y0:y1, x0:x1] for y0, x0, y1, x1 in lay.views]
     return np.stack(crops) if len(crops) > 1 else crops[0][None]
 

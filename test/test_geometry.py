@@ -3,25 +3,26 @@ them, and the published maps blended back over the camera's full view at its asp
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from deltaworld_core import Forecaster, load_config
 from deltaworld_core.config import ConfigError
-from deltaworld_core.geometry import blend, layout, upsample_views
+from deltaworld_core.geometry import blend, cut_views, layout, upsample_views
 
 from test_forecaster import DINOV3
 
 
 @pytest.mark.parametrize("geometry, frame, views, canvas, placements", [
-    # 16:9: two squares of the frame's height, overlapping (aspect < 2); the canvas keeps 16:9
-    ("two_squares", (720, 1280), [(0, 0, 720, 720), (0, 560, 720, 1280)], (32, 57), [(0, 0), (0, 25)]),
+    # 16:9: the frame resized to 64x114, two squares of it at both ends, overlapping (aspect < 2);
+    # in camera pixels the second starts at 50 / (114 / 1280); the canvas keeps 16:9
+    ("two_squares", (720, 1280), [(0, 0, 720, 719), (0, 561, 720, 1280)], (32, 57), [(0, 0), (0, 25)]),
     # exactly 2:1: two squares side by side
     ("two_squares", (100, 200), [(0, 0, 100, 100), (0, 100, 100, 200)], (32, 64), [(0, 0), (0, 32)]),
-    # wider than 2:1 (640x272, the bikes clip): three evenly spaced squares, so the middle is covered
-    ("two_squares", (272, 640), [(0, 0, 272, 272), (0, 184, 272, 456), (0, 368, 272, 640)], (32, 75),
-     [(0, 0), (0, 22), (0, 43)]),
+    # wider than 2:1 (640x272, the bikes clip): squashed to 2:1 as the release does, two squares
+    ("two_squares", (272, 640), [(0, 0, 272, 320), (0, 320, 272, 640)], (32, 64), [(0, 0), (0, 32)]),
     # portrait: the windows go down the frame
     ("two_squares", (120, 90), [(0, 0, 90, 90), (30, 0, 120, 90)], (43, 32), [(0, 0), (11, 0)]),
     # the model's own aspect: one view, the whole frame
@@ -33,17 +34,18 @@ def test_layouts(geometry, frame, views, canvas, placements):
     lay = layout(geometry, frame, (64, 64), (32, 32))
     assert [list(v) for v in lay.views] == [list(v) for v in views]
     assert lay.canvas == canvas and [list(p) for p in lay.placements] == [list(p) for p in placements]
-    # every window has the model's aspect (square here) except squash's, and they cover the region
-    if geometry != "squash":
-        assert all(y1 - y0 == x1 - x0 for y0, x0, y1, x1 in lay.views)
+    # every window has the model's aspect (square here, to a camera pixel of rounding) except squash's
+    # and a frame squashed to 2:1, and they cover the region
+    if geometry != "squash" and frame[1] / frame[0] <= 2:
+        assert all(abs((y1 - y0) - (x1 - x0)) <= 1 for y0, x0, y1, x1 in lay.views)
     covered = np.zeros(frame, bool)
     for y0, x0, y1, x1 in lay.views:
         covered[y0:y1, x0:x1] = True
     ry0, rx0, ry1, rx1 = lay.region
     assert covered[ry0:ry1, rx0:rx1].all()
     assert lay.region == ((0, 0, *frame) if geometry != "center_crop" else views[0])
-    # the canvas keeps the camera's aspect (to a pixel) for the full-view geometries
-    if geometry == "two_squares":
+    # the canvas keeps the camera's aspect (to a pixel) for the full-view geometries, up to 2:1
+    if geometry == "two_squares" and frame[1] / frame[0] <= 2:
         assert abs(canvas[1] / canvas[0] - frame[1] / frame[0]) <= 1 / min(canvas)
         last_y, last_x = lay.placements[-1]
         assert (last_y + 32, last_x + 32) == canvas  # the last view ends at the canvas edge
@@ -103,12 +105,15 @@ def test_two_squares_forecast_covers_the_full_view_and_each_view_is_a_forecast_o
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (48, 64 + 12, 3), dtype=np.uint8)
     images = [np.ascontiguousarray(base[:, 3 * i: 3 * i + 64]) for i in range(4)]  # 48x64, panning
+    def left_square(img):  # as the release prepares it: the whole frame resized to 32x43, the left 32x32
+        return np.ascontiguousarray(cv2.resize(img, (43, 32), interpolation=cv2.INTER_LINEAR)[:, :32])
+
     for i, img in enumerate(images[:-1]):
         two.step(img, 0.2 * i)
-        one.step(np.ascontiguousarray(img[:, :48]), 0.2 * i)
+        one.step(left_square(img), 0.2 * i)
     two.generator.manual_seed(5)  # two views drew twice the noise of one so far
     one.generator.manual_seed(5)
-    out, left = two.step(images[-1], 0.6), one.step(np.ascontiguousarray(images[-1][:, :48]), 0.6)
+    out, left = two.step(images[-1], 0.6), one.step(left_square(images[-1]), 0.6)
     lay = two.layout(images[0].shape)
     assert lay.num_views == 2 and lay.canvas == (16, 21) and out.region == (0, 0, 48, 64)
     assert out.semantic.shape == out.depth.shape == (4, 2, 16, 21)
@@ -129,3 +134,19 @@ def test_center_crop_forecast_says_which_region_it_covers():
     rng = np.random.default_rng(0)
     out = [fc.step(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), 0.2 * i) for i in range(3)][-1]
     assert out.region == (0, 8, 48, 56) and out.semantic.shape == (4, 2, 16, 16)
+
+
+@pytest.mark.parametrize("frame", [(96, 128), (90, 160), (80, 160), (60, 144), (128, 96)])
+def test_two_squares_views_are_the_release_preparation_pixel_for_pixel(frame):
+    """4:3, 16:9, 2:1, 2.4:1 and portrait: the whole frame resized with OpenCV's bilinear (short side
+    to the model's 64, long side at most 128), then the squares at both ends: the same pixels."""
+    rng = np.random.default_rng(1)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (*frame, 3), dtype=np.uint8), (3, 3), 1)
+    h, w = frame
+    short, long_ = min(h, w), max(h, w)
+    size = min(128, int(round(long_ * 64 / short)))
+    resized = cv2.resize(image, (size, 64) if w >= h else (64, size), interpolation=cv2.INTER_LINEAR)
+    expected = [resized[:, :64], resized[:, size - 64:]] if w >= h else [resized[:64], resized[size - 64:]]
+    views = cut_views(image, layout("two_squares", frame, (64, 64), (32, 32)))
+    assert views.shape == (2, 64, 64, 3)
+    np.testing.assert_array_equal(views, np.stack(expected))

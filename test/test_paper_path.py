@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -29,9 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 # The paper config at CI size: every width as in the paper, one block per stack, a 4x4 patch grid.
 SMALL = {"vfm.depth": 1, "vfm.image_size": [64, 64], "tokenizer.encoder_depth": 1, "tokenizer.decoder_depth": 1,
          "world.depth": 1, "forecast.k": 3, "forecast.publish_k": 2, "forecast.output_size": [32, 32]}
-# The paper config's geometry (two_squares) cuts a 90 x 120 frame into two 90 x 90 views; the maps
-# cover the frame at its 3:4 aspect, 32 x 43.
-VIEWS = (slice(0, 90), slice(30, 120))
+# The paper config's geometry (two_squares) prepares a 90 x 120 frame as the release does (resized
+# whole to 64 x 85, OpenCV bilinear) and cuts two 64 x 64 views of it; the maps cover the frame at
+# its 3:4 aspect, 32 x 43.
+PREPARED = (85, 64)  # (w, h) for cv2.resize
+VIEWS = (slice(0, 64), slice(21, 85))
 CANVAS = (32, 43)
 SEG_CLASSES, DEPTH_BINS = 19, 256  # seg-head-cityscapes, depth-head-kitti
 
@@ -212,7 +215,8 @@ def test_paper_forecasts(paper_files, forecasts):
     with torch.no_grad():
         tokens, last_feats = [], []
         for cols in VIEWS:
-            feats = fc.vfm(np.stack([np.ascontiguousarray(img[:, cols]) for img in images]))
+            feats = fc.vfm(np.stack([np.ascontiguousarray(cv2.resize(img, PREPARED, interpolation=cv2.INTER_LINEAR)
+                                                          [:, cols]) for img in images]))
             tokens.append(fc.tokenizer.encode(torch.cat((fc.vfm.black_features(1), feats[:-1])), feats, fc.grid))
             last_feats.append(feats[-1:])
         times = torch.tensor([[t - 2.0 for t in stamps]] * 2, dtype=torch.float64)
