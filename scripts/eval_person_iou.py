@@ -1,7 +1,7 @@
 """Present-frame person IoU of segmentation heads against the person teacher, on held-out videos.
 
     .venv/bin/python scripts/eval_person_iou.py --heads synthetic_only=PATH --heads default=PATH \
-        [--sources NAME ...] [--stride 3] [--json results/person_iou.json]
+        [--sources NAME ...] [--stride 3] [--windows 24] [--json results/person_iou.json]
 
 For every clip of the held-out sources (data_split.yaml; no training stage saw them) the teacher
 labels every ``--stride``-th frame (cached; :mod:`deltaworld_core.teachers.labels`), the default
@@ -11,6 +11,12 @@ output size. Per video and heads: the IoU of "person" over the teacher's confide
 0.5 (``iou_at_half``), and the share of pixels each calls person. The summary averages
 ``iou_decided`` over the videos that show people (``--with-people``: chosen by what the videos
 show, not by the teacher's output), every video weighing the same.
+
+Forecasts (``--windows`` per video, 0 = none): windows of the default's context + horizon labelled
+frames about ``forecast.step_s`` apart; the world model forecasts K samples and each heads file
+labels copy-last, the mean and the per-pixel mode of the K samples, the best sample (closest to
+the true final features: an oracle) and the true target frame, scored per horizon step against
+the teacher at the target frame (:mod:`deltaworld_core.teachers.forecast_agreement`).
 """
 
 from __future__ import annotations
@@ -30,9 +36,13 @@ sys.path.insert(0, str(ROOT))
 from deltaworld_core.checkpoint import atomic_write, load_state_strict, read_state  # noqa: E402
 from deltaworld_core.config import load_config  # noqa: E402
 from deltaworld_core.data.sources import split_sources  # noqa: E402
+from deltaworld_core.evaluation.evaluator import Evaluator  # noqa: E402
+from deltaworld_core.forecaster import load_models  # noqa: E402
 from deltaworld_core.features import FeatureCache  # noqa: E402
 from deltaworld_core.heads import TaskHeads  # noqa: E402
 from deltaworld_core.teachers.agreement import PersonAgreement, head_person, teacher_probability  # noqa: E402
+from deltaworld_core.teachers.forecast_agreement import (ForecastPersonAgreement, label_windows,  # noqa: E402
+                                                         teacher_at, window_clips)
 from deltaworld_core.teachers.labels import LabelSettings, LabelStore, label_clips  # noqa: E402
 from deltaworld_core.training.real_labels import clip_labels, frame_features  # noqa: E402
 from deltaworld_core.vfm import build_vfm, default_cache_dir  # noqa: E402
@@ -51,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--person", type=float, nargs=2, default=(0.2, 0.7), metavar=("LO", "HI"))
     p.add_argument("--max-side", type=int, default=448)
     p.add_argument("--teacher-cache", default=None)
+    p.add_argument("--windows", type=int, default=24, help="forecast windows per video (0: present frames only)")
+    p.add_argument("--seed", type=int, default=0, help="forecast sampling seed")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -59,6 +71,36 @@ def load_heads(path: str, cfg) -> TaskHeads:
     heads = TaskHeads.from_config(cfg.heads, cfg.vfm.embed_dim)
     load_state_strict(heads, read_state(path), source=path)
     return heads.eval()
+
+
+def forecast_rows(row, evaluator, heads, name, feats, stamps, teacher, args, vfm, size, person_id) -> None:
+    """Adds ``row[heads name]["forecast"]``: per method, per horizon step, the person agreement."""
+    fc = evaluator.cfg.forecast
+    windows = label_windows(stamps, fc.context + fc.horizon, fc.step_s, args.windows)
+    accs = {h: ForecastPersonAgreement(fc.horizon, tuple(args.person)) for h in heads}
+    for i in range(0, len(windows), 8):
+        batch = windows[i:i + 8]
+        preds = evaluator.predict(window_clips(name, feats, stamps, batch))
+        target = teacher_at(teacher, batch, fc.context)
+        for h, acc in accs.items():
+            acc.add(preds, target, heads[h], tuple(vfm.grid), size, person_id)
+    for h, acc in accs.items():
+        row[h]["forecast"] = acc.summary()
+
+
+def forecast_means(videos: dict, name: str) -> dict:
+    """{method: [mean iou_decided over the videos with people, per step]}."""
+    out = {}
+    rows = [v[name]["forecast"] for v in videos.values() if v["people"] and "forecast" in v[name]]
+    for method in rows[0] if rows else ():
+        if method == "windows":
+            continue
+        steps = []
+        for step in range(len(rows[0][method])):
+            vals = [r[method][step]["iou_decided"] for r in rows if r[method][step]["iou_decided"] is not None]
+            steps.append(sum(vals) / len(vals) if vals else None)
+        out[method] = steps
+    return out
 
 
 def main(argv=None) -> int:
@@ -72,6 +114,12 @@ def main(argv=None) -> int:
     cache = FeatureCache(default_cache_dir() / "features", vfm, cfg.vfm)
     store = LabelStore(LabelSettings(stride=args.stride, tiles=args.tiles), args.teacher_cache)
     sources = args.sources if args.sources is not None else split_sources("held_out")
+    fc = cfg.forecast
+    evaluator = None
+    if args.windows > 0:
+        tokenizer, world, _ = load_models(cfg)
+        evaluator = Evaluator(cfg, tokenizer, world, None, tuple(vfm.grid), cache.black(), fc.context, fc.horizon,
+                              fc.k, None, args.seed)
     videos, segmenter = {}, []
     with torch.inference_mode():
         for clip in label_clips(sources):
@@ -83,6 +131,9 @@ def main(argv=None) -> int:
                 acc = PersonAgreement(*args.person)
                 acc.add(head_person(h, feats, tuple(vfm.grid), size, person_id), teacher)
                 row[name] = acc.summary()
+            if evaluator is not None:
+                forecast_rows(row, evaluator, heads, clip.name, feats, labels.stamps, teacher, args, vfm, size,
+                              person_id)
             videos[clip.name] = row
             print(clip.name, json.dumps({k: (v if k == "people" else round(v["iou_decided"] or 0, 3))
                                          for k, v in row.items()}), flush=True)
@@ -93,11 +144,15 @@ def main(argv=None) -> int:
         without = [v[name]["head_person_share"] for v in videos.values() if not v["people"]]
         summary[name] = {"iou_decided_mean_with_people": sum(with_people) / len(with_people) if with_people else None,
                          "videos_with_people": len(with_people),
-                         "head_person_share_mean_without_people": sum(without) / len(without) if without else None}
+                         "head_person_share_mean_without_people": sum(without) / len(without) if without else None,
+                         "forecast_iou_decided_mean_with_people": forecast_means(videos, name)}
     out = {"command": "python scripts/eval_person_iou.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
            "date": time.strftime("%Y-%m-%d", time.gmtime()), "heads": named, "config": args.config,
            "teacher": store.teacher.identity(), "label_settings": vars(store.settings),
-           "teacher_thresholds": list(args.person), "label_size": list(size), "summary": summary, "videos": videos}
+           "teacher_thresholds": list(args.person), "label_size": list(size),
+           "forecast": {"context": fc.context, "horizon": fc.horizon, "k": fc.k, "step_s": fc.step_s,
+                        "windows_per_video": args.windows, "seed": args.seed},
+           "summary": summary, "videos": videos}
     print(json.dumps(summary, indent=1))
     if args.json:
         atomic_write(args.json, lambda p: Path(p).write_text(json.dumps(out, indent=1) + "\n"))

@@ -39,6 +39,15 @@ class HeadsStage:
         self.sampler, self.grid, self.depth_weight = sampler, grid, cfg.loss.depth_weight
         self.real = list(real or [])
         self.real_fraction = cfg.real_labels.fraction if self.real else 0.0
+        self.person_weight = cfg.real_labels.person_weight if self.real else 1.0
+
+    def class_weights(self, class_names: list[str]) -> torch.Tensor | None:
+        """[C]: ``real_labels.person_weight`` for person, 1 elsewhere; None when every weight is 1."""
+        if self.person_weight == 1.0 or "person" not in class_names:
+            return None
+        weight = torch.ones(len(class_names))
+        weight[class_names.index("person")] = self.person_weight
+        return weight
 
     def item(self, g: torch.Generator) -> dict[str, torch.Tensor]:
         # The draw for the pool happens only when there is a real pool, so a synthetic-only run sees
@@ -61,7 +70,7 @@ class HeadsStage:
         size = batch["semantic"].shape[-2:]
         logits = F.interpolate(heads.segmentation(batch["features"], self.grid).float(), size=size, mode="bilinear",
                                align_corners=False)
-        seg = partial_cross_entropy(logits, batch["semantic"])
+        seg = partial_cross_entropy(logits, batch["semantic"], self.class_weights(heads.class_names))
         depth = heads.depth(batch["features"], self.grid)  # metres exactly as inference reduces the bins
         depth = F.interpolate(depth[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         target = batch["depth"].float()

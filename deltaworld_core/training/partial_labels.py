@@ -30,9 +30,14 @@ def not_class(k: int) -> int:
     return NOT_CLASS + k
 
 
-def partial_cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+def partial_cross_entropy(logits: torch.Tensor, codes: torch.Tensor,
+                          class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """logits [B, C, h, w], codes [B, h, w] (uint8 or long) -> the mean negative log-probability of
-    each labelled pixel's allowed set (0 when no pixel is labelled). C must be < 128."""
+    each labelled pixel's allowed set (0 when no pixel is labelled). C must be < 128.
+
+    ``class_weight`` [C]: a pixel labelled exactly class c weighs ``class_weight[c]`` in a weighted
+    mean ("any class but k" pixels weigh 1), so a class that covers few pixels of the frames that
+    teach it (a person on a real frame) is not drowned by the pixels around it."""
     classes = logits.shape[1]
     if classes >= NOT_CLASS:
         raise ValueError(f"{classes} classes: partial labels support at most {NOT_CLASS - 1}")
@@ -47,4 +52,7 @@ def partial_cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Te
     own = logp.gather(1, k)[:, 0]
     others = logp.scatter(1, k, float("-inf")).logsumexp(dim=1)  # log(1 - p_k), computed stably
     nll = torch.where(exact, -own, -others)
-    return nll[labelled].mean()
+    if class_weight is None:
+        return nll[labelled].mean()
+    weight = torch.where(exact, class_weight.to(nll)[k[:, 0]], torch.ones_like(nll))[labelled]
+    return (nll[labelled] * weight).sum() / weight.sum()

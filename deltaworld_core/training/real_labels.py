@@ -45,6 +45,7 @@ class RealLabelsConfig:
     paths: list[str] = field(default_factory=list)  # media files/folders/bags, like ``sources``
     topic: Any = None  # bags in ``paths``: the image topic
     fraction: float = 0.0  # share of each heads batch drawn from this pool (0 = synthetic only)
+    person_weight: float = 1.0  # loss weight of a pixel labelled person (synthetic or real) against 1 for the rest
     person: tuple[float, float] = (0.2, 0.7)  # teacher probability: <= lo "not person", >= hi person, between unknown
     label: LabelSettings = field(default_factory=LabelSettings)  # how the clips are (or were) labelled
     cache: str | None = None  # teacher cache; None = $DELTAWORLD_TEACHERS or ~/.cache/deltaworld/teachers
@@ -64,6 +65,8 @@ class RealLabelsConfig:
             raise ConfigError(f"real_labels.fraction must lie in [0, 1], got {self.fraction}")
         if self.fraction > 0 and not self.enabled:
             raise ConfigError("real_labels.fraction > 0 needs real_labels.sources, negatives_only or paths")
+        if not 0.0 < self.person_weight < float("inf"):
+            raise ConfigError(f"real_labels.person_weight must be a number > 0, got {self.person_weight}")
         if self.max_side < 14:
             raise ConfigError(f"real_labels.max_side must be >= 14, got {self.max_side}")
 
