@@ -1,5 +1,8 @@
-"""Data: video input, clip sampling, clip-consistent augmentation, the synthetic world and
-loaders for the evaluation datasets (Cityscapes, KITTI depth, VSPW). numpy/torch/OpenCV only."""
+"""Data: recordings of every kind read as one stream of frames (:mod:`.recordings`, the dispatcher
+above the readers :mod:`.capture`, :mod:`.folders`, :mod:`.lists`, :mod:`.shards` and
+:mod:`.rosbag`), training windows and their sampling, clip-consistent augmentation, the synthetic
+world and loaders for the evaluation datasets (Cityscapes, KITTI depth, VSPW). numpy/torch/OpenCV
+only; the runtime (the forecaster, the node) imports none of it."""
 from .datasets import (CITYSCAPES_CLASSES, VSPW_CLASSES, CityscapesClips, KittiDepthClips,
                        VSPWClips, collate_eval, read_index_png)
 from .synthetic import (CAR_MANOEUVRES, CLASS_NAMES, PERSON_MANOEUVRES, SyntheticClipDataset,

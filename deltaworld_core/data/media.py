@@ -1,5 +1,6 @@
-"""Every kind of recording a user can train or evaluate on, named the same way and read as one
-stream of ``(RGB frame, stamp)``.
+"""The recording readers' names, imported from one place, and their command-line tools: every kind
+of recording a user can train or evaluate on, named the same way and read as one stream of
+``(RGB frame, stamp)``.
 
 * :func:`expand_media` turns the entries of ``data.videos.paths`` (video files, frame folders,
   folders of videos, ``.txt``/``.csv`` lists, rosbag2 recordings, tar shards) into
@@ -11,8 +12,7 @@ stream of ``(RGB frame, stamp)``.
 * :func:`duration_s` gives a ref's first and last stamp without decoding a frame.
 * :func:`monotonic_runs` cuts a stream where the forecast node restarts its context.
 
-The names of the recording readers, imported from one place, and their command-line tools. The
-dispatcher is :mod:`.recordings`; below it the readers (:mod:`.capture` video files,
+The dispatcher is :mod:`.recordings`; below it the readers (:mod:`.capture` video files,
 :mod:`.folders`, :mod:`.lists`, :mod:`.rosbag` rosbag2 recordings without ROS, :mod:`.shards`);
 above it :mod:`.convert` writes shards and bags. Command-line tools (docs/data-sources.md)::
 
