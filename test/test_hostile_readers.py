@@ -370,13 +370,7 @@ def test_replay_never_publishes_a_zero_size_or_absurd_image(tmp_path, clip):
 
 
 # ------------------------------------------------------------------ the run goes on: evaluate
-TINY_YAML = """
-vfm: {family: dinov2, weights: random, patch_size: 14, embed_dim: 48, depth: 1, num_heads: 2, image_size: [28, 42]}
-tokenizer: {dim: 32, encoder_depth: 1, decoder_depth: 1, num_heads: 2, mlp_hidden: 64, layerscale_init: 0.1}
-world: {dim: 32, depth: 1, num_heads: 2, layerscale_init: 0.1, noise_std: 1.0}
-heads: {class_names: [sky, road, sidewalk, building, vegetation, terrain, car, person, pole], depth_bins: 16}
-forecast: {context: 4, horizon: 3, k: 2, step_s: 0.2, output_size: [20, 24]}
-"""
+from test_evaluate import TINY_YAML  # noqa: E402 - the evaluate tests' tiny random model
 
 
 @pytest.fixture(scope="module")
