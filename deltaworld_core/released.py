@@ -119,6 +119,7 @@ from torch import nn
 from .cli import add_overrides_argument, parse_overrides, run_cli
 from .checkpoint import CheckpointError, load_state_strict, mismatch_report, read_state, save_state
 from .config import ModelConfig, load_config
+from .data.datasets import CITYSCAPES_CLASSES  # the release's 19-class heads are Cityscapes'
 from .forecaster import WEIGHT_FILES, build_models
 
 log = logging.getLogger(__name__)
@@ -132,10 +133,6 @@ _DROPPED_PREFIXES = ("backbone.", "rope_embeddings.")
 _RELEASE_UNROTATED = 4  # predictor rope_unrotated_size in the release
 _RELEASE_ROPE_HZ = (0.01, 100.0)  # inv_freq = 1 / 10 ** linspace(-2, 2, 30) cycles per second
 
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-]
 
 State = dict[str, torch.Tensor]
 
