@@ -107,3 +107,14 @@ def test_a_synthetic_only_stage_draws_the_batches_it_always_drew():
             w = sampler.synthetic[Sampler.integer(ref, len(sampler.synthetic))]
             j = Sampler.integer(ref, len(w.features))
             assert torch.equal(got["features"], w.features[j].float()) and torch.equal(got["semantic"], w.semantic[j])
+
+
+def test_person_weight_weighs_person_pixels_only_with_a_real_pool():
+    stage, _ = make_stage(real_pool(), 0.5)
+    assert stage.class_weights(NAMES) is None  # the recipe's default weight is 1
+    stage.person_weight = 4.0
+    assert stage.class_weights(NAMES).tolist() == [1.0, 1.0, 4.0]
+    cfg = load_train_config(ROOT / "deltaworld_core/configs/train_heads.yaml")
+    cfg.real_labels.person_weight = 4.0
+    alone = HeadsStage(cfg, Sampler(0, [], synthetic_pool(), None, (0.16, 0.24)), GRID, None)
+    assert alone.class_weights(NAMES) is None  # a synthetic-only run trains as it always did
