@@ -38,6 +38,7 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from deltaworld_core.bench import cpu_model  # noqa: E402
 from deltaworld_core.data import rosbag as bags  # noqa: E402
 from deltaworld_core.data.convert import write_bag  # noqa: E402
 from deltaworld_core.data.media import expand_media, iter_frames, main as media_main  # noqa: E402
@@ -45,16 +46,6 @@ from deltaworld_core.data.video import sample_video_paths  # noqa: E402
 
 PAIR_GAP_S = (0.04 + 0.3333333) / 2  # mean of the default data.pair_gap_s
 WORLD_STEP_S, WORLD_FRAMES = 0.2, 8
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def build_inputs(video: Path, tmp: Path) -> dict[str, list[str]]:

@@ -22,7 +22,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from deltaworld_core.bench import cpu_model  # noqa: E402
 from deltaworld_core.data.media import MediaRef  # noqa: E402
 from deltaworld_core.data.stream import ClipSpec, ClipStream, loader  # noqa: E402
 from deltaworld_core.data.video import sample_video_paths  # noqa: E402
@@ -128,9 +128,7 @@ def main(argv=None) -> int:
         "command": " ".join([".venv/bin/python", "scripts/bench_train_loader.py",
                              *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": next((line.split(":", 1)[1].strip()
-                                 for line in Path("/proc/cpuinfo").read_text().splitlines()
-                                 if line.startswith("model name")), platform.processor()),
+        "machine": {"cpu": cpu_model(),
                     "cores": os.cpu_count(), "load_avg_1min_at_start": os.getloadavg()[0], "torch": torch.__version__},
         "config": {"batch_size": cfg.batch_size, "round_steps": cfg.data.stream.round_steps,
                    "image_size": list(cfg.model_config.vfm.image_size), "workers": args.workers,
