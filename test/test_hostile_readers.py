@@ -570,3 +570,19 @@ def test_calibrate_fits_on_bags_and_folders_and_refuses_the_bad_alone(tiny, tmp_
     capsys.readouterr()
     assert calibrate.main([*args, "--video", str(tmp_path / "gone.mcap")]) == 2
     assert "gone.mcap" in capsys.readouterr().err
+
+
+def test_one_decode_function_checks_every_image_format_header_first(clip):
+    from deltaworld_core.imaging import ABSURD_SIZE, UNDECODABLE, ZERO_SIZE, ImageError, decode_image
+
+    rgb = clip[0]
+    for ext in (".png", ".jpg", ".ppm", ".pgm"):
+        pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if ext == ".pgm" else np.ascontiguousarray(rgb[..., ::-1])
+        data = cv2.imencode(ext, pixels)[1].tobytes()
+        assert decode_image(data).shape == (32, 48, 3) and decode_image(data, max_side=24).shape == (16, 24, 3)
+    bad = {b"": ZERO_SIZE, b"GIF89a....": UNDECODABLE, b"P5\n30000 30000\n255\n" + b"\0" * 64: ABSURD_SIZE,
+           png_bomb(20000)[:200]: ABSURD_SIZE}
+    for data, cause in bad.items():
+        with pytest.raises(ImageError) as err:
+            decode_image(data)
+        assert err.value.cause == cause and "\n" not in str(err.value)

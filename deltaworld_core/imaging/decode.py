@@ -97,10 +97,12 @@ def decode_image(data: bytes | memoryview | np.ndarray, max_side: int | None = N
     faster than decoding in full and shrinking). Raises ImageError naming what is wrong."""
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     kind, height, width = file_header(buf)
-    flag = REDUCED_FLAGS.get(side_factor(kind, height, width, max_side), cv2.IMREAD_COLOR)
-    bgr = cv2.imdecode(buf, flag)
-    if bgr is None:
-        raise ImageError(f"{kind} data ({len(buf)} bytes) could not be decoded", UNDECODABLE)
+    if kind != "pnm":  # PNG and JPEG: the camera messages' own decoding, decoded size checked too
+        return shrink_to_side(decode_compressed(buf, side_factor(kind, height, width, max_side)), max_side)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape[:2] != (height, width):
+        raise ImageError(f"{kind} data ({len(buf)} bytes) could not be decoded to its header's "
+                         f"{width}x{height}", UNDECODABLE)
     return shrink_to_side(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side)
 
 
