@@ -46,7 +46,7 @@ def _decompressed(chunk: Chunk) -> bytes:
             parts.append(block)
         data = b"".join(parts)
     elif chunk.compression == "lz4":
-        import lz4.frame
+        import lz4.frame  # optional as well: only lz4-compressed chunks need it
 
         decompressor = lz4.frame.LZ4FrameDecompressor()
         data = decompressor.decompress(chunk.data, max_length=size + 1)
