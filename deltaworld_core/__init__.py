@@ -11,7 +11,7 @@ __all__ = ["Forecaster", "Forecast", "ModelConfig", "load_config"]
 
 def __getattr__(name):
     if name in ("Forecaster", "Forecast"):
-        from . import forecaster
+        from . import forecaster  # on first use: `from deltaworld_core import load_config` stays light
 
         return getattr(forecaster, name)
     raise AttributeError(name)

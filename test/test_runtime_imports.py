@@ -171,3 +171,36 @@ def test_a_planted_cycle_and_a_planted_deferred_import_fail(tmp_path):
     graph, deferred = import_graph(tmp_path)
     assert cycles(graph) == [["deltaworld_core.data.media", "deltaworld_core.forecaster"]]
     assert deferred == [("deltaworld_core/data/media.py", "deltaworld_core.runner", 5)]
+
+
+def unexplained_deferred_imports(root: Path) -> list[str]:
+    """``file:line`` of each import inside a function of the library with no comment on its line or
+    the two above it (the reason it waits: an optional or heavy package, a ``python -m`` quirk)."""
+    found = []
+    for path in sorted((root / "deltaworld_core").rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and not any(
+                        "#" in line for line in lines[max(0, node.lineno - 3):node.lineno]):
+                    entry = f"{path.relative_to(root).as_posix()}:{node.lineno}"
+                    if entry not in found:
+                        found.append(entry)
+    return found
+
+
+def test_every_import_inside_a_library_function_says_why():
+    assert unexplained_deferred_imports(REPO) == []
+
+
+def test_a_planted_unexplained_deferred_import_fails(tmp_path):
+    module = tmp_path / "deltaworld_core" / "vfm.py"
+    module.parent.mkdir()
+    module.write_text("def build():\n    import onnxruntime  # optional: only this backend needs it\n")
+    assert unexplained_deferred_imports(tmp_path) == []
+    module.write_text(module.read_text() + "\n\n\n\ndef export():\n    import onnx\n")
+    assert unexplained_deferred_imports(tmp_path) == ["deltaworld_core/vfm.py:8"]
