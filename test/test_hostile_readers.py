@@ -117,7 +117,8 @@ def _zstd_mcap(path: Path, clip) -> Path:
     with open(path, "wb") as stream:
         writer = Writer(stream, compression=CompressionType.ZSTD)
         writer.start("ros2", "test")
-        schema = writer.register_schema(rosbag.IMAGE_TYPE, "ros2msg", rosbag.MSG_DEFINITIONS[rosbag.IMAGE_TYPE].encode())
+        schema = writer.register_schema(rosbag.IMAGE_TYPE, "ros2msg",
+                                        rosbag.MSG_DEFINITIONS[rosbag.IMAGE_TYPE].encode())
         channel = writer.register_channel(TOPIC, "cdr", schema)
         for i, (rgb, stamp) in enumerate(stamped(clip)):
             data = rosbag.encode_image_message(rosbag.image_message(rgb, stamp))

@@ -102,7 +102,8 @@ def _expand_entry(entry: str, topics: list[str] | None, depth: int, errors: list
     name = entry if name is None else name
     ranged = expand_brace_range(entry)
     if ranged is not None:
-        return [ref for p in ranged for ref in _guarded(errors, "", lambda p=p: _expand_entry(p, topics, depth, errors, p))]
+        return [ref for p in ranged
+                for ref in _guarded(errors, "", lambda p=p: _expand_entry(p, topics, depth, errors, p))]
     path = Path(entry).expanduser()
     kind = _kind_of(path, entry)
     if kind == "dir":
