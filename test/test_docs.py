@@ -222,3 +222,19 @@ def test_cpu_series_of_other_machines_are_found_by_the_names_bench_cpu_runs_writ
     assert render_docs.cpu_series(results, 2, "avx2")["machine"]["cpu"] == "avx2"
     assert render_docs.cpu_series(results, 1)["machine"]["cpu"] == "reference"
     assert render_docs.cpu_series(results, 4) is None
+
+
+ABSOLUTE_INTERPRETER = re.compile(r"(?<![\w.])/\S*/\.venv/bin/python")
+
+
+def test_pages_show_the_checkout_relative_interpreter():
+    """A command recorded with an absolute interpreter path (the disk it ran on) is shown as
+    ``.venv/bin/python``: no page names anyone's directories."""
+    from docs_render.common import shown_command
+
+    assert shown_command("/home/me/repo/.venv/bin/python scripts/a.py --out /tmp/x") == (
+        ".venv/bin/python scripts/a.py --out /tmp/x")
+    assert shown_command(".venv/bin/python -m deltaworld_core.bench") == ".venv/bin/python -m deltaworld_core.bench"
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md"))]
+    found = [f"{p.relative_to(REPO)}: {m.group(0)}" for p in pages for m in ABSOLUTE_INTERPRETER.finditer(p.read_text())]
+    assert not found, "\n".join(found)

@@ -4,6 +4,7 @@ and finding result files by pattern or by what they hold (git-tracked files only
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -53,12 +54,22 @@ def producers(results: Path, name: str) -> list[str]:
     return found
 
 
+# An interpreter named by its absolute path (``/home/me/repo/.venv/bin/python``): shown as the
+# checkout-relative ``.venv/bin/python`` every page uses, whoever's disk the run was made on.
+ABSOLUTE_VENV = re.compile(r"(?<![\w.])/\S*/(\.venv/bin/python3?)(?=\s|$)")
+
+
+def shown_command(command: str) -> str:
+    """A recorded command as the pages show it: the checkout's interpreter by its relative path."""
+    return ABSOLUTE_VENV.sub(r"\1", command)
+
+
 def provenance(data: dict, results: Path | None = None, name: str = "") -> str:
     """Date and command as the JSON records them; else the scripts that write the file."""
     date = data.get("date") or "date not in the JSON"
     command = data.get("command")
     if command:
-        return f"{date}; `{command}`"
+        return f"{date}; `{shown_command(command)}`"
     written_by = producers(results, name) if results is not None and name else []
     if written_by:
         return f"{date}; written by {', '.join(written_by)}"
