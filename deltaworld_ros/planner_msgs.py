@@ -14,6 +14,7 @@ from nav_msgs.msg import MapMetaData, OccupancyGrid
 from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from deltaworld_core import imaging
 from deltaworld_core.camera_model import Pinhole
 from deltaworld_core.planning import ObstaclePoints, RiskGrid
 
@@ -30,7 +31,6 @@ OBSTACLE_POINT_STEP = 24
 _NUMPY_TYPES = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
                 PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8"}
 _NATIVE = "<" if sys.byteorder == "little" else ">"
-REDUCTIONS = (2, 4, 8)  # whole factors by which the node may shrink a frame before the model
 
 
 def _cloud_dtype(fields, point_step: int, big_endian: bool) -> np.dtype:
@@ -120,7 +120,7 @@ def pinhole_from_camera_info(info: CameraInfo, height: int, width: int) -> Pinho
         return camera
     # The node decodes frames much larger than the model needs at 1/2, 1/4 or 1/8 size (whole
     # blocks averaged, the last partial block kept or dropped).
-    for factor in REDUCTIONS:
+    for factor in sorted(imaging.REDUCTIONS):
         if height in (camera.height // factor, -(-camera.height // factor)) and \
                 width in (camera.width // factor, -(-camera.width // factor)):
             return camera.window((0, 0, height * factor, width * factor), (height, width))
