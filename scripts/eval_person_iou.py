@@ -40,7 +40,9 @@ from deltaworld_core.evaluation.evaluator import Evaluator  # noqa: E402
 from deltaworld_core.forecaster import load_models  # noqa: E402
 from deltaworld_core.features import FeatureCache  # noqa: E402
 from deltaworld_core.heads import TaskHeads  # noqa: E402
-from deltaworld_core.teachers.agreement import PersonAgreement, head_person, teacher_probability  # noqa: E402
+from deltaworld_core.heads import upsample_bilinear  # noqa: E402
+from deltaworld_core.teachers.agreement import (PersonAgreement, fit_person_probe, head_person,  # noqa: E402
+                                                teacher_probability)
 from deltaworld_core.teachers.forecast_agreement import (ForecastPersonAgreement, label_windows,  # noqa: E402
                                                          teacher_at, window_clips)
 from deltaworld_core.teachers.labels import LabelSettings, LabelStore, label_clips  # noqa: E402
@@ -63,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--teacher-cache", default=None)
     p.add_argument("--windows", type=int, default=24, help="forecast windows per video (0: present frames only)")
     p.add_argument("--seed", type=int, default=0, help="forecast sampling seed")
+    p.add_argument("--ceiling", action="store_true", help="also fit a linear person probe on the evaluated "
+                                                         "frames themselves (what a linear head at this grid reaches)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -86,6 +90,15 @@ def forecast_rows(row, evaluator, heads, name, feats, stamps, teacher, args, vfm
             acc.add(preds, target, heads[h], tuple(vfm.grid), size, person_id)
     for h, acc in accs.items():
         row[h]["forecast"] = acc.summary()
+
+
+def ceiling_rows(videos, kept, grid, size, thresholds) -> None:
+    """Adds ``row["linear_ceiling"]``: a linear person probe fitted on all evaluated frames (in sample)."""
+    probe = fit_person_probe([f for f, _ in kept.values()], [t for _, t in kept.values()], grid, thresholds)
+    for name, (feats, teacher) in kept.items():
+        acc = PersonAgreement(*thresholds)
+        acc.add(upsample_bilinear(probe(feats), size)[:, 0] > 0, teacher)
+        videos[name]["linear_ceiling"] = acc.summary()
 
 
 def forecast_means(videos: dict, name: str) -> dict:
@@ -120,7 +133,7 @@ def main(argv=None) -> int:
         tokenizer, world, _ = load_models(cfg)
         evaluator = Evaluator(cfg, tokenizer, world, None, tuple(vfm.grid), cache.black(), fc.context, fc.horizon,
                               fc.k, None, args.seed)
-    videos, segmenter = {}, []
+    videos, segmenter, kept = {}, [], {}
     with torch.inference_mode():
         for clip in label_clips(sources):
             labels = clip_labels(store, clip, True, segmenter)
@@ -135,10 +148,13 @@ def main(argv=None) -> int:
                 forecast_rows(row, evaluator, heads, clip.name, feats, labels.stamps, teacher, args, vfm, size,
                               person_id)
             videos[clip.name] = row
+            kept[clip.name] = (feats, teacher)
             print(clip.name, json.dumps({k: (v if k == "people" else round(v["iou_decided"] or 0, 3))
                                          for k, v in row.items()}), flush=True)
+    if args.ceiling:
+        ceiling_rows(videos, kept, tuple(vfm.grid), size, tuple(args.person))
     summary = {}
-    for name in heads:
+    for name in list(heads) + (["linear_ceiling"] if args.ceiling else []):
         with_people = [v[name]["iou_decided"] for v in videos.values() if v["people"]]
         with_people = [x for x in with_people if x is not None]
         without = [v[name]["head_person_share"] for v in videos.values() if not v["people"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from deltaworld_core.heads import TaskHeads
+from deltaworld_core.teachers.agreement import fit_person_probe
 from deltaworld_core.teachers.forecast_agreement import (ForecastPersonAgreement, class_maps, label_windows,
                                                          mode_classes, teacher_at, window_clips)
 from deltaworld_core.training.partial_labels import partial_cross_entropy
@@ -81,3 +82,14 @@ def test_class_weight_makes_a_rare_class_count_more():
     weighted = partial_cross_entropy(logits, codes, torch.tensor([1.0, 3.0]))
     assert weighted > plain
     assert torch.allclose(partial_cross_entropy(logits, codes, torch.ones(2)), plain)
+
+
+def test_linear_ceiling_probe_separates_what_the_features_separate():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(6, 4, 3, generator=g) * 0.1
+    person = torch.zeros(6, 4, dtype=torch.bool)
+    person[:, 1] = True
+    f[..., 2] += person * 1.0
+    teacher = person.view(6, 1, 2, 2).float().repeat_interleave(2, 2).repeat_interleave(2, 3)[:, 0]  # [6, 4, 4]
+    probe = fit_person_probe([f], [teacher], GRID, steps=200)
+    assert torch.equal(probe(f)[:, 0].flatten(1) > 0, person)

@@ -75,3 +75,36 @@ class PersonAgreement:
                 "iou_at_half": self._ratio(self.half_inter, self.half_union),
                 "head_person_share": self._ratio(self.head_pixels, self.pixels),
                 "teacher_person_share": self._ratio(self.teacher_pixels, self.pixels)}
+
+
+def fit_person_probe(features: list[torch.Tensor], teacher: list[torch.Tensor], grid: tuple[int, int],
+                     thresholds: tuple[float, float] = (0.2, 0.7), steps: int = 1500, seed: int = 0):
+    """A linear person-vs-rest probe fitted (logistic loss, Adam) on the teacher's confident cells of
+    the given frames: features [T, N, C] and teacher probability [T, h, w] per video. Fitted on
+    the frames it is then scored on, it shows what a linear head at this feature grid can reach,
+    not what a trained head generalises to. Returns features [T, N, C] -> logits [T, 1, gh, gw]."""
+    lo, hi = thresholds
+    xs, ys = [], []
+    for f, p in zip(features, teacher):
+        cells = F.adaptive_avg_pool2d(p[:, None].float(), grid)[:, 0].flatten(1)  # [T, N]
+        keep = (cells >= hi) | (cells <= lo)
+        xs.append(f.float()[keep])
+        ys.append((cells[keep] >= hi).float())
+    x, y = torch.cat(xs), torch.cat(ys)
+    mean, std = x.mean(0), x.std(0) + 1e-5
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.zeros(x.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=0.01, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(steps):
+            i = torch.randint(0, len(x), (4096,), generator=g)
+            loss = F.binary_cross_entropy_with_logits(((x[i] - mean) / std) @ weight + bias, y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    weight, bias = weight.detach(), bias.detach()
+
+    def probe(f: torch.Tensor) -> torch.Tensor:
+        return (((f.float() - mean) / std) @ weight + bias).unflatten(1, grid)[:, None]
+    return probe
