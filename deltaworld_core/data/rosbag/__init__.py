@@ -20,6 +20,6 @@ from .cdr import (COMPRESSED_TYPE, IMAGE_TYPE, IMAGE_TYPES, CdrError, ImageMessa
 from .reader import (bag_duration, bag_frames, bag_images, bag_messages, bag_refs, check_image, image_to_rgb,
                      image_topics)
 from .storage import MCAP_MAGIC, SQLITE_MAGIC, bag_files, read_counts
-from .writer import MSG_DEFINITIONS, BagWriter, image_message, write_frames
+from .writer import MSG_DEFINITIONS, BagWriter, depth_message, image_message, write_frames
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -52,6 +52,25 @@ def image_message(rgb: np.ndarray, stamp: float, frame_id: str = "camera", compr
                         pixels.strides[0])
 
 
+def depth_message(metres: np.ndarray, stamp: float, frame_id: str = "camera", encoding: str = "16UC1"
+                  ) -> ImageMessage:
+    """A depth map float [H, W] in metres (NaN or <= 0 = no measurement) as a REP 118 Image:
+    ``16UC1`` millimetres (0 = invalid) or ``32FC1`` metres (NaN = invalid), stamped ``stamp`` s."""
+    metres = np.asarray(metres, np.float32)
+    valid = np.isfinite(metres) & (metres > 0)
+    if encoding == "16UC1":
+        pixels = np.where(valid, np.clip(np.round(metres * 1000.0), 1, 65535), 0).astype("<u2")
+    elif encoding == "32FC1":
+        pixels = np.where(valid, metres, np.nan).astype("<f4")
+    else:
+        raise MediaError(f"depth encoding must be 16UC1 or 32FC1, got {encoding!r}")
+    sec = int(np.floor(stamp))
+    nanosec = min(int(round((stamp - sec) * 1e9)), 999_999_999)
+    h, w = pixels.shape
+    return ImageMessage(sec, nanosec, frame_id, memoryview(pixels.tobytes()), h, w, encoding, False,
+                        pixels.strides[0])
+
+
 class BagWriter:
     """Writes image messages to a rosbag2 file: ``.mcap`` (rosbag2's MCAP layout, CRCs on) or
     ``.db3`` (rosbag2's sqlite3 schema). Written to a temporary name and renamed on close, so a

@@ -1,0 +1,122 @@
+"""Registered depth beside colour from rosbag2 recordings, and the depth head fine-tuned on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deltaworld_core.data.depth_pairs import PairStats, depth_to_metres, match_stamps, pool_depth, rgbd_pairs
+from deltaworld_core.data.refs import MediaError
+from deltaworld_core.data.rosbag import BagWriter, depth_message, image_message
+
+
+def scene(i: int, h: int = 48, w: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A frame whose brightness tells its depth: a bright near box (0.8 m) moving over a dark far
+    wall (3 m), with a hole of no measurement in a corner."""
+    rgb = np.full((h, w, 3), 40, np.uint8)
+    depth = np.full((h, w), 3.0, np.float32)
+    x = 4 + 3 * i
+    rgb[10:30, x:x + 20] = 220
+    depth[10:30, x:x + 20] = 0.8
+    depth[:6, :6] = np.nan
+    return rgb, depth
+
+
+def write_rgbd(path, n: int = 8, encoding: str = "16UC1", skip_depth: tuple[int, ...] = (),
+               offset_s: float = 0.004, depth_size: tuple[int, int] | None = None) -> None:
+    """Colour at 10 Hz on /camera/color/image_raw and registered depth on
+    /camera/aligned_depth_to_color/image_raw stamped ``offset_s`` later (none for ``skip_depth``)."""
+    with BagWriter(path) as bag:
+        for i in range(n):
+            rgb, depth = scene(i)
+            bag.write("/camera/color/image_raw", image_message(rgb, 1.0 + 0.1 * i))
+            if i in skip_depth:
+                continue
+            if depth_size is not None:
+                depth = pool_depth(depth, depth_size)
+            bag.write("/camera/aligned_depth_to_color/image_raw",
+                      depth_message(depth, 1.0 + 0.1 * i + offset_s, encoding=encoding))
+
+
+COLOUR, DEPTH = "/camera/color/image_raw", "/camera/aligned_depth_to_color/image_raw"
+
+
+@pytest.mark.parametrize("suffix,encoding", [(".mcap", "16UC1"), (".db3", "32FC1"), (".mcap", "32FC1")])
+def test_pairs_metres_and_invalid(tmp_path, suffix, encoding):
+    bag = tmp_path / f"rgbd{suffix}"
+    write_rgbd(bag, n=6, encoding=encoding, skip_depth=(2,))
+    stats = PairStats()
+    pairs = list(rgbd_pairs(bag, COLOUR, DEPTH, tolerance_s=0.02, stats=stats))
+    assert [round(s, 3) for _, _, s in pairs] == [1.0, 1.1, 1.3, 1.4, 1.5]
+    assert (stats.colour, stats.depth, stats.paired, stats.unmatched) == (6, 5, 5, 1)
+    for k, (rgb, depth, _) in zip([0, 1, 3, 4, 5], pairs):
+        want_rgb, want_depth = scene(k)
+        assert np.array_equal(rgb, want_rgb) and depth.dtype == np.float32
+        assert np.array_equal(np.isnan(depth), np.isnan(want_depth))
+        assert np.allclose(depth[~np.isnan(depth)], want_depth[~np.isnan(want_depth)], atol=1e-3)
+
+
+def test_tolerance_leaves_far_depth_unmatched(tmp_path):
+    bag = tmp_path / "late.mcap"
+    write_rgbd(bag, n=4, offset_s=0.03)
+    stats = PairStats()
+    assert list(rgbd_pairs(bag, COLOUR, DEPTH, tolerance_s=0.02, stats=stats)) == []
+    assert stats.unmatched == 4
+    assert len(list(rgbd_pairs(bag, COLOUR, DEPTH, tolerance_s=0.05))) == 4
+
+
+def test_match_stamps_nearest():
+    colour = np.array([0.0, 0.1, 0.2, 0.5])
+    depth = np.array([0.21, 0.09, 0.012])
+    assert match_stamps(colour, depth, 0.02).tolist() == [2, 1, 0, -1]
+
+
+def test_smaller_registered_depth_is_pooled_to_colour(tmp_path):
+    bag = tmp_path / "half.mcap"
+    write_rgbd(bag, n=2, depth_size=(24, 32))
+    rgb, depth, _ = next(rgbd_pairs(bag, COLOUR, DEPTH))
+    assert depth.shape == rgb.shape[:2]
+    assert np.nanmin(depth) == pytest.approx(0.8, abs=0.01) and np.nanmax(depth) == pytest.approx(3.0, abs=0.01)
+
+
+def test_pool_depth_ignores_invalid():
+    depth = np.array([[1.0, np.nan, 2.0, 2.0], [1.0, 0.0 + np.nan, 2.0, 2.0]], np.float32)
+    out = pool_depth(depth, (1, 2))
+    assert out[0, 0] == pytest.approx(1.0) and out[0, 1] == pytest.approx(2.0)
+    assert np.isnan(pool_depth(np.array([[1.0, np.nan, np.nan, np.nan]], np.float32), (1, 1)))[0, 0]
+
+
+def test_errors_name_bag_and_topic(tmp_path):
+    bag = tmp_path / "wrong.mcap"
+    with BagWriter(bag) as writer:
+        for i in range(2):
+            rgb, _ = scene(i)
+            writer.write(COLOUR, image_message(rgb, 1.0 + 0.1 * i))
+            writer.write(DEPTH, image_message(rgb, 1.0 + 0.1 * i))  # colour on the depth topic
+    with pytest.raises(MediaError, match=f"wrong.mcap: topic {DEPTH}: encoding 'rgb8' is not depth"):
+        list(rgbd_pairs(bag, COLOUR, DEPTH))
+    with pytest.raises(MediaError, match="no image topic /nope"):
+        list(rgbd_pairs(bag, COLOUR, "/nope"))
+    unregistered = tmp_path / "unregistered.mcap"
+    write_rgbd(unregistered, n=2, depth_size=(48, 48))
+    with pytest.raises(MediaError, match="depth 48x48 is not registered to the 64x48 colour frames"):
+        list(rgbd_pairs(unregistered, COLOUR, DEPTH))
+
+
+def test_bad_depth_message_is_refused_before_allocating():
+    msg = depth_message(np.ones((4, 4), np.float32), 1.0)
+    msg.height = 1 << 20  # declares a huge image over 32 bytes of data
+    with pytest.raises(ValueError, match="exceeds|bytes"):
+        depth_to_metres(msg)
+    short = depth_message(np.ones((4, 4), np.float32), 1.0)
+    short.step = 4  # shorter than a row of 16UC1
+    with pytest.raises(ValueError, match="step 4 is shorter"):
+        depth_to_metres(short)
+
+
+def test_big_endian_16uc1():
+    msg = depth_message(np.array([[1.5, np.nan]], np.float32), 1.0)
+    raw = np.frombuffer(msg.data, "<u2").astype(">u2").tobytes()
+    msg.data, msg.is_bigendian = memoryview(raw), True
+    out = depth_to_metres(msg)
+    assert out[0, 0] == pytest.approx(1.5) and np.isnan(out[0, 1])
