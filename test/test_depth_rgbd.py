@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -120,3 +123,53 @@ def test_big_endian_16uc1():
     msg.data, msg.is_bigendian = memoryview(raw), True
     out = depth_to_metres(msg)
     assert out[0, 0] == pytest.approx(1.5) and np.isnan(out[0, 1])
+
+
+def test_split_held_out_is_contiguous_tail():
+    from deltaworld_core.training.depth_finetune import split_held_out
+
+    assert split_held_out(10, 0.3) == (range(0, 7), range(7, 10))
+    assert split_held_out(10, 0.3, frames=2) == (range(0, 8), range(8, 10))
+    with pytest.raises(ValueError, match="no frame to fine-tune on"):
+        split_held_out(4, 1.0)
+    with pytest.raises(ValueError, match="no frame to measure"):
+        split_held_out(4, 0.01)
+
+
+def test_finetune_on_rgbd_bag_lowers_loss_and_writes_loadable_heads(tmp_path):
+    import torch
+
+    from deltaworld_core.checkpoint import load_module
+    from deltaworld_core.config import load_config
+    from deltaworld_core.forecaster import load_models
+    from deltaworld_core.heads import TaskHeads, recorded_class_names
+    from deltaworld_core.training.depth_finetune import main
+
+    bag = tmp_path / "rgbd.db3"
+    write_rgbd(bag, n=10)
+    out = tmp_path / "ft"
+    rc = main(["--bag", str(bag), "--color-topic", COLOUR, "--depth-topic", DEPTH, "--out", str(out),
+               "--held-out-frames", "3", "--steps", "60", "--max-depth", "10"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fine_tune_frames"] == 7 and metrics["held_out_frames"] == 3
+    assert metrics["loss_last"] < 0.5 * metrics["loss_first"]
+    assert metrics["held_out_finetuned"]["rmse"] < metrics["held_out_base"]["rmse"]
+    cfg = load_config(out / "model.yaml")
+    assert cfg.heads.max_depth == 10.0 and Path(cfg.weights) == out.resolve()
+    heads = load_module(TaskHeads.from_config(cfg.heads, cfg.vfm.embed_dim), out / "heads.safetensors")
+    shipped = load_models(load_config("default"))[2]
+    assert torch.equal(heads.segmentation.conv.weight, shipped.segmentation.conv.weight)
+    assert not torch.equal(heads.depth.conv.weight, shipped.depth.conv.weight)
+    assert recorded_class_names(out / "heads.safetensors") == shipped.class_names
+    assert load_models(cfg)[2].max_depth == 10.0
+
+
+def test_finetune_cli_refuses_a_bag_without_pairs(tmp_path, capsys):
+    from deltaworld_core.training.depth_finetune import main
+
+    bag = tmp_path / "late.mcap"
+    write_rgbd(bag, n=3, offset_s=0.5)
+    assert main(["--bag", str(bag), "--color-topic", COLOUR, "--depth-topic", DEPTH, "--out", str(tmp_path / "o")]) == 2
+    assert "late.mcap: no colour frame of /camera/color/image_raw has a depth image" in capsys.readouterr().out
+    assert not (tmp_path / "o").exists()
