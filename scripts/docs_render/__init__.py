@@ -19,6 +19,7 @@ Modules (each registers the renderers of one kind of result):
 - :mod:`.loader`: the data reader's frames per second (loader_cpu.json)
 - :mod:`.precision`: the VFM per precision and comparisons of two evaluations (eval_compare_*.json)
 - :mod:`.quality`: held-out and synthetic evaluations, calibration, predictability
+- :mod:`.teachers`: heads against the person teacher on held-out video (person_iou.json)
 - :mod:`.summary`: the targets table and the README's quality lines (over several results)
 - :mod:`.code_tables`: tables read from code (config ranges, node parameters, module list)
 - :mod:`.common`: formatting, provenance, finding result files; :mod:`.engine`: the markers
@@ -50,6 +51,6 @@ SCRIPTS = Path(__file__).resolve().parent.parent
 if str(SCRIPTS) not in sys.path:  # bench_cpu_runs and compare_evals own the names renderers share
     sys.path.insert(0, str(SCRIPTS))
 
-from . import bench, code_tables, device, loader, messages, node, planner, precision, quality, summary  # noqa: E402,F401
+from . import bench, code_tables, device, loader, messages, node, planner, precision, quality, summary, teachers  # noqa: E402,F401
 from .engine import MARKER, OPEN, pages, render_text, run  # noqa: E402,F401
 from .registry import RENDERERS, renderer  # noqa: E402,F401

@@ -1,0 +1,63 @@
+"""Heads against the person teacher on held-out real video (scripts/eval_person_iou.py):
+present-frame person IoU per video and heads file, and forecast person IoU per method and step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import fmt, load, provenance, source, table
+from .registry import renderer
+
+PERSON_IOU = "person_iou.json"
+FORECAST_METHODS = (("present", "true target frame"), ("copy_last", "copy-last"), ("mean", "mean of K"),
+                    ("mode", "mode of K"), ("best", "best of K (oracle)"))
+
+
+@renderer("person_iou")
+def render_person_iou(results: Path) -> str:
+    """Present-frame person IoU against the teacher, per held-out video and heads file
+    (results/person_iou.json)."""
+    d = load(results, PERSON_IOU)
+    names = list(d["heads"])
+    rows = []
+    for video, row in d["videos"].items():
+        rows.append([f"`{video}`", "yes" if row["people"] else "no",
+                     *(f"{fmt(row[n]['iou_decided'], 3)} ({fmt(100 * (row[n]['head_person_share'] or 0), 1)}%)"
+                       for n in names),
+                     f"{fmt(100 * (row[names[0]]['teacher_person_share'] or 0), 1)}%"])
+    s = d["summary"]
+    rows.append(["**mean over videos with people**", "", *(f"**{fmt(s[n]['iou_decided_mean_with_people'], 3)}**"
+                                                          for n in names), ""])
+    rows.append(["mean share called person, videos without people", "",
+                 *(f"{fmt(100 * (s[n]['head_person_share_mean_without_people'] or 0), 1)}%" for n in names), ""])
+    header = ["video", "people", *(f"`{n}`: IoU (share called person)" for n in names), "teacher: person"]
+    lo, hi = d["teacher_thresholds"]
+    ceiling = s.get("linear_ceiling")
+    ceiling_note = "" if ceiling is None else (
+        f" A linear person probe fitted on these very frames (in sample, `--ceiling`) reaches "
+        f"{fmt(ceiling['iou_decided_mean_with_people'], 3)} over the videos with people: about the most a linear "
+        f"head on this feature grid shows here.")
+    return (table(header, rows) + f"\n\nIoU of \"person\" over the teacher's confident pixels (probability >= {hi} "
+            f"person, <= {lo} not; between: left out) at the forecast's output size {d['label_size'][0]} x "
+            f"{d['label_size'][1]}, one frame in {d['label_settings']['stride']}, pooled per video. Heads files: "
+            + ", ".join(f"`{n}` = `{p}`" for n, p in d["heads"].items())
+            + f". Teacher: {d['teacher']['package']} {d['teacher']['version']} ({d['teacher']['licence']}). "
+            f"Source: {source(PERSON_IOU)}, {provenance(d, results, PERSON_IOU)}.{ceiling_note}")
+
+
+@renderer("person_iou_forecast")
+def render_person_iou_forecast(results: Path) -> str:
+    """Forecast person IoU against the teacher at steps 1..H, per method, mean over the held-out
+    videos with people (results/person_iou.json)."""
+    d = load(results, PERSON_IOU)
+    fc = d["forecast"]
+    rows = []
+    for name in d["heads"]:
+        means = d["summary"][name]["forecast_iou_decided_mean_with_people"]
+        for method, label in FORECAST_METHODS:
+            rows.append([f"`{name}`", label, *(fmt(v, 3) for v in means[method])])
+    header = ["heads", "method", *(f"step {i + 1} ({(i + 1) * fc['step_s']:.1f} s)" for i in range(fc["horizon"]))]
+    return (table(header, rows) + f"\n\nMean over the held-out videos with people of each video's person IoU "
+            f"against the teacher at the target frame; K={fc['k']}, context {fc['context']}, up to "
+            f"{fc['windows_per_video']} windows per video, sampling seed {fc['seed']}. Per video: "
+            f"{source(PERSON_IOU)}.")
