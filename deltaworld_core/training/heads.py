@@ -4,7 +4,8 @@ and, when ``real_labels`` names recordings, of real frames labelled by a teacher
 Each batch item is a synthetic frame, or with probability ``real_labels.fraction`` a real frame of
 the teacher-labelled pool (:mod:`.real_labels`). Loss: :func:`~.partial_labels.partial_cross_entropy`
 (an exact class, "any class but k" or unknown per pixel; on synthetic frames it is the plain
-cross-entropy with label 255 ignored) plus ``loss.depth_weight`` x L1 in metres on the expected
+cross-entropy with label 255 ignored; with a real pool, person pixels weigh
+``real_labels.person_weight``) plus ``loss.depth_weight`` x L1 in metres on the expected
 depth over the pixels with a depth label (real frames have none), computed by
 :class:`~deltaworld_core.heads.DepthHead` itself, i.e. exactly what inference outputs; logits and
 depth are upsampled bilinearly to ``data.label_size``.
