@@ -173,3 +173,33 @@ def test_finetune_cli_refuses_a_bag_without_pairs(tmp_path, capsys):
     assert main(["--bag", str(bag), "--color-topic", COLOUR, "--depth-topic", DEPTH, "--out", str(tmp_path / "o")]) == 2
     assert "late.mcap: no colour frame of /camera/color/image_raw has a depth image" in capsys.readouterr().out
     assert not (tmp_path / "o").exists()
+
+
+def test_register_depth_moves_points_to_the_colour_camera():
+    from deltaworld_core.data.visp_castel import register_depth
+
+    k = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
+    raw = np.full((48, 64), 1000, np.uint16)  # a wall 1 m away
+    raw[:, :8] = 0  # no measurement
+    same = register_depth(raw, k, k, np.eye(4), (48, 64), scale_m=1e-3, distortion=(0, 0, 0, 0, 0))
+    assert np.allclose(same[:, 8:], 1.0) and np.isnan(same[:, :8]).all()
+    pose = np.eye(4)
+    pose[0, 3] = -0.1  # a colour point at x lies at x - 0.1 in the depth camera: the colour camera sits 0.1 m left
+    moved = register_depth(raw, k, k, pose, (48, 64), scale_m=1e-3, distortion=(0, 0, 0, 0, 0))
+    # 0.1 m at 1 m and 50 px focal = 5 px: the hole moves 5 px right in the colour image
+    assert np.isnan(moved[:, :13]).all() and np.allclose(moved[:, 13:], 1.0)
+    wider = register_depth(raw, k, np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]]), np.eye(4), (48, 64),
+                           scale_m=1e-3, distortion=(0, 0, 0, 0, 0))
+    assert np.isnan(wider).mean() > 0.4  # a longer colour focal spreads the depth points: gaps stay NaN
+
+
+def test_read_raw_depth_checks_its_declared_size(tmp_path):
+    from deltaworld_core.data.visp_castel import read_raw_depth
+
+    good = tmp_path / "depth_image_0000.bin"
+    good.write_bytes(np.array([2, 3], "<u4").tobytes() + np.arange(6, dtype="<u2").tobytes())
+    assert read_raw_depth(good).tolist() == [[0, 1, 2], [3, 4, 5]]
+    bad = tmp_path / "depth_image_0001.bin"
+    bad.write_bytes(np.array([480, 640], "<u4").tobytes() + b"\0" * 10)
+    with pytest.raises(MediaError, match="depth_image_0001.bin: declares 640x480 depth but holds 18 bytes"):
+        read_raw_depth(bad)

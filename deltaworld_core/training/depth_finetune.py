@@ -57,8 +57,8 @@ class DepthFinetuneConfig:
     held_out_fraction: float = 0.25
     held_out_frames: int | None = None  # overrides the fraction
     max_depth: float | None = None  # None: the base heads' bin range; else the bins span min..max (metres)
-    steps: int = 300
-    lr: float = 0.01
+    steps: int = 600
+    lr: float = 0.1
     seed: int = 0
     min_valid: float = 0.5  # share of valid depth pixels a grid cell needs to count
 
@@ -82,8 +82,9 @@ def depth_targets(depths: list[np.ndarray], region: tuple[int, int, int, int], s
 
 
 def depth_errors(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float | int]:
-    """RMSE (m) and AbsRel over the valid (finite, > 0) target pixels of all frames together."""
-    known = torch.isfinite(target) & (target > 0)
+    """RMSE (m) and AbsRel over the pixels of all frames together where the target is valid
+    (finite, > 0) and the prediction finite (a depth camera's frame used as a prediction has holes)."""
+    known = torch.isfinite(target) & (target > 0) & torch.isfinite(pred)
     if not bool(known.any()):
         return {"rmse": None, "absrel": None, "pixels": 0}
     err = pred.float()[known] - target[known]
@@ -211,8 +212,8 @@ def parse_args(argv: list[str] | None = None) -> DepthFinetuneConfig:
     held.add_argument("--held-out-fraction", type=float, default=0.25, help="last share of frames measured, not trained")
     held.add_argument("--held-out-frames", type=int, default=None, help="last N frames measured, not trained")
     p.add_argument("--max-depth", type=float, default=None, help="depth bins' far end in metres (default: the base heads')")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--steps", type=int, default=600, help="full-batch Adam steps")
+    p.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (the bins' logits move far)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     return DepthFinetuneConfig(a.bag, a.color_topic, a.depth_topic, a.out, a.model, a.tolerance_s,
