@@ -23,6 +23,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"present": depth_errors(present[held.start:], targets[held.start:]),
                 "forecast": forecast_rows(fc, frames, targets, present, held, stamps)}
 
-    out: dict = {"command": shlex.join(["scripts/measure_depth_rgbd.py", *(sys.argv[1:] if argv is None else argv)]),
+    out: dict = {"date": time.strftime("%Y-%m-%d", time.gmtime()),
+                 "command": shlex.join(["scripts/measure_depth_rgbd.py", *(sys.argv[1:] if argv is None else argv)]),
                  "sequence": {k: v for k, v in json.loads((root / "manifest.json").read_text()).items() if k != "files"},
                  "frames": len(pairs), "frame_period_s": base.step_s, "output_size": list(size),
                  "geometry": base.cfg.forecast.geometry, "finetuned": {}}

@@ -20,6 +20,7 @@ Modules (each registers the renderers of one kind of result):
 - :mod:`.precision`: the VFM per precision and comparisons of two evaluations (eval_compare_*.json)
 - :mod:`.quality`: held-out and synthetic evaluations, calibration, predictability
 - :mod:`.teachers`: heads against the person teacher on held-out video (person_iou.json)
+- :mod:`.depth_rgbd`: the depth head fine-tuned on a real RGB-D sequence (depth_rgbd.json)
 - :mod:`.summary`: the targets table and the README's quality lines (over several results)
 - :mod:`.code_tables`: tables read from code (config ranges, node parameters, module list)
 - :mod:`.common`: formatting, provenance, finding result files; :mod:`.engine`: the markers
@@ -51,6 +52,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent
 if str(SCRIPTS) not in sys.path:  # bench_cpu_runs and compare_evals own the names renderers share
     sys.path.insert(0, str(SCRIPTS))
 
-from . import bench, code_tables, device, loader, messages, node, planner, precision, quality, summary, teachers  # noqa: E402,F401
+from . import (bench, code_tables, depth_rgbd, device, loader, messages, node, planner, precision, quality,  # noqa: E402,F401
+               summary, teachers)
 from .engine import MARKER, OPEN, pages, render_text, run  # noqa: E402,F401
 from .registry import RENDERERS, renderer  # noqa: E402,F401
