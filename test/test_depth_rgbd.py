@@ -203,3 +203,46 @@ def test_read_raw_depth_checks_its_declared_size(tmp_path):
     bad.write_bytes(np.array([480, 640], "<u4").tobytes() + b"\0" * 10)
     with pytest.raises(MediaError, match="depth_image_0001.bin: declares 640x480 depth but holds 18 bytes"):
         read_raw_depth(bad)
+
+
+def test_iter_rgbd_through_recordings(tmp_path):
+    from deltaworld_core.data.recordings import expand_media, iter_rgbd
+
+    bag = tmp_path / "rgbd.mcap"
+    write_rgbd(bag, n=3)
+    (ref,) = expand_media([str(bag)], topic=COLOUR)
+    assert len(list(iter_rgbd(ref, DEPTH))) == 3
+    video = tmp_path / "frames"
+    video.mkdir()
+    from deltaworld_core.data.refs import MediaRef
+    with pytest.raises(MediaError, match="not a bag; depth beside colour is read from rosbag2"):
+        list(iter_rgbd(MediaRef("frames", str(video), "frames"), DEPTH))
+
+
+def test_undecodable_depth_is_skipped_and_counted(tmp_path):
+    bag = tmp_path / "short.db3"
+    with BagWriter(bag) as writer:
+        for i in range(3):
+            rgb, depth = scene(i)
+            writer.write(COLOUR, image_message(rgb, 1.0 + 0.1 * i))
+            msg = depth_message(depth, 1.0 + 0.1 * i)
+            if i == 1:
+                msg.height *= 2  # declares more rows than its data hold
+            writer.write(DEPTH, msg)
+    stats = PairStats()
+    assert [round(s, 3) for _, _, s in rgbd_pairs(bag, COLOUR, DEPTH, stats=stats)] == [1.0, 1.2]
+    assert (stats.paired, stats.skipped, stats.unmatched) == (2, 1, 1)
+
+
+def test_depth_stamps_far_out_of_order_are_refused(tmp_path, monkeypatch):
+    from deltaworld_core.data import depth_pairs
+
+    monkeypatch.setattr(depth_pairs, "MAX_WAITING_DEPTH", 2)
+    bag = tmp_path / "shuffled.mcap"
+    with BagWriter(bag) as writer:
+        for i in range(5):
+            rgb, depth = scene(i)
+            writer.write(COLOUR, image_message(rgb, 1.0 + 0.1 * i))
+            writer.write(DEPTH, depth_message(depth, 1.0 + 0.1 * (4 - i)), log_time_ns=10**9 + i)  # stamps reversed
+    with pytest.raises(MediaError, match=f"shuffled.mcap: topic {DEPTH}: more than 2 depth images wait"):
+        list(rgbd_pairs(bag, COLOUR, DEPTH))

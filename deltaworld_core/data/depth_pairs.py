@@ -29,8 +29,9 @@ from .rosbag import bag_images, bag_refs, check_image, image_to_rgb
 from .rosbag.cdr import ImageMessage
 
 DEPTH_ENCODINGS = {"16UC1": (np.dtype("uint16"), 1e-3), "32FC1": (np.dtype("float32"), 1.0)}
-# Depth images buffered while their colour frame has not come yet: matched stamps lie within the
-# tolerance, so more than this means the two topics were stored far apart (a merged bag).
+# Depth images held while their colour frame has not come yet. Each topic is read in its own
+# recording order; with stamps that grow in both, at most a few wait. More means stamps far out
+# of order, and holding them all could hold the whole recording.
 MAX_WAITING_DEPTH = 64
 
 
@@ -152,8 +153,8 @@ def rgbd_pairs(path: str | Path, colour_topic: str, depth_topic: str, *, toleran
             if waiting[k]:
                 held[k] = _decode_depth(depth_ref, depth_time, depth_msg, stats)
             if len(held) > MAX_WAITING_DEPTH:
-                raise MediaError(f"{path}: {depth_topic} runs more than {MAX_WAITING_DEPTH} images ahead of "
-                                 f"{colour_topic}; the topics are not recorded together")
+                raise MediaError(f"{path}: topic {depth_topic}: more than {MAX_WAITING_DEPTH} depth images wait "
+                                 f"for their {colour_topic} frame (the two topics' stamps are far out of order)")
         depth = held[j]
         waiting[j] -= 1
         if not waiting[j]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .capture import decodes_a_frame, video_frames, video_span
+from .depth_pairs import PairStats, rgbd_pairs
 from .folders import folder_frames, folder_span, image_files
 from .lists import expand_brace_range, list_entries, local_path
 from .refs import (BAG_EXTS, IMAGE_EXTS, KINDS, LIST_EXTS, SHARD_EXTS, VIDEO_EXTS, MediaError, MediaRef,
@@ -244,6 +245,18 @@ def iter_frames(ref: MediaRef, max_side: int | None = None, *, start_s: float | 
         yield from shard_frames(ref, max_side, start_s=start_s, stop_s=stop_s)
     else:
         raise MediaError(f"{ref.name}: unknown media kind {ref.kind!r} (one of {', '.join(KINDS)})")
+
+
+def iter_rgbd(ref: MediaRef, depth_topic: str, *, tolerance_s: float = 0.02, max_side: int | None = None,
+              stats: PairStats | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+    """``(RGB uint8 [H, W, 3], depth float32 [H, W] metres, NaN invalid, stamp s)`` of a bag ref's
+    colour topic with the registered depth of ``depth_topic`` nearest in stamp
+    (:func:`~.depth_pairs.rgbd_pairs`); MediaError for a recording that is not a bag (only bags
+    carry a depth topic beside the colour one)."""
+    if ref.kind != "bag":
+        raise MediaError(f"{ref.name}: a {ref.kind}, not a bag; depth beside colour is read from rosbag2 "
+                         "recordings (a depth topic registered to the colour topic)")
+    yield from rgbd_pairs(ref.path, ref.topic, depth_topic, tolerance_s=tolerance_s, max_side=max_side, stats=stats)
 
 
 def duration_s(ref: MediaRef) -> tuple[float, float] | None:
