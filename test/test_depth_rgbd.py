@@ -246,3 +246,16 @@ def test_depth_stamps_far_out_of_order_are_refused(tmp_path, monkeypatch):
             writer.write(DEPTH, depth_message(depth, 1.0 + 0.1 * (4 - i)), log_time_ns=10**9 + i)  # stamps reversed
     with pytest.raises(MediaError, match=f"shuffled.mcap: topic {DEPTH}: more than 2 depth images wait"):
         list(rgbd_pairs(bag, COLOUR, DEPTH))
+
+
+def test_finetune_refuses_frames_that_change_size(tmp_path):
+    from deltaworld_core.training.depth_finetune import DepthFinetuneConfig, run
+
+    bag = tmp_path / "resized.mcap"
+    with BagWriter(bag) as writer:
+        for i, (h, w) in enumerate([(48, 64), (24, 32)]):
+            rgb, depth = scene(0, h, w)
+            writer.write(COLOUR, image_message(rgb, 1.0 + 0.1 * i))
+            writer.write(DEPTH, depth_message(depth, 1.0 + 0.1 * i))
+    with pytest.raises(MediaError, match=f"resized.mcap: topic {COLOUR}: frames change size \\(64x48 to 32x24\\)"):
+        run(DepthFinetuneConfig(str(bag), COLOUR, DEPTH, str(tmp_path / "out")))

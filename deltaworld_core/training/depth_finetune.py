@@ -135,13 +135,19 @@ def model_config(name: str, max_depth: float | None) -> ModelConfig:
     return load_config(name, overrides)
 
 
-def frame_features(cfg: ModelConfig, vfm, frames: list[np.ndarray]) -> tuple[torch.Tensor, geometry.Layout]:
-    """Frames of one size -> (VFM features [T, N, C], their layout); one view per frame only."""
-    lay = geometry.layout(cfg.forecast.geometry, frames[0].shape[:2], cfg.vfm.image_size,
+def frame_layout(cfg: ModelConfig, shape: tuple[int, ...]) -> geometry.Layout:
+    """The forecaster's layout for frames of ``shape``; one view a frame only."""
+    lay = geometry.layout(cfg.forecast.geometry, shape[:2], cfg.vfm.image_size,
                           cfg.forecast.output_size or cfg.vfm.image_size)
     if lay.num_views != 1:
         raise ValueError(f"forecast.geometry {cfg.forecast.geometry} cuts {lay.num_views} views a frame; "
                          "depth fine-tuning reads one view (squash or center_crop)")
+    return lay
+
+
+def frame_features(cfg: ModelConfig, vfm, frames: list[np.ndarray]) -> tuple[torch.Tensor, geometry.Layout]:
+    """Frames of one size -> (VFM features [T, N, C], their layout)."""
+    lay = frame_layout(cfg, frames[0].shape)
     with torch.inference_mode():
         feats = [vfm(geometry.cut_views(f, lay)).float() for f in frames]
     return torch.cat(feats).clone(), lay
@@ -170,31 +176,70 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def run(recipe: DepthFinetuneConfig) -> dict:
-    """The whole stage; returns the metrics it writes."""
+@dataclass
+class EncodedPairs:
+    """A recording's colour/depth pairs as the head sees them: features [T, N, C] and the depth
+    camera pooled to the feature grid [T, gh, gw] and to the published maps' size [T, h, w]."""
+
+    features: torch.Tensor
+    grid_targets: torch.Tensor
+    map_targets: torch.Tensor
+    stats: PairStats
+
+
+def encode_pairs(recipe: DepthFinetuneConfig, cfg: ModelConfig, vfm, batch_size: int = 16) -> EncodedPairs:
+    """Streams the bag's pairs through the VFM in batches, keeping only features and pooled depth
+    (never the frames), so a long recording costs its features, not its pixels."""
     stats = PairStats()
-    pairs = list(rgbd_pairs(recipe.bag, recipe.color_topic, recipe.depth_topic, tolerance_s=recipe.tolerance_s,
-                            stats=stats))
-    if not pairs:
+    feats: list[torch.Tensor] = []
+    grid_t: list[np.ndarray] = []
+    map_t: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    lay = shape = None
+
+    def flush() -> None:
+        if batch:
+            with torch.inference_mode():
+                feats.append(vfm(np.concatenate(batch)).float().clone())
+            batch.clear()
+
+    for rgb, depth, _ in rgbd_pairs(recipe.bag, recipe.color_topic, recipe.depth_topic,
+                                    tolerance_s=recipe.tolerance_s, stats=stats):
+        if lay is None:
+            shape = rgb.shape
+            lay = frame_layout(cfg, shape)
+        elif rgb.shape != shape:
+            raise MediaError(f"{recipe.bag}: topic {recipe.color_topic}: frames change size "
+                             f"({shape[1]}x{shape[0]} to {rgb.shape[1]}x{rgb.shape[0]})")
+        y0, x0, y1, x1 = lay.region
+        grid_t.append(pool_depth(depth[y0:y1, x0:x1], tuple(vfm.grid), recipe.min_valid))
+        map_t.append(pool_depth(depth[y0:y1, x0:x1], tuple(lay.canvas), recipe.min_valid))
+        batch.append(geometry.cut_views(rgb, lay))
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    if not feats:
         raise MediaError(f"{recipe.bag}: no colour frame of {recipe.color_topic} has a depth image of "
                          f"{recipe.depth_topic} within {recipe.tolerance_s} s")
-    train, held = split_held_out(len(pairs), recipe.held_out_fraction, recipe.held_out_frames)
+    return EncodedPairs(torch.cat(feats), torch.from_numpy(np.stack(grid_t)), torch.from_numpy(np.stack(map_t)), stats)
+
+
+def run(recipe: DepthFinetuneConfig) -> dict:
+    """The whole stage; returns the metrics it writes."""
     cfg = model_config(recipe.model, recipe.max_depth)
     if cfg.weights is None:
         raise ValueError(f"config {recipe.model} has no trained weights to start from")
     heads = load_models(cfg)[2]
     vfm = build_vfm(cfg.vfm)
-    features, lay = frame_features(cfg, vfm, [rgb for rgb, _, _ in pairs])
-    grid, size = tuple(vfm.grid), tuple(lay.canvas)
-    depths = [d for _, d, _ in pairs]
-    grid_targets = depth_targets(depths, lay.region, grid, recipe.min_valid)
-    full_targets = depth_targets(depths, lay.region, size, recipe.min_valid)
-    held_idx, train_idx = list(held), list(train)
-    before = depth_errors(present_depth(heads, features[held_idx], grid, size), full_targets[held_idx])
-    losses = finetune_depth_head(heads, features[train_idx], grid_targets[train_idx], grid, recipe.steps,
-                                 recipe.lr, recipe.seed)
-    after = depth_errors(present_depth(heads, features[held_idx], grid, size), full_targets[held_idx])
-    metrics = {"pairs": asdict(stats), "fine_tune_frames": len(train), "held_out_frames": len(held),
+    data = encode_pairs(recipe, cfg, vfm)
+    train, held = split_held_out(len(data.features), recipe.held_out_fraction, recipe.held_out_frames)
+    grid, size = tuple(vfm.grid), tuple(data.map_targets.shape[-2:])
+    held_features, held_targets = data.features[held.start:], data.map_targets[held.start:]
+    before = depth_errors(present_depth(heads, held_features, grid, size), held_targets)
+    losses = finetune_depth_head(heads, data.features[:train.stop], data.grid_targets[:train.stop], grid,
+                                 recipe.steps, recipe.lr, recipe.seed)
+    after = depth_errors(present_depth(heads, held_features, grid, size), held_targets)
+    metrics = {"pairs": asdict(data.stats), "fine_tune_frames": len(train), "held_out_frames": len(held),
                "loss_first": losses[0], "loss_last": losses[-1], "held_out_base": before, "held_out_finetuned": after}
     write_result(Path(recipe.out), heads, cfg, recipe, metrics)
     return metrics
