@@ -9,12 +9,12 @@ its depth registered to the colour camera and written as an MCAP bag (frames sta
 ``forecast.step_s`` apart: the sequence has no timestamps, so each forecast step is the next
 recorded frame). :func:`deltaworld_core.training.depth_finetune.run` (the ``depth_finetune`` CLI's
 stage) fine-tunes the shipped depth head on the first frames and holds out the last (contiguous),
-once per ``--max-depth`` value: the shipped bins (0.001-80 m) and bins spanning the camera's range. On the held-out frames, against
-the depth camera (valid pixels only, at the forecast's output size): RMSE and AbsRel of the
-synthetic-only shipped head and of the fine-tuned head on the present frame, and of forecasts
-(steps 1..3, mean of K; windows entirely inside the held-out part) next to copy-last (the head's
-depth of the newest context frame) for both heads, and the depth camera's own last frame copied
-(how much the scene moves).
+once per ``--max-depth`` value: the shipped bins (0.001-80 m) and bins spanning the camera's range.
+On the held-out frames, against the depth camera (valid pixels only, at the forecast's output
+size): RMSE and AbsRel of the synthetic-only shipped head and of the fine-tuned heads on the
+present frame, and of forecasts (steps 1..3, mean of K; windows entirely inside the held-out part)
+next to copy-last (the head's depth of the newest context frame) for every head, and the depth
+camera's own last frame copied (how much the scene moves).
 """
 
 from __future__ import annotations
@@ -95,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         return {"present": depth_errors(present[held.start:], targets[held.start:]),
                 "forecast": forecast_rows(fc, frames, targets, present, held, stamps)}
 
+    manifest = json.loads((root / "manifest.json").read_text())
     out: dict = {"date": time.strftime("%Y-%m-%d", time.gmtime()),
                  "command": shlex.join(["scripts/measure_depth_rgbd.py", *(sys.argv[1:] if argv is None else argv)]),
-                 "sequence": {k: v for k, v in json.loads((root / "manifest.json").read_text()).items() if k != "files"},
+                 "sequence": {k: v for k, v in manifest.items() if k != "files"},
                  "frames": len(pairs), "frame_period_s": base.step_s, "output_size": list(size),
                  "geometry": base.cfg.forecast.geometry, "finetuned": {}}
     for value in args.max_depth:
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {"depth_range_m": [tuned.heads.min_depth, tuned.heads.max_depth], "loss_first": metrics["loss_first"],
                "loss_last": metrics["loss_last"], **measure(tuned, held)}
         ratio = row["present"]["rmse"] / out["synthetic_only"]["present"]["rmse"]
-        row["target"] = {"rule": "held-out RMSE <= 0.5 x the synthetic-only head's", "ratio": ratio, "met": ratio <= 0.5}
+        row["target"] = {"rule": "held-out RMSE <= 0.5 x the synthetic-only head's", "ratio": ratio,
+                         "met": ratio <= 0.5}
         out["finetuned"][variant_name(max_depth)] = row
     text = json.dumps(out, indent=1) + "\n"
     atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))

@@ -52,7 +52,8 @@ def fetch_castel(cache: str | Path | None = None) -> Path:
         try:
             run(["apt-get", "download", PACKAGE])
         except (OSError, subprocess.CalledProcessError) as err:
-            raise MediaError(f"apt-get download {PACKAGE} failed ({getattr(err, 'stderr', '') or err})".strip()) from None
+            detail = (getattr(err, "stderr", "") or str(err)).strip().splitlines()[-1:] or [""]
+            raise MediaError(f"apt-get download {PACKAGE} failed ({detail[0]})") from None
         deb = next(Path(scratch).glob("*.deb"))
         version = run(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip()
         run(["dpkg-deb", "-x", str(deb), "x"])

@@ -246,7 +246,8 @@ def run(recipe: DepthFinetuneConfig) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> DepthFinetuneConfig:
-    p = argparse.ArgumentParser(prog="python -m deltaworld_core.training.depth_finetune", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m deltaworld_core.training.depth_finetune",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--bag", required=True, help="rosbag2 recording: .mcap, .db3 or a rosbag2 folder")
     p.add_argument("--color-topic", required=True, help="the colour sensor_msgs/Image or CompressedImage topic")
     p.add_argument("--depth-topic", required=True, help="registered depth Image topic (16UC1 mm or 32FC1 m)")
@@ -254,9 +255,11 @@ def parse_args(argv: list[str] | None = None) -> DepthFinetuneConfig:
     p.add_argument("--model", default="default", help="base model config (name or YAML path)")
     p.add_argument("--tolerance-s", type=float, default=0.02, help="largest colour-depth stamp gap paired")
     held = p.add_mutually_exclusive_group()
-    held.add_argument("--held-out-fraction", type=float, default=0.25, help="last share of frames measured, not trained")
+    held.add_argument("--held-out-fraction", type=float, default=0.25,
+                      help="last share of frames measured, not trained")
     held.add_argument("--held-out-frames", type=int, default=None, help="last N frames measured, not trained")
-    p.add_argument("--max-depth", type=float, default=None, help="depth bins' far end in metres (default: the base heads')")
+    p.add_argument("--max-depth", type=float, default=None,
+                   help="depth bins' far end in metres (default: the base heads')")
     p.add_argument("--steps", type=int, default=600, help="full-batch Adam steps")
     p.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (the bins' logits move far)")
     p.add_argument("--seed", type=int, default=0)

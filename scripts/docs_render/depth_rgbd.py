@@ -30,7 +30,8 @@ def render_depth_rgbd(results: Path) -> str:
     for label, row, _ in heads:
         f = row["forecast"]
         for key, what in (("forecast_mean_k", "forecast, mean of K"), ("copy_last", "copy-last (head)")):
-            forecast.append([label, what, steps([s["rmse"] for s in f[key]], 3), steps([s["absrel"] for s in f[key]], 3)])
+            forecast.append([label, what, steps([s["rmse"] for s in f[key]], 3),
+                             steps([s["absrel"] for s in f[key]], 3)])
     camera = d["synthetic_only"]["forecast"]["camera_copy_last"]
     forecast.append(["depth camera", "its last frame copied", steps([s["rmse"] for s in camera], 3),
                      steps([s["absrel"] for s in camera], 3)])
