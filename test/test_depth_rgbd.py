@@ -259,3 +259,30 @@ def test_finetune_refuses_frames_that_change_size(tmp_path):
             writer.write(DEPTH, depth_message(depth, 1.0 + 0.1 * i))
     with pytest.raises(MediaError, match=f"resized.mcap: topic {COLOUR}: frames change size \\(64x48 to 32x24\\)"):
         run(DepthFinetuneConfig(str(bag), COLOUR, DEPTH, str(tmp_path / "out")))
+
+
+def test_castel_folder_becomes_a_registered_rgbd_bag(tmp_path):
+    """A folder laid out as visp-images-data's mbt-depth/castel (grey PGMs, raw depth .bin, the
+    two cameras' XML and the depth-to-colour pose) -> an MCAP bag the pairing reads back."""
+    import cv2
+
+    from deltaworld_core.data.visp_castel import fetch_castel, write_castel_bag
+
+    camera = "<conf><camera><px>{f}</px><py>{f}</py><u0>32</u0><v0>24</v0></camera></conf>"
+    (tmp_path / "chateau.xml").write_text(camera.format(f=50.0))
+    (tmp_path / "chateau_depth.xml").write_text(camera.format(f=50.0))
+    np.savetxt(tmp_path / "depth_M_color.txt", np.eye(4))
+    (tmp_path / "manifest.json").write_text("{}")  # already fetched: nothing is downloaded
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"image_{i:04d}.pgm"), np.full((48, 64), 10 * i, np.uint8))
+        raw = np.full((48, 64), 4000 + 1000 * i, "<u2")  # 0.5, 0.625, 0.75 m at the SR300's unit
+        (tmp_path / f"depth_image_{i:04d}.bin").write_bytes(np.array([48, 64], "<u4").tobytes() + raw.tobytes())
+    assert fetch_castel(tmp_path) == tmp_path
+    bag = tmp_path / "castel.mcap"
+    assert write_castel_bag(tmp_path, bag, 0.2, COLOUR, DEPTH) == 3
+    pairs = list(rgbd_pairs(bag, COLOUR, DEPTH))
+    assert [round(s, 3) for _, _, s in pairs] == [1.0, 1.2, 1.4]
+    for i, (rgb, depth, _) in enumerate(pairs):
+        assert (rgb == 10 * i).all()
+        centre = depth[20:28, 28:36]  # the lens model bends the edges, not the centre
+        assert np.allclose(centre, (4000 + 1000 * i) * 0.000124986647, atol=1e-4)
