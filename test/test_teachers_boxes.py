@@ -131,4 +131,4 @@ def test_box_codes_teach_car_in_the_core_and_nothing_outside():
 def test_core_recall_counts_core_cells_called_car():
     cores = torch.tensor([[True, True], [False, True]])
     pred = torch.tensor([[CAR, PERSON], [CAR, CAR]])
-    assert core_recall(pred, cores, CAR) == (2, 3)
+    assert core_recall(pred == CAR, cores) == (2, 3)

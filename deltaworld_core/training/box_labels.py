@@ -73,6 +73,7 @@ def merge_codes(person: torch.Tensor, vehicle: torch.Tensor, class_names: list[s
     return out
 
 
-def core_recall(pred: torch.Tensor, cores: torch.Tensor, car_id: int) -> tuple[int, int]:
-    """pred class ids [..., h, w], cores bool [..., h, w] -> (core cells the head calls car, core cells)."""
-    return int(((pred == car_id) & cores).sum()), int(cores.sum())
+def core_recall(called_car: torch.Tensor, cores: torch.Tensor) -> tuple[int, int]:
+    """called_car bool [..., h, w] (the head's most likely class is car), cores bool [..., h, w] ->
+    (core cells the head calls car, core cells)."""
+    return int((called_car & cores).sum()), int(cores.sum())
