@@ -61,3 +61,34 @@ def render_person_iou_forecast(results: Path) -> str:
             f"against the teacher at the target frame; K={fc['k']}, context {fc['context']}, up to "
             f"{fc['windows_per_video']} windows per video, sampling seed {fc['seed']}. Per video: "
             f"{source(PERSON_IOU)}.")
+
+
+VEHICLE_RECALL = "vehicle_recall.json"
+
+
+@renderer("vehicle_recall")
+def render_vehicle_recall(results: Path) -> str:
+    """Share of the box teacher's confident vehicle-core cells each heads file calls car, per
+    held-out video with any core (results/vehicle_recall.json), and the teacher's ms per frame."""
+    d = load(results, VEHICLE_RECALL)
+    names = list(d["heads"])
+    rows = []
+    for video, row in d["videos"].items():
+        if not row["core_cells"]:
+            continue
+        rows.append([f"`{video}`", f"{row['frames_with_cores']} of {row['frames']}",
+                     *(f"{fmt(row[n]['recall_in_cores'], 3)} ({fmt(100 * row[n]['head_car_share'], 1)}%)"
+                       for n in names)])
+    s = d["summary"]
+    rows.append(["**mean over these videos**", "", *(f"**{fmt(s[n]['recall_in_cores_mean'], 3)}**" for n in names)])
+    header = ["video", "frames with a vehicle core", *(f"`{n}`: recall (share called car)" for n in names)]
+    without = [v for v, row in d["videos"].items() if not row["core_cells"]]
+    return (table(header, rows) + f"\n\nRecall: the share of cells inside the core ({d['core']} of each side) of "
+            f"the teacher's vehicle boxes (car, bus, truck, motorcycle) scoring at least {d['min_score']} that "
+            f"the heads call car, at {d['label_size'][0]} x {d['label_size'][1]}, one frame in "
+            f"{d['label_settings']['stride']}; in brackets the share of all pixels called car. Held-out videos "
+            f"without any vehicle core: {', '.join(f'`{v}`' for v in without) or 'none'}. Heads files: "
+            + ", ".join(f"`{n}` = `{p}`" for n, p in d["heads"].items())
+            + f". Teacher: {d['teacher']['package']} {d['teacher']['version']} ({d['teacher']['licence']}), "
+            f"{fmt(d['teacher_ms_per_frame'], 0)} ms a frame ({d['teacher_timing']['runtime']}). "
+            f"Source: {source(VEHICLE_RECALL)}, {provenance(d, results, VEHICLE_RECALL)}.")
