@@ -222,7 +222,7 @@ def test_compressed_size_is_read_from_the_header(progressive):
     b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + (20000).to_bytes(4, "big") * 2 + bytes(9),
 ])
 def test_decompression_bombs_are_never_decoded(data, monkeypatch):
-    """Item 1 of issue 13: the decoder is not even called for a header over the size limits."""
+    """The decoder is not even called for a header over the size limits."""
     def no_decode(*args):
         raise AssertionError("imdecode called on a decompression bomb")
 
@@ -242,7 +242,7 @@ def test_compressed_data_without_a_readable_header_is_rejected(data):
 
 
 def test_headers_that_cannot_be_copied_into_futures_are_rejected():
-    """Items 3 and 13 of issue 13: a frame_id longer than MAX_FRAME_ID_LENGTH, and stamps whose
+    """A frame_id longer than MAX_FRAME_ID_LENGTH, and stamps whose
     targets pass 2^31 s (which serialised as -2^31), raise their own errors, before and inside
     the message builder."""
     from deltaworld_ros.futures_msg import MAX_FRAME_ID_LENGTH, check_header, forecast_to_msg, ns_to_time
@@ -266,7 +266,7 @@ def test_headers_that_cannot_be_copied_into_futures_are_rejected():
     assert ns_to_time(2**31 * 1_000_000_000 - 1).sec == 2**31 - 1
 
 
-# ---------------------------------------------------------------- issue 21: reduced decoding, cut strings
+# ---------------------------------------------------------------- reduced decoding, cut strings
 def test_reduction_keeps_two_camera_pixels_per_model_pixel():
     from deltaworld_ros.image_conversion import reduction
 
