@@ -6,19 +6,27 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from deltaworld_core.config import ConfigError
+from deltaworld_core.data.sources import split_sources
+from deltaworld_core.features import FeatureCache
 from deltaworld_core.teachers import cli
 from deltaworld_core.teachers.boxes import BoxStore
 from deltaworld_core.teachers.centernet import BoxDetector, to_pixels
 from deltaworld_core.teachers.labels import LabelSettings, label_clips
 from deltaworld_core.teachers.packages import MANIFEST, TEACHERS, TeacherError, fetch_teacher
 from deltaworld_core.training.box_labels import box_codes, core_mask, core_recall, merge_codes, vehicle_cores
+from deltaworld_core.training import vehicle_labels
+from deltaworld_core.training.config import load_train_config
 from deltaworld_core.training.partial_labels import IGNORE, not_class, partial_cross_entropy
-from test_teachers import fake_registry, write_clip
+from deltaworld_core.training.real_labels import RealLabelsConfig
+from deltaworld_core.training.vehicle_labels import vehicle_windows
+from test_teachers import ROOT, TinyVFM, fake_registry, write_clip
 
 CLASSES = ["sky", "road", "sidewalk", "building", "vegetation", "terrain", "car", "person", "pole"]
 CAR, PERSON = CLASSES.index("car"), CLASSES.index("person")
@@ -132,3 +140,35 @@ def test_core_recall_counts_core_cells_called_car():
     cores = torch.tensor([[True, True], [False, True]])
     pred = torch.tensor([[CAR, PERSON], [CAR, CAR]])
     assert core_recall(pred == CAR, cores) == (2, 3)
+
+
+# ---------------------------------------------------------------- the heads stage's vehicle pool
+def test_vehicle_windows_keep_frames_with_a_core_and_teach_car_there_only(tmp_path, monkeypatch):
+    video = write_clip(tmp_path / "clip.avi", frames=7, size=(64, 48))
+    [clip] = label_clips(paths=[str(video)])
+    monkeypatch.setattr(vehicle_labels, "label_clips", lambda names, paths, topic, media: [clip])
+    settings = LabelSettings(teacher="centernet", stride=2)
+    teachers = tmp_path / "teachers"
+    cache = FeatureCache(tmp_path / "features", TinyVFM(), SimpleNamespace(weights="random", arch="tiny"))
+    rc = RealLabelsConfig(vehicles=["a-clip"], vehicle_label=settings, cache=str(teachers), label_missing=False)
+    assert vehicle_windows(RealLabelsConfig(), cache, (12, 16), CLASSES) == []
+    with pytest.raises(ConfigError, match="teachers label --teacher centernet"):
+        vehicle_windows(rc, cache, (12, 16), CLASSES)
+    BoxStore(settings, teachers).label(clip, SquareDetector())
+    [w] = vehicle_windows(rc, cache, (12, 16), CLASSES)
+    assert tuple(w.features.shape) == (4, 4, 3) and tuple(w.semantic.shape) == (4, 12, 16) and w.depth is None
+    assert set(torch.unique(w.semantic).tolist()) == {CAR, IGNORE}
+    assert 0 < int((w.semantic == CAR).sum()) < int((w.semantic == IGNORE).sum())
+    rc.vehicle_score = 0.95  # the square scores 0.9: no core, no window
+    assert vehicle_windows(rc, cache, (12, 16), CLASSES) == []
+    with pytest.raises(ConfigError, match="no 'car' class"):
+        vehicle_windows(rc, cache, (12, 16), ["sky", "person"])
+
+
+def test_vehicles_config_names_train_sources_and_checks_its_core():
+    cfg = load_train_config(ROOT / "deltaworld_core/configs/train_heads_vehicles.yaml")
+    rc = cfg.real_labels
+    assert rc.vehicles and rc.vehicle_label.teacher == "centernet" and rc.sources
+    assert {n.split("/")[0] for n in rc.vehicles} <= set(split_sources("train"))
+    with pytest.raises(ConfigError, match="vehicle_core"):
+        load_train_config(ROOT / "deltaworld_core/configs/train_heads_vehicles.yaml", ["real_labels.vehicle_core=0"])

@@ -48,6 +48,7 @@ from .progress import Progress
 from .streamed import StreamedBatches, clip_spec, pca_changes, recordings
 from .heads import HeadsStage
 from .real_labels import real_windows
+from .vehicle_labels import vehicle_windows
 from .tokenizer import TokenizerStage
 from .world import WorldStage
 
@@ -226,7 +227,9 @@ def run(cfg: TrainConfig, resume: bool = False) -> Path:
         elif cfg.stage == "heads":
             net = heads
             stage = HeadsStage(cfg, sampler, grid, real_windows(cfg.real_labels, cache, tuple(label_size),
-                                                            mc.heads.class_names, cfg.data.media_cache))
+                                                            mc.heads.class_names, cfg.data.media_cache)
+                               + vehicle_windows(cfg.real_labels, cache, tuple(label_size), mc.heads.class_names,
+                                                 cfg.data.media_cache))
         else:
             net = DenseForesight(mc.vfm.embed_dim, cfg.dense)
             stage = DenseStage(cfg, sampler, grid)

@@ -51,10 +51,14 @@ class RealLabelsConfig:
     cache: str | None = None  # teacher cache; None = $DELTAWORLD_TEACHERS or ~/.cache/deltaworld/teachers
     label_missing: bool = True  # run the teacher on clips without labels (needs its optional runtime)
     max_side: int = 448  # frames are shrunk to this before the VFM
+    vehicles: list[str] = field(default_factory=list)  # named train sources/clips: car in box-teacher vehicle cores
+    vehicle_label: LabelSettings = field(default_factory=lambda: LabelSettings(teacher="centernet", stride=3))
+    vehicle_score: float = 0.3  # vehicle boxes that teach score at least this
+    vehicle_core: float = 0.5  # core side / box side (training.box_labels)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.sources or self.negatives_only or self.paths)
+        return bool(self.sources or self.negatives_only or self.paths or self.vehicles)
 
     def validate(self) -> None:
         self.label.validate("real_labels.label.")
@@ -69,6 +73,10 @@ class RealLabelsConfig:
             raise ConfigError(f"real_labels.person_weight must be a number > 0, got {self.person_weight}")
         if self.max_side < 14:
             raise ConfigError(f"real_labels.max_side must be >= 14, got {self.max_side}")
+        self.vehicle_label.validate("real_labels.vehicle_label.")
+        if not (0.0 <= self.vehicle_score <= 1.0 and 0.0 < self.vehicle_core <= 1.0):
+            raise ConfigError(f"real_labels.vehicle_score must lie in [0, 1] and vehicle_core in (0, 1], got "
+                              f"{self.vehicle_score}, {self.vehicle_core}")
 
 
 def person_codes(person: torch.Tensor, size: tuple[int, int], person_id: int, thresholds: tuple[float, float],
