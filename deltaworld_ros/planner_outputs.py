@@ -5,7 +5,7 @@ someone subscribes. Every message carries the observation's header (the newest c
 stamp and frame_id: TF never has to extrapolate into the future); the horizon is in the data.
 
 The 3-D outputs need the maps' intrinsics, from the camera's CameraInfo (:class:`MapGeometry`);
-without one they stay silent and :attr:`MapGeometry.problem` says why (/diagnostics shows it).
+without one they stay silent and :meth:`MapGeometry.status` says why (/diagnostics shows it).
 """
 
 from __future__ import annotations
@@ -132,7 +132,6 @@ class RiskGridOutput(Output):
         if tf2_ros is not None and node.param("risk_grid_use_tf"):
             self.tf_buffer = tf2_ros.Buffer()
             self.tf_listener = tf2_ros.TransformListener(self.tf_buffer, node)
-        self.problem = ""
 
     def mount(self, header: Header) -> Transform | None:
         if self.tf_buffer is None:
@@ -140,8 +139,7 @@ class RiskGridOutput(Output):
         try:
             t = self.tf_buffer.lookup_transform(self.node.param("risk_grid_frame"), header.frame_id,
                                                 RclpyTime.from_msg(header.stamp), Duration(seconds=0.1)).transform
-        except Exception as err:  # noqa: BLE001 - tf2's lookup, connectivity and extrapolation errors
-            self.problem = f"no transform {header.frame_id} -> {self.node.param('risk_grid_frame')}: {err}"
+        except Exception:  # noqa: BLE001 - tf2's lookup, connectivity and extrapolation errors: no grid
             return None
         return Transform.from_quaternion([t.translation.x, t.translation.y, t.translation.z],
                                          [t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w])
@@ -152,13 +150,12 @@ class RiskGridOutput(Output):
         mount = None if camera is None else self.mount(header)
         if mount is None:
             return
-        self.problem = ""
         k, steps, h, w = forecast.semantic.shape
         grid = risk_grid(forecast.semantic, forecast.depth, camera, self.classes.ids(forecast.class_names), mount,
                          resolution=self.node.param("risk_grid_resolution"), size_m=self.node.param("risk_grid_size"),
                          stride=stride_for(k * steps, h, w, self.node.param("risk_grid_max_points")))
-        frame = self.node.param("risk_grid_frame")
-        self.publisher.publish(grid_to_msg(grid, Header(stamp=header.stamp, frame_id=frame)))
+        grid_frame = self.node.param("risk_grid_frame")
+        self.publisher.publish(grid_to_msg(grid, Header(stamp=header.stamp, frame_id=grid_frame)))
 
 
 class LabelInfoOutput(Output):

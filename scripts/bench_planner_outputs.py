@@ -38,6 +38,7 @@ from std_msgs.msg import Header  # noqa: E402
 from deltaworld_core import load_config  # noqa: E402
 from deltaworld_core.bench import cpu_model  # noqa: E402
 from deltaworld_core.camera_model import Pinhole  # noqa: E402
+from deltaworld_core.checkpoint import atomic_write  # noqa: E402
 from deltaworld_core.forecaster import ForecastSummary  # noqa: E402
 from deltaworld_core.geometry import layout  # noqa: E402
 from deltaworld_core.runner import Frame  # noqa: E402
@@ -189,9 +190,7 @@ def main(argv=None) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.json)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
     return 0
 
 
