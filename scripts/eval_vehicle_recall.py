@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deltaworld_core.checkpoint import atomic_write, load_state_strict, read_state  # noqa: E402
+from deltaworld_core.checkpoint import atomic_write, load_module  # noqa: E402
 from deltaworld_core.config import load_config  # noqa: E402
 from deltaworld_core.data.sources import split_sources  # noqa: E402
 from deltaworld_core.features import FeatureCache  # noqa: E402
@@ -60,12 +60,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_heads(path: str, cfg) -> TaskHeads:
-    heads = TaskHeads.from_config(cfg.heads, cfg.vfm.embed_dim)
-    load_state_strict(heads, read_state(path), source=path)
-    return heads.eval()
-
-
 def time_teacher(detector: BoxDetector, clip, frames: int) -> float:
     """Mean ms per ``detect`` over ``frames`` frames of ``clip`` after one warm-up frame."""
     picked = []
@@ -84,7 +78,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config)
     named = dict(h.split("=", 1) for h in args.heads)
-    heads = {name: load_heads(path, cfg) for name, path in named.items()}
+    heads = {name: load_module(TaskHeads.from_config(cfg.heads, cfg.vfm.embed_dim), path).eval()
+             for name, path in named.items()}
     car_id = cfg.heads.class_names.index(CAR)
     size = tuple(cfg.forecast.output_size or cfg.vfm.image_size)
     vfm = build_vfm(cfg.vfm)
