@@ -25,7 +25,7 @@ import numpy as np
 
 from ..imaging import TRUNCATED_DATA, UNSUPPORTED_ENCODING, ImageError
 from .refs import MediaError, MediaRef, record_skip
-from .rosbag import bag_images, bag_refs, check_image, image_to_rgb
+from .rosbag import bag_images, bag_refs, check_image, frame_stamp, image_to_rgb
 from .rosbag.cdr import ImageMessage
 
 DEPTH_ENCODINGS = {"16UC1": (np.dtype("uint16"), 1e-3), "32FC1": (np.dtype("float32"), 1.0)}
@@ -87,13 +87,8 @@ def pool_depth(depth: np.ndarray, size: tuple[int, int], min_valid: float = 0.5)
     return out
 
 
-def _stamp(log_time: int, msg: ImageMessage) -> float:
-    """Header stamp, or the log time for an unstamped message (as the frame readers do)."""
-    return msg.stamp if msg.sec or msg.nanosec else log_time * 1e-9
-
-
 def _stamps(ref: MediaRef) -> np.ndarray:
-    return np.array([_stamp(t, m) for t, m in bag_images(ref)], np.float64)
+    return np.array([frame_stamp(t, m) for t, m in bag_images(ref)], np.float64)
 
 
 def match_stamps(colour: np.ndarray, depth: np.ndarray, tolerance_s: float) -> np.ndarray:
@@ -169,7 +164,7 @@ def rgbd_pairs(path: str | Path, colour_topic: str, depth_topic: str, *, toleran
         if depth is None:
             stats.unmatched += 1
             continue
-        yield rgb, _registered(depth, rgb.shape[:2], path, depth_topic), _stamp(log_time, msg)
+        yield rgb, _registered(depth, rgb.shape[:2], path, depth_topic), frame_stamp(log_time, msg)
         stats.paired += 1
 
 

@@ -17,8 +17,8 @@ Bayer patterns demosaiced, compressed frames' headers checked before decoding.
 
 from .cdr import (COMPRESSED_TYPE, IMAGE_TYPE, IMAGE_TYPES, CdrError, ImageMessage, decode_image_message,
                   encode_image_message)
-from .reader import (bag_duration, bag_frames, bag_images, bag_messages, bag_refs, check_image, image_to_rgb,
-                     image_topics)
+from .reader import (bag_duration, bag_frames, bag_images, bag_messages, bag_refs, check_image, frame_stamp,
+                     image_to_rgb, image_topics)
 from .storage import MCAP_MAGIC, SQLITE_MAGIC, bag_files, read_counts
 from .writer import MSG_DEFINITIONS, BagWriter, depth_message, image_message, write_frames
 

@@ -142,4 +142,10 @@ def bag_frames(ref: MediaRef, max_side: int | None = None, *, start_s: float | N
         except ValueError as err:
             record_skip(ref, f"an image logged at {log_time} ns ({err})")
             continue
-        yield rgb, (msg.stamp if msg.sec or msg.nanosec else log_time * 1e-9)
+        yield rgb, frame_stamp(log_time, msg)
+
+
+def frame_stamp(log_time: int, msg: ImageMessage) -> float:
+    """The header stamp (s), or the log time for an unstamped message (as the node falls back to
+    its clock for an unstamped camera)."""
+    return msg.stamp if msg.sec or msg.nanosec else log_time * 1e-9
