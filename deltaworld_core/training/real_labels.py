@@ -25,11 +25,11 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..data.windows import Window
 from ..features import FeatureCache
+from ..teachers.agreement import teacher_probability
 from ..teachers.labels import ClipLabels, LabelClip, LabelSettings, LabelStore, label_clips
 from ..teachers.packages import fetch_teacher
 from ..teachers.selfie import PersonSegmenter
@@ -84,7 +84,7 @@ def person_codes(person: torch.Tensor, size: tuple[int, int], person_id: int, th
     """Teacher probability x 255 uint8 [T, h, w] -> label codes uint8 [T, *size]: ``person_id``
     at >= hi (if ``positives``), "not person" at <= lo, :data:`IGNORE` between."""
     lo, hi = thresholds
-    prob = F.interpolate(person[:, None].float() / 255.0, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    prob = teacher_probability(person, size)
     codes = torch.full(prob.shape, IGNORE, dtype=torch.uint8)
     codes[prob <= lo] = not_class(person_id)
     if positives:
