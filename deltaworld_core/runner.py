@@ -47,9 +47,10 @@ from .threads import apply_threads
 log = logging.getLogger(__name__)
 
 
-def stage_threads(threads: int) -> int:
-    """Kernel threads of each of the two stages for a budget of ``threads`` CPU threads."""
-    return max(1, threads // 2)
+def stage_threads(threads: int, stages: int = 2) -> int:
+    """Kernel threads of each stage for a budget of ``threads`` CPU threads run as ``stages``
+    (1: the whole budget; 2: half each)."""
+    return max(1, threads // 2) if stages == 2 else threads
 
 
 def kernel_threads(forecaster: Forecaster, count: int) -> int:
@@ -129,7 +130,7 @@ class FrameRunner:
         # The stream's gaps are checked on receipt (put); the forecaster's own check would see
         # the gaps between the frames that happened to be run.
         fc.max_gap_s = math.inf
-        kernel_threads(fc, stage_threads(fc.threads) if self.stages == 2 else fc.threads)
+        kernel_threads(fc, stage_threads(fc.threads, self.stages))
         self._stop.clear()
         self._workers = [threading.Thread(target=self._forecast_stage, name="forecast_worker", daemon=True)]
         if self.stages == 2:

@@ -76,7 +76,7 @@ def measure_stream(fc: Forecaster, stages: int, frames: list[np.ndarray], stamps
         raise RuntimeError(f"{len(done)} forecast(s) from {len(frames)} frames: too few to time "
                            f"(malformed {runner.stats.malformed}, model errors {runner.stats.model_errors})")
     interval = statistics.median(b[0] - a[0] for a, b in zip(done, done[1:])) * 1e3
-    return {"stages": stages, "kernel_threads": stage_threads(fc.threads) if stages == 2 else fc.threads,
+    return {"stages": stages, "kernel_threads": stage_threads(fc.threads, stages),
             "ms_per_forecast": interval, "forecasts_per_s": 1e3 / interval,
             "latency_ms": statistics.median(ms for _, ms in done), "forecasts": len(done)}
 
