@@ -15,18 +15,13 @@ and its metadata also records the frame size (``frame_hw``) and the detector's `
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
-from ..checkpoint import atomic_write
 from ..config import ConfigError
-from .labels import LABEL_FORMAT, LabelClip, LabelStore
-from .packages import read_manifest, teacher_folder
+from .labels import LabelClip, LabelStore
 
 
 @dataclass
@@ -55,15 +50,13 @@ class BoxStore(LabelStore):
 
     def load(self, clip: LabelClip) -> ClipBoxes | None:
         """The clip's boxes, or None when not labelled yet (or the file is unreadable)."""
-        path = self.path(clip)
-        if not path.is_file():
+        read = self.read(clip)
+        if read is None:
             return None
+        t, meta = read
         try:
-            t = load_file(str(path))
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads((f.metadata() or {}).get("labels", "{}"))
             return ClipBoxes(t["frames"], t["stamps"], t["box_frame"], t["boxes"], t["scores"], t["classes"], meta)
-        except (SafetensorError, OSError, ValueError, KeyError):
+        except KeyError:
             return None
 
     def label(self, clip: LabelClip, detector) -> ClipBoxes:
@@ -90,15 +83,11 @@ class BoxStore(LabelStore):
         found = np.concatenate(rows)
         h, w = frame_hw
         corners = np.clip(found[:, :4] / np.array([w, h, w, h], np.float32), 0.0, 1.0)
-        manifest = read_manifest(teacher_folder(self.teacher, self.cache)) or {}
-        meta = {**self.teacher.identity(), "model_files": manifest.get("files", {}), "clip": clip.name,
-                "media": clip.identity(), "settings": asdict(s), "format": LABEL_FORMAT,
-                "frame_hw": list(frame_hw), "min_score": getattr(detector, "min_score", None)}
+        meta = {**self.metadata(clip), "frame_hw": list(frame_hw), "min_score": getattr(detector, "min_score", None)}
         boxes = ClipBoxes(torch.tensor(frames, dtype=torch.int64), torch.tensor(stamps, dtype=torch.float64),
                           torch.from_numpy(np.concatenate(owner)), torch.from_numpy(corners.copy()),
                           torch.from_numpy(found[:, 4].copy()), torch.from_numpy(found[:, 5].round().astype(np.int64)),
                           meta)
-        tensors = {"frames": boxes.frames, "stamps": boxes.stamps, "box_frame": boxes.box_frame,
-                   "boxes": boxes.boxes.contiguous(), "scores": boxes.scores, "classes": boxes.classes}
-        atomic_write(self.path(clip), lambda p: save_file(tensors, p, metadata={"labels": json.dumps(meta, default=str)}))
+        self.write(clip, {"frames": boxes.frames, "stamps": boxes.stamps, "box_frame": boxes.box_frame,
+                          "boxes": boxes.boxes.contiguous(), "scores": boxes.scores, "classes": boxes.classes}, meta)
         return boxes

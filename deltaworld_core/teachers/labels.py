@@ -139,8 +139,8 @@ class LabelStore:
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]
         return self.root / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', clip.name)[:80]}-{digest}.safetensors"
 
-    def load(self, clip: LabelClip) -> ClipLabels | None:
-        """The clip's labels, or None when not labelled yet (or the file is unreadable)."""
+    def read(self, clip: LabelClip) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The clip's file as (tensors, metadata), or None when not labelled yet (or unreadable)."""
         path = self.path(clip)
         if not path.is_file():
             return None
@@ -150,6 +150,24 @@ class LabelStore:
                 meta = json.loads((f.metadata() or {}).get("labels", "{}"))
         except (SafetensorError, OSError, ValueError):
             return None
+        return tensors, meta
+
+    def metadata(self, clip: LabelClip) -> dict:
+        """What a label file records: the teacher, its model files' sha256, the clip and the settings."""
+        manifest = read_manifest(teacher_folder(self.teacher, self.cache)) or {}
+        return {**self.teacher.identity(), "model_files": manifest.get("files", {}), "clip": clip.name,
+                "media": clip.identity(), "settings": asdict(self.settings), "format": LABEL_FORMAT}
+
+    def write(self, clip: LabelClip, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Saves the clip's file atomically."""
+        atomic_write(self.path(clip), lambda p: save_file(tensors, p, metadata={"labels": json.dumps(meta, default=str)}))
+
+    def load(self, clip: LabelClip) -> ClipLabels | None:
+        """The clip's labels, or None when not labelled yet (or the file is unreadable)."""
+        read = self.read(clip)
+        if read is None:
+            return None
+        tensors, meta = read
         return ClipLabels(tensors["frames"], tensors["stamps"], tensors["person"], meta)
 
     def label(self, clip: LabelClip, segmenter) -> ClipLabels:
@@ -171,11 +189,8 @@ class LabelStore:
                 break
         if not frames:
             raise ConfigError(f"{clip.name}: no frames to label")
-        manifest = read_manifest(teacher_folder(self.teacher, self.cache)) or {}
-        meta = {**self.teacher.identity(), "model_files": manifest.get("files", {}), "clip": clip.name,
-                "media": clip.identity(), "settings": asdict(s), "format": LABEL_FORMAT}
         labels = ClipLabels(torch.tensor(frames, dtype=torch.int64), torch.tensor(stamps, dtype=torch.float64),
-                            torch.from_numpy(np.stack(person)), meta)
-        tensors = {"frames": labels.frames, "stamps": labels.stamps, "person": labels.person.contiguous()}
-        atomic_write(self.path(clip), lambda p: save_file(tensors, p, metadata={"labels": json.dumps(meta, default=str)}))
+                            torch.from_numpy(np.stack(person)), self.metadata(clip))
+        self.write(clip, {"frames": labels.frames, "stamps": labels.stamps, "person": labels.person.contiguous()},
+                   labels.meta)
         return labels
