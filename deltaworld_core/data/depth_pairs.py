@@ -23,12 +23,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..imaging import TRUNCATED_DATA, UNSUPPORTED_ENCODING, ImageError
+from ..imaging import UNSUPPORTED_ENCODING, ImageError, raw_pixels
 from .refs import MediaError, MediaRef, record_skip
-from .rosbag import bag_images, bag_refs, check_image, frame_stamp, image_to_rgb
+from .rosbag import bag_images, bag_refs, frame_stamp, image_to_rgb
 from .rosbag.cdr import ImageMessage
 
-DEPTH_ENCODINGS = {"16UC1": (np.dtype("uint16"), 1e-3), "32FC1": (np.dtype("float32"), 1.0)}
+DEPTH_ENCODINGS = {"16UC1": 1e-3, "32FC1": 1.0}  # metres per stored unit
+NOT_DEPTH = "is not depth (16UC1 millimetres or 32FC1 metres, REP 118)"
 # Depth images held while their colour frame has not come yet. Each topic is read in its own
 # recording order; with stamps that grow in both, at most a few wait. More means stamps far out
 # of order, and holding them all could hold the whole recording.
@@ -49,23 +50,17 @@ class PairStats:
 
 def depth_to_metres(msg: ImageMessage) -> np.ndarray:
     """A REP 118 depth Image -> float32 [H, W] metres, NaN where invalid. The declared size and the
-    data length are checked before anything is allocated; raises ImageError (a ValueError) naming
-    what is wrong: a non-depth encoding, a compressed message, a short buffer or a bad ``step``."""
+    data length are checked before anything is allocated (:func:`~deltaworld_core.imaging.raw_pixels`,
+    the node's conversion); raises ImageError (a ValueError) naming what is wrong: a non-depth
+    encoding, a compressed message, a short buffer or a bad ``step``."""
     if msg.format is not None:
         raise ImageError(f"a CompressedImage ({msg.format!r}); depth must be a raw Image (16UC1 or 32FC1)",
                          UNSUPPORTED_ENCODING)
     if msg.encoding not in DEPTH_ENCODINGS:
-        raise ImageError(f"encoding {msg.encoding!r} is not depth (16UC1 millimetres or 32FC1 metres, REP 118)",
-                         UNSUPPORTED_ENCODING)
-    check_image(msg)
-    dtype, scale = DEPTH_ENCODINGS[msg.encoding]
-    row = msg.width * dtype.itemsize
-    if msg.step < row:
-        raise ImageError(f"step {msg.step} is shorter than a row of {msg.width} {msg.encoding} pixels ({row} bytes)",
-                         TRUNCATED_DATA)
-    rows = np.frombuffer(msg.data, np.uint8, msg.step * msg.height).reshape(msg.height, msg.step)[:, :row]
-    values = np.ascontiguousarray(rows).view(dtype.newbyteorder(">" if msg.is_bigendian else "<"))
-    metres = values.astype(np.float32) * np.float32(scale)
+        raise ImageError(f"encoding {msg.encoding!r} {NOT_DEPTH}", UNSUPPORTED_ENCODING)
+    values = raw_pixels(msg.data, msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian)
+    metres = values.astype(np.float32, copy=False)  # raw_pixels' array is fresh: scaled in place
+    metres *= np.float32(DEPTH_ENCODINGS[msg.encoding])
     metres[~np.isfinite(metres) | (metres <= 0)] = np.nan
     return metres
 
@@ -155,8 +150,7 @@ def rgbd_pairs(path: str | Path, colour_topic: str, depth_topic: str, *, toleran
         if not waiting[j]:
             del held[j]
         try:
-            check_image(msg)
-            rgb = image_to_rgb(msg, max_side)
+            rgb = image_to_rgb(msg, max_side)  # checks the declared size and data length before decoding
         except ValueError as err:
             record_skip(colour_ref, f"an image logged at {log_time} ns ({err})")
             stats.skipped += 1
@@ -170,8 +164,7 @@ def rgbd_pairs(path: str | Path, colour_topic: str, depth_topic: str, *, toleran
 
 def _decode_depth(ref: MediaRef, log_time: int, msg: ImageMessage, stats: PairStats) -> np.ndarray | None:
     if msg.format is None and msg.encoding not in DEPTH_ENCODINGS:
-        raise MediaError(f"{ref.path}: topic {ref.topic}: encoding {msg.encoding!r} is not depth "
-                         "(16UC1 millimetres or 32FC1 metres, REP 118)")
+        raise MediaError(f"{ref.path}: topic {ref.topic}: encoding {msg.encoding!r} {NOT_DEPTH}")
     try:
         return depth_to_metres(msg)
     except ValueError as err:
