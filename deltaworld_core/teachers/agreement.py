@@ -22,16 +22,19 @@ import torch.nn.functional as F
 from ..heads import TaskHeads, argmax_classes, upsample_bilinear
 
 
+def class_maps(heads: TaskHeads, features: torch.Tensor, grid: tuple[int, int], size: tuple[int, int],
+               affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """features [B, N, C] -> class ids uint8 [B, *size], as inference labels a pixel (``affine``:
+    :meth:`~deltaworld_core.heads.TaskHeads.affine`, when the caller already folded it)."""
+    seg, _ = heads.grid_maps(heads.logits(features.float(), affine), grid)
+    return argmax_classes(upsample_bilinear(seg, size))
+
+
 def head_person(heads: TaskHeads, features: torch.Tensor, grid: tuple[int, int], size: tuple[int, int],
                 person_id: int, batch: int = 32) -> torch.Tensor:
     """Present-frame features [T, N, C] -> bool [T, *size]: where the head's most likely class is person."""
-    out = []
     affine = heads.affine()
-    for i in range(0, len(features), batch):
-        logits = heads.logits(features[i:i + batch].float(), affine)
-        seg, _ = heads.grid_maps(logits, grid)
-        out.append(argmax_classes(upsample_bilinear(seg, size)) == person_id)
-    return torch.cat(out)
+    return torch.cat([class_maps(heads, chunk, grid, size, affine) == person_id for chunk in features.split(batch)])
 
 
 def teacher_probability(person: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from ..evaluation.clips import Clip
-from ..heads import TaskHeads, argmax_classes, upsample_bilinear
-from .agreement import PersonAgreement
+from ..heads import TaskHeads
+from .agreement import PersonAgreement, class_maps
 
 METHODS = ("present", "copy_last", "mean", "mode", "best")
 
@@ -45,12 +45,6 @@ def window_clips(name: str, features: torch.Tensor, stamps: torch.Tensor, window
             for i, w in enumerate(windows)]
 
 
-def class_maps(heads: TaskHeads, features: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """features [B, N, C] -> class ids uint8 [B, *size], as inference labels a pixel."""
-    seg, _ = heads.grid_maps(heads.logits(features.float()), grid)
-    return argmax_classes(upsample_bilinear(seg, size))
-
-
 def mode_classes(ids: torch.Tensor, classes: int) -> torch.Tensor:
     """ids uint8 [K, h, w] -> the most frequent class per pixel [h, w] (the lowest id on ties)."""
     counts = torch.stack([(ids == c).sum(0) for c in range(classes)])
@@ -70,12 +64,13 @@ class ForecastPersonAgreement:
         """preds: :meth:`~deltaworld_core.evaluation.evaluator.Evaluator.predict` of B windows;
         teacher: probability [B, H, *size] at each window's target frames."""
         classes = len(heads.class_names)
+        affine = heads.affine()
         for step in range(self.horizon):
             for method, key in (("present", "truth"), ("copy_last", "copy_last"), ("mean", "mean"), ("best", "best")):
-                person = class_maps(heads, preds[key][:, step], grid, size) == person_id
+                person = class_maps(heads, preds[key][:, step], grid, size, affine) == person_id
                 self.acc[method][step].add(person, teacher[:, step])
             samples = preds["samples"][:, :, step]  # [B, K, N, C]
-            ids = class_maps(heads, samples.flatten(0, 1), grid, size).unflatten(0, samples.shape[:2])
+            ids = class_maps(heads, samples.flatten(0, 1), grid, size, affine).unflatten(0, samples.shape[:2])
             mode = torch.stack([mode_classes(i, classes) for i in ids]) == person_id
             self.acc["mode"][step].add(mode, teacher[:, step])
         self.windows += len(teacher)
