@@ -86,7 +86,7 @@ class CameraInput:
 
     def __init__(self, node, on_frame: Callable[[Frame], None], log_limited: Callable[[str, str], None]):
         self.node, self.on_frame, self.log_limited = node, on_frame, log_limited
-        self.stats = CameraStats(received_at=deque(maxlen=100), losses=deque(maxlen=1000))
+        self.stats = CameraStats()
         self.subscription = None
         self.horizon_s = 0.0  # the model's horizon in seconds (stamps beyond 2038 are refused)
         self.model_size: tuple[int, int] | None = None  # the VFM input (h, w): frames converted no larger

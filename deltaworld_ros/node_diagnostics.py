@@ -16,6 +16,7 @@ several nodes share this name; else OK "forecasting".
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -41,8 +42,8 @@ class CameraStats:
     malformed: int = 0  # refused before the model: bad encoding, size, header
     lost_by_dds: int = 0  # reported by the middleware (message_lost events)
     lost_estimated: int = 0  # missing from the camera's stamps at its rate: lost before the callback
-    received_at: list = field(default_factory=list)  # a deque in use: monotonic receipt times
-    losses: list = field(default_factory=list)  # a deque in use: (monotonic, frames, advice at that moment)
+    received_at: deque = field(default_factory=lambda: deque(maxlen=100))  # monotonic receipt times
+    losses: deque = field(default_factory=lambda: deque(maxlen=1000))  # (monotonic, frames, advice at that moment)
 
 
 @dataclass
