@@ -18,7 +18,6 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -26,10 +25,12 @@ import cv2
 import numpy as np
 
 from ..checkpoint import atomic_write
+from .fetch import download_package
 from .refs import MediaError
 from .rosbag import BagWriter, depth_message, image_message
+from .sources import SOURCES
 
-PACKAGE, LICENCE = "visp-images-data", "GPL-2"
+VISP, LICENCE = SOURCES["visp"], "GPL-2"  # the real-video source's package and pinned version
 MEMBER = "usr/share/visp-images-data/ViSP-images/mbt-depth/castel"
 KEPT = ("chateau.xml", "chateau_depth.xml", "depth_M_color.txt")
 DEPTH_SCALE_M = 0.000124986647  # SR300 raw unit
@@ -43,29 +44,22 @@ def default_cache() -> Path:
 
 def fetch_castel(cache: str | Path | None = None) -> Path:
     """The sequence's folder in ``cache`` (default ``~/.cache/deltaworld/rgbd/visp-castel``),
-    fetched with ``apt-get download visp-images-data`` unless its manifest already lists it."""
+    fetched with ``apt-get download visp-images-data`` (:func:`~.fetch.download_package`, as the
+    real-video source ``visp``) unless its manifest already lists it."""
     root = Path(cache).expanduser() if cache else default_cache()
     if (root / "manifest.json").is_file():
         return root
     with tempfile.TemporaryDirectory(prefix="visp-") as scratch:
-        run = lambda cmd: subprocess.run(cmd, cwd=scratch, check=True, capture_output=True, text=True)  # noqa: E731
-        try:
-            run(["apt-get", "download", PACKAGE])
-        except (OSError, subprocess.CalledProcessError) as err:
-            detail = (getattr(err, "stderr", "") or str(err)).strip().splitlines()[-1:] or [""]
-            raise MediaError(f"apt-get download {PACKAGE} failed ({detail[0]})") from None
-        deb = next(Path(scratch).glob("*.deb"))
-        version = run(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip()
-        run(["dpkg-deb", "-x", str(deb), "x"])
-        src = Path(scratch) / "x" / MEMBER
+        tree = download_package(VISP, Path(scratch))
+        src = tree / MEMBER
         root.mkdir(parents=True, exist_ok=True)
         files = [src / name for name in KEPT] + sorted((src / "castel").iterdir())
-        files.append(Path(scratch) / "x" / "usr/share/doc" / PACKAGE / "copyright")
+        files.append(tree / "usr/share/doc" / VISP.package / "copyright")
         rows = {}
         for f in files:
             shutil.copyfile(f, root / f.name)
             rows[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
-    manifest = {"registry": "debian", "package": PACKAGE, "version": version, "licence": LICENCE,
+    manifest = {"registry": VISP.registry, "package": VISP.package, "version": VISP.version, "licence": LICENCE,
                 "member": MEMBER, "files": rows}
     atomic_write(root / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
     return root
