@@ -67,7 +67,6 @@ def bench_run(fc: Forecaster, frames, stamps, steps: int) -> dict:
     """bench's stream measurement on the clip's frames (warm-up: a context and one more)."""
     count = min(len(frames), fc.context + 1 + steps)
     pipeline, choice = stream_throughput(fc, steps, (list(frames[:count]), [float(t) for t in stamps[:count]]))
-    fc.reset()
     return {"forecasts_per_s": pipeline["forecasts_per_s"], "ms_per_forecast": pipeline["ms_per_forecast"],
             "latency_ms": pipeline["latency_ms"], "forecasts": pipeline["forecasts"], "stages": choice["stages"],
             "stages_why": choice["why"]}

@@ -181,7 +181,7 @@ def run_without_ros(args, overrides: dict, video: Path, result: dict) -> None:
                          choice.stages).start()
     start, frames_in = time.time(), 0
     try:
-        while (now := time.time()) - start < args.duration:  # the camera: frame i at start + i / fps
+        while time.time() - start < args.duration:  # the camera: frame i at start + i / fps
             runner.put(Frame(images[frames_in % len(images)], start + frames_in / fps))
             frames_in += 1
             time.sleep(max(0.0, start + frames_in / fps - time.time()))
