@@ -25,7 +25,6 @@ pixels the VFM sees are the release's to the last grey level.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2
