@@ -97,7 +97,8 @@ RECONFIGURE = frozenset({"model_config", "weights", "device", "threads", "k", "h
                          "publish_debug_image", "futures_topic", "debug_image_topic", "publish_step_images",
                          "publish_obstacles", "publish_risk_grid", "risk_grid_use_tf"})
 RESUBSCRIBE = frozenset({"image_topic", "use_compressed", "input_reliability", "input_depth"})  # at once, if active
-# diagnostics_period_s: the timer is remade at once; malformed_log_period_s, stall_timeout_s: read on use.
+# diagnostics_period_s (by the diagnostics thread before each message), malformed_log_period_s,
+# stall_timeout_s: read on use.
 
 # node parameter -> model config key it overrides (0 / [0, 0] = keep the config's value)
 CONFIG_KEYS = {"k": "forecast.k", "horizon": "forecast.horizon", "step_s": "forecast.step_s",
