@@ -37,6 +37,13 @@ class MediaRef:
     member: str | None = None  # shards: the sample key inside the tar
 
 
+def no_valid_recording(refused: list[str]) -> str:
+    """The one line for a run none of whose recordings can be read (``refused``: one line each,
+    at least one): the refusal itself, or how many and the first."""
+    return (f"no valid recording: {refused[0]}" if len(refused) == 1 else
+            f"no valid recording ({len(refused)} refused; first: {refused[0]})")
+
+
 # ------------------------------------------------------------------ skip counters
 _skipped: dict[str, int] = {}
 _skip_events: dict[str, int] = {}

@@ -56,7 +56,7 @@ import torch
 
 from ..config import ConfigError
 from .recordings import duration_s, expand_media, iter_frames
-from .refs import MediaError, MediaRef, skipped_counts
+from .refs import MediaError, MediaRef, no_valid_recording, skipped_counts
 from .runs import run_starts
 from .stream_config import StreamConfig, stride_options
 from .transforms import apply_crop, sample_crop
@@ -81,8 +81,7 @@ def stream_refs(d) -> list:
     errors: list[str] = []  # each unusable recording: one line, and the run goes on with the others
     refs = list(expand_media(entries, topic=topic, errors=errors)) if entries else []
     if errors and not refs and not d.videos.sources:
-        raise ConfigError(f"data.videos.paths: no valid recording: {errors[0]}" if len(errors) == 1 else
-                          f"data.videos.paths: no valid recording ({len(errors)} refused; first: {errors[0]})")
+        raise ConfigError(f"data.videos.paths: {no_valid_recording(errors)}")
     for line in errors:
         log.warning("data.videos.paths: refused %s", line)
     if d.videos.sources:

@@ -35,6 +35,7 @@ from ..config import ConfigError
 from ..features import FeatureCache, file_identity
 from .motion import MotionConfig, motion_energy, render, sample_trajectory
 from .recordings import expand_media
+from .refs import no_valid_recording
 from .sources import resolve_clips
 from .stream_config import StreamConfig, stride_options
 from .synthetic import SyntheticWorld
@@ -210,8 +211,7 @@ def video_files(d: VideoData, media_cache: str | None, names: list[str] | None =
         raise ConfigError(f"data sources: {err.args[0] if err.args else err}") from err
     out += [VideoFile(c.full_name, c.path, c.fps) for c in clips]
     if errors and not out:
-        raise ConfigError(f"data.videos.paths: no valid recording: {errors[0]}" if len(errors) == 1 else
-                          f"data.videos.paths: no valid recording ({len(errors)} refused; first: {errors[0]})")
+        raise ConfigError(f"data.videos.paths: {no_valid_recording(errors)}")
     for line in errors:
         log.warning("data.videos.paths: refused %s", line)
     return out
@@ -276,8 +276,7 @@ def _real_windows(d: DataConfig, size, cache: FeatureCache) -> list[Window]:
             log.warning("refused %s: %s", vf.name, line)
             refused.append(f"{vf.name}: {line}")
     if files and len(refused) == len(files):
-        raise ConfigError(f"no valid recording: {refused[0]}" if len(refused) == 1 else
-                          f"no valid recording ({len(refused)} refused; first: {refused[0]})")
+        raise ConfigError(no_valid_recording(refused))
     return out
 
 
