@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imaging import ImageError, decode_image, file_header
+from ..imaging import ImageError, compressed_kind, decode_image, file_header
 from .refs import IMAGE_EXTS, MediaError, MediaRef, in_window, record_skip
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def frame_header_error(path: Path) -> str | None:
                 file_header(head)
                 return None
             except ImageError:
-                if not head.startswith(b"\xff\xd8\xff") or len(head) < HEADER_BYTES:
+                if compressed_kind(head) != "jpeg" or len(head) < HEADER_BYTES:
                     raise
             file_header(head + f.read())  # a JPEG whose frame header lies past the first 64 KB
             return None
