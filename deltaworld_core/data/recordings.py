@@ -109,7 +109,7 @@ def _expand_entry(entry: str, topics: list[str] | None, depth: int, errors: list
     kind = _kind_of(path, entry)
     if kind == "dir":
         if (path / "metadata.yaml").is_file():
-            return _bag_refs(path, name, topics)
+            return bag_refs(path, topics, name)
         if (path / "timestamps.txt").is_file() and image_files(path):
             return [MediaRef(name, str(path), "frames")]
         return _expand_folder(path, name, topics, depth, errors)
@@ -127,7 +127,7 @@ def _expand_entry(entry: str, topics: list[str] | None, depth: int, errors: list
                                     lambda row=row: _expand_entry(row, topics, depth + 1, errors))]
     kind = sniff(path) if suffix not in VIDEO_EXTS + BAG_EXTS + SHARD_EXTS else None
     if suffix in BAG_EXTS or kind == "bag":
-        return _bag_refs(path, name, topics)
+        return bag_refs(path, topics, name)
     if suffix in SHARD_EXTS or kind == "shard":
         return [MediaRef(f"{name}#{key}", str(path), "shard", member=key) for key in shard_members(path)]
     if suffix in VIDEO_EXTS or kind == "video":
@@ -184,14 +184,14 @@ def _expand_folder(root: Path, name: str, topics: list[str] | None, depth: int,
             p = here_path / item
             rel = f"{name.rstrip('/')}/{p.relative_to(root).as_posix()}"
             if is_dir:
-                refs += _guarded(errors, "", lambda p=p, rel=rel: _bag_refs(p, rel, topics)
+                refs += _guarded(errors, "", lambda p=p, rel=rel: bag_refs(p, topics, rel)
                                  if (p / "metadata.yaml").is_file() else [_frames_ref(p, rel)])
                 continue
             suffix = p.suffix.lower()
             if suffix in VIDEO_EXTS:
                 refs.append(MediaRef(rel, str(p), "video"))
             elif suffix in BAG_EXTS and not (here_path / "metadata.yaml").is_file():
-                refs += _guarded(errors, "", lambda p=p, rel=rel: _bag_refs(p, rel, topics))
+                refs += _guarded(errors, "", lambda p=p, rel=rel: bag_refs(p, topics, rel))
             elif suffix in SHARD_EXTS:
                 refs += _guarded(errors, "", lambda p=p, rel=rel: _expand_entry(str(p), topics, depth, errors, rel))
     if any(f.suffix.lower() in IMAGE_EXTS for f in root.iterdir() if f.is_file()):
@@ -213,10 +213,6 @@ def _frames_ref(path: Path, name: str) -> MediaRef:
     if not image_files(path):
         raise MediaError(f"{path}: has timestamps.txt but no png/jpg frames")
     return MediaRef(name, str(path), "frames")
-
-
-def _bag_refs(path: Path, name: str, topics: list[str] | None) -> list[MediaRef]:
-    return bag_refs(path, topics, name)
 
 
 def iter_frames(ref: MediaRef, max_side: int | None = None, *, start_s: float | None = None,
