@@ -30,8 +30,8 @@ import numpy as np
 from .checkpoint import atomic_write
 from .cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
 from .data import open_video
-from .data.folders import image_files
-from .data.media import VIDEO_EXTS, MediaError, expand_media, iter_frames
+from .data.media import MediaError, expand_media, iter_frames
+from .data.video import opens_directly
 from .forecaster import Forecaster
 from .viz import forecast_grid
 
@@ -105,8 +105,7 @@ def open_recording(entry: str, fps: float | None, topic: str | None):
     evaluate use (:func:`~deltaworld_core.data.media.expand_media`), which must name exactly one
     stream. Raises ValueError (MediaError) naming what is wrong."""
     path = Path(entry)
-    if (path.is_file() and path.suffix.lower() in VIDEO_EXTS) or (
-            path.is_dir() and not (path / "metadata.yaml").is_file() and image_files(path)):
+    if opens_directly(path):
         return open_video(path, fps=fps)
     refs = expand_media([entry], topic)
     if len(refs) != 1:

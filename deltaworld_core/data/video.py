@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from ..imaging import ImageError, decode_image
-from .folders import sound_frames
-from .refs import IMAGE_EXTS
+from .folders import image_files, sound_frames
+from .refs import IMAGE_EXTS, VIDEO_EXTS
 from .samples import sample_video_paths  # noqa: F401 - part of this module's interface
 
 
@@ -175,6 +175,18 @@ def open_video(path: str | Path, fps: float | None = None) -> VideoReader | Fram
     if path.is_dir():
         return FrameFolder(path, fps)
     return VideoReader(path)
+
+
+def opens_directly(path: Path) -> bool:
+    """Whether :func:`open_video` reads ``path`` as it is: a video file, or a folder of frames that
+    is not a rosbag2 bag folder (its frame rate may then come from ``fps``). Anything else, and a
+    path the system refuses, goes through :func:`~deltaworld_core.data.recordings.expand_media`,
+    which names what is wrong with it."""
+    try:
+        return (path.is_file() and path.suffix.lower() in VIDEO_EXTS) or (
+            path.is_dir() and not (path / "metadata.yaml").is_file() and bool(image_files(path)))
+    except OSError:
+        return False
 
 
 class VideoClipDataset(torch.utils.data.Dataset):

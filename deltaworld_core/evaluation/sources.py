@@ -16,9 +16,10 @@ import torch
 
 from ..config import ModelConfig
 from ..data.datasets import CityscapesClips, KittiDepthClips, VSPWClips
-from ..data.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, expand_media
+from ..data.media import MediaError, expand_media
 from ..data.sources import split_sources
 from ..data.synthetic import SyntheticWorld
+from ..data.video import opens_directly
 from ..features import FeatureCache, file_identity
 from .clips import Clip, EvaluationError
 from .frame_features import FrameFeatures
@@ -225,14 +226,7 @@ def expand_videos(entries: list[str], topic: list[str] | None = None,
     names: list[str] = []
     for entry in entries:
         path = Path(entry)
-        # read as before: a video file, or a frame folder (its frame rate may come from --fps)
-        try:
-            direct = (path.is_file() and path.suffix.lower() in VIDEO_EXTS) or (
-                path.is_dir() and not (path / "metadata.yaml").is_file()
-                and any(p.suffix.lower() in IMAGE_EXTS for p in path.iterdir() if p.is_file()))
-        except OSError:
-            direct = False  # expand_media names what is wrong with it
-        if direct:
+        if opens_directly(path):  # read as before: a video file, or a frame folder (its rate may come from --fps)
             items.append(path)
             names.append(path.name)
             continue
