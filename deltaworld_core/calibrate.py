@@ -211,7 +211,7 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]],
         log.warning("refused %s", line)
     for path, name, fps in recordings:
         batch = []
-        for item in source.videos([path], None, args.stride, fps, (0.0, 1.0), [name], [fps], refused):
+        for item in source.videos([path], None, args.stride, fps, (0.0, 1.0), [name], refused=refused):
             batch.append(item)
             if len(batch) == args.batch_size:
                 add(batch, name)
