@@ -20,10 +20,10 @@ from deltaworld_core.teachers.boxes import BoxStore
 from deltaworld_core.teachers.centernet import BoxDetector, to_pixels
 from deltaworld_core.teachers.labels import LabelSettings, label_clips
 from deltaworld_core.teachers.packages import MANIFEST, TEACHERS, TeacherError, fetch_teacher
-from deltaworld_core.training.box_labels import box_codes, core_mask, core_recall, merge_codes, vehicle_cores
+from deltaworld_core.training.box_labels import box_codes, core_mask, core_recall, vehicle_cores
 from deltaworld_core.training import vehicle_labels
 from deltaworld_core.training.config import load_train_config
-from deltaworld_core.training.partial_labels import IGNORE, not_class, partial_cross_entropy
+from deltaworld_core.training.partial_labels import IGNORE, partial_cross_entropy
 from deltaworld_core.training.real_labels import RealLabelsConfig
 from deltaworld_core.training.vehicle_labels import vehicle_windows
 from test_teachers import ROOT, TinyVFM, fake_registry, write_clip
@@ -118,14 +118,6 @@ def test_a_rider_core_leaves_the_vehicle_core_unknown():
     boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0]])  # a motorcycle and its rider (left)
     cores = vehicle_cores(boxes, torch.tensor([0.9, 0.9]), torch.tensor([3, 0]), (4, 4))
     assert cores.int().tolist() == [[0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
-
-
-def test_merge_keeps_person_codes_and_leaves_disagreement_unknown():
-    person = torch.tensor([[PERSON, not_class(PERSON), IGNORE]], dtype=torch.uint8)
-    vehicle = torch.tensor([[CAR, CAR, CAR]], dtype=torch.uint8)
-    assert merge_codes(person, vehicle, CLASSES).tolist() == [[IGNORE, CAR, CAR]]
-    none = torch.full((1, 3), IGNORE, dtype=torch.uint8)
-    assert torch.equal(merge_codes(person, none, CLASSES), person)
 
 
 def test_box_codes_teach_car_in_the_core_and_nothing_outside():

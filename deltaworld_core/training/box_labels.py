@@ -62,17 +62,6 @@ def box_codes(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, 
     return codes
 
 
-def merge_codes(person: torch.Tensor, vehicle: torch.Tensor, class_names: list[str]) -> torch.Tensor:
-    """Person codes and vehicle codes of one frame [h, w] -> one code map. A vehicle cell keeps
-    ``car`` unless the person teacher calls it person (then it is unknown: the teachers disagree);
-    elsewhere the person code stands (including "not person", which a car cell also satisfies)."""
-    car = vehicle == class_names.index(CAR)
-    out = person.clone()
-    out[car] = class_names.index(CAR)
-    out[car & (person == class_names.index("person"))] = IGNORE
-    return out
-
-
 def core_recall(called_car: torch.Tensor, cores: torch.Tensor) -> tuple[int, int]:
     """called_car bool [..., h, w] (the head's most likely class is car), cores bool [..., h, w] ->
     (core cells the head calls car, core cells)."""
