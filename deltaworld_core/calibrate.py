@@ -40,6 +40,7 @@ import yaml
 from .checkpoint import atomic_write
 from .cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
 from .config import load_config, resolve_config_path
+from .data.refs import no_valid_recording
 from .data.sources import resolve_clips, split_sources
 from .evaluation.evaluator import Evaluator
 from .evaluation.clips import EvaluationError
@@ -178,8 +179,10 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]],
         items, item_names = expand_videos(args.video, args.topic, refused)
     except EvaluationError as err:
         raise CalibrationError(str(err)) from err
+    for line in refused.values():  # the run goes on with the others; if none is left, each still says why
+        log.warning("refused %s", line)
     if args.video and not items and not names:
-        raise CalibrationError("; ".join(list(refused.values())[:3]) or "no recording in --video")
+        raise CalibrationError(no_valid_recording(list(refused.values())) if refused else "no recording in --video")
     try:
         clips = resolve_clips(names, args.media_cache)
     except (KeyError, FileNotFoundError) as err:
@@ -207,8 +210,6 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]],
         s["clips"] += len(batch)
         ev.index += len(batch)
 
-    for line in refused.values():
-        log.warning("refused %s", line)
     for path, name, fps in recordings:
         batch = []
         for item in source.videos([path], None, args.stride, fps, (0.0, 1.0), [name], refused=refused):
@@ -221,7 +222,7 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]],
         if name not in stats and name not in refused:
             log.warning("%s: shorter than %d frames at %s s per step, skipped", name, context + horizon, step_s)
     if not stats and refused:
-        raise CalibrationError(f"no valid recording: {'; '.join(list(refused.values())[:3])}")
+        raise CalibrationError(no_valid_recording(list(refused.values())))
     if not stats:
         raise CalibrationError(f"no clips: every calibration video is shorter than {context + horizon} frames")
     meta = {"config": cfg.name, "weights": cfg.weights, "spread_from": fc.spread_from,

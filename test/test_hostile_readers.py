@@ -407,7 +407,8 @@ def evaluate(tiny, tmp_path, *args, monkeypatch=None) -> tuple[int, dict | None,
     return rc, json.loads(out.read_text()) if out.is_file() else None, batches
 
 
-def test_evaluate_goes_on_past_unusable_recordings_and_exits_2_without_any(tiny, tmp_path, long_clip, capsys):
+def test_evaluate_goes_on_past_unusable_recordings_and_exits_2_without_any(tiny, tmp_path, long_clip, capsys,
+                                                                          caplog):
     good = tmp_path / "good.mcap"
     rosbag.write_frames(good, TOPIC, stamped(long_clip))
     bad = tmp_path / "bad.db3"  # every data cell NULL: a bag with no valid frame
@@ -426,9 +427,11 @@ def test_evaluate_goes_on_past_unusable_recordings_and_exits_2_without_any(tiny,
     assert set(res["refused"]) == {f"{bad}#{TOPIC}", str(empty)}
     assert "empty.db3" in res["refused"][str(empty)] and "no messages" in res["refused"][str(empty)]
     capsys.readouterr()
+    caplog.clear()
     rc, res, _ = evaluate(tiny, tmp_path, "--video", str(bad), "--video", str(empty))
     err = capsys.readouterr().err
-    assert rc == 2 and res is None and "no valid recording" in err and "bad.db3" in err and "empty.db3" in err
+    assert rc == 2 and res is None and "no valid recording (2 refused" in err
+    assert "bad.db3" in caplog.text and "empty.db3" in caplog.text  # each refusal is logged with its reason
 
 
 def test_evaluate_takes_mixed_frame_sizes_and_skips_bad_frames(tiny, tmp_path, long_clip):
@@ -571,6 +574,24 @@ def test_calibrate_fits_on_bags_and_folders_and_refuses_the_bad_alone(tiny, tmp_
     capsys.readouterr()
     assert calibrate.main([*args, "--video", str(tmp_path / "gone.mcap")]) == 2
     assert "gone.mcap" in capsys.readouterr().err
+
+
+def test_evaluate_and_calibrate_say_no_valid_recording_in_the_same_words(tiny, tmp_path, capsys, caplog):
+    from deltaworld_core import calibrate
+    from deltaworld_core.data.refs import no_valid_recording
+
+    gone = ["--video", str(tmp_path / "gone.mcap"), "--video", str(tmp_path / "lost.mcap")]
+    rc, _, _ = evaluate(tiny, tmp_path, *gone)
+    evaluate_err = capsys.readouterr().err
+    assert rc == 2
+    assert calibrate.main(["--config", str(tiny), "--no-cache", "--k", "2", *gone]) == 2
+    calibrate_err = capsys.readouterr().err
+    refused = [r.getMessage().split("refused ", 1)[1] for r in caplog.records if r.name.endswith("evaluation.cli")]
+    assert len(refused) == 2 and "lost.mcap" in refused[1]  # each refusal still logged, not only the first
+    assert [r.getMessage() for r in caplog.records if r.name.endswith("calibrate")] == [f"refused {x}" for x in refused]
+    line = no_valid_recording(refused)
+    assert evaluate_err.splitlines()[-1].endswith(f"error: {line}")
+    assert calibrate_err.splitlines()[-1].endswith(f"error: {line}")
 
 
 def test_one_decode_function_checks_every_image_format_header_first(clip):

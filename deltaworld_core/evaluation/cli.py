@@ -16,6 +16,7 @@ import torch
 from ..checkpoint import atomic_write
 from ..cli import add_overrides_argument, add_threads_argument, parse_overrides, run_cli
 from ..config import load_config
+from ..data.refs import no_valid_recording
 from ..data.sources import resolve_clips
 from ..dense import load_dense
 from ..forecaster import load_models
@@ -38,13 +39,6 @@ def parse_seeds(text: str) -> range:
     if hi <= lo:
         raise EvaluationError(f"--synthetic {text}: SEED_END must be > SEED_START")
     return range(lo, hi)
-
-
-def _no_valid_recording(refused: dict[str, str]) -> str:
-    """The one line of a run none of whose recordings can be read."""
-    lines = list(refused.values())
-    return lines[0] if len(lines) == 1 else f"no valid recording: {len(lines)} refused ({'; '.join(lines[:3])}" + (
-        "; ...)" if len(lines) > 3 else ")")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,10 +140,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.root is not None and args.dataset is None:
         raise EvaluationError("--root needs --dataset")
     seeds = parse_seeds(args.synthetic) if args.synthetic is not None else None
-    if not videos and seeds is None and args.dataset is None and refused:
-        raise EvaluationError(_no_valid_recording(refused))
-    for line in refused.values():  # the run goes on with the others
+    for line in refused.values():  # the run goes on with the others; if none is left, each still says why
         log.warning("refused %s", line)
+    if not videos and seeds is None and args.dataset is None and refused:
+        raise EvaluationError(no_valid_recording(list(refused.values())))
     if not videos and seeds is None and args.dataset is None:
         raise EvaluationError("nothing to evaluate: give --video, --synthetic or --dataset")
     if args.dense is not None and not Path(args.dense).exists():
@@ -196,7 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if batch:
         ev.add(batch)
     if ev.acc.clips == 0 and refused:
-        raise EvaluationError(_no_valid_recording(refused))
+        raise EvaluationError(no_valid_recording(list(refused.values())))
     if ev.acc.clips == 0:
         raise EvaluationError(f"no clips: every source is shorter than {context + horizon} frames at "
                               f"{step_s} s per step")
