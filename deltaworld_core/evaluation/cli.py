@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     batch: list[Clip] = []
     seen = 0
-    for clip in clips() if args.max_clips is None or args.max_clips > 0 else ():
+    for clip in clips():  # --max-clips is >= 1 when given (checked above)
         batch.append(clip)
         seen += 1
         if len(batch) == args.batch_size:
