@@ -9,8 +9,9 @@ The level, first match wins: ERROR when forecasting stalled (frames waited longe
 ``stall_timeout_s`` for the model, or a stage thread died), when forecasts were withheld for
 non-finite depth or the model failed within the last ``ERROR_WINDOW_S``; WARN when the node is
 not active, when no camera images arrive, when camera frames were lost within the last
-``LOSS_WINDOW_S`` (with the advice that fitted the camera's QoS when they were lost), or when
-several nodes share this name; else OK "forecasting".
+``LOSS_WINDOW_S`` (with the advice that fitted the camera's QoS when they were lost), when
+several nodes share this name, or while the risk grid cannot be made (no camera pose in TF);
+else OK "forecasting".
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class NodeSnapshot:
     namesakes: int  # nodes in the graph with this node's name and namespace, itself included
     stall_timeout_s: float
     camera_info: str = "no camera_info received"  # whether the maps have intrinsics, and if not why
+    risk_grid: str = "off"  # "off" (not asked for), "ok", or why the newest risk grid was not made
 
 
 def rate(times, now: float, window: float = 5.0) -> float:
@@ -112,6 +114,7 @@ class Diagnostics:
             "nodes_with_this_name": str(s.namesakes),
             "seconds_waiting_for_model": f"{s.waiting_s:.1f}",
             "camera_info": s.camera_info,
+            "risk_grid": s.risk_grid,
         }
 
     def level(self, s: NodeSnapshot, values: dict[str, str]) -> tuple[int, str]:
@@ -137,6 +140,8 @@ class Diagnostics:
             return DiagnosticStatus.WARN, "no camera images"
         if s.namesakes > 1:
             return DiagnosticStatus.WARN, f"forecasting, but {s.namesakes} nodes share this name"
+        if s.risk_grid not in ("ok", "off"):
+            return DiagnosticStatus.WARN, f"risk grid not published: {s.risk_grid}"
         return DiagnosticStatus.OK, "forecasting"
 
     def status(self, s: NodeSnapshot) -> DiagnosticStatus:

@@ -31,7 +31,7 @@ from deltaworld_ros.node_diagnostics import Diagnostics, DiagnosticsThread, Node
 from deltaworld_ros.node_outputs import Output, make_outputs
 from deltaworld_ros.node_parameters import (CONFIG_KEYS, PARAMETERS, RESUBSCRIBE, ParameterError, combined_problem,
                                             config_overrides, shown, value_problem, when_applied)
-from deltaworld_ros.planner_outputs import make_planner_outputs
+from deltaworld_ros.planner_outputs import make_planner_outputs, risk_grid_status
 
 # Failures of configure a user causes and can act on from one line (a config, a weights folder, a
 # device): logged without the traceback that any other failure gets.
@@ -275,7 +275,7 @@ class ForecastNode(LifecycleNode):
             workers_alive=runner is not None and runner.alive(),
             waiting_s=runner.waiting_s() if runner is not None else 0.0, camera=self.camera.stats,
             namesakes=self._namesakes, stall_timeout_s=self.param("stall_timeout_s"),
-            camera_info=self.geometry.status())
+            camera_info=self.geometry.status(), risk_grid=risk_grid_status(self.outputs))
 
     # ------------------------------------------------------------------ exit
     def stop_quickly(self) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 from nav_msgs.msg import OccupancyGrid
+from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time as RclpyTime
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
@@ -24,8 +26,6 @@ from deltaworld_ros.planner_msgs import LabelInfo, camera_info_msg, grid_to_msg,
 
 try:  # TF where a ROS install provides tf2_ros; a static mount from parameters otherwise
     import tf2_ros
-    from rclpy.duration import Duration
-    from rclpy.time import Time as RclpyTime
 except ImportError:
     tf2_ros = None
 
@@ -123,23 +123,30 @@ class RiskGridOutput(Output):
     """``deltaworld/risk_grid`` (nav_msgs/OccupancyGrid in ``risk_grid_frame``, a window of
     ``risk_grid_size`` m centred on the camera): 100 x the fraction of the K futures in which an
     obstacle lands in a cell within the horizon, -1 where the camera sees nothing. The camera's
-    pose comes from TF where tf2_ros is installed, else from ``camera_mount_xyz``/``_rpy``."""
+    pose comes from TF where tf2_ros is installed, else from ``camera_mount_xyz``/``_rpy``.
+    ``problem``: why the newest try made no grid (the pose lookup failed), None once one is made."""
 
     def __init__(self, node, geometry: MapGeometry, classes: ObstacleClasses):
         super().__init__(node, OccupancyGrid, "deltaworld/risk_grid", LATCHED_QOS)
         self.geometry, self.classes = geometry, classes
+        self.problem: str | None = None
         self.tf_buffer = None
         if tf2_ros is not None and node.param("risk_grid_use_tf"):
             self.tf_buffer = tf2_ros.Buffer()
             self.tf_listener = tf2_ros.TransformListener(self.tf_buffer, node)
 
     def mount(self, header: Header) -> Transform | None:
+        """The camera's pose in ``risk_grid_frame`` at ``header``'s stamp; None (and ``problem``
+        says why) when TF has none."""
         if self.tf_buffer is None:
             return Transform.from_rpy(self.node.param("camera_mount_xyz"), self.node.param("camera_mount_rpy"))
+        grid_frame = self.node.param("risk_grid_frame")
         try:
-            t = self.tf_buffer.lookup_transform(self.node.param("risk_grid_frame"), header.frame_id,
+            t = self.tf_buffer.lookup_transform(grid_frame, header.frame_id,
                                                 RclpyTime.from_msg(header.stamp), Duration(seconds=0.1)).transform
-        except Exception:  # noqa: BLE001 - tf2's lookup, connectivity and extrapolation errors: no grid
+        except Exception as err:  # noqa: BLE001 - tf2's lookup, connectivity and extrapolation errors: no grid
+            reason = " ".join(str(err).split()) or type(err).__name__
+            self.problem = f"no transform from {header.frame_id!r} to {grid_frame!r}: {reason}"
             return None
         return Transform.from_quaternion([t.translation.x, t.translation.y, t.translation.z],
                                          [t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w])
@@ -156,6 +163,7 @@ class RiskGridOutput(Output):
                          stride=stride_for(k * steps, h, w, self.node.param("risk_grid_max_points")))
         grid_frame = self.node.param("risk_grid_frame")
         self.publisher.publish(grid_to_msg(grid, Header(stamp=header.stamp, frame_id=grid_frame)))
+        self.problem = None
 
 
 class LabelInfoOutput(Output):
@@ -174,6 +182,15 @@ class LabelInfoOutput(Output):
         if names != self._sent:
             self.publisher.publish(label_info_msg(names, _observation(frame.meta.header)))
             self._sent = names
+
+
+def risk_grid_status(outputs: list[Output]) -> str:
+    """For /diagnostics: ``off`` without a risk grid output among ``outputs``, else ``ok`` or why
+    the newest grid was not made."""
+    grids = [o for o in outputs if isinstance(o, RiskGridOutput)]
+    if not grids:
+        return "off"
+    return grids[0].problem or "ok"
 
 
 def make_planner_outputs(node, horizon: int, geometry: MapGeometry) -> list[Output]:

@@ -91,3 +91,12 @@ def test_no_images_and_namesakes_warn():
     assert level_and_message(quiet) == (DiagnosticStatus.WARN, "no camera images")
     assert level_and_message(snapshot(namesakes=2)) == (DiagnosticStatus.WARN,
                                                          "forecasting, but 2 nodes share this name")
+
+
+def test_a_risk_grid_that_cannot_be_made_warns_with_the_reason_until_one_is():
+    why = "no transform from 'camera_optical_frame' to 'base_link': frame does not exist"
+    status = Diagnostics("forecast_node: DeltaWorld forecast").status(snapshot(risk_grid=why))
+    assert (status.level, status.message) == (DiagnosticStatus.WARN, f"risk grid not published: {why}")
+    assert {kv.key: kv.value for kv in status.values}["risk_grid"] == why
+    for fine in ("ok", "off"):  # a grid made again, or none asked for
+        assert level_and_message(snapshot(risk_grid=fine)) == (DiagnosticStatus.OK, "forecasting")

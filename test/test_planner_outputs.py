@@ -22,7 +22,7 @@ from deltaworld_ros.node_camera import CameraMeta  # noqa: E402
 from deltaworld_ros.node_parameters import PARAMETERS  # noqa: E402
 from deltaworld_ros.planner_msgs import camera_info_msg  # noqa: E402
 from deltaworld_ros.planner_outputs import (LabelInfoOutput, ObstacleClasses, ObstaclesOutput,  # noqa: E402
-                                            StepImagesOutput)
+                                            RiskGridOutput, StepImagesOutput, risk_grid_status)
 
 K, STEPS, H, W = 2, 2, 6, 8
 STAMP = 100.0
@@ -120,3 +120,33 @@ def test_class_names_are_sent_once_per_list():
     for _ in range(3):
         output.publish(forecast(), frame())
     assert node.sent() == {"deltaworld/label_info": 1}
+
+
+class TransformBuffer:
+    """Stands in for tf2_ros.Buffer: the camera's pose once ``pose`` is set, tf2's error before."""
+
+    def __init__(self):
+        self.pose = None
+
+    def lookup_transform(self, target: str, source: str, stamp, timeout):
+        if self.pose is None:
+            raise LookupError(f'"{target}" passed to lookupTransform argument target_frame does not exist.\n')
+        return self.pose
+
+
+def test_a_risk_grid_without_the_camera_pose_says_why_until_one_is_made():
+    from geometry_msgs.msg import Quaternion, TransformStamped
+
+    node = StandInNode({"deltaworld/risk_grid"})
+    node.param = lambda name: False if name == "risk_grid_use_tf" else PARAMETERS[name][0]
+    output = RiskGridOutput(node, geometry_with_info(node), ObstacleClasses(node))
+    assert risk_grid_status([]) == "off" and risk_grid_status([output]) == "ok"
+    output.tf_buffer = TransformBuffer()
+    output.publish(forecast(), frame())
+    assert node.sent() == {}
+    assert risk_grid_status([output]) == ("no transform from 'camera_optical_frame' to 'base_link': "
+                                          '"base_link" passed to lookupTransform argument target_frame does not exist.')
+    output.tf_buffer.pose = TransformStamped()
+    output.tf_buffer.pose.transform.rotation = Quaternion(x=-0.5, y=0.5, z=-0.5, w=0.5)  # optical frame looking along +x
+    output.publish(forecast(), frame())
+    assert node.sent() == {"deltaworld/risk_grid": 1} and risk_grid_status([output]) == "ok"
