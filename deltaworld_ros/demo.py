@@ -207,6 +207,21 @@ class Recorder:
             self.writer.release()
 
 
+def node_command(args, params_file: Path, params: list[str]) -> list[str]:
+    """forecast_node's command line for the demo; the user's ``params`` (NAME:=VALUE) come last and win."""
+    # The demo's camera publishes best effort: subscribing so from the start, rather than through
+    # best_available, which resolves to reliable when the node subscribes before DDS has shown it
+    # the camera (then re-makes the subscription, and Fast DDS warns of the incompatible QoS).
+    cmd = [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args", "--params-file", str(params_file),
+           "-p", f"image_topic:={args.camera_topic}", "-p", f"futures_topic:={args.futures_topic}",
+           "-p", "input_reliability:=best_effort"]
+    if args.every_frame:  # frequent counters to pace the replay by
+        cmd += ["-p", "diagnostics_period_s:=0.1"]
+    for param in params:
+        cmd += ["-p", param]
+    return cmd
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     prepared = {}
@@ -241,13 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     for old in args.out.glob("forecast_*.png"):
         old.unlink()
 
-    node_cmd = [sys.executable, "-m", "deltaworld_ros.forecast_node", "--ros-args",
-                "--params-file", str(prepared["params_file"]),
-                "-p", f"image_topic:={args.camera_topic}", "-p", f"futures_topic:={args.futures_topic}"]
-    if args.every_frame:  # frequent counters to pace the replay by (a --param of the user's still wins)
-        node_cmd += ["-p", "diagnostics_period_s:=0.1"]
-    for param in prepared["params"]:
-        node_cmd += ["-p", param]
+    node_cmd = node_command(args, prepared["params_file"], prepared["params"])
     log_path = args.out / "node.log"
     with log_path.open("w") as log:
         node_proc = subprocess.Popen(node_cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -292,7 +301,7 @@ def run(args, video: Path, node_proc: subprocess.Popen, log_path: Path) -> int:
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     node.create_subscription(Futures, args.futures_topic, recorder.on_futures,
                              QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    camera = node.create_publisher(Image, args.camera_topic, qos_profile_sensor_data)
+    camera = node.create_publisher(Image, args.camera_topic, qos_profile_sensor_data)  # best effort: node_command
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()

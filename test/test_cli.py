@@ -390,6 +390,19 @@ def test_demo_reads_a_params_file_of_nested_aliases_in_bounds(tmp_path, capsys):
     assert len(err) == 1 and "aliases expand to more than" in err[0], err
 
 
+def test_demo_node_subscribes_best_effort_like_its_camera_unless_the_user_says_otherwise(tmp_path):
+    """The demo's camera publishes best effort; a node left on best_available subscribes reliably
+    when DDS has not shown it the camera yet, and Fast DDS warns of the incompatible QoS."""
+    pytest.importorskip("rclpy")
+    from deltaworld_ros import demo
+
+    args = demo.build_parser().parse_args(["--out", str(tmp_path)])
+    cmd = demo.node_command(args, tmp_path / "params.yaml", [])
+    assert cmd[cmd.index("input_reliability:=best_effort") - 1] == "-p"
+    user = demo.node_command(args, tmp_path / "params.yaml", ["input_reliability:=reliable"])
+    assert [p for p in user if p.startswith("input_reliability:=")][-1] == "input_reliability:=reliable"
+
+
 def test_demo_writes_the_overridden_model_config_for_the_node(tmp_path):
     pytest.importorskip("rclpy")
     from deltaworld_ros import demo

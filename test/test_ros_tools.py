@@ -142,6 +142,7 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, ros_env):
          "--param", f"model_config:={config}", "--param", "k:=3", "--camera-topic", "/demo_test/image"],
         cwd=REPO, env=ros_env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "incompatible QoS" not in proc.stdout + proc.stderr  # the node subscribes as the camera publishes
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith("demo: frames in 40, forecasts out ") and "median latency" in summary
     forecasts = int(summary.split("forecasts out ")[1].split(",")[0])
