@@ -7,7 +7,6 @@ autostart's configure and activate, spins, and returns the exit status.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Callable
 
@@ -18,6 +17,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from deltaworld_ros.image_conversion import cut
 from deltaworld_ros.node_lifecycle import ForecastNode
 from deltaworld_ros.node_parameters import PARAMETERS, ParameterError
+from deltaworld_ros.params_file import params_file_problem
 
 SUMMARY = "forecast_node: camera images in, K futures of semantics and depth out (deltaworld_ros/Futures)."
 
@@ -46,11 +46,9 @@ def command_line_problem(argv: list[str]) -> str | None:
         elif ros_args and arg == "--params-file":
             if index + 1 >= len(argv):
                 return "--params-file needs a file name"
-            path = argv[index + 1]
-            if not os.path.isfile(path):
-                return f"params file {cut(path, 300)} does not exist (or is not a file)"
-            if not os.access(path, os.R_OK):
-                return f"params file {cut(path, 300)} is not readable"
+            problem = params_file_problem(argv[index + 1])
+            if problem:
+                return f"params file {cut(argv[index + 1], 300)} {problem}"
             index += 1
         elif not ros_args:
             return f"unknown argument {cut(arg)} (node options go after --ros-args; see --help)"

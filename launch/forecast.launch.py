@@ -15,12 +15,15 @@ configure): the launch then ends with a non-zero status instead of 0. ``namespac
 topic of the node (its default topic names are relative), e.g. /robot1/camera/image_raw.
 
 The launch imports sit inside generate_launch_description so that the argument logic below can be
-tested where the launch stack is not installed.
+tested where the launch stack is not installed (deltaworld_ros.params_file needs only the standard
+library).
 """
 
 from __future__ import annotations
 
 import os
+
+from deltaworld_ros.params_file import params_file_problem as file_problem
 
 # launch argument -> (node parameter it overrides, type). Empty (the default) = the params file decides.
 OVERRIDES: dict[str, tuple[str, type]] = {
@@ -50,12 +53,9 @@ def parameter_overrides(arguments: dict[str, str]) -> dict[str, object]:
 
 
 def params_file_problem(path: str) -> str | None:
-    """Why ``path`` cannot be the node's params file, or None."""
-    if not os.path.isfile(path):
-        return f"params_file {path!r} does not exist (or is not a file)"
-    if not os.access(path, os.R_OK):
-        return f"params_file {path!r} is not readable"
-    return None
+    """Why ``path`` cannot be the node's params file, or None (the node's own check, named as the argument)."""
+    problem = file_problem(path)
+    return f"params_file {path!r} {problem}" if problem else None
 
 
 def exit_problem(returncode: int | None) -> str | None:
