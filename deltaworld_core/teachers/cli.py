@@ -11,7 +11,9 @@ labelled with the same teacher and settings are read, not labelled again. The te
 is an optional dependency (``pip install ai-edge-litert==2.3.0 backports.strenum``); nothing else
 in the project needs it. ``--teacher centernet`` (vehicle boxes, optional) needs Node.js: ``fetch``
 also installs the tfjs runtime from npm into the cache, and ``label`` prints the boxes found per
-clip (:mod:`.boxes`). Bad input (an unknown source, an unreadable file) ends with one line and
+clip (:mod:`.boxes`). ``--teacher opencv_people`` (person and face boxes from the detectors inside
+the installed OpenCV wheel, :mod:`.opencv_people`) needs nothing more: ``fetch`` copies its
+cascades from the wheel. Bad input (an unknown source, an unreadable file) ends with one line and
 exit status 2; a clip that fails is reported and the others still run (exit status 1).
 """
 
@@ -27,6 +29,7 @@ from ..data.sources import split_sources
 from .boxes import BoxStore
 from .centernet import COCO_VEHICLES, BoxDetector, install_runtime
 from .labels import LabelSettings, LabelStore, label_clips
+from .opencv_people import KINDS, PeopleDetector
 from .packages import TEACHERS, TeacherError, fetch_teacher, read_manifest, teacher_folder, teacher_root
 from .selfie import PersonSegmenter
 
@@ -73,6 +76,11 @@ def _label(args) -> int:
                                                args.threads),
                            lambda boxes: f"{len(boxes.scores)} boxes, {boxes.count(set(COCO_VEHICLES), 0.5)} "
                                          f"vehicles scoring >= 0.5")
+    if args.teacher == "opencv_people":
+        return _label_each(clips, BoxStore(settings, args.cache),
+                           lambda: PeopleDetector(fetch_teacher(args.teacher, args.cache)),
+                           lambda boxes: ", ".join(f"{int((boxes.classes == i).sum())} {kind}"
+                                                   for i, kind in enumerate(KINDS)))
     return _label_each(clips, LabelStore(settings, args.cache),
                        lambda: PersonSegmenter(fetch_teacher(args.teacher, args.cache), settings.model, args.threads),
                        lambda labels: f"person {100 * labels.person_share:.1f}% of pixels")

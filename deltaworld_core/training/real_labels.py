@@ -8,7 +8,12 @@ teacher labels (:mod:`deltaworld_core.teachers.labels`) teach the segmentation h
   thresholds is unknown;
 * ``negatives_only``: only "not person" is taken: for recordings where the teacher's positives
   are known to be wrong (the person model calls a cube or a bird a person where no one is), its
-  confident background is still real evidence.
+  confident background is still real evidence;
+* ``agree`` (``opencv_people``): a second teacher must agree. Each connected component of the
+  teacher's confident person pixels stays ``person`` only where it overlaps one of the second
+  teacher's boxes (a face or a body, grown by ``agree_grow`` of its size on each side); a
+  component no box touches becomes unknown, never "not person", and confident background stays
+  "not person" (:func:`person_codes`).
 
 Nothing else on a real frame is labelled: every other class, and depth, is learnt from the
 synthetic world only. Each pool item is the whole frame's VFM features (the frame shrunk to
@@ -19,8 +24,8 @@ label codes resized to the heads' label size.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -30,9 +35,13 @@ from ..config import ConfigError
 from ..data.windows import Window
 from ..features import FeatureCache
 from ..teachers.agreement import teacher_probability
+from ..teachers.boxes import BoxStore, ClipBoxes
 from ..teachers.labels import ClipLabels, LabelClip, LabelSettings, LabelStore, label_clips
+from ..teachers.opencv_people import NAME as OPENCV_PEOPLE
+from ..teachers.opencv_people import PeopleDetector
 from ..teachers.packages import fetch_teacher
 from ..teachers.selfie import PersonSegmenter
+from .box_labels import core_mask
 from .partial_labels import IGNORE, not_class
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,8 @@ class RealLabelsConfig:
     vehicle_label: LabelSettings = field(default_factory=lambda: LabelSettings(teacher="centernet", stride=3))
     vehicle_score: float = 0.3  # vehicle boxes that teach score at least this
     vehicle_core: float = 0.5  # core side / box side (training.box_labels)
+    agree: str | None = None  # a second person teacher whose boxes must confirm each person component
+    agree_grow: float = 0.1  # its boxes grown by this share of their width and height on each side
 
     @property
     def enabled(self) -> bool:
@@ -77,19 +88,60 @@ class RealLabelsConfig:
         if not (0.0 <= self.vehicle_score <= 1.0 and 0.0 < self.vehicle_core <= 1.0):
             raise ConfigError(f"real_labels.vehicle_score must lie in [0, 1] and vehicle_core in (0, 1], got "
                               f"{self.vehicle_score}, {self.vehicle_core}")
+        if self.agree not in (None, OPENCV_PEOPLE):
+            raise ConfigError(f"real_labels.agree must be {OPENCV_PEOPLE} or null, got {self.agree!r}")
+        if not 0.0 <= self.agree_grow < float("inf"):
+            raise ConfigError(f"real_labels.agree_grow must be a number >= 0, got {self.agree_grow}")
+
+    @property
+    def agree_label(self) -> LabelSettings:
+        """How the second teacher's box files are (or were) made: the person labels' frames."""
+        return replace(self.label, teacher=self.agree)
 
 
 def person_codes(person: torch.Tensor, size: tuple[int, int], person_id: int, thresholds: tuple[float, float],
-                 positives: bool = True) -> torch.Tensor:
+                 positives: bool = True, support: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher probability x 255 uint8 [T, h, w] -> label codes uint8 [T, *size]: ``person_id``
-    at >= hi (if ``positives``), "not person" at <= lo, :data:`IGNORE` between."""
+    at >= hi (if ``positives``), "not person" at <= lo, :data:`IGNORE` between. ``support`` (bool
+    [T, *size], a second teacher's boxes): a connected component of person pixels that no
+    support pixel touches becomes :data:`IGNORE`."""
     lo, hi = thresholds
     prob = teacher_probability(person, size)
     codes = torch.full(prob.shape, IGNORE, dtype=torch.uint8)
     codes[prob <= lo] = not_class(person_id)
     if positives:
-        codes[prob >= hi] = person_id
+        sure = prob >= hi
+        codes[sure if support is None else confirmed_components(sure, support)] = person_id
     return codes
+
+
+def confirmed_components(mask: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """bool [T, h, w] -> bool [T, h, w]: the 8-connected components of each frame's ``mask`` that
+    overlap ``support`` (bool [T, h, w]) somewhere, whole."""
+    out = torch.zeros_like(mask)
+    for t in range(len(mask)):
+        count, parts = cv2.connectedComponents(mask[t].numpy().astype(np.uint8), connectivity=8)
+        parts = torch.from_numpy(parts.astype(np.int64))
+        kept = torch.unique(parts[support[t] & mask[t]])
+        out[t] = torch.isin(parts, kept[kept > 0])
+    return out
+
+
+def box_support(boxes: ClipBoxes, frames: torch.Tensor, size: tuple[int, int], grow: float) -> torch.Tensor:
+    """The second teacher's boxes on the person labels' ``frames`` (int64 [T]) -> bool [T, *size]:
+    cells inside a box grown by ``grow`` of its sides on each side. Raises ConfigError when a
+    frame has no box record (the two teachers labelled different frames)."""
+    where = {int(f): i for i, f in enumerate(boxes.frames.tolist())}
+    missing = [int(f) for f in frames.tolist() if int(f) not in where]
+    if missing:
+        raise ConfigError(f"{boxes.meta.get('clip')}: {boxes.meta.get('teacher')} boxes lack frame {missing[0]}: "
+                          f"label both teachers with the same --stride and --max-frames")
+    out = torch.zeros((len(frames), *size), dtype=torch.bool)
+    for t, f in enumerate(frames.tolist()):
+        found, _, _ = boxes.of_frame(where[int(f)])
+        if len(found):
+            out[t] = core_mask(found, size, 1.0 + 2.0 * grow).any(dim=0)
+    return out
 
 
 def fit_side(rgb: np.ndarray, max_side: int) -> np.ndarray:
@@ -116,17 +168,21 @@ def frame_features(clip: LabelClip, frames: list[int], cache: FeatureCache, max_
     return cache.get(source, load)["features"]
 
 
-def clip_labels(store: LabelStore, clip: LabelClip, label_missing: bool, segmenter: list) -> ClipLabels:
+def clip_labels(store: LabelStore, clip: LabelClip, label_missing: bool, segmenter: list,
+                make: Callable[[], Any] | None = None) -> ClipLabels | ClipBoxes:
     """The clip's labels from the store, labelling it now if allowed (``segmenter``: a one-item
-    list holding the lazily built teacher, shared across calls)."""
+    list holding the lazily built teacher, shared across calls; ``make`` builds it, default the
+    selfie model)."""
     labels = store.load(clip)
     if labels is not None:
         return labels
+    teacher = store.settings.teacher
     if not label_missing:
-        raise ConfigError(f"{clip.name} has no {store.settings.teacher} labels: run `python -m deltaworld_core.teachers "
-                          f"label --sources {clip.name} --stride {store.settings.stride}`")
+        raise ConfigError(f"{clip.name} has no {teacher} labels: run `python -m deltaworld_core.teachers label "
+                          f"{'' if teacher == 'selfie' else f'--teacher {teacher} '}--sources {clip.name} "
+                          f"--stride {store.settings.stride}`")
     if not segmenter:
-        segmenter.append(PersonSegmenter(fetch_teacher(store.settings.teacher, store.cache), store.settings.model))
+        segmenter.append(make() if make else PersonSegmenter(fetch_teacher(teacher, store.cache), store.settings.model))
     return store.label(clip, segmenter[0])
 
 
@@ -142,12 +198,19 @@ def real_windows(rc: RealLabelsConfig, cache: FeatureCache, label_size: tuple[in
     store = LabelStore(rc.label, rc.cache)
     clips = [(c, True) for c in label_clips(rc.sources, rc.paths, rc.topic, media_cache)]
     clips += [(c, False) for c in label_clips(rc.negatives_only, [], None, media_cache)]
+    agree_store = BoxStore(rc.agree_label, rc.cache) if rc.agree else None
     segmenter: list = []
+    detector: list = []
     out = []
     for clip, positives in clips:
         labels = clip_labels(store, clip, rc.label_missing, segmenter)
         feats = frame_features(clip, labels.frames.tolist(), cache, rc.max_side)
-        codes = person_codes(labels.person, label_size, person_id, rc.person, positives)
+        support = None
+        if agree_store is not None and positives:
+            boxes = clip_labels(agree_store, clip, rc.label_missing, detector,
+                                lambda: PeopleDetector(fetch_teacher(rc.agree, rc.cache)))
+            support = box_support(boxes, labels.frames, tuple(label_size), rc.agree_grow)
+        codes = person_codes(labels.person, label_size, person_id, rc.person, positives, support)
         steps = labels.stamps.diff()
         fps = float(1.0 / steps.median()) if len(steps) and float(steps.median()) > 0 else 0.0
         out.append(Window(feats.half(), fps, f"teacher:{clip.name}", semantic=codes))
