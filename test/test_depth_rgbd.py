@@ -171,7 +171,9 @@ def test_finetune_cli_refuses_a_bag_without_pairs(tmp_path, capsys):
     bag = tmp_path / "late.mcap"
     write_rgbd(bag, n=3, offset_s=0.5)
     assert main(["--bag", str(bag), "--color-topic", COLOUR, "--depth-topic", DEPTH, "--out", str(tmp_path / "o")]) == 2
-    assert "late.mcap: no colour frame of /camera/color/image_raw has a depth image" in capsys.readouterr().out
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m deltaworld_core.training.depth_finetune: error: ")
+    assert "late.mcap: no colour frame of /camera/color/image_raw has a depth image" in err[0]
     assert not (tmp_path / "o").exists()
 
 

@@ -34,6 +34,7 @@ import yaml
 
 from .. import geometry
 from ..checkpoint import atomic_write, save_state
+from ..cli import run_cli
 from ..config import ModelConfig, load_config, read_yaml_mapping, resolve_config_path
 from ..data.depth_pairs import PairStats, pool_depth, rgbd_pairs
 from ..data.refs import MediaError
@@ -245,7 +246,7 @@ def run(recipe: DepthFinetuneConfig) -> dict:
     return metrics
 
 
-def parse_args(argv: list[str] | None = None) -> DepthFinetuneConfig:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deltaworld_core.training.depth_finetune",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--bag", required=True, help="rosbag2 recording: .mcap, .db3 or a rosbag2 folder")
@@ -263,21 +264,23 @@ def parse_args(argv: list[str] | None = None) -> DepthFinetuneConfig:
     p.add_argument("--steps", type=int, default=600, help="full-batch Adam steps")
     p.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (the bins' logits move far)")
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    return p
+
+
+def recipe_of(a: argparse.Namespace) -> DepthFinetuneConfig:
     return DepthFinetuneConfig(a.bag, a.color_topic, a.depth_topic, a.out, a.model, a.tolerance_s,
                                a.held_out_fraction, a.held_out_frames, a.max_depth, a.steps, a.lr, a.seed)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Bad input (a recording without pairs, a bad value): ``PROG: error: ...`` on stderr, status 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    recipe = parse_args(argv)
-    try:
-        metrics = run(recipe)
-    except (MediaError, ValueError) as err:
-        print(f"depth_finetune: {err}")
-        return 2
-    print(json.dumps(metrics, indent=2))
-    return 0
+
+    def body(args: argparse.Namespace) -> int:
+        print(json.dumps(run(recipe_of(args)), indent=2))
+        return 0
+
+    return run_cli(build_parser(), body, argv)
 
 
 if __name__ == "__main__":
