@@ -175,7 +175,7 @@ def run_without_ros(args, overrides: dict, video: Path, result: dict) -> None:
     fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     fc = Forecaster.from_config(args.config, device=str(check_device(args.device)), overrides=overrides,
                                 threads=args.threads or None)
-    choice = choose_stages(fc, images[0].shape[:2])
+    choice = choose_stages(fc)  # at the node's probe size, whatever the clip's frame size
     latencies = []
     runner = FrameRunner(fc, lambda frame, forecast: latencies.append((time.time() - frame.stamp) * 1e3),
                          choice.stages).start()

@@ -96,3 +96,38 @@ def test_the_node_bench_and_measure_node_rate_run_frames_through_one_frame_runne
     finally:
         node.destroy_node()
     assert set(seen) == {"node", "bench", "measure_node_rate"}, set(seen)
+
+
+def test_measure_node_rate_chooses_stages_at_the_node_probe_size(tmp_path, monkeypatch):
+    """--no-ros runs the stages the node would choose: the node probes at stages.PROBE_SHAPE, so
+    the script does too, not at its clip's frame size."""
+    import importlib.util
+
+    import cv2
+
+    from deltaworld_core import stages
+    from ros_harness import CONTEXT, REPO, smooth_frame
+
+    spec = importlib.util.spec_from_file_location("measure_node_rate", REPO / "scripts" / "measure_node_rate.py")
+    measure_node_rate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure_node_rate)
+    probed = []
+
+    class Probed(Exception):
+        pass
+
+    def choose(fc, shape=stages.PROBE_SHAPE, frames=stages.PROBE_FRAMES):
+        probed.append(tuple(shape))
+        raise Probed  # the shape is all this test needs: no stream is run
+
+    monkeypatch.setattr(stages, "choose_stages", choose)
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (80, 60))
+    for _ in range(3 * CONTEXT):
+        writer.write(smooth_frame())
+    writer.release()
+    args = measure_node_rate.parse_args(["--config", str(write_model_config(tmp_path / "tiny.yaml", TINY)),
+                                         "--threads", "1", "--duration", "1", "--no-ros"])
+    with pytest.raises(Probed):
+        measure_node_rate.run_without_ros(args, {}, video, {})
+    assert probed == [stages.PROBE_SHAPE]
