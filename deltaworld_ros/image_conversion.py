@@ -138,8 +138,8 @@ def compressed_msg_to_rgb(msg: CompressedImage, model_size: tuple[int, int] | No
         raise EmptyImageError("compressed image has no data")
     data = bytes(msg.data)
     with _imaging() as imaging:
-        _, height, width = imaging.compressed_header(data)
-        return imaging.decode_compressed(data, reduction(height, width, model_size))
+        kind, height, width = imaging.compressed_header(data)
+        return imaging.decode_compressed(data, reduction(height, width, model_size), (kind, height, width))
 
 
 def msg_to_rgb(msg: Image | CompressedImage, model_size: tuple[int, int] | None = None) -> np.ndarray:

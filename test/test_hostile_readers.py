@@ -5,6 +5,7 @@ subprocess whose peak resident memory is asserted."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
@@ -592,6 +593,29 @@ def test_evaluate_and_calibrate_say_no_valid_recording_in_the_same_words(tiny, t
     line = no_valid_recording(refused)
     assert evaluate_err.splitlines()[-1].endswith(f"error: {line}")
     assert calibrate_err.splitlines()[-1].endswith(f"error: {line}")
+
+
+def test_each_compressed_decode_reads_the_header_once(clip, monkeypatch):
+    """The frame folders' files, a recording's CompressedImage and the node's camera message each
+    read the PNG/JPEG header once: the decoder is handed what the size check read."""
+    from deltaworld_core.imaging import decode, decode_image
+
+    jpeg = cv2.imencode(".jpg", clip[0])[1].tobytes()
+    reads = []
+    size = decode.compressed_size
+    monkeypatch.setattr(decode, "compressed_size", lambda data: reads.append(1) or size(data))
+    paths = {"file": lambda: decode_image(jpeg, max_side=32),
+             "recording": lambda: rosbag.image_to_rgb(rosbag.ImageMessage(1, 0, "cam", memoryview(jpeg), format="jpeg"),
+                                                      max_side=32)}
+    if importlib.util.find_spec("rclpy") is not None:
+        from sensor_msgs.msg import CompressedImage
+
+        from deltaworld_ros.image_conversion import msg_to_rgb
+
+        paths["camera"] = lambda: msg_to_rgb(CompressedImage(format="jpeg", data=jpeg), model_size=(16, 16))
+    for name, read in paths.items():
+        reads.clear()
+        assert read().ndim == 3 and len(reads) == 1, name
 
 
 def test_one_decode_function_checks_every_image_format_header_first(clip):

@@ -33,14 +33,16 @@ def compressed_header(data: bytes | memoryview) -> tuple[str, int, int]:
     return kind, *size
 
 
-def decode_compressed(data: bytes | memoryview, factor: int = 1) -> np.ndarray:
+def decode_compressed(data: bytes | memoryview, factor: int = 1,
+                      header: tuple[str, int, int] | None = None) -> np.ndarray:
     """A PNG or JPEG -> RGB uint8 [ceil(h / factor), ceil(w / factor), 3] (``factor`` 1, 2, 4 or
     8: reduced decoding). The header's size is checked first (:func:`~.headers.check_size`);
     raises ImageError (cause ``undecodable``) for other formats, data that do not decode or
-    decode to another size than declared."""
+    decode to another size than declared. ``header``: what :func:`compressed_header` read from
+    ``data`` already (a caller that chose ``factor`` by it), so that it is not read again."""
     if factor != 1 and factor not in REDUCED_FLAGS:
         raise ValueError(f"a reduced decoding factor is 1, 2, 4 or 8, got {factor}")
-    kind, height, width = compressed_header(data)
+    kind, height, width = compressed_header(data) if header is None else header
     try:
         check_size(height, width)
     except ImageError as err:
@@ -98,7 +100,8 @@ def decode_image(data: bytes | memoryview | np.ndarray, max_side: int | None = N
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     kind, height, width = file_header(buf)
     if kind != "pnm":  # PNG and JPEG: the camera messages' own decoding, decoded size checked too
-        return shrink_to_side(decode_compressed(buf, side_factor(kind, height, width, max_side)), max_side)
+        factor = side_factor(kind, height, width, max_side)
+        return shrink_to_side(decode_compressed(buf, factor, (kind, height, width)), max_side)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None or bgr.shape[:2] != (height, width):
         raise ImageError(f"{kind} data ({len(buf)} bytes) could not be decoded to its header's "

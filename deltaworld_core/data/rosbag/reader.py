@@ -126,7 +126,8 @@ def image_to_rgb(msg: ImageMessage, max_side: int | None = None) -> np.ndarray:
     Raises an ImageError (a ValueError) naming what is wrong."""
     if msg.format is not None:
         kind, height, width = compressed_header(msg.data)
-        return shrink_to_side(decode_compressed(msg.data, side_factor(kind, height, width, max_side)), max_side)
+        factor = side_factor(kind, height, width, max_side)
+        return shrink_to_side(decode_compressed(msg.data, factor, (kind, height, width)), max_side)
     rgb = raw_to_rgb(msg.data, msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian)
     return shrink_to_side(rgb, max_side)
 
