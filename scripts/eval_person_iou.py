@@ -41,8 +41,8 @@ from deltaworld_core.forecaster import load_models  # noqa: E402
 from deltaworld_core.features import FeatureCache  # noqa: E402
 from deltaworld_core.heads import TaskHeads  # noqa: E402
 from deltaworld_core.heads import upsample_bilinear  # noqa: E402
-from deltaworld_core.teachers.agreement import (PersonAgreement, fit_person_probe, head_person,  # noqa: E402
-                                                teacher_probability)
+from deltaworld_core.teachers.agreement import (PersonAgreement, fit_person_probe,  # noqa: E402
+                                                fit_subcell_person_probe, head_person, teacher_probability)
 from deltaworld_core.teachers.forecast_agreement import (ForecastPersonAgreement, label_windows,  # noqa: E402
                                                          teacher_at, window_clips)
 from deltaworld_core.teachers.labels import LabelSettings, LabelStore, label_clips  # noqa: E402
@@ -65,8 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--teacher-cache", default=None)
     p.add_argument("--windows", type=int, default=24, help="forecast windows per video (0: present frames only)")
     p.add_argument("--seed", type=int, default=0, help="forecast sampling seed")
-    p.add_argument("--ceiling", action="store_true", help="also fit a linear person probe on the evaluated "
-                                                         "frames themselves (what a linear head at this grid reaches)")
+    p.add_argument("--ceiling", action="store_true", help="also fit person probes on the evaluated frames "
+                                                         "themselves (what a head at this grid reaches)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -86,13 +86,21 @@ def forecast_rows(row, evaluator, heads, name, feats, stamps, teacher, args, vfm
         row[h]["forecast"] = acc.summary()
 
 
+CEILINGS = ("linear_ceiling", "subcell_ceiling")
+
+
 def ceiling_rows(videos, kept, grid, size, thresholds) -> None:
-    """Adds ``row["linear_ceiling"]``: a linear person probe fitted on all evaluated frames (in sample)."""
-    probe = fit_person_probe([f for f, _ in kept.values()], [t for _, t in kept.values()], grid, thresholds)
-    for name, (feats, teacher) in kept.items():
-        acc = PersonAgreement(*thresholds)
-        acc.add(upsample_bilinear(probe(feats), size)[:, 0] > 0, teacher)
-        videos[name]["linear_ceiling"] = acc.summary()
+    """Adds ``row["linear_ceiling"]`` (a linear person probe, one value per cell, as the heads) and
+    ``row["subcell_ceiling"]`` (a probe reading each cell's 3 x 3 neighbourhood into its own
+    sub-cell pattern), both fitted on all evaluated frames (in sample)."""
+    feats, teachers = [f for f, _ in kept.values()], [t for _, t in kept.values()]
+    linear = fit_person_probe(feats, teachers, grid, thresholds)
+    subcell = fit_subcell_person_probe(feats, teachers, grid, size, thresholds)
+    for name, (f, teacher) in kept.items():
+        for row, probe in (("linear_ceiling", lambda x: upsample_bilinear(linear(x), size)), ("subcell_ceiling", subcell)):
+            acc = PersonAgreement(*thresholds)
+            acc.add(torch.cat([probe(chunk)[:, 0] > 0 for chunk in f.split(64)]), teacher)
+            videos[name][row] = acc.summary()
 
 
 def forecast_means(videos: dict, name: str) -> dict:
@@ -149,7 +157,7 @@ def main(argv=None) -> int:
     if args.ceiling:
         ceiling_rows(videos, kept, tuple(vfm.grid), size, tuple(args.person))
     summary = {}
-    for name in list(heads) + (["linear_ceiling"] if args.ceiling else []):
+    for name in list(heads) + (list(CEILINGS) if args.ceiling else []):
         with_people = [v[name]["iou_decided"] for v in videos.values() if v["people"]]
         with_people = [x for x in with_people if x is not None]
         without = [v[name]["head_person_share"] for v in videos.values() if not v["people"]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from deltaworld_core.heads import TaskHeads
-from deltaworld_core.teachers.agreement import fit_person_probe
+from deltaworld_core.teachers.agreement import fit_person_probe, fit_subcell_person_probe
 from deltaworld_core.teachers.forecast_agreement import (ForecastPersonAgreement, class_maps, label_windows,
                                                          mode_classes, teacher_at, window_clips)
 from deltaworld_core.training.partial_labels import partial_cross_entropy
@@ -93,3 +93,15 @@ def test_linear_ceiling_probe_separates_what_the_features_separate():
     teacher = person.view(6, 1, 2, 2).float().repeat_interleave(2, 2).repeat_interleave(2, 3)[:, 0]  # [6, 4, 4]
     probe = fit_person_probe([f], [teacher], GRID, steps=200)
     assert torch.equal(probe(f)[:, 0].flatten(1) > 0, person)
+
+
+def test_subcell_ceiling_probe_finds_a_person_smaller_than_a_cell():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(6, 4, 3, generator=g) * 0.1
+    f[:, 1, 2] += 1.0  # cell 1 holds a person in its top-left quarter only
+    teacher = torch.zeros(6, 4, 4)
+    teacher[:, 0, 2] = 1.0
+    probe = fit_subcell_person_probe([f], [teacher], GRID, (4, 4), kernel=1, steps=1500)
+    assert torch.equal(probe(f)[:, 0] > 0, teacher > 0.5)
+    cell = fit_person_probe([f], [teacher], GRID, steps=200)  # one value per cell cannot say which quarter
+    assert not (cell(f)[:, 0] > 0).any()
