@@ -15,8 +15,8 @@ Four detectors, each giving boxes (class ids of :data:`KINDS`):
 
 The frame is first resized so its longer side is ``side``. The settings live in the teacher's
 registry entry, so they are part of its identity and of every box file's key. They were chosen on
-train recordings only: strict enough that no box falls on the objects the selfie model calls a
-person (a cockatoo, a cube), at the cost of missing many people in unusual poses. The upper-body
+train recordings only: strict enough that hardly a box falls on the objects the selfie model calls
+a person (a cockatoo, a cube), at the cost of missing many people in unusual poses. The upper-body
 cascade is not run: at every setting that found people in the lab recordings it also fired on
 the cockatoo.
 """
