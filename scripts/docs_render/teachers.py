@@ -32,11 +32,16 @@ def render_person_iou(results: Path) -> str:
                  *(f"{fmt(100 * (s[n]['head_person_share_mean_without_people'] or 0), 1)}%" for n in names), ""])
     header = ["video", "people", *(f"`{n}`: IoU (share called person)" for n in names), "teacher: person"]
     lo, hi = d["teacher_thresholds"]
-    ceiling = s.get("linear_ceiling")
+    ceiling, subcell = s.get("linear_ceiling"), s.get("subcell_ceiling")
     ceiling_note = "" if ceiling is None else (
         f" A linear person probe fitted on these very frames (in sample, `--ceiling`) reaches "
         f"{fmt(ceiling['iou_decided_mean_with_people'], 3)} over the videos with people: about the most a linear "
         f"head on this feature grid shows here.")
+    if subcell is not None:
+        per_video = ", ".join(f"{fmt(v['subcell_ceiling']['iou_decided'], 3)} on `{n}`"
+                              for n, v in d["videos"].items() if v["people"])
+        ceiling_note += (f" A probe that reads each cell's 3 x 3 neighbourhood into its own pixel pattern, fitted the "
+                         f"same way, reaches {fmt(subcell['iou_decided_mean_with_people'], 3)} ({per_video}).")
     return (table(header, rows) + f"\n\nIoU of \"person\" over the teacher's confident pixels (probability >= {hi} "
             f"person, <= {lo} not; between: left out) at the forecast's output size {d['label_size'][0]} x "
             f"{d['label_size'][1]}, one frame in {d['label_settings']['stride']}, pooled per video. Heads files: "
