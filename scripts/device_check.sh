@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of issues 11 and 19, one script for a CUDA machine, under 10 minutes (each stage has its
-# own time limit; their sum is 8.9 min by default). Writes, in results/:
+# own time limit; their sum is 9.2 min by default). Writes, in results/:
 #   device_tests.json        the `cuda`-marked tests (pytest -m cuda test/test_cuda.py)
 #   device_table_paper.json  issue 19's planning table: python scripts/bench_table.py --config paper over
 #                            K in {4, 8, 20} x input 256 / 512 px (one view, the paper config's defaults:
@@ -12,6 +12,10 @@
 #   device_outputs.json      python scripts/bench_outputs.py --device cuda: the heads stage and the
 #                            Futures message's size per publishing setting (geometry, output_size,
 #                            publish_k, summary_size)
+#   device_planner_outputs.json  python scripts/bench_planner_outputs.py: ms and bytes each planner output
+#                            (step images, obstacles, risk grid) adds per forecast on this machine's CPU,
+#                            where the node computes them from the forecast's host arrays; skipped where
+#                            $PY cannot import deltaworld_ros's messages (rclpy and the built package)
 #   device_bench_default.json     --config default --device cuda
 #   device_node.json         the node on a replayed clip for 45 s (forecasts/s, latency); without
 #                            rclpy there, the same streaming loop the node runs, paced at the clip's rate
@@ -24,8 +28,8 @@
 # Usage: scripts/device_check.sh   (DELTAWORLD_PYTHON=... picks the interpreter; default: .venv/bin/python
 # if its torch sees a GPU, else python3; DEVICE_CHECK_VFM_NOTE is copied into the summary, e.g. to say
 # how the VFM weights reached the machine; DEVICE_CHECK_SKIP="node table" skips stages whose JSON
-# in results/ is kept, e.g. on a rerun; stage names: tests table paper_fp32 graphs outputs default node
-# train). Exit status: 0 if every stage ran and the tests passed.
+# in results/ is kept, e.g. on a rerun; stage names: tests table paper_fp32 graphs outputs planner_outputs
+# default node train). Exit status: 0 if every stage ran and the tests passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -83,7 +87,7 @@ fi
 # 2. Benchmarks. One view (squash) and consecutive frames: per-frame work is the same with step spacing,
 # and the bench's 640 x 272 stream would be three views with two_squares (a wide frame costs its views'
 # count times the per-view stages, batched). Table 150 s, fp32 35 s, CUDA graphs 75 s, outputs 30 s,
-# default 35 s.
+# planner outputs 20 s, default 35 s.
 ONE_VIEW=(forecast.geometry=squash forecast.context_spacing=frames)
 if wanted table; then
   stage table 150 "$PY" scripts/bench_table.py --config paper --device cuda --k 4 8 20 --px 256 512 --steps 6 \
@@ -107,6 +111,13 @@ if wanted graphs; then
 fi
 if wanted outputs; then
   stage outputs 30 "$PY" scripts/bench_outputs.py --device cuda --repeats 5 --json results/device_outputs.json
+fi
+if wanted planner_outputs; then
+  if "$PY" -c "import rclpy.serialization, deltaworld_ros.planner_outputs" 2>/dev/null; then
+    stage planner_outputs 20 "$PY" scripts/bench_planner_outputs.py --json results/device_planner_outputs.json
+  else
+    echo "== planner_outputs: skipped ($PY cannot import rclpy or deltaworld_ros's messages)"
+  fi
 fi
 if wanted default; then
   stage bench_default 35 "$PY" -m deltaworld_core.bench --config default --device cuda --steps 15 \
@@ -203,6 +214,9 @@ summary["table"] = [{k: row[k] for k in ("k", "input_px", "total_ms", "total_hz"
 outputs = load("device_outputs.json")
 summary["outputs"] = [{k: row[k] for k in ("setting", "canvas", "published_k", "heads_ms", "message_mb")}
                       for row in outputs["rows"]] if outputs else None
+planner = load("device_planner_outputs.json")
+summary["planner_outputs_ms"] = {row["config"]: {name: o["ms"] for name, o in row["outputs"].items()}
+                                 for row in planner["rows"]} if planner else None
 summary["train"] = (load("device_train.json") or {}).get("stages")
 summary["node"] = {k: v for k, v in (load("device_node.json") or {}).items() if k != "node_log_tail"}
 tests = load("device_tests.json") or {}
