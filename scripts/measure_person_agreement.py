@@ -34,7 +34,7 @@ from deltaworld_core.teachers.boxes import BoxStore  # noqa: E402
 from deltaworld_core.teachers.labels import LabelSettings, LabelStore, label_clips  # noqa: E402
 from deltaworld_core.teachers.opencv_people import KINDS, NAME, PeopleDetector  # noqa: E402
 from deltaworld_core.teachers.packages import TEACHERS, fetch_teacher  # noqa: E402
-from deltaworld_core.training.real_labels import box_support, person_codes  # noqa: E402
+from deltaworld_core.training.real_labels import box_support, clip_labels, person_codes  # noqa: E402
 
 PERSON = 1  # any class id: the codes are only compared with themselves
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = args.sources if args.sources is not None else split_sources("train")
     person_store = LabelStore(LabelSettings(stride=args.stride), args.cache)
     box_store = BoxStore(LabelSettings(teacher=NAME, stride=args.stride), args.cache)
-    detector = None
+    detector: list = []  # built on the first clip without boxes, then shared
     clips, per_source, unlabelled = {}, {}, []
     try:
         for clip in label_clips(sources, [], None, args.media_cache):
@@ -86,10 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 unlabelled.append(clip.name)
                 print(f"{clip.name}: no selfie labels (stride {args.stride}); left out", file=sys.stderr)
                 continue
-            boxes = box_store.load(clip)
-            if boxes is None:
-                detector = detector or PeopleDetector(fetch_teacher(NAME, args.cache))
-                boxes = box_store.label(clip, detector)
+            boxes = clip_labels(box_store, clip, True, detector,
+                                lambda: PeopleDetector(fetch_teacher(NAME, args.cache)))
             row = clip_row(labels, boxes, tuple(args.person), args.grow)
             clips[clip.name] = shares(row)
             source = clip.name.split("/")[0]
