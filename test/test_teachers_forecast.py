@@ -101,7 +101,9 @@ def test_subcell_ceiling_probe_finds_a_person_smaller_than_a_cell():
     f[:, 1, 2] += 1.0  # cell 1 holds a person in its top-left quarter only
     teacher = torch.zeros(6, 4, 4)
     teacher[:, 0, 2] = 1.0
+    caller_stream = torch.get_rng_state()
     probe = fit_subcell_person_probe([f], [teacher], GRID, (4, 4), kernel=1, steps=1500)
+    assert torch.equal(torch.get_rng_state(), caller_stream)  # seeded inside, the caller's stream untouched
     assert torch.equal(probe(f)[:, 0] > 0, teacher > 0.5)
     cell = fit_person_probe([f], [teacher], GRID, steps=200)  # one value per cell cannot say which quarter
     assert not (cell(f)[:, 0] > 0).any()

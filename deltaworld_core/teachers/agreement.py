@@ -127,8 +127,9 @@ def fit_subcell_person_probe(features: list[torch.Tensor], teacher: list[torch.T
     sub = max(1, size[0] // grid[0])
     every = torch.cat([f.float().flatten(0, 1) for f in features])
     mean, std = every.mean(0), every.std(0) + 1e-5
-    torch.manual_seed(seed)
-    conv = torch.nn.Conv2d(every.shape[1], sub * sub, kernel, padding=kernel // 2)
+    with torch.random.fork_rng(devices=[]):  # a seeded start that leaves the caller's random stream as it was
+        torch.manual_seed(seed)
+        conv = torch.nn.Conv2d(every.shape[1], sub * sub, kernel, padding=kernel // 2)
     g = torch.Generator().manual_seed(seed)
 
     def probe(f: torch.Tensor) -> torch.Tensor:
