@@ -6,7 +6,7 @@ convert through it. numpy and OpenCV only: the runtime imports it without any tr
 """
 
 from .decode import (REDUCED_FLAGS, REDUCTIONS, block_average, compressed_header, decode_compressed, decode_image,
-                     file_header, shrink_to_side, side_factor)
+                     decode_to_side, file_header, shrink_to_side, side_factor)
 from .errors import (ABSURD_SIZE, TRUNCATED_DATA, UNDECODABLE, UNSUPPORTED_ENCODING, ZERO_SIZE, ImageError,
                      quoted)
 from .headers import MAX_PIXELS, MAX_SIDE, check_size, compressed_kind, compressed_size, jpeg_size, pnm_size

@@ -68,6 +68,15 @@ def side_factor(kind: str | None, height: int, width: int, max_side: int | None)
     return next((f for f in REDUCTIONS if max(height, width) // f >= max_side), 1)
 
 
+def decode_to_side(data: bytes | memoryview | np.ndarray, header: tuple[str, int, int],
+                   max_side: int | None) -> np.ndarray:
+    """A PNG or JPEG whose ``header`` (:func:`compressed_header`) was read already -> RGB uint8 with
+    its longer side at most ``max_side``: decoded at the reduction :func:`side_factor` allows, then
+    shrunk (:func:`shrink_to_side`)."""
+    factor = side_factor(*header, max_side)
+    return shrink_to_side(decode_compressed(data, factor, header), max_side)
+
+
 def file_header(data: bytes | memoryview | np.ndarray) -> tuple[str, int, int]:
     """(``"png"``/``"jpeg"``/``"pnm"``, height, width) of an image file's header, size checked
     (:func:`~.headers.check_size`) before any pixel is decoded. Raises ImageError: ``zero_size``
@@ -100,8 +109,7 @@ def decode_image(data: bytes | memoryview | np.ndarray, max_side: int | None = N
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     kind, height, width = file_header(buf)
     if kind != "pnm":  # PNG and JPEG: the camera messages' own decoding, decoded size checked too
-        factor = side_factor(kind, height, width, max_side)
-        return shrink_to_side(decode_compressed(buf, factor, (kind, height, width)), max_side)
+        return decode_to_side(buf, (kind, height, width), max_side)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None or bgr.shape[:2] != (height, width):
         raise ImageError(f"{kind} data ({len(buf)} bytes) could not be decoded to its header's "

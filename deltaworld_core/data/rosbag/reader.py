@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...imaging import (TRUNCATED_DATA, ImageError, check_size, compressed_header, decode_compressed, raw_to_rgb,
-                        shrink_to_side, side_factor)
+from ...imaging import (TRUNCATED_DATA, ImageError, check_size, compressed_header, decode_to_side, raw_to_rgb,
+                        shrink_to_side)
 from ..refs import MediaError, MediaRef, record_skip
 from .cdr import IMAGE_TYPES, CdrError, ImageMessage, decode_image_message
 from .mcap_reader import mcap_has_messages, mcap_messages, mcap_span, mcap_topics
@@ -125,9 +125,7 @@ def image_to_rgb(msg: ImageMessage, max_side: int | None = None) -> np.ndarray:
     converted as the forecast node converts camera frames (:mod:`deltaworld_core.imaging`).
     Raises an ImageError (a ValueError) naming what is wrong."""
     if msg.format is not None:
-        kind, height, width = compressed_header(msg.data)
-        factor = side_factor(kind, height, width, max_side)
-        return shrink_to_side(decode_compressed(msg.data, factor, (kind, height, width)), max_side)
+        return decode_to_side(msg.data, compressed_header(msg.data), max_side)
     rgb = raw_to_rgb(msg.data, msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian)
     return shrink_to_side(rgb, max_side)
 
