@@ -18,7 +18,7 @@ from deltaworld_core.features import FeatureCache
 from deltaworld_core.teachers import cli
 from deltaworld_core.teachers.boxes import BoxStore, ClipBoxes
 from deltaworld_core.teachers.labels import LabelSettings, LabelStore, label_clips
-from deltaworld_core.teachers.opencv_people import CASCADES, NAME, PeopleDetector
+from deltaworld_core.teachers.opencv_people import CASCADES, KINDS, MIN_NEIGHBOURS, NAME, PeopleDetector
 from deltaworld_core.teachers.packages import MANIFEST, TEACHERS, TeacherError, fetch_teacher
 from deltaworld_core.training.config import load_train_config
 from deltaworld_core.training.partial_labels import IGNORE, not_class
@@ -165,3 +165,28 @@ def test_the_detector_runs_on_a_tiny_frame_and_refuses_bad_input(tmp_path):
 def test_the_people_recipe_may_name_the_second_teacher():
     cfg = load_train_config(ROOT / "deltaworld_core/configs/train_heads_real.yaml", ["real_labels.agree=opencv_people"])
     assert cfg.real_labels.agree == NAME and cfg.real_labels.agree_label.teacher == NAME
+
+
+class FoundAt:
+    """Stands in for an OpenCV detector: two boxes, scored just below and at ``threshold``."""
+
+    def __init__(self, threshold: float):
+        self.found = (np.array([[10, 20, 30, 40], [50, 60, 30, 40]]), np.array([[threshold - 0.5], [threshold]]))
+
+    def detectMultiScale(self, image, **kwargs):
+        return self.found
+
+    detectMultiScale2 = detectMultiScale
+
+
+def test_each_kind_keeps_only_boxes_scoring_its_own_threshold(tmp_path):
+    detector = PeopleDetector(fetch_teacher(NAME, tmp_path))
+    settings = detector.settings
+    detector._hog = FoundAt(settings["hog_min_margin"])
+    for kind in CASCADES:
+        detector._cascades[kind] = FoundAt(settings[MIN_NEIGHBOURS[kind]])
+    boxes = detector.detect(np.zeros((480, settings["side"], 3), np.uint8))  # at the detectors' own size
+    kinds = [KINDS[int(k)] for k in boxes[:, 5]]
+    assert kinds == ["hog_body", "frontal_face", "profile_face", "profile_face", "full_body"]  # profile: mirrored too
+    assert (boxes[:, :2] == [50, 60]).all(1).sum() == 4 and boxes[3, 0] == settings["side"] - 50 - 30
+    assert boxes[0, 4] == settings["hog_min_margin"] and boxes[1, 4] == settings["frontal_min_neighbours"]

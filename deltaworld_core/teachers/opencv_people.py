@@ -65,7 +65,8 @@ class PeopleDetector:
         rects, margins = self._hog.detectMultiScale(rgb, hitThreshold=0.0, winStride=(8, 8), padding=(8, 8),
                                                     scale=self.settings["hog_scale"])
         rows = [[x, y, x + w, y + h, m, KINDS.index("hog_body")] for (x, y, w, h), m in zip(rects, np.ravel(margins))]
-        return np.asarray(rows, np.float32).reshape(-1, 6)
+        boxes = np.asarray(rows, np.float32).reshape(-1, 6)
+        return boxes[boxes[:, 4] >= self.settings["hog_min_margin"]]
 
     def _cascade_boxes(self, grey: np.ndarray, kind: str, mirrored: bool) -> np.ndarray:
         image = np.ascontiguousarray(grey[:, ::-1]) if mirrored else grey
@@ -77,7 +78,7 @@ class PeopleDetector:
             if mirrored:
                 x = image.shape[1] - x - w
             out[i] = (x, y, x + w, y + h, n, KINDS.index(kind))
-        return out
+        return out[out[:, 4] >= self.settings[MIN_NEIGHBOURS[kind]]]
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB [H, W, 3] -> boxes float32 [n, 6] (see the class docstring), in frame pixels."""
@@ -93,11 +94,5 @@ class PeopleDetector:
             found += [self._cascade_boxes(grey, kind, mirrored) for mirrored in
                       ((False, True) if kind == "profile_face" else (False,))]
         boxes = np.concatenate(found)
-        keep = np.array([score >= self._threshold(int(k)) for score, k in zip(boxes[:, 4], boxes[:, 5])], bool)
-        boxes = boxes[keep.reshape(-1)]
         boxes[:, :4] /= scale
         return boxes
-
-    def _threshold(self, kind: int) -> float:
-        name = KINDS[kind]
-        return self.settings["hog_min_margin"] if name == "hog_body" else self.settings[MIN_NEIGHBOURS[name]]
