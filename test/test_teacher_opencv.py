@@ -190,3 +190,23 @@ def test_each_kind_keeps_only_boxes_scoring_its_own_threshold(tmp_path):
     assert kinds == ["hog_body", "frontal_face", "profile_face", "profile_face", "full_body"]  # profile: mirrored too
     assert (boxes[:, :2] == [50, 60]).all(1).sum() == 4 and boxes[3, 0] == settings["side"] - 50 - 30
     assert boxes[0, 4] == settings["hog_min_margin"] and boxes[1, 4] == settings["frontal_min_neighbours"]
+
+
+class FoundReversed(FoundAt):
+    def detectMultiScale(self, image, **kwargs):
+        rects, scores = self.found
+        return rects[::-1], scores[::-1]
+
+    detectMultiScale2 = detectMultiScale
+
+
+def test_boxes_come_out_in_one_order_whatever_order_opencv_finds_them(tmp_path):
+    detector = PeopleDetector(fetch_teacher(NAME, tmp_path))
+    frame = np.zeros((480, detector.settings["side"], 3), np.uint8)
+    settings, runs = detector.settings, []
+    for stand_in in (FoundAt, FoundReversed):  # both boxes of each detector pass its threshold
+        detector._hog = stand_in(settings["hog_min_margin"] + 0.5)
+        for kind in CASCADES:
+            detector._cascades[kind] = stand_in(settings[MIN_NEIGHBOURS[kind]] + 0.5)
+        runs.append(detector.detect(frame))
+    assert len(runs[0]) == 10 and np.array_equal(runs[0], runs[1])

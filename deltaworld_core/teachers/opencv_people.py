@@ -95,4 +95,6 @@ class PeopleDetector:
                       ((False, True) if kind == "profile_face" else (False,))]
         boxes = np.concatenate(found)
         boxes[:, :4] /= scale
-        return boxes
+        # OpenCV's threaded cascades return a frame's boxes in varying order: sort them (kind, then
+        # corners, then score) so a box file is the same bytes on every run.
+        return boxes[np.lexsort(boxes[:, [4, 3, 2, 1, 0, 5]].T)]
