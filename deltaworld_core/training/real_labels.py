@@ -43,6 +43,7 @@ from ..teachers.packages import fetch_teacher
 from ..teachers.selfie import PersonSegmenter
 from .box_labels import core_mask
 from .partial_labels import IGNORE, not_class
+from .pasted_people import PasteConfig, pasted_window
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class RealLabelsConfig:
     person: tuple[float, float] = (0.2, 0.7)  # teacher probability: <= lo "not person", >= hi person, between unknown
     label: LabelSettings = field(default_factory=LabelSettings)  # how the clips are (or were) labelled
     cache: str | None = None  # teacher cache; None = $DELTAWORLD_TEACHERS or ~/.cache/deltaworld/teachers
+    paste: PasteConfig = field(default_factory=PasteConfig)  # people pasted small into people-less frames
     label_missing: bool = True  # run the teacher on clips without labels (needs its optional runtime)
     max_side: int = 448  # frames are shrunk to this before the VFM
     vehicles: list[str] = field(default_factory=list)  # named train sources/clips: car in box-teacher vehicle cores
@@ -90,6 +92,7 @@ class RealLabelsConfig:
                               f"{self.vehicle_score}, {self.vehicle_core}")
         if self.agree not in (None, OPENCV_PEOPLE):
             raise ConfigError(f"real_labels.agree must be {OPENCV_PEOPLE} or null, got {self.agree!r}")
+        self.paste.validate()
         if not 0.0 <= self.agree_grow < float("inf"):
             raise ConfigError(f"real_labels.agree_grow must be a number >= 0, got {self.agree_grow}")
 
@@ -201,9 +204,10 @@ def real_windows(rc: RealLabelsConfig, cache: FeatureCache, label_size: tuple[in
     agree_store = BoxStore(rc.agree_label, rc.cache) if rc.agree else None
     segmenter: list = []
     detector: list = []
-    out = []
+    out, labelled = [], []
     for clip, positives in clips:
         labels = clip_labels(store, clip, rc.label_missing, segmenter)
+        labelled.append((clip, labels, positives))
         feats = frame_features(clip, labels.frames.tolist(), cache, rc.max_side)
         support = None
         if agree_store is not None and positives:
@@ -217,4 +221,8 @@ def real_windows(rc: RealLabelsConfig, cache: FeatureCache, label_size: tuple[in
         log.info("real labels: %s, %d frames, person %.1f%% / not person %.1f%% of pixels%s", clip.name, len(codes),
                  100 * float((codes == person_id).float().mean()),
                  100 * float((codes == not_class(person_id)).float().mean()), "" if positives else " (negatives only)")
+    if rc.paste.count:
+        out.append(pasted_window(rc.paste, [(c, l) for c, l, p in labelled if p], [(c, l) for c, l, p in labelled if not p],
+                                 tuple(rc.person), cache, tuple(label_size), person_id))
+        log.info("real labels: %d composites with people pasted into people-less frames", rc.paste.count)
     return out
