@@ -12,10 +12,13 @@ import pytest
 import torch
 
 from deltaworld_core.config import ConfigError
+from deltaworld_core.data.sampling import Sampler
+from deltaworld_core.data.windows import Window
 from deltaworld_core.features import FeatureCache
 from deltaworld_core.teachers.labels import LabelSettings, LabelStore, label_clips
 from deltaworld_core.training import real_labels
 from deltaworld_core.training.config import load_train_config
+from deltaworld_core.training.heads import HeadsStage
 from deltaworld_core.training.partial_labels import IGNORE, not_class
 from deltaworld_core.training.pasted_people import UNSURE, PasteConfig, composite, cutouts, label_codes
 from deltaworld_core.training.real_labels import RealLabelsConfig, real_windows
@@ -63,6 +66,7 @@ def test_label_codes_map_person_background_and_unknown():
     ("real_labels.paste.count=-1", "count must be >= 0"),
     ("real_labels.paste.min_height=0.5", "min_height <= max_height"),
     ("real_labels.paste.size=[8,8]", "each >= 14"),
+    ("real_labels.paste.weight=0", "weight must be a number > 0"),
 ])
 def test_bad_paste_settings_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -101,3 +105,17 @@ def test_the_pool_gains_one_window_of_composites_and_reuses_it_from_the_cache(tm
     misses = cache.misses
     again = real_windows(rc, cache, (12, 16), names)[-1]
     assert cache.misses == misses and torch.equal(again.semantic, pasted.semantic)
+
+
+def test_the_composites_are_drawn_by_their_weight_and_equal_weights_keep_the_plain_draw():
+    def window(weight=1.0):
+        return Window(torch.zeros(1, 1, 1), 0.0, "w", weight=weight)
+
+    stage = HeadsStage.__new__(HeadsStage)  # only the pool draw is exercised
+    stage.real = [window(), window(), window(8.0)]
+    g = torch.Generator().manual_seed(0)
+    draws = [stage.real_window(g) for _ in range(2000)]
+    assert 0.75 < draws.count(2) / len(draws) < 0.85  # 8 of 10
+    stage.real = [window(), window(), window()]
+    g, h = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert [stage.real_window(g) for _ in range(50)] == [Sampler.integer(h, 3) for _ in range(50)]

@@ -50,11 +50,19 @@ class HeadsStage:
         weight[class_names.index("person")] = self.person_weight
         return weight
 
+    def real_window(self, g: torch.Generator) -> int:
+        """Which real recording the next real item comes from: each alike, or in proportion to the
+        windows' ``weight`` when they differ (pasted composites may count as several recordings)."""
+        weights = [w.weight for w in self.real]
+        if len(set(weights)) == 1:  # the plain draw, so recipes without weights see the batches they always did
+            return Sampler.integer(g, len(self.real))
+        return int(torch.multinomial(torch.tensor(weights, dtype=torch.float64), 1, generator=g))
+
     def item(self, g: torch.Generator) -> dict[str, torch.Tensor]:
         # The draw for the pool happens only when there is a real pool, so a synthetic-only run sees
         # exactly the batches it always did.
         if self.real_fraction > 0 and Sampler.uniform(g) < self.real_fraction:
-            w = self.real[Sampler.integer(g, len(self.real))]
+            w = self.real[self.real_window(g)]
             j = Sampler.integer(g, len(w.features))
             semantic = w.semantic[j]
             return {"features": w.features[j].float(), "semantic": semantic,

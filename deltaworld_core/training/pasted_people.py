@@ -44,6 +44,7 @@ class PasteConfig:
     max_people: int = 4  # people per composite: 1..max_people
     frames_per_clip: int = 40  # labelled frames read per clip, evenly spaced (cutouts and backgrounds)
     min_pixels: int = 600  # a cutout's least area in frame pixels (smaller components are left out)
+    weight: float = 1.0  # how often the composites are drawn, in recordings' worth (each real recording counts 1)
     size: tuple[int, int] = (336, 448)  # composite frame height, width
     seed: int = 0
 
@@ -53,6 +54,8 @@ class PasteConfig:
         if not 0.0 < self.min_height <= self.max_height <= 1.0:
             raise ConfigError(f"real_labels.paste: need 0 < min_height <= max_height <= 1, got "
                               f"{self.min_height}, {self.max_height}")
+        if not 0.0 < self.weight < float("inf"):
+            raise ConfigError(f"real_labels.paste.weight must be a number > 0, got {self.weight}")
         if len(self.size) != 2 or min(self.size) < 14:
             raise ConfigError(f"real_labels.paste.size must be [height, width], each >= 14, got {self.size}")
 
@@ -130,7 +133,8 @@ def pasted_window(cfg: PasteConfig, people: list[tuple[LabelClip, ClipLabels]],
     if not people or not backgrounds:
         raise ConfigError("real_labels.paste needs real_labels.sources (people to cut out) and "
                           "real_labels.negatives_only (frames without anyone to paste them into)")
-    source = {"kind": "pasted_people", "settings": vars(cfg), "thresholds": list(thresholds),
+    settings = {k: v for k, v in vars(cfg).items() if k != "weight"}  # the draw, not the composites
+    source = {"kind": "pasted_people", "settings": settings, "thresholds": list(thresholds),
               "label_size": list(label_size), "person_id": person_id,
               "people": [(c.identity(), l.meta) for c, l in people],
               "backgrounds": [(c.identity(), l.meta) for c, l in backgrounds]}
@@ -148,4 +152,4 @@ def pasted_window(cfg: PasteConfig, people: list[tuple[LabelClip, ClipLabels]],
         return {"frames": np.stack(images), "codes": label_codes(torch.from_numpy(np.stack(probs)), label_size, person_id)}
 
     data = cache.get(source, load)
-    return Window(data["features"].half(), 0.0, "teacher:pasted_people", semantic=data["codes"])
+    return Window(data["features"].half(), 0.0, "teacher:pasted_people", semantic=data["codes"], weight=cfg.weight)
