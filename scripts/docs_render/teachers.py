@@ -14,10 +14,10 @@ FORECAST_METHODS = (("present", "true target frame"), ("copy_last", "copy-last")
 
 
 @renderer("person_iou")
-def render_person_iou(results: Path) -> str:
+def render_person_iou(results: Path, name: str = PERSON_IOU) -> str:
     """Present-frame person IoU against the teacher, per held-out video and heads file
     (results/person_iou.json)."""
-    d = load(results, PERSON_IOU)
+    d = load(results, name)
     names = list(d["heads"])
     rows = []
     for video, row in d["videos"].items():
@@ -47,7 +47,13 @@ def render_person_iou(results: Path) -> str:
             f"{d['label_size'][1]}, one frame in {d['label_settings']['stride']}, pooled per video. Heads files: "
             + ", ".join(f"`{n}` = `{p}`" for n, p in d["heads"].items())
             + f". Teacher: {d['teacher']['package']} {d['teacher']['version']} ({d['teacher']['licence']}). "
-            f"Source: {source(PERSON_IOU)}, {provenance(d, results, PERSON_IOU)}.{ceiling_note}")
+            f"Source: {source(name)}, {provenance(d, results, name)}.{ceiling_note}")
+
+
+@renderer("person_iou_pasted")
+def render_person_iou_pasted(results: Path) -> str:
+    """The shipped heads beside the recipe with people pasted small (results/person_iou_pasted.json)."""
+    return render_person_iou(results, "person_iou_pasted.json")
 
 
 @renderer("person_iou_forecast")
