@@ -111,11 +111,11 @@ def test_the_composites_are_drawn_by_their_weight_and_equal_weights_keep_the_pla
     def window(weight=1.0):
         return Window(torch.zeros(1, 1, 1), 0.0, "w", weight=weight)
 
-    stage = HeadsStage.__new__(HeadsStage)  # only the pool draw is exercised
-    stage.real = [window(), window(), window(8.0)]
+    cfg = load_train_config(ROOT / "deltaworld_core/configs/train_heads_people_pasted.yaml")
+    stage = HeadsStage(cfg, None, (2, 2), [window(), window(), window(8.0)])  # only the pool draw is exercised
     g = torch.Generator().manual_seed(0)
     draws = [stage.real_window(g) for _ in range(2000)]
     assert 0.75 < draws.count(2) / len(draws) < 0.85  # 8 of 10
-    stage.real = [window(), window(), window()]
+    stage = HeadsStage(cfg, None, (2, 2), [window(), window(), window()])
     g, h = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     assert [stage.real_window(g) for _ in range(50)] == [Sampler.integer(h, 3) for _ in range(50)]

@@ -41,6 +41,9 @@ class HeadsStage:
         self.real = list(real or [])
         self.real_fraction = cfg.real_labels.fraction if self.real else 0.0
         self.person_weight = cfg.real_labels.person_weight if self.real else 1.0
+        weights = [w.weight for w in self.real]
+        # None: every recording alike, the plain draw, so recipes without weights see the batches they always did
+        self.real_weights = torch.tensor(weights, dtype=torch.float64) if len(set(weights)) > 1 else None
 
     def class_weights(self, class_names: list[str]) -> torch.Tensor | None:
         """[C]: ``real_labels.person_weight`` for person, 1 elsewhere; None when every weight is 1."""
@@ -53,10 +56,9 @@ class HeadsStage:
     def real_window(self, g: torch.Generator) -> int:
         """Which real recording the next real item comes from: each alike, or in proportion to the
         windows' ``weight`` when they differ (pasted composites may count as several recordings)."""
-        weights = [w.weight for w in self.real]
-        if len(set(weights)) == 1:  # the plain draw, so recipes without weights see the batches they always did
+        if self.real_weights is None:
             return Sampler.integer(g, len(self.real))
-        return int(torch.multinomial(torch.tensor(weights, dtype=torch.float64), 1, generator=g))
+        return int(torch.multinomial(self.real_weights, 1, generator=g))
 
     def item(self, g: torch.Generator) -> dict[str, torch.Tensor]:
         # The draw for the pool happens only when there is a real pool, so a synthetic-only run sees
